@@ -1,0 +1,206 @@
+// Package blob is the photo store: an S3 bucket reached with aws-sdk-go-v2,
+// for presigned uploads from phones and the services' own reads and writes.
+package blob
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+)
+
+// Config locates the bucket. With Endpoint empty the SDK's default chain
+// (environment, shared config, instance role) reaches AWS itself.
+type Config struct {
+	Bucket    string
+	Region    string // default ap-southeast-2
+	Endpoint  string // an S3-compatible server, e.g. http://127.0.0.1:9000
+	AccessKey string // static credentials; empty uses the default chain
+	SecretKey string
+	// PathStyle addresses the bucket in the path (local servers).
+	PathStyle bool
+}
+
+// ErrNotFound is returned for a missing object.
+var ErrNotFound = errors.New("object not found")
+
+// Store is one bucket.
+type Store struct {
+	c       *s3.Client
+	presign *s3.PresignClient
+	bucket  string
+}
+
+// Open builds the S3 client for cfg. Nothing is contacted until first use.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Bucket == "" {
+		return nil, errors.New("blob: bucket name is required")
+	}
+	if cfg.Region == "" {
+		cfg.Region = "ap-southeast-2"
+	}
+	opts := []func(*awsconfig.LoadOptions) error{awsconfig.WithRegion(cfg.Region)}
+	if cfg.AccessKey != "" {
+		opts = append(opts, awsconfig.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(cfg.AccessKey, cfg.SecretKey, "")))
+	}
+	ac, err := awsconfig.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("aws config: %w", err)
+	}
+	c := s3.NewFromConfig(ac, func(o *s3.Options) {
+		if cfg.Endpoint != "" {
+			o.BaseEndpoint = aws.String(cfg.Endpoint)
+		}
+		o.UsePathStyle = cfg.PathStyle
+		// Only compute checksums where S3 requires them: a local server need
+		// not know the newer checksum headers, and presigned URLs must not
+		// carry any (S3 ignores a hoisted checksum anyway).
+		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+	})
+	return &Store{c: c, presign: s3.NewPresignClient(c), bucket: cfg.Bucket}, nil
+}
+
+// Bucket is the bucket name.
+func (s *Store) Bucket() string { return s.bucket }
+
+// Client is the underlying S3 client, for set-up code and tests.
+func (s *Store) Client() *s3.Client { return s.c }
+
+// PresignPut returns a URL that accepts one PUT of key with exactly this
+// content type (and length, when length > 0) until it expires. Nothing else
+// is signed, so a client that sends only Content-Type succeeds; encryption is
+// the bucket's default, not a header the client must send.
+func (s *Store) PresignPut(ctx context.Context, key, contentType string, length int64, expires time.Duration) (string, error) {
+	in := &s3.PutObjectInput{Bucket: &s.bucket, Key: &key, ContentType: &contentType}
+	if length > 0 {
+		in.ContentLength = &length
+	}
+	req, err := s.presign.PresignPutObject(ctx, in, s3.WithPresignExpires(expires))
+	if err != nil {
+		return "", fmt.Errorf("presign put: %w", err)
+	}
+	return req.URL, nil
+}
+
+// PresignGet returns a URL that reads key until it expires.
+func (s *Store) PresignGet(ctx context.Context, key string, expires time.Duration) (string, error) {
+	req, err := s.presign.PresignGetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key}, s3.WithPresignExpires(expires))
+	if err != nil {
+		return "", fmt.Errorf("presign get: %w", err)
+	}
+	return req.URL, nil
+}
+
+// Info is what Head tells of an object.
+type Info struct {
+	Size        int64
+	ContentType string
+	ETag        string
+}
+
+// Head describes key, or returns ErrNotFound.
+func (s *Store) Head(ctx context.Context, key string) (Info, error) {
+	out, err := s.c.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key})
+	if err != nil {
+		return Info{}, mapErr("head", err)
+	}
+	return Info{Size: aws.ToInt64(out.ContentLength), ContentType: aws.ToString(out.ContentType), ETag: aws.ToString(out.ETag)}, nil
+}
+
+// Prefix reads the first n bytes of key.
+func (s *Store) Prefix(ctx context.Context, key string, n int) ([]byte, error) {
+	rng := fmt.Sprintf("bytes=0-%d", n-1)
+	out, err := s.c.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key, Range: &rng})
+	if err != nil {
+		return nil, mapErr("get", err)
+	}
+	defer out.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Body, int64(n)))
+	if err != nil {
+		return nil, fmt.Errorf("read %d bytes: %w", n, err)
+	}
+	return b, nil
+}
+
+// Open streams key; the caller closes the reader. size is the object's length.
+func (s *Store) Open(ctx context.Context, key string) (body io.ReadCloser, size int64, contentType string, err error) {
+	out, err := s.c.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
+	if err != nil {
+		return nil, 0, "", mapErr("get", err)
+	}
+	return out.Body, aws.ToInt64(out.ContentLength), aws.ToString(out.ContentType), nil
+}
+
+// Put writes key. SSE is the bucket default.
+func (s *Store) Put(ctx context.Context, key, contentType string, body io.ReadSeeker, size int64) error {
+	_, err := s.c.PutObject(ctx, &s3.PutObjectInput{Bucket: &s.bucket, Key: &key, Body: body, ContentType: &contentType, ContentLength: &size})
+	if err != nil {
+		return mapErr("put", err)
+	}
+	return nil
+}
+
+// Delete removes keys; missing ones are not an error.
+func (s *Store) Delete(ctx context.Context, keys ...string) error {
+	for _, k := range keys {
+		if k == "" {
+			continue
+		}
+		if _, err := s.c.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.bucket, Key: aws.String(k)}); err != nil {
+			if err := mapErr("delete", err); !errors.Is(err, ErrNotFound) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// EnsureBucket creates the bucket if it does not exist (local servers and
+// tests; production buckets are made by ops).
+func (s *Store) EnsureBucket(ctx context.Context) error {
+	if _, err := s.c.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &s.bucket}); err == nil {
+		return nil
+	}
+	_, err := s.c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &s.bucket})
+	var owned *types.BucketAlreadyOwnedByYou
+	if err != nil && !errors.As(err, &owned) && !strings.Contains(err.Error(), "BucketAlreadyExists") {
+		return fmt.Errorf("create bucket: %w", err)
+	}
+	return nil
+}
+
+// Ping checks that the bucket is reachable (readiness).
+func (s *Store) Ping(ctx context.Context) error {
+	if _, err := s.c.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &s.bucket}); err != nil {
+		return fmt.Errorf("head bucket: %w", err)
+	}
+	return nil
+}
+
+func mapErr(op string, err error) error {
+	var nf *types.NoSuchKey
+	var nf2 *types.NotFound
+	if errors.As(err, &nf) || errors.As(err, &nf2) {
+		return ErrNotFound
+	}
+	var re interface{ HTTPStatusCode() int }
+	if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotFound {
+		return ErrNotFound
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) && (ae.ErrorCode() == "NoSuchKey" || ae.ErrorCode() == "NotFound") {
+		return ErrNotFound
+	}
+	return fmt.Errorf("s3 %s: %w", op, err)
+}

@@ -1,0 +1,194 @@
+// Package consume runs a service's business logic on a durable JetStream
+// pull consumer. The logic is a plain func(ctx, events.Event) error that knows
+// nothing of NATS; this adapter turns its result into Ack, NakWithDelay or
+// Term, keeps long work alive with InProgress, and sends a message whose last
+// delivery failed to the dead-letter subject.
+package consume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/clinicalimages/clinimg/pkg/events"
+)
+
+// Handler is a service's logic for one event.
+type Handler func(ctx context.Context, ev events.Event) error
+
+// PermanentError marks a failure that a retry cannot fix: the message is
+// terminated, not redelivered.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return "permanent: " + e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent wraps err as a PermanentError.
+func Permanent(err error) error { return &PermanentError{Err: err} }
+
+// RetryError asks for redelivery after a given delay (for example an ALEX
+// Retry-After).
+type RetryError struct {
+	Err   error
+	After time.Duration
+}
+
+func (e *RetryError) Error() string { return fmt.Sprintf("retry after %s: %v", e.After, e.Err) }
+func (e *RetryError) Unwrap() error { return e.Err }
+
+// RetryAfter wraps err as a RetryError.
+func RetryAfter(err error, d time.Duration) error { return &RetryError{Err: err, After: d} }
+
+// Options tune Run. Zero values take the defaults named.
+type Options struct {
+	// Workers is how many messages are handled at once (default 1).
+	Workers int
+	// InProgressEvery is how often a running handler's claim is renewed
+	// (default a third of the consumer's AckWait, at least 1 s).
+	InProgressEvery time.Duration
+	// Backoff is the redelivery delay after the n-th failed delivery
+	// (default 1 s doubling to at most 1 min).
+	Backoff func(delivered uint64) time.Duration
+	// DeadLetter receives a message whose last allowed delivery failed; nil
+	// drops it after logging. Names the dead-letter subject's publisher.
+	DeadLetter func(ctx context.Context, ev events.Event, reason string) error
+	// Logger is the service's logger.
+	Logger *slog.Logger
+	// OnResult observes each outcome ("ack", "nak", "term", "dead") for metrics.
+	OnResult func(t events.Type, outcome string)
+}
+
+// Run consumes until ctx is done, then stops taking messages and waits for
+// the handlers in flight.
+func Run(ctx context.Context, c jetstream.Consumer, h Handler, opt Options) error {
+	info, err := c.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("consumer info: %w", err)
+	}
+	if opt.Workers <= 0 {
+		opt.Workers = 1
+	}
+	if opt.InProgressEvery <= 0 {
+		opt.InProgressEvery = max(info.Config.AckWait/3, time.Second)
+	}
+	if opt.Backoff == nil {
+		opt.Backoff = func(n uint64) time.Duration {
+			d := time.Second << min(n, 6)
+			return min(d, time.Minute)
+		}
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	maxDeliver := info.Config.MaxDeliver
+
+	iter, err := c.Messages(jetstream.PullMaxMessages(opt.Workers))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", info.Name, err)
+	}
+	go func() {
+		<-ctx.Done()
+		iter.Drain()
+	}()
+
+	sem := make(chan struct{}, opt.Workers)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		msg, err := iter.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				return nil
+			}
+			opt.Logger.Warn("consume.next", "consumer", info.Name, "err", err)
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			handle(context.WithoutCancel(ctx), msg, h, opt, maxDeliver)
+		}()
+	}
+}
+
+func handle(ctx context.Context, msg jetstream.Msg, h Handler, opt Options, maxDeliver int) {
+	log := opt.Logger
+	ev, err := events.Decode(msg.Data())
+	if err != nil {
+		log.Error("consume.bad_event", "subject", msg.Subject(), "err", err)
+		_ = msg.TermWithReason("undecodable")
+		observe(opt, "", "term")
+		return
+	}
+	log = log.With("event_id", ev.ID, "event_type", string(ev.Type))
+	meta, _ := msg.Metadata()
+	var delivered uint64 = 1
+	if meta != nil {
+		delivered = meta.NumDelivered
+	}
+
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(opt.InProgressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	err = h(ctx, ev)
+	close(stop)
+
+	var perm *PermanentError
+	var retry *RetryError
+	switch {
+	case err == nil:
+		if aerr := msg.DoubleAck(ctx); aerr != nil {
+			log.Warn("consume.ack_failed", "err", aerr)
+		}
+		observe(opt, ev.Type, "ack")
+	case errors.As(err, &perm):
+		log.Error("consume.permanent", "err", err)
+		deadLetter(ctx, msg, ev, err, opt, log)
+	case maxDeliver > 0 && delivered >= uint64(maxDeliver):
+		log.Error("consume.exhausted", "delivered", delivered, "err", err)
+		deadLetter(ctx, msg, ev, err, opt, log)
+	default:
+		delay := opt.Backoff(delivered)
+		if errors.As(err, &retry) && retry.After > delay {
+			delay = retry.After
+		}
+		log.Warn("consume.retry", "delivered", delivered, "delay", delay.String(), "err", err)
+		_ = msg.NakWithDelay(delay)
+		observe(opt, ev.Type, "nak")
+	}
+}
+
+func deadLetter(ctx context.Context, msg jetstream.Msg, ev events.Event, cause error, opt Options, log *slog.Logger) {
+	if opt.DeadLetter != nil {
+		if err := opt.DeadLetter(ctx, ev, cause.Error()); err != nil {
+			// Keep the message: it comes back and its dead-lettering is retried.
+			log.Error("consume.dead_letter_failed", "err", err)
+			_ = msg.NakWithDelay(5 * time.Second)
+			return
+		}
+	}
+	_ = msg.TermWithReason("dead-lettered")
+	observe(opt, ev.Type, "dead")
+}
+
+func observe(opt Options, t events.Type, outcome string) {
+	if opt.OnResult != nil {
+		opt.OnResult(t, outcome)
+	}
+}

@@ -1,0 +1,117 @@
+package events
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// StreamConfig is the one stream for every event. File storage; events are
+// kept a day (sessions last hours), and publish dedupe by Nats-Msg-Id holds
+// for ten minutes, longer than any outbox or relay retry. Replicas is 1 here
+// and 3 in production (set by ops through Replicas).
+func (n Names) StreamConfig(replicas int) jetstream.StreamConfig {
+	if replicas <= 0 {
+		replicas = 1
+	}
+	return jetstream.StreamConfig{
+		Name:        n.Stream,
+		Description: "Clinical Images events (CloudEvents 1.0 JSON)",
+		Subjects:    []string{n.All()},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      24 * time.Hour,
+		Duplicates:  10 * time.Minute,
+		Replicas:    replicas,
+	}
+}
+
+// Durable consumer names, one per service; instances of a service share it.
+const (
+	ConsumerThumbnailer = "thumbnailer"
+	ConsumerCommitter   = "committer"
+	ConsumerRelay       = "relay"
+)
+
+// ConsumerConfig is the durable pull consumer of one service. Every service
+// acks explicitly; redeliveries back off so a poison message does not spin.
+func (n Names) ConsumerConfig(name string) jetstream.ConsumerConfig {
+	c := jetstream.ConsumerConfig{
+		Durable:       name,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxAckPending: 256,
+	}
+	switch name {
+	case ConsumerThumbnailer:
+		c.FilterSubject = n.Filter(ImageUploaded)
+		c.AckWait = time.Minute
+		c.MaxDeliver = 10
+	case ConsumerCommitter:
+		c.FilterSubject = n.Filter(CommitRequested)
+		// A commit of 50 photos takes a while: the worker sends InProgress
+		// to hold its claim; AckWait is how long a crashed worker's claim lasts.
+		c.AckWait = 30 * time.Second
+		c.MaxDeliver = 20
+		c.MaxAckPending = 64
+	case ConsumerRelay:
+		c.FilterSubject = n.All()
+		c.AckWait = 15 * time.Second
+		c.MaxDeliver = -1 // a screen event is never dropped; the relay retries Ably forever
+		c.MaxAckPending = 1024
+	}
+	return c
+}
+
+// DeadLetterSubject is where a message goes after its last delivery fails.
+func (n Names) DeadLetterSubject(consumer string) string {
+	return n.Prefix + "_dlq." + consumer
+}
+
+// Ensure creates or updates the stream, idempotently; every service calls it
+// at start-up so none depends on another having run first.
+func Ensure(ctx context.Context, js jetstream.JetStream, n Names, replicas int) (jetstream.Stream, error) {
+	s, err := js.CreateOrUpdateStream(ctx, n.StreamConfig(replicas))
+	if err != nil {
+		return nil, fmt.Errorf("ensure stream %s: %w", n.Stream, err)
+	}
+	return s, nil
+}
+
+// EnsureConsumer creates or updates one service's durable consumer.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, n Names, name string) (jetstream.Consumer, error) {
+	c, err := js.CreateOrUpdateConsumer(ctx, n.Stream, n.ConsumerConfig(name))
+	if err != nil {
+		return nil, fmt.Errorf("ensure consumer %s: %w", name, err)
+	}
+	return c, nil
+}
+
+// Publish sends ev to its subject with its id as Nats-Msg-Id and waits for
+// the stream's ack. A repeat within the dedupe window is acked as duplicate
+// and stored once.
+func Publish(ctx context.Context, js jetstream.JetStream, n Names, ev Event) (*jetstream.PubAck, error) {
+	raw, err := jsonMarshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	return PublishRaw(ctx, js, n.SubjectOf(ev), ev.ID, ev.TraceParent, raw)
+}
+
+// PublishRaw publishes an already encoded envelope.
+func PublishRaw(ctx context.Context, js jetstream.JetStream, subject, id, traceparent string, raw []byte) (*jetstream.PubAck, error) {
+	msg := &nats.Msg{Subject: subject, Data: raw, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, id)
+	msg.Header.Set("Content-Type", "application/cloudevents+json")
+	if traceparent != "" {
+		msg.Header.Set("traceparent", traceparent)
+	}
+	ack, err := js.PublishMsg(ctx, msg)
+	if err != nil {
+		return nil, fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return ack, nil
+}

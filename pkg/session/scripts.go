@@ -1,0 +1,311 @@
+package session
+
+import "github.com/redis/go-redis/v9"
+
+// Every script follows one calling convention so the Go side stays uniform:
+//
+//	KEYS[1] user:{id}   KEYS[2] outbox stream   (KEYS[3..] per script)
+//	ARGV[1] now (RFC 3339)   ARGV[2] TTL seconds   ARGV[3] event envelope
+//	ARGV[4] event subject     ARGV[5..] per script
+//
+// A script either fails with an error reply "CI_<CODE> [detail]" and changes
+// nothing, or changes the session, appends the event to the outbox, and
+// returns the new session. cjson writes an empty table as {}, so enc()
+// restores [] for the fields that are arrays.
+const prelude = `
+local function enc(v)
+  local s = cjson.encode(v)
+  for _, f in ipairs({'images', 'mediaResourceIds', 'orphans', 'errors'}) do
+    s = string.gsub(s, '"' .. f .. '":{}', '"' .. f .. '":[]')
+  end
+  return s
+end
+local function load(key)
+  local raw = redis.call('GET', key)
+  if not raw then return nil end
+  local s = cjson.decode(raw)
+  if type(s.images) ~= 'table' then s.images = {} end
+  return s
+end
+local function fail(code, detail)
+  if detail then return redis.error_reply('CI_' .. code .. ' ' .. detail) end
+  return redis.error_reply('CI_' .. code)
+end
+local function save(s, ttl)
+  if ttl == 'keep' then
+    redis.call('SET', KEYS[1], enc(s), 'KEEPTTL')
+  else
+    redis.call('SET', KEYS[1], enc(s), 'EX', ttl)
+  end
+end
+local function bump(s)
+  s.version = (s.version or 0) + 1
+  s.lastActivity = ARGV[1]
+end
+local function emit(s, extra)
+  local ev = cjson.decode(ARGV[3])
+  if type(ev.data) ~= 'table' then ev.data = {} end
+  ev.data.sessionId = s.sessionId
+  ev.data.version = s.version
+  ev.data.imageCount = #s.images
+  for k, v in pairs(extra or {}) do ev.data[k] = v end
+  redis.call('XADD', KEYS[2], '*', 'id', ev.id, 'subject', ARGV[4], 'event', enc(ev))
+end
+local function find(s, id)
+  for i, im in ipairs(s.images) do
+    if im.id == id then return i, im end
+  end
+  return nil, nil
+end
+local function editable(s)
+  if s.commitStatus == 'in_progress' then return fail('COMMIT_IN_PROGRESS') end
+  if s.commitStatus == 'committed' then return fail('COMMITTED') end
+  return nil
+end
+`
+
+func script(body string) *redis.Script { return redis.NewScript(prelude + body) }
+
+// start: KEYS[3] session-token:{t}. ARGV[5] new session, ARGV[6] token
+// record, ARGV[7] token TTL, ARGV[8] "1" to discard uncommitted photos.
+// Returns {session, discarded images, "new"|"reuse"}.
+var startScript = script(`
+local cur = load(KEYS[1])
+local new = cjson.decode(ARGV[5])
+local tok = cjson.decode(ARGV[6])
+local discard = ARGV[8] == '1'
+local discarded = {}
+local mode = 'new'
+if cur then
+  if cur.commitStatus == 'in_progress' then return fail('COMMIT_IN_PROGRESS') end
+  local pending = 0
+  if cur.commitStatus ~= 'committed' then pending = #cur.images end
+  if not discard and cur.commitStatus == 'none' and cur.patientId == new.patientId and cur.encounterId == new.encounterId then
+    mode = 'reuse'
+  elseif pending > 0 and not discard then
+    return fail('UNCOMMITTED', tostring(pending))
+  elseif pending > 0 then
+    discarded = cur.images
+  end
+end
+local s = new
+if mode == 'reuse' then
+  s = cur
+  s.lastActivity = ARGV[1]
+  save(s, ARGV[2])
+else
+  if cur then new.version = (cur.version or 0) end
+  bump(new)
+  save(new, ARGV[2])
+  emit(new, {patientId = new.patientId, encounterId = new.encounterId})
+end
+tok.sessionId = s.sessionId
+redis.call('SET', KEYS[3], cjson.encode(tok), 'EX', ARGV[7])
+return {enc(s), enc({images = discarded}), mode}
+`)
+
+// pair: KEYS[3] session-token:{t}, KEYS[4] phone:{hash}. ARGV[5] user agent,
+// ARGV[6] credential TTL. Returns the token record.
+var pairScript = script(`
+local raw = redis.call('GET', KEYS[3])
+if not raw then return fail('TOKEN_NOT_FOUND') end
+local tok = cjson.decode(raw)
+if tok.used then return fail('TOKEN_USED') end
+local s = load(KEYS[1])
+if not s or s.sessionId ~= tok.sessionId then return fail('SESSION_CHANGED') end
+tok.used = true
+redis.call('SET', KEYS[3], cjson.encode(tok), 'KEEPTTL')
+redis.call('SET', KEYS[4], cjson.encode({userId = tok.userId, sessionId = tok.sessionId}), 'EX', ARGV[6])
+s.phone = {pairedAt = ARGV[1], userAgent = ARGV[5]}
+bump(s)
+save(s, ARGV[2])
+emit(s, {patientId = s.patientId, encounterId = s.encounterId})
+return cjson.encode(tok)
+`)
+
+// add: ARGV[5] image, ARGV[6] session id the caller is bound to ("" for
+// any), ARGV[7] cap. Returns {session, "added"|"duplicate"}.
+var addScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+if ARGV[6] ~= '' and s.sessionId ~= ARGV[6] then return fail('SESSION_CHANGED') end
+local img = cjson.decode(ARGV[5])
+local _, old = find(s, img.id)
+if old then
+  if old.s3Key ~= img.s3Key then return fail('IMAGE_ID_CONFLICT') end
+  return {enc(s), 'duplicate'}
+end
+local bad = editable(s)
+if bad then return bad end
+if #s.images >= tonumber(ARGV[7]) then return fail('CAP', ARGV[7]) end
+bump(s)
+img.version = s.version
+table.insert(s.images, img)
+save(s, ARGV[2])
+emit(s, {image = img})
+return {enc(s), 'added'}
+`)
+
+// update: ARGV[5] image id, ARGV[6] metadata patch, ARGV[7] session id.
+var updateScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+if ARGV[7] ~= '' and s.sessionId ~= ARGV[7] then return fail('SESSION_CHANGED') end
+local bad = editable(s)
+if bad then return bad end
+local _, img = find(s, ARGV[5])
+if not img then return fail('IMAGE_NOT_FOUND') end
+if type(img.metadata) ~= 'table' then img.metadata = {} end
+for k, v in pairs(cjson.decode(ARGV[6])) do
+  if v == '' and k ~= 'bodySite' then img.metadata[k] = nil else img.metadata[k] = v end
+end
+bump(s)
+img.version = s.version
+save(s, ARGV[2])
+emit(s, {image = img})
+return enc(s)
+`)
+
+// remove: ARGV[5] image id, ARGV[6] session id. Returns {session, image}.
+var removeScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+if ARGV[6] ~= '' and s.sessionId ~= ARGV[6] then return fail('SESSION_CHANGED') end
+local bad = editable(s)
+if bad then return bad end
+local i, img = find(s, ARGV[5])
+if not img then return fail('IMAGE_NOT_FOUND') end
+table.remove(s.images, i)
+bump(s)
+save(s, ARGV[2])
+emit(s, {imageId = img.id})
+return {enc(s), cjson.encode(img)}
+`)
+
+// processed: ARGV[5] image id, ARGV[6] fields to set (status, keys,
+// dimensions, reason). Only a photo still "processing" changes, so a
+// redelivered event changes nothing. Returns {session, "changed"|"unchanged"}.
+var processedScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+local _, img = find(s, ARGV[5])
+if not img then return fail('IMAGE_NOT_FOUND') end
+if img.status ~= 'processing' then return {enc(s), 'unchanged'} end
+for k, v in pairs(cjson.decode(ARGV[6])) do img[k] = v end
+bump(s)
+img.version = s.version
+save(s, 'keep')
+emit(s, {image = img})
+return {enc(s), 'changed'}
+`)
+
+// begin: ARGV[5] commit id, ARGV[6] session id.
+var beginScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+if ARGV[6] ~= '' and s.sessionId ~= ARGV[6] then return fail('SESSION_CHANGED') end
+local bad = editable(s)
+if bad then return bad end
+if #s.images == 0 then return fail('NOTHING_TO_COMMIT') end
+local rejected = 0
+for _, im in ipairs(s.images) do
+  if im.status == 'rejected' then rejected = rejected + 1 end
+end
+if rejected > 0 then return fail('REJECTED_IMAGES', tostring(rejected)) end
+for _, im in ipairs(s.images) do
+  im.error = nil
+  im.mediaId = nil
+  if im.status == 'failed' then
+    if im.cleanKey then im.status = 'ready' else im.status = 'processing' end
+  end
+end
+s.commitStatus = 'in_progress'
+s.commitId = ARGV[5]
+s.commit = {commitId = ARGV[5], requestedAt = ARGV[1], done = 0, total = #s.images, success = false, mediaResourceIds = {}}
+bump(s)
+save(s, ARGV[2])
+emit(s, {commitId = ARGV[5], done = 0, total = #s.images})
+return enc(s)
+`)
+
+// progress: ARGV[5] commit id, ARGV[6] image id, ARGV[7] media id.
+// Returns {session, "changed"|"unchanged"}.
+var progressScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+if s.commitId ~= ARGV[5] or s.commitStatus ~= 'in_progress' then return fail('STALE') end
+local _, img = find(s, ARGV[6])
+if not img then return fail('IMAGE_NOT_FOUND') end
+if img.mediaId == ARGV[7] then return {enc(s), 'unchanged'} end
+img.mediaId = ARGV[7]
+local done = 0
+for _, im in ipairs(s.images) do
+  if im.mediaId and im.mediaId ~= '' then done = done + 1 end
+end
+s.commit.done = done
+bump(s)
+save(s, ARGV[2])
+emit(s, {commitId = ARGV[5], done = done, total = #s.images, imageId = img.id, mediaId = ARGV[7]})
+return {enc(s), 'changed'}
+`)
+
+// finish: ARGV[5] commit id, ARGV[6] {imageId: mediaId}. ARGV[2] is the
+// short TTL a committed session is kept for.
+var finishScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+if s.commitId ~= ARGV[5] then return fail('STALE') end
+if s.commitStatus == 'committed' then return {enc(s), 'unchanged'} end
+if s.commitStatus ~= 'in_progress' then return fail('STALE') end
+local media = cjson.decode(ARGV[6])
+local ids = {}
+for _, im in ipairs(s.images) do
+  local m = media[im.id]
+  if not m then return fail('MISSING_MEDIA', im.id) end
+  im.mediaId = m
+  im.status = 'committed'
+  im.error = nil
+  table.insert(ids, m)
+end
+s.commitStatus = 'committed'
+s.commit.success = true
+s.commit.done = #s.images
+s.commit.total = #s.images
+s.commit.finishedAt = ARGV[1]
+s.commit.mediaResourceIds = ids
+s.commit.message = #ids .. ' images committed successfully'
+bump(s)
+save(s, ARGV[2])
+emit(s, {commitId = ARGV[5], success = true, done = #ids, total = #ids, mediaResourceIds = ids, message = s.commit.message})
+return {enc(s), 'changed'}
+`)
+
+// fail: ARGV[5] commit id, ARGV[6] [{imageId, error}], ARGV[7] orphan Media
+// ids, ARGV[8] message.
+var failScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+if s.commitId ~= ARGV[5] then return fail('STALE') end
+if s.commitStatus ~= 'in_progress' then return {enc(s), 'unchanged'} end
+local errs = cjson.decode(ARGV[6])
+local orphans = cjson.decode(ARGV[7])
+local byId = {}
+for _, e in ipairs(errs) do byId[e.imageId] = e.error end
+for _, im in ipairs(s.images) do
+  im.mediaId = nil
+  if byId[im.id] then
+    im.status = 'failed'
+    im.error = byId[im.id]
+  end
+end
+s.commitStatus = 'none'
+s.commit.success = false
+s.commit.finishedAt = ARGV[1]
+s.commit.message = ARGV[8]
+s.commit.orphans = orphans
+s.commit.mediaResourceIds = {}
+bump(s)
+save(s, ARGV[2])
+emit(s, {commitId = ARGV[5], success = false, message = ARGV[8], errors = errs, orphans = orphans, mediaResourceIds = {}})
+return {enc(s), 'changed'}
+`)

@@ -1,0 +1,511 @@
+package session
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/clinicalimages/clinimg/pkg/events"
+)
+
+// Errors a store operation returns. Each leaves the session unchanged.
+var (
+	ErrNotFound         = errors.New("session not found or expired")
+	ErrTokenNotFound    = errors.New("session token expired or invalid")
+	ErrTokenUsed        = errors.New("session token already used")
+	ErrSessionChanged   = errors.New("the session this credential was issued for has ended")
+	ErrImageNotFound    = errors.New("image not found")
+	ErrImageIDConflict  = errors.New("image id already used for another object")
+	ErrCapReached       = fmt.Errorf("maximum %d images per session", MaxImages)
+	ErrCommitInProgress = errors.New("commit already in progress")
+	ErrCommitted        = errors.New("session already committed")
+	ErrNothingToCommit  = errors.New("no images to commit")
+	ErrStale            = errors.New("commit is no longer current")
+)
+
+// UncommittedError refuses to replace a session that still holds photos.
+type UncommittedError struct{ N int }
+
+func (e *UncommittedError) Error() string {
+	return fmt.Sprintf("%d uncommitted images for another patient or encounter; commit them or start again with discard: true", e.N)
+}
+
+// RejectedImagesError refuses a commit while rejected photos remain.
+type RejectedImagesError struct{ N int }
+
+func (e *RejectedImagesError) Error() string {
+	return fmt.Sprintf("%d rejected images must be deleted before commit", e.N)
+}
+
+// Options configure a Store. Zero values take the defaults named.
+type Options struct {
+	// Prefix goes before every key; empty in production so the seeds' key
+	// names hold, a unique value per test.
+	Prefix string
+	// Names are the event stream names (default events.DefaultNames).
+	Names events.Names
+	// Source is the CloudEvents source of the events this store emits.
+	Source string
+	// SessionTTL is the idle lifetime of user:{id} (default 2 h).
+	SessionTTL time.Duration
+	// TokenTTL is the lifetime of a QR token (default 1 h).
+	TokenTTL time.Duration
+	// CredentialTTL is the absolute lifetime of a phone credential (default 8 h);
+	// it also ends when its session does.
+	CredentialTTL time.Duration
+	// CommittedTTL is how long a committed session stays readable (default 15 min).
+	CommittedTTL time.Duration
+	// MaxImages caps photos per session (default 50).
+	MaxImages int
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Store keeps sessions in Redis. Every change is one Lua script that checks,
+// changes, and appends its event to the outbox stream in the same step, so
+// concurrent writers never lose an update and no change goes without its
+// event. It needs nothing beyond EVALSHA/EVAL, GET/SET and XADD, so it runs on
+// Upstash as on any Redis 6.2+.
+type Store struct {
+	rdb  redis.Cmdable
+	opt  Options
+	Keys Keys
+}
+
+// NewStore returns a Store on rdb. The caller owns and closes rdb.
+func NewStore(rdb redis.Cmdable, opt Options) *Store {
+	if opt.Names == (events.Names{}) {
+		opt.Names = events.DefaultNames
+	}
+	if opt.Source == "" {
+		opt.Source = "/clinimg/api"
+	}
+	if opt.SessionTTL <= 0 {
+		opt.SessionTTL = 2 * time.Hour
+	}
+	if opt.TokenTTL <= 0 {
+		opt.TokenTTL = time.Hour
+	}
+	if opt.CredentialTTL <= 0 {
+		opt.CredentialTTL = 8 * time.Hour
+	}
+	if opt.CommittedTTL <= 0 {
+		opt.CommittedTTL = 15 * time.Minute
+	}
+	if opt.MaxImages <= 0 {
+		opt.MaxImages = MaxImages
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	return &Store{rdb: rdb, opt: opt, Keys: Keys(opt.Prefix)}
+}
+
+// Options returns the store's options with defaults filled in.
+func (s *Store) Options() Options { return s.opt }
+
+// Keys builds the Redis key names under one prefix.
+type Keys string
+
+// User is the seeds' session key.
+func (k Keys) User(userID string) string { return string(k) + "user:" + userID }
+
+// Token is the seeds' QR token key.
+func (k Keys) Token(token string) string { return string(k) + "session-token:" + token }
+
+// Phone is a phone credential's key; only the credential's hash is stored.
+func (k Keys) Phone(credential string) string {
+	sum := sha256.Sum256([]byte(credential))
+	return string(k) + "phone:" + hex.EncodeToString(sum[:])
+}
+
+// Outbox is the stream of events waiting to be published to JetStream.
+func (k Keys) Outbox() string { return string(k) + "outbox" }
+
+// Ledger holds what a commit has written: image id to Media id.
+func (k Keys) Ledger(userID, commitID string) string {
+	return string(k) + "ledger:" + userID + ":" + commitID
+}
+
+// CommitLock is held by the one committer working on a user's commit.
+func (k Keys) CommitLock(userID string) string { return string(k) + "commit-lock:" + userID }
+
+// StartParams describe a new capture session.
+type StartParams struct {
+	UserID      string
+	PatientID   string
+	EncounterID string
+	Token       string // the QR token, chosen by the caller
+	SessionID   string // id for a new session, chosen by the caller
+	Discard     bool   // replace a session that still has uncommitted photos
+}
+
+// Started is the outcome of Start.
+type Started struct {
+	Session   Session
+	Token     SessionToken
+	Reused    bool    // the same patient and encounter's session goes on
+	Discarded []Image // photos of the replaced session, for clean-up
+}
+
+// Start opens a capture session and its QR token. The same patient and
+// encounter continue their session; another patient's replaces it only when
+// it holds no uncommitted photos or p.Discard is set.
+func (s *Store) Start(ctx context.Context, p StartParams) (Started, error) {
+	now := s.opt.Now().UTC()
+	sess := Session{
+		SessionID: p.SessionID, UserID: p.UserID, PatientID: p.PatientID, EncounterID: p.EncounterID,
+		Images: List[Image]{}, CommitStatus: CommitNone, CreatedAt: now, LastActivity: now,
+	}
+	tok := SessionToken{UserID: p.UserID, PatientID: p.PatientID, EncounterID: p.EncounterID, SessionID: p.SessionID, CreatedAt: now}
+	discard := "0"
+	if p.Discard {
+		discard = "1"
+	}
+	res, err := s.run(ctx, startScript, events.SessionStarted, p.UserID, []string{s.Keys.Token(p.Token)},
+		mustJSON(sess), mustJSON(tok), secs(s.opt.TokenTTL), discard)
+	if err != nil {
+		return Started{}, err
+	}
+	parts, err := strings3(res)
+	if err != nil {
+		return Started{}, err
+	}
+	var out Started
+	if err := json.Unmarshal([]byte(parts[0]), &out.Session); err != nil {
+		return Started{}, fmt.Errorf("decode session: %w", err)
+	}
+	var d struct {
+		Images List[Image] `json:"images"`
+	}
+	if err := json.Unmarshal([]byte(parts[1]), &d); err != nil {
+		return Started{}, fmt.Errorf("decode discarded: %w", err)
+	}
+	out.Discarded = d.Images
+	out.Reused = parts[2] == "reuse"
+	tok.SessionID = out.Session.SessionID
+	out.Token = tok
+	return out, nil
+}
+
+// Get returns the session and refreshes its idle TTL.
+func (s *Store) Get(ctx context.Context, userID string) (Session, error) {
+	raw, err := s.rdb.GetEx(ctx, s.Keys.User(userID), s.opt.SessionTTL).Result()
+	return decodeSession(raw, err)
+}
+
+// Peek returns the session without touching its TTL (for workers).
+func (s *Store) Peek(ctx context.Context, userID string) (Session, error) {
+	raw, err := s.rdb.Get(ctx, s.Keys.User(userID)).Result()
+	return decodeSession(raw, err)
+}
+
+// Token reads a QR token without using it.
+func (s *Store) Token(ctx context.Context, token string) (SessionToken, error) {
+	raw, err := s.rdb.Get(ctx, s.Keys.Token(token)).Result()
+	if errors.Is(err, redis.Nil) {
+		return SessionToken{}, ErrTokenNotFound
+	}
+	if err != nil {
+		return SessionToken{}, fmt.Errorf("get token: %w", err)
+	}
+	var t SessionToken
+	if err := json.Unmarshal([]byte(raw), &t); err != nil {
+		return SessionToken{}, fmt.Errorf("decode token: %w", err)
+	}
+	return t, nil
+}
+
+// Pair uses a QR token once: it marks the token used, stores the phone
+// credential (only its hash) and records the pairing on the session.
+func (s *Store) Pair(ctx context.Context, token, credential, userAgent string) (SessionToken, error) {
+	t, err := s.Token(ctx, token)
+	if err != nil {
+		return SessionToken{}, err
+	}
+	if t.Used {
+		return SessionToken{}, ErrTokenUsed
+	}
+	res, err := s.run(ctx, pairScript, events.PhonePaired, t.UserID,
+		[]string{s.Keys.Token(token), s.Keys.Phone(credential)}, userAgent, secs(s.opt.CredentialTTL))
+	if err != nil {
+		return SessionToken{}, err
+	}
+	raw, _ := res.(string)
+	var out SessionToken
+	if err := json.Unmarshal([]byte(raw), &out); err != nil {
+		return SessionToken{}, fmt.Errorf("decode token: %w", err)
+	}
+	return out, nil
+}
+
+// Credential resolves a phone credential. It fails with ErrSessionChanged
+// once the session it was issued for has ended or been replaced.
+func (s *Store) Credential(ctx context.Context, credential string) (PhoneCredential, error) {
+	raw, err := s.rdb.Get(ctx, s.Keys.Phone(credential)).Result()
+	if errors.Is(err, redis.Nil) {
+		return PhoneCredential{}, ErrTokenNotFound
+	}
+	if err != nil {
+		return PhoneCredential{}, fmt.Errorf("get credential: %w", err)
+	}
+	var c PhoneCredential
+	if err := json.Unmarshal([]byte(raw), &c); err != nil {
+		return PhoneCredential{}, fmt.Errorf("decode credential: %w", err)
+	}
+	return c, nil
+}
+
+// AddImage records a photo. sessionID binds the call to one session ("" for
+// the user's current one). Recording the same image id again returns the
+// session unchanged with added false.
+func (s *Store) AddImage(ctx context.Context, userID, sessionID string, img Image) (sess Session, added bool, err error) {
+	if img.Status == "" {
+		img.Status = ImageProcessing
+	}
+	res, err := s.run(ctx, addScript, events.ImageUploaded, userID, nil, mustJSON(img), sessionID, strconv.Itoa(s.opt.MaxImages))
+	if err != nil {
+		return Session{}, false, err
+	}
+	return decodeChanged(res, "added")
+}
+
+// MetadataPatch changes the named metadata fields; nil leaves one as it is,
+// an empty string clears it.
+type MetadataPatch struct {
+	BodySite        *string `json:"bodySite,omitempty"`
+	BodySiteDisplay *string `json:"bodySiteDisplay,omitempty"`
+	Laterality      *string `json:"laterality,omitempty"`
+	ViewType        *string `json:"viewType,omitempty"`
+	Notes           *string `json:"notes,omitempty"`
+}
+
+// UpdateMetadata applies p to one photo.
+func (s *Store) UpdateMetadata(ctx context.Context, userID, sessionID, imageID string, p MetadataPatch) (Session, error) {
+	res, err := s.run(ctx, updateScript, events.ImageUpdated, userID, nil, imageID, mustJSON(p), sessionID)
+	if err != nil {
+		return Session{}, err
+	}
+	raw, _ := res.(string)
+	return decodeSession(raw, nil)
+}
+
+// RemoveImage deletes one photo from the session and returns it so the caller
+// can delete its objects.
+func (s *Store) RemoveImage(ctx context.Context, userID, sessionID, imageID string) (Session, Image, error) {
+	res, err := s.run(ctx, removeScript, events.ImageRemoved, userID, nil, imageID, sessionID)
+	if err != nil {
+		return Session{}, Image{}, err
+	}
+	parts, err := strings3(res)
+	if err != nil {
+		return Session{}, Image{}, err
+	}
+	sess, err := decodeSession(parts[0], nil)
+	if err != nil {
+		return Session{}, Image{}, err
+	}
+	var img Image
+	if err := json.Unmarshal([]byte(parts[1]), &img); err != nil {
+		return Session{}, Image{}, fmt.Errorf("decode image: %w", err)
+	}
+	return sess, img, nil
+}
+
+// Processed is what the thumbnailer found and made for one photo.
+type Processed struct {
+	Status       ImageStatus `json:"status"` // ready or rejected
+	PreviewKey   string      `json:"previewKey,omitempty"`
+	ViewerKey    string      `json:"viewerKey,omitempty"`
+	CleanKey     string      `json:"cleanKey,omitempty"`
+	CleanSize    int64       `json:"cleanSize,omitempty"`
+	SHA256       string      `json:"sha256,omitempty"`
+	Width        int         `json:"width,omitempty"`
+	Height       int         `json:"height,omitempty"`
+	Size         int64       `json:"size,omitempty"`
+	ContentType  string      `json:"contentType,omitempty"`
+	RejectReason string      `json:"rejectReason,omitempty"`
+}
+
+// SetProcessed records the thumbnailer's result for a photo still
+// "processing" and emits image.processed or image.rejected; for any other
+// photo it changes nothing and changed is false.
+func (s *Store) SetProcessed(ctx context.Context, userID, imageID string, p Processed) (sess Session, changed bool, err error) {
+	t := events.ImageProcessed
+	if p.Status == ImageRejected {
+		t = events.ImageRejected
+	}
+	res, err := s.run(ctx, processedScript, t, userID, nil, imageID, mustJSON(p))
+	if err != nil {
+		return Session{}, false, err
+	}
+	return decodeChanged(res, "changed")
+}
+
+// BeginCommit moves the session to in_progress under commitID and emits
+// commit.requested, the committer's work item. A second call gets
+// ErrCommitInProgress.
+func (s *Store) BeginCommit(ctx context.Context, userID, sessionID, commitID string) (Session, error) {
+	res, err := s.run(ctx, beginScript, events.CommitRequested, userID, nil, commitID, sessionID)
+	if err != nil {
+		return Session{}, err
+	}
+	raw, _ := res.(string)
+	return decodeSession(raw, nil)
+}
+
+// CommitProgress records that imageID landed as mediaID and emits
+// commit.progress; recording it again changes nothing.
+func (s *Store) CommitProgress(ctx context.Context, userID, commitID, imageID, mediaID string) (Session, bool, error) {
+	res, err := s.run(ctx, progressScript, events.CommitProgress, userID, nil, commitID, imageID, mediaID)
+	if err != nil {
+		return Session{}, false, err
+	}
+	return decodeChanged(res, "changed")
+}
+
+// FinishCommit marks the session committed with each photo's Media id, keeps
+// it for CommittedTTL so late screens see the outcome, and emits
+// commit.succeeded. Calling it again changes nothing.
+func (s *Store) FinishCommit(ctx context.Context, userID, commitID string, media map[string]string) (Session, bool, error) {
+	res, err := s.runTTL(ctx, finishScript, events.CommitSucceeded, userID, nil, s.opt.CommittedTTL, commitID, mustJSON(media))
+	if err != nil {
+		return Session{}, false, err
+	}
+	return decodeChanged(res, "changed")
+}
+
+// FailCommit returns the session to none with per-photo errors and the Media
+// that could not be removed, and emits commit.failed.
+func (s *Store) FailCommit(ctx context.Context, userID, commitID, message string, errs []ImageError, orphans []string) (Session, bool, error) {
+	if errs == nil {
+		errs = []ImageError{}
+	}
+	res, err := s.run(ctx, failScript, events.CommitFailed, userID, nil, commitID, mustJSON(errs), mustJSON(List[string](orphans)), message)
+	if err != nil {
+		return Session{}, false, err
+	}
+	return decodeChanged(res, "changed")
+}
+
+// Delete removes a session outright (tests and explicit discards).
+func (s *Store) Delete(ctx context.Context, userID string) error {
+	if err := s.rdb.Del(ctx, s.Keys.User(userID)).Err(); err != nil {
+		return fmt.Errorf("delete session: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) run(ctx context.Context, sc *redis.Script, t events.Type, userID string, extraKeys []string, args ...any) (any, error) {
+	return s.runTTL(ctx, sc, t, userID, extraKeys, s.opt.SessionTTL, args...)
+}
+
+func (s *Store) runTTL(ctx context.Context, sc *redis.Script, t events.Type, userID string, extraKeys []string, ttl time.Duration, args ...any) (any, error) {
+	if !events.ValidUserID(userID) {
+		return nil, ErrNotFound
+	}
+	now := s.opt.Now().UTC()
+	ev, err := events.New(s.opt.Source, t, userID, struct{}{}, now)
+	if err != nil {
+		return nil, err
+	}
+	keys := append([]string{s.Keys.User(userID), s.Keys.Outbox()}, extraKeys...)
+	argv := append([]any{now.Format(time.RFC3339Nano), secs(ttl), mustJSON(ev), s.opt.Names.SubjectOf(ev)}, args...)
+	res, err := sc.Run(ctx, s.rdb, keys, argv...).Result()
+	if err != nil {
+		return nil, scriptError(t, err)
+	}
+	return res, nil
+}
+
+// scriptError maps a script's "CI_<CODE> detail" reply to a domain error.
+func scriptError(t events.Type, err error) error {
+	msg := err.Error()
+	code, detail, _ := strings.Cut(strings.TrimPrefix(msg, "ERR "), " ")
+	n, _ := strconv.Atoi(detail)
+	switch code {
+	case "CI_SESSION_NOT_FOUND":
+		return ErrNotFound
+	case "CI_TOKEN_NOT_FOUND":
+		return ErrTokenNotFound
+	case "CI_TOKEN_USED":
+		return ErrTokenUsed
+	case "CI_SESSION_CHANGED":
+		return ErrSessionChanged
+	case "CI_IMAGE_NOT_FOUND":
+		return ErrImageNotFound
+	case "CI_IMAGE_ID_CONFLICT":
+		return ErrImageIDConflict
+	case "CI_CAP":
+		return ErrCapReached
+	case "CI_COMMIT_IN_PROGRESS":
+		return ErrCommitInProgress
+	case "CI_COMMITTED":
+		return ErrCommitted
+	case "CI_NOTHING_TO_COMMIT":
+		return ErrNothingToCommit
+	case "CI_STALE":
+		return ErrStale
+	case "CI_UNCOMMITTED":
+		return &UncommittedError{N: n}
+	case "CI_REJECTED_IMAGES":
+		return &RejectedImagesError{N: n}
+	}
+	return fmt.Errorf("session %s: %w", t, err)
+}
+
+func decodeSession(raw string, err error) (Session, error) {
+	if errors.Is(err, redis.Nil) {
+		return Session{}, ErrNotFound
+	}
+	if err != nil {
+		return Session{}, fmt.Errorf("get session: %w", err)
+	}
+	var s Session
+	if err := json.Unmarshal([]byte(raw), &s); err != nil {
+		return Session{}, fmt.Errorf("decode session: %w", err)
+	}
+	if s.Images == nil {
+		s.Images = List[Image]{}
+	}
+	return s, nil
+}
+
+func decodeChanged(res any, word string) (Session, bool, error) {
+	parts, err := strings3(res)
+	if err != nil {
+		return Session{}, false, err
+	}
+	s, err := decodeSession(parts[0], nil)
+	return s, parts[1] == word, err
+}
+
+func strings3(res any) ([]string, error) {
+	arr, ok := res.([]any)
+	if !ok {
+		return nil, fmt.Errorf("script reply %T", res)
+	}
+	out := make([]string, 3)
+	for i := range min(len(arr), 3) {
+		out[i], _ = arr[i].(string)
+	}
+	return out, nil
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("session: encode %T: %v", v, err))
+	}
+	return string(b)
+}
+
+func secs(d time.Duration) string { return strconv.FormatInt(int64(d/time.Second), 10) }

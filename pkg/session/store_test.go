@@ -1,0 +1,310 @@
+package session_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/session"
+	"github.com/clinicalimages/clinimg/pkg/testenv"
+)
+
+func newStore(t *testing.T) (*session.Store, *redis.Client) {
+	t.Helper()
+	rdb, prefix := testenv.Redis(t)
+	return session.NewStore(rdb, session.Options{Prefix: prefix}), rdb
+}
+
+func start(t *testing.T, st *session.Store, user, patient string) session.Started {
+	t.Helper()
+	out, err := st.Start(context.Background(), session.StartParams{
+		UserID: user, PatientID: patient, EncounterID: "enc_1", Token: "tok-" + testenv.ID(), SessionID: "s-" + testenv.ID(),
+	})
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	return out
+}
+
+func image(id string) session.Image {
+	return session.Image{ID: id, S3Key: "temp/u1/" + id + ".jpg", Uploaded: true, Source: "mobile", ContentType: "image/jpeg", Size: 1000, CapturedAt: time.Now().UTC()}
+}
+
+func outboxLen(t *testing.T, rdb *redis.Client, st *session.Store) int64 {
+	n, err := rdb.XLen(context.Background(), st.Keys.Outbox()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Promise 1: concurrent records never lose or duplicate a photo, and the cap
+// holds exactly. Run 20 times; -race is on in make test.
+func TestConcurrentAddKeepsEveryImageAndTheCap(t *testing.T) {
+	for _, tc := range []struct {
+		name               string
+		writers            int
+		wantKept, wantCaps int
+	}{
+		{"50 photos", 50, 50, 0},
+		{"60 photos", 60, 50, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for round := range 20 {
+				st, rdb := newStore(t)
+				start(t, st, "u1", "p1")
+				var capped atomic.Int32
+				var wg sync.WaitGroup
+				for i := range tc.writers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						_, _, err := st.AddImage(context.Background(), "u1", "", image(fmt.Sprintf("img-%d", i)))
+						switch {
+						case errors.Is(err, session.ErrCapReached):
+							capped.Add(1)
+						case err != nil:
+							t.Errorf("add: %v", err)
+						}
+					}()
+				}
+				wg.Wait()
+				s, err := st.Get(context.Background(), "u1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				seen := map[string]bool{}
+				for _, im := range s.Images {
+					if seen[im.ID] {
+						t.Fatalf("round %d: image %s twice", round, im.ID)
+					}
+					seen[im.ID] = true
+				}
+				if len(s.Images) != tc.wantKept || int(capped.Load()) != tc.wantCaps {
+					t.Fatalf("round %d: kept %d refused %d, want %d and %d", round, len(s.Images), capped.Load(), tc.wantKept, tc.wantCaps)
+				}
+				// One image.uploaded per kept photo, plus session.started.
+				if got, want := outboxLen(t, rdb, st), int64(tc.wantKept+1); got != want {
+					t.Fatalf("round %d: outbox has %d events, want %d", round, got, want)
+				}
+			}
+		})
+	}
+}
+
+// The seeds' GET, modify, SET: kept as a control to show the test above can
+// fail. Under the same concurrency it loses photos.
+func TestGetModifySetLosesPhotos(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	ctx := context.Background()
+	key := prefix + "user:u1"
+	lost := 0
+	for range 5 {
+		rdb.Set(ctx, key, `{"images":[]}`, time.Hour)
+		var wg sync.WaitGroup
+		for i := range 50 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				raw, _ := rdb.Get(ctx, key).Result()
+				var s struct {
+					Images []session.Image `json:"images"`
+				}
+				_ = json.Unmarshal([]byte(raw), &s)
+				s.Images = append(s.Images, image(fmt.Sprintf("img-%d", i)))
+				b, _ := json.Marshal(s)
+				rdb.Set(ctx, key, b, time.Hour)
+			}()
+		}
+		wg.Wait()
+		raw, _ := rdb.Get(ctx, key).Result()
+		var s struct {
+			Images []session.Image `json:"images"`
+		}
+		_ = json.Unmarshal([]byte(raw), &s)
+		lost += 50 - len(s.Images)
+	}
+	if lost == 0 {
+		t.Fatal("the GET-modify-SET control lost no photo in 5 rounds of 50; the concurrency test is not exercising races")
+	}
+	t.Logf("GET-modify-SET lost %d of 250 photos", lost)
+}
+
+func TestAddImageIsIdempotent(t *testing.T) {
+	st, rdb := newStore(t)
+	start(t, st, "u1", "p1")
+	ctx := context.Background()
+	img := image("a")
+	if _, added, err := st.AddImage(ctx, "u1", "", img); err != nil || !added {
+		t.Fatalf("first add: added=%v err=%v", added, err)
+	}
+	s, added, err := st.AddImage(ctx, "u1", "", img)
+	if err != nil || added {
+		t.Fatalf("second add: added=%v err=%v", added, err)
+	}
+	if len(s.Images) != 1 || outboxLen(t, rdb, st) != 2 {
+		t.Fatalf("after repeat: %d images, %d events", len(s.Images), outboxLen(t, rdb, st))
+	}
+	other := image("a")
+	other.S3Key = "temp/u1/other.jpg"
+	if _, _, err := st.AddImage(ctx, "u1", "", other); !errors.Is(err, session.ErrImageIDConflict) {
+		t.Fatalf("same id, other key: %v", err)
+	}
+}
+
+func TestPatientSwitch(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	first := start(t, st, "u1", "p1")
+	st.AddImage(ctx, "u1", "", image("a"))
+	st.AddImage(ctx, "u1", "", image("b"))
+
+	// Same patient and encounter: the session goes on with its photos.
+	again := start(t, st, "u1", "p1")
+	if !again.Reused || again.Session.SessionID != first.Session.SessionID || len(again.Session.Images) != 2 {
+		t.Fatalf("same patient: reused=%v images=%d", again.Reused, len(again.Session.Images))
+	}
+	// Another patient: refused, naming the count, and nothing changes.
+	_, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: "p2", EncounterID: "enc_9", Token: "t2", SessionID: "s2"})
+	var unc *session.UncommittedError
+	if !errors.As(err, &unc) || unc.N != 2 {
+		t.Fatalf("other patient: %v", err)
+	}
+	if _, err := st.Token(ctx, "t2"); !errors.Is(err, session.ErrTokenNotFound) {
+		t.Fatalf("refused start left a token: %v", err)
+	}
+	s, _ := st.Get(ctx, "u1")
+	if s.PatientID != "p1" || len(s.Images) != 2 {
+		t.Fatalf("refused start changed the session: %+v", s)
+	}
+	// With discard: replaced, and the old photos handed back for clean-up.
+	out, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: "p2", EncounterID: "enc_9", Token: "t3", SessionID: "s3", Discard: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Session.PatientID != "p2" || len(out.Session.Images) != 0 || len(out.Discarded) != 2 {
+		t.Fatalf("discard: patient %s, %d images, %d discarded", out.Session.PatientID, len(out.Session.Images), len(out.Discarded))
+	}
+}
+
+func TestPairIsSingleUse(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	out := start(t, st, "u1", "p1")
+	tok, _ := st.Token(ctx, "x")
+	_ = tok
+	s, _ := st.Get(ctx, "u1")
+	var token string
+	// Find the token we started with by starting again (reuse keeps the session).
+	token = "tok-pair"
+	if _, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: "p1", EncounterID: "enc_1", Token: token, SessionID: "ignored"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.Pair(ctx, token, "cred-1", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.SessionID != out.Session.SessionID || got.SessionID != s.SessionID {
+		t.Fatalf("paired to session %s, want %s", got.SessionID, s.SessionID)
+	}
+	if _, err := st.Pair(ctx, token, "cred-2", "test"); !errors.Is(err, session.ErrTokenUsed) {
+		t.Fatalf("second pair: %v", err)
+	}
+	c, err := st.Credential(ctx, "cred-1")
+	if err != nil || c.UserID != "u1" || c.SessionID != s.SessionID {
+		t.Fatalf("credential: %+v %v", c, err)
+	}
+	if _, err := st.Credential(ctx, "cred-2"); err == nil {
+		t.Fatal("refused pairing stored a credential")
+	}
+}
+
+func TestCommitLifecycle(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	start(t, st, "u1", "p1")
+	if _, err := st.BeginCommit(ctx, "u1", "", "c0"); !errors.Is(err, session.ErrNothingToCommit) {
+		t.Fatalf("empty commit: %v", err)
+	}
+	st.AddImage(ctx, "u1", "", image("a"))
+	st.AddImage(ctx, "u1", "", image("b"))
+	if _, err := st.BeginCommit(ctx, "u1", "", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.BeginCommit(ctx, "u1", "", "c2"); !errors.Is(err, session.ErrCommitInProgress) {
+		t.Fatalf("second commit: %v", err)
+	}
+	if _, _, err := st.AddImage(ctx, "u1", "", image("c")); !errors.Is(err, session.ErrCommitInProgress) {
+		t.Fatalf("add during commit: %v", err)
+	}
+	if _, _, err := st.CommitProgress(ctx, "u1", "c2", "a", "m1"); !errors.Is(err, session.ErrStale) {
+		t.Fatalf("progress of another commit: %v", err)
+	}
+	s, changed, err := st.CommitProgress(ctx, "u1", "c1", "a", "m1")
+	if err != nil || !changed || s.Commit.Done != 1 {
+		t.Fatalf("progress: %v changed=%v", err, changed)
+	}
+	s, changed, err = st.FinishCommit(ctx, "u1", "c1", map[string]string{"a": "m1", "b": "m2"})
+	if err != nil || !changed {
+		t.Fatalf("finish: %v %v", err, changed)
+	}
+	if diff := cmp.Diff(session.List[string]{"m1", "m2"}, s.Commit.MediaResourceIDs); diff != "" || s.CommitStatus != session.CommitCommitted {
+		t.Fatalf("finish: status %s, ids diff %s", s.CommitStatus, diff)
+	}
+	if _, changed, _ := st.FinishCommit(ctx, "u1", "c1", map[string]string{"a": "m1", "b": "m2"}); changed {
+		t.Fatal("second finish changed the session")
+	}
+}
+
+func TestFailCommitReturnsToNone(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	start(t, st, "u1", "p1")
+	st.AddImage(ctx, "u1", "", image("a"))
+	st.BeginCommit(ctx, "u1", "", "c1")
+	s, _, err := st.FailCommit(ctx, "u1", "c1", "ALEX refused photo a", []session.ImageError{{ImageID: "a", Error: "invalid body site"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.CommitStatus != session.CommitNone || s.Images[0].Status != session.ImageFailed || s.Images[0].Error == "" {
+		t.Fatalf("after fail: %+v", s)
+	}
+	// A retry may begin again.
+	if _, err := st.BeginCommit(ctx, "u1", "", "c2"); err != nil {
+		t.Fatalf("retry commit: %v", err)
+	}
+}
+
+func TestEventsCarryVersionAndEnvelope(t *testing.T) {
+	st, rdb := newStore(t)
+	ctx := context.Background()
+	start(t, st, "u1", "p1")
+	st.AddImage(ctx, "u1", "", image("a"))
+	msgs, err := rdb.XRange(ctx, st.Keys.Outbox(), "-", "+").Result()
+	if err != nil || len(msgs) != 2 {
+		t.Fatalf("outbox: %v %d", err, len(msgs))
+	}
+	ev, err := events.Decode([]byte(msgs[1].Values["event"].(string)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data session.ImageEvent
+	if err := ev.DataAs(&data); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Type != events.ImageUploaded || data.Version != 2 || data.Image.ID != "a" || data.ImageCount != 1 || msgs[1].Values["id"] != ev.ID {
+		t.Fatalf("event: %+v data %+v", ev, data)
+	}
+	if got, want := msgs[1].Values["subject"], "clinimg.image.uploaded.u1"; got != want {
+		t.Fatalf("subject %v, want %v", got, want)
+	}
+}
