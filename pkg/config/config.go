@@ -1,0 +1,136 @@
+// Package config reads service configuration from the environment in one
+// place. A Reader collects every problem so a service reports them all at
+// once, before it opens any connection.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/clinicalimages/clinimg/pkg/blob"
+	"github.com/clinicalimages/clinimg/pkg/events"
+)
+
+// Reader reads typed values from a getenv function and remembers errors.
+type Reader struct {
+	get  func(string) string
+	errs []error
+}
+
+// New reads from getenv (os.Getenv in main, a map in tests).
+func New(getenv func(string) string) *Reader { return &Reader{get: getenv} }
+
+// Err is every problem found, joined, or nil.
+func (r *Reader) Err() error { return errors.Join(r.errs...) }
+
+// Fail records a problem found by the caller.
+func (r *Reader) Fail(format string, a ...any) { r.errs = append(r.errs, fmt.Errorf(format, a...)) }
+
+// String is name's value or def.
+func (r *Reader) String(name, def string) string {
+	if v := strings.TrimSpace(r.get(name)); v != "" {
+		return v
+	}
+	return def
+}
+
+// Required is name's value; its absence is an error.
+func (r *Reader) Required(name string) string {
+	v := strings.TrimSpace(r.get(name))
+	if v == "" {
+		r.Fail("%s is required", name)
+	}
+	return v
+}
+
+// Int is name's value as an integer, or def.
+func (r *Reader) Int(name string, def int) int {
+	v := strings.TrimSpace(r.get(name))
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		r.Fail("%s: %q is not an integer", name, v)
+		return def
+	}
+	return n
+}
+
+// Duration is name's value as a Go duration ("10m", "30s"), or def.
+func (r *Reader) Duration(name string, def time.Duration) time.Duration {
+	v := strings.TrimSpace(r.get(name))
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		r.Fail("%s: %q is not a duration like 30s or 10m", name, v)
+		return def
+	}
+	return d
+}
+
+// Bool is name's value as a boolean, or def.
+func (r *Reader) Bool(name string, def bool) bool {
+	v := strings.TrimSpace(r.get(name))
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		r.Fail("%s: %q is not true or false", name, v)
+		return def
+	}
+	return b
+}
+
+// Common is what every service needs: where Redis, NATS and S3 are, the
+// stream names, and its operations port.
+type Common struct {
+	RedisURL    string       // REDIS_URL, default redis://127.0.0.1:6379/0 (rediss:// for TLS, e.g. Upstash)
+	RedisPrefix string       // REDIS_KEY_PREFIX, default empty (the seeds' key names)
+	NATSURL     string       // NATS_URL, default nats://127.0.0.1:4222
+	Names       events.Names // NATS_STREAM (CLINIMG), NATS_SUBJECT_PREFIX (clinimg)
+	Replicas    int          // NATS_REPLICAS, default 1; 3 in production
+	S3          blob.Config  // S3_BUCKET_NAME, AWS_REGION, S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_PATH_STYLE
+	OpsAddr     string       // OPS_ADDR: /healthz, /readyz, /metrics (default per service)
+	LogLevel    string       // LOG_LEVEL: debug, info (default), warn, error
+}
+
+// ReadCommon reads the common settings; opsAddr is the service's default
+// operations address.
+func (r *Reader) ReadCommon(opsAddr string) Common {
+	c := Common{
+		RedisURL:    r.String("REDIS_URL", "redis://127.0.0.1:6379/0"),
+		RedisPrefix: r.String("REDIS_KEY_PREFIX", ""),
+		NATSURL:     r.String("NATS_URL", "nats://127.0.0.1:4222"),
+		Names: events.Names{
+			Stream: r.String("NATS_STREAM", events.DefaultNames.Stream),
+			Prefix: r.String("NATS_SUBJECT_PREFIX", events.DefaultNames.Prefix),
+		},
+		Replicas: r.Int("NATS_REPLICAS", 1),
+		S3: blob.Config{
+			Bucket:    r.String("S3_BUCKET_NAME", "clinicpro-images-temp"),
+			Region:    r.String("AWS_REGION", "ap-southeast-2"),
+			Endpoint:  r.String("S3_ENDPOINT", ""),
+			AccessKey: r.String("AWS_ACCESS_KEY_ID", ""),
+			SecretKey: r.String("AWS_SECRET_ACCESS_KEY", ""),
+			PathStyle: r.Bool("S3_PATH_STYLE", false),
+		},
+		OpsAddr:  r.String("OPS_ADDR", opsAddr),
+		LogLevel: r.String("LOG_LEVEL", "info"),
+	}
+	if c.S3.AccessKey != "" && c.S3.SecretKey == "" {
+		r.Fail("AWS_SECRET_ACCESS_KEY is required with AWS_ACCESS_KEY_ID")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		r.Fail("LOG_LEVEL: %q is not debug, info, warn or error", c.LogLevel)
+	}
+	return c
+}
