@@ -1,0 +1,99 @@
+package realtime
+
+import (
+	"errors"
+	"time"
+
+	"github.com/clinicalimages/clinimg/pkg/config"
+)
+
+// Mode says who serves the browsers' SSE stream.
+type Mode string
+
+// The two modes: Ably when ABLY_API_KEY is set, else the relay's built-in SSE.
+const (
+	ModeAbly Mode = "ably"
+	ModeSSE  Mode = "sse"
+)
+
+// AblySSEURL is Ably's SSE endpoint.
+const AblySSEURL = "https://main.realtime.ably.net/sse"
+
+// DefaultSSEURL is where the local relay serves SSE (RELAY_ADDR :8081).
+const DefaultSSEURL = "http://127.0.0.1:8081/sse"
+
+// DefaultTTL is how long a browser token lives unless the session ends
+// sooner; pages renew it before then.
+const DefaultTTL = time.Hour
+
+// Settings are the realtime settings the API and the relay both read:
+//
+//	ABLY_API_KEY          "appId.keyId:secret"; set = Ably mode
+//	REALTIME_SIGNING_KEY  "name:secret"; required without ABLY_API_KEY (SSE mode),
+//	                      the same value for the API and every relay
+//	REALTIME_SSE_URL      the SSE URL pages open (default Ably's, or
+//	                      http://127.0.0.1:8081/sse in SSE mode)
+//	REALTIME_TOKEN_TTL    browser token lifetime, default 1h, at most 24h
+type Settings struct {
+	Mode Mode
+	Key  Key // the Ably API key (ModeAbly) or the shared signing key (ModeSSE)
+	URL  string
+	TTL  time.Duration
+}
+
+// ReadSettings reads Settings, recording problems in r.
+func ReadSettings(r *config.Reader) Settings {
+	s := Settings{Mode: ModeSSE, TTL: r.Duration("REALTIME_TOKEN_TTL", DefaultTTL)}
+	name, def := "REALTIME_SIGNING_KEY", DefaultSSEURL
+	if ably := r.String("ABLY_API_KEY", ""); ably != "" {
+		s.Mode, name, def = ModeAbly, "ABLY_API_KEY", AblySSEURL
+	}
+	s.URL = r.String("REALTIME_SSE_URL", def)
+	raw := r.String(name, "")
+	switch k, err := ParseKey(raw); {
+	case raw == "":
+		r.Fail("%s is required when ABLY_API_KEY is not set (built-in SSE)", name)
+	case err != nil:
+		r.Fail("%s: %v", name, err)
+	default:
+		s.Key = k
+	}
+	if s.TTL <= 0 || s.TTL > MaxTTL {
+		r.Fail("REALTIME_TOKEN_TTL must be between 1s and 24h")
+	}
+	return s
+}
+
+// Token is the answer of GET /api/users/:userId/realtime-token.
+type Token struct {
+	Mode      Mode      `json:"mode"`
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expiresAt"`
+	Channel   string    `json:"channel"`
+	URL       string    `json:"url"`
+}
+
+// Issue mints userID's browser token, valid from now for s.TTL but never
+// past notAfter (when the session expires). It fails with ErrSessionEnded if
+// notAfter is not after now.
+func (s Settings) Issue(userID string, notAfter, now time.Time) (Token, error) {
+	ttl := s.TTL
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	if !notAfter.IsZero() {
+		left := notAfter.Sub(now).Truncate(time.Second)
+		if left < time.Second {
+			return Token{}, ErrSessionEnded
+		}
+		ttl = min(ttl, left)
+	}
+	if s.Key.IsZero() {
+		return Token{}, errors.New("issue token: no key configured")
+	}
+	tok, exp, err := Mint(s.Key, userID, ttl, now)
+	if err != nil {
+		return Token{}, err
+	}
+	return Token{Mode: s.Mode, Token: tok, ExpiresAt: exp, Channel: Channel(userID), URL: s.URL}, nil
+}
