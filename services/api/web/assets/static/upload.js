@@ -1,0 +1,241 @@
+// upload.js: the one upload pipeline both pages use. A photo is compressed in
+// the browser (orientation applied, longest side <= 1920 px, JPEG < 1 MB, no
+// metadata left since the canvas re-encodes only pixels), then presigned, PUT
+// to S3 with progress, and recorded in the session. Network failures retry
+// with backoff; after the last attempt the photo waits for a tap to retry.
+
+import { ApiError, sleep } from './api.js';
+
+export const MAX_SIDE = 1920;
+export const MAX_BYTES = 1000 * 1000;
+
+/** compress turns a camera file into a JPEG Blob within MAX_SIDE and MAX_BYTES. */
+export async function compress(file, maxSide = MAX_SIDE, maxBytes = MAX_BYTES) {
+  let bmp;
+  try {
+    bmp = await createImageBitmap(file, { imageOrientation: 'from-image' });
+  } catch {
+    throw new ApiError(0, 'unreadable', 'This file could not be read as a photo');
+  }
+  try {
+    const scale = Math.min(1, maxSide / Math.max(bmp.width, bmp.height));
+    let w = Math.max(1, Math.round(bmp.width * scale));
+    let h = Math.max(1, Math.round(bmp.height * scale));
+    for (let round = 0; round < 6; round++) {
+      const canvas = document.createElement('canvas');
+      canvas.width = w;
+      canvas.height = h;
+      const ctx = canvas.getContext('2d');
+      ctx.fillStyle = '#fff'; // transparent PNGs become white, not black
+      ctx.fillRect(0, 0, w, h);
+      ctx.drawImage(bmp, 0, 0, w, h);
+      for (const q of [0.85, 0.78, 0.7, 0.6, 0.5]) {
+        const blob = await new Promise((res) => canvas.toBlob(res, 'image/jpeg', q));
+        if (blob && blob.size < maxBytes) return { blob, width: w, height: h };
+      }
+      w = Math.round(w * 0.8);
+      h = Math.round(h * 0.8);
+    }
+  } finally {
+    bmp.close();
+  }
+  throw new ApiError(0, 'too_large', 'This photo could not be made small enough');
+}
+
+/** putBlob PUTs blob to a presigned URL with XMLHttpRequest, reporting progress 0..1. */
+export function putBlob(url, blob, headers, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('PUT', url);
+    for (const [k, v] of Object.entries(headers || {})) xhr.setRequestHeader(k, v);
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
+    xhr.onload = () => {
+      if (xhr.status >= 200 && xhr.status < 300) resolve();
+      else reject(new ApiError(xhr.status, 's3_put', `Upload refused (${xhr.status})`));
+    };
+    xhr.onerror = () => reject(new ApiError(0, 'network', 'Upload interrupted'));
+    xhr.ontimeout = () => reject(new ApiError(0, 'network', 'Upload timed out'));
+    xhr.timeout = 120000;
+    xhr.send(blob);
+  });
+}
+
+const transient = (e) => e.network || e.code === 'object_missing' || e.status >= 500 || e.status === 408 || e.status === 429;
+
+const PERMANENT_TEXT = {
+  image_limit: 'Maximum 50 images reached. Please commit before adding more.',
+  committed: 'This session is already committed. Start a new capture from the desktop.',
+  commit_in_progress: 'A commit is in progress; wait for it to finish.',
+  session_changed: 'This capture session has ended.',
+  not_an_image: 'The server could not read this file as a photo.',
+  too_large: 'This photo is too large.',
+};
+
+/**
+ * UploadQueue runs uploads two at a time. Each item is
+ * {localId, name, blob, thumb (object URL), state, progress, error, imageId, s3Key, putDone}
+ * with state one of compressing | waiting | uploading | recording | retrying | failed | done.
+ * onChange(item) is called after every change; onRecorded(item, response) when the
+ * server confirmed the photo. store (optional) keeps items across reloads.
+ */
+export class UploadQueue {
+  constructor(api, { source, store, sessionId, onChange, onRecorded, delays = [1000, 2000, 4000, 8000] }) {
+    this.api = api;
+    this.source = source;
+    this.store = store;
+    this.sessionId = sessionId;
+    this.onChange = onChange || (() => {});
+    this.onRecorded = onRecorded || (() => {});
+    this.delays = delays;
+    this.items = new Map();
+    this.running = 0;
+    this.concurrency = 2;
+  }
+
+  /** active counts photos not yet confirmed and not given up. */
+  get active() {
+    let n = 0;
+    for (const it of this.items.values()) if (it.state !== 'done' && it.state !== 'blocked') n++;
+    return n;
+  }
+
+  /** add compresses and enqueues files (File objects). */
+  async add(files) {
+    const list = [...files];
+    const pending = list.map((f) => {
+      const it = {
+        localId: crypto.randomUUID(), name: f.name || 'photo.jpg', state: 'compressing',
+        progress: 0, error: '', attempts: 0, createdAt: Date.now(),
+      };
+      this.items.set(it.localId, it);
+      this.onChange(it);
+      return [it, f];
+    });
+    for (const [it, f] of pending) {
+      try {
+        const { blob } = await compress(f);
+        it.blob = blob;
+        it.thumb = URL.createObjectURL(blob);
+        it.state = 'waiting';
+        await this.persist(it);
+      } catch (e) {
+        it.state = 'blocked';
+        it.error = e.message;
+      }
+      this.onChange(it);
+      this.pump();
+    }
+  }
+
+  /** resume re-enqueues items a previous page load left in the store. */
+  async resume(records) {
+    for (const r of records) {
+      const it = { ...r, state: 'waiting', progress: 0, error: '', attempts: 0 };
+      it.thumb = URL.createObjectURL(r.blob);
+      this.items.set(it.localId, it);
+      this.onChange(it);
+    }
+    this.pump();
+  }
+
+  /** retry puts a failed item back in the queue (the GP tapped it). */
+  retry(localId) {
+    const it = this.items.get(localId);
+    if (!it || (it.state !== 'failed' && it.state !== 'blocked') || !it.blob) return;
+    it.state = 'waiting';
+    it.error = '';
+    it.attempts = 0;
+    this.onChange(it);
+    this.pump();
+  }
+
+  /** discard forgets an item that will not be uploaded. */
+  async discard(localId) {
+    const it = this.items.get(localId);
+    if (!it) return;
+    this.items.delete(localId);
+    if (it.thumb) URL.revokeObjectURL(it.thumb);
+    if (this.store) await this.store.delete(localId);
+    it.state = 'discarded';
+    this.onChange(it);
+  }
+
+  async persist(it) {
+    if (!this.store) return;
+    await this.store.put({
+      localId: it.localId, sessionId: this.sessionId, name: it.name, blob: it.blob,
+      createdAt: it.createdAt, imageId: it.imageId || '', s3Key: it.s3Key || '', putDone: !!it.putDone,
+    });
+  }
+
+  pump() {
+    for (const it of this.items.values()) {
+      if (this.running >= this.concurrency) return;
+      if (it.state !== 'waiting') continue;
+      this.running++;
+      it.state = 'uploading';
+      this.onChange(it);
+      this.run(it).finally(() => { this.running--; this.pump(); });
+    }
+  }
+
+  async run(it) {
+    for (;;) {
+      try {
+        await this.once(it);
+        it.state = 'done';
+        it.progress = 1;
+        if (this.store) await this.store.delete(it.localId);
+        this.onChange(it);
+        return;
+      } catch (e) {
+        const err = e instanceof ApiError ? e : new ApiError(0, 'network', String(e && e.message));
+        if (err.code === 'object_missing') it.putDone = false; // the bytes never landed: PUT again
+        if (!transient(err)) {
+          it.state = 'blocked';
+          it.error = PERMANENT_TEXT[err.code] || err.message;
+          it.code = err.code;
+          this.onChange(it);
+          return;
+        }
+        if (it.attempts >= this.delays.length) {
+          it.state = 'failed';
+          it.error = 'Upload failed. Tap to retry.';
+          this.onChange(it);
+          return;
+        }
+        const delay = this.delays[it.attempts] * (0.8 + Math.random() * 0.4);
+        it.attempts++;
+        it.state = 'retrying';
+        it.error = `Connection problem, retrying (${it.attempts}/${this.delays.length})…`;
+        this.onChange(it);
+        await sleep(delay);
+        it.state = 'uploading';
+        this.onChange(it);
+      }
+    }
+  }
+
+  // once makes one attempt at whatever is left: presign + PUT unless the bytes
+  // are known to be in S3, then record. Recording is idempotent per imageId, so
+  // a lost answer is retried with the same id and never makes a duplicate.
+  async once(it) {
+    if (!it.putDone) {
+      const p = await this.api.presign('image/jpeg', it.blob.size, it.name.replace(/\.[^.]*$/, '') + '.jpg');
+      it.imageId = p.imageId || crypto.randomUUID();
+      it.s3Key = p.s3Key;
+      await this.persist(it);
+      it.progress = 0;
+      await putBlob(p.uploadUrl, it.blob, p.headers || { 'Content-Type': 'image/jpeg' }, (f) => {
+        it.progress = f * 0.95;
+        this.onChange(it);
+      });
+      it.putDone = true;
+      await this.persist(it);
+    }
+    it.state = 'recording';
+    this.onChange(it);
+    const res = await this.api.addImage(it.imageId, it.s3Key, this.source);
+    this.onRecorded(it, res);
+  }
+}
