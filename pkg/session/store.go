@@ -509,3 +509,15 @@ func mustJSON(v any) string {
 }
 
 func secs(d time.Duration) string { return strconv.FormatInt(int64(d/time.Second), 10) }
+
+// ExpiresIn is how long the session has left before its idle expiry.
+func (s *Store) ExpiresIn(ctx context.Context, userID string) (time.Duration, error) {
+	d, err := s.rdb.PTTL(ctx, s.Keys.User(userID)).Result()
+	if err != nil {
+		return 0, fmt.Errorf("session ttl: %w", err)
+	}
+	if d < 0 {
+		return 0, ErrNotFound
+	}
+	return d, nil
+}

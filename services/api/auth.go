@@ -1,0 +1,102 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/clinicalimages/clinimg/pkg/session"
+)
+
+// caller is who made a request: a desktop user (verified JWT) or a phone
+// holding a credential for one user's one session.
+type caller struct {
+	userID    string
+	phone     bool
+	sessionID string // the phone's session; empty for the desktop
+}
+
+const callerKey = "clinimg.caller"
+
+// phonePrefix marks phone credentials, which are opaque, apart from JWTs.
+const phonePrefix = "ph_"
+
+// authenticate resolves the bearer token into a caller or answers 401.
+func (s *Server) authenticate(c *gin.Context) {
+	token, ok := bearer(c.GetHeader("Authorization"))
+	if !ok {
+		s.respondErr(c, errUnauthenticated)
+		return
+	}
+	who, err := s.resolve(c.Request.Context(), token)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	c.Set(callerKey, who)
+	c.Next()
+}
+
+func (s *Server) resolve(ctx context.Context, token string) (caller, error) {
+	if strings.HasPrefix(token, phonePrefix) {
+		cred, err := s.store.Credential(ctx, token)
+		if errors.Is(err, session.ErrTokenNotFound) {
+			return caller{}, errUnauthenticated
+		}
+		if err != nil {
+			return caller{}, err
+		}
+		// The credential ends with its session: a replaced or expired
+		// session no longer admits the phone.
+		sess, err := s.store.Peek(ctx, cred.UserID)
+		if errors.Is(err, session.ErrNotFound) || (err == nil && sess.SessionID != cred.SessionID) {
+			return caller{}, session.ErrSessionChanged
+		}
+		if err != nil {
+			return caller{}, err
+		}
+		return caller{userID: cred.UserID, phone: true, sessionID: cred.SessionID}, nil
+	}
+	sub, err := s.verifier.Verify(ctx, token)
+	if err != nil {
+		return caller{}, errUnauthenticated
+	}
+	return caller{userID: sub}, nil
+}
+
+// requireUser checks the :userId of the path against the caller: no one acts
+// on another user's session.
+func (s *Server) requireUser(c *gin.Context) {
+	if callerOf(c).userID != c.Param("userId") {
+		s.respondErr(c, errForbidden)
+		return
+	}
+	c.Next()
+}
+
+// requireDesktop admits only desktop callers.
+func (s *Server) requireDesktop(c *gin.Context) {
+	if callerOf(c).phone {
+		s.respondErr(c, clientErr(http.StatusForbidden, "forbidden", "only the desktop can start a session"))
+		return
+	}
+	c.Next()
+}
+
+func callerOf(c *gin.Context) caller {
+	v, _ := c.Get(callerKey)
+	who, _ := v.(caller)
+	return who
+}
+
+func bearer(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	return tok, tok != ""
+}

@@ -1,0 +1,90 @@
+package api
+
+import (
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clinicalimages/clinimg/pkg/config"
+	"github.com/clinicalimages/clinimg/pkg/jwtauth"
+	"github.com/clinicalimages/clinimg/pkg/realtime"
+)
+
+// Config is everything the API needs, read once at start-up.
+type Config struct {
+	Common config.Common
+
+	// Addr is where the API and the pages listen (API_ADDR, default :8080).
+	Addr string
+	// PublicURL is the base URL phones reach the pages at; the QR code points
+	// at PublicURL/mobile?token=... (PUBLIC_URL, default http://localhost:8080).
+	PublicURL string
+
+	// Desktop tokens: JWTs verified against AUTH_JWKS_URL, with AUTH_ISSUER
+	// and AUTH_AUDIENCE checked. Required unless DevIssuer is set.
+	JWKSURL  string
+	Issuer   string
+	Audience string
+	// DevIssuer, when set (local stack and tests only, never from the
+	// environment), signs and verifies desktop tokens and serves /dev/token.
+	DevIssuer *jwtauth.Issuer
+
+	// UploadExpiry is how long a presigned PUT is valid (UPLOAD_URL_EXPIRY, default 10m).
+	UploadExpiry time.Duration
+	// ViewExpiry is how long the presigned GETs in a session read are valid
+	// (VIEW_URL_EXPIRY, default 15m).
+	ViewExpiry time.Duration
+	// MaxImageBytes is the largest photo accepted (MAX_IMAGE_BYTES, default 20 MiB).
+	MaxImageBytes int64
+	// MaxImages caps photos per session (MAX_IMAGES, default 50).
+	MaxImages int
+	// CommitWait is how long POST commit waits for the outcome before
+	// answering 202 (COMMIT_WAIT, default 25s).
+	CommitWait time.Duration
+
+	// Realtime is how browsers subscribe: Ably tokens when ABLY_API_KEY is
+	// set, else tokens for the relay's built-in SSE signed with
+	// REALTIME_SIGNING_KEY (see realtime.ReadSettings).
+	Realtime realtime.Settings
+
+	// Logger and Registry may be injected by the local stack and tests.
+	Logger   *slog.Logger
+	Registry *prometheus.Registry
+	// Ready, if not nil, receives the API's bound address once it listens.
+	Ready chan<- string
+}
+
+// ConfigFromEnv reads the API's configuration, reporting every problem at once.
+func ConfigFromEnv(getenv func(string) string) (Config, error) {
+	r := config.New(getenv)
+	c := Config{
+		Common:        r.ReadCommon(":9091"),
+		Addr:          r.String("API_ADDR", ":8080"),
+		PublicURL:     strings.TrimRight(r.String("PUBLIC_URL", "http://localhost:8080"), "/"),
+		JWKSURL:       r.String("AUTH_JWKS_URL", ""),
+		Issuer:        r.String("AUTH_ISSUER", ""),
+		Audience:      r.String("AUTH_AUDIENCE", ""),
+		UploadExpiry:  r.Duration("UPLOAD_URL_EXPIRY", 10*time.Minute),
+		ViewExpiry:    r.Duration("VIEW_URL_EXPIRY", 15*time.Minute),
+		MaxImageBytes: int64(r.Int("MAX_IMAGE_BYTES", 20<<20)),
+		MaxImages:     r.Int("MAX_IMAGES", 50),
+		CommitWait:    r.Duration("COMMIT_WAIT", 25*time.Second),
+		Realtime:      realtime.ReadSettings(r),
+	}
+	if _, err := url.ParseRequestURI(c.PublicURL); err != nil {
+		r.Fail("PUBLIC_URL: %q is not a URL", c.PublicURL)
+	}
+	if c.JWKSURL == "" {
+		r.Fail("AUTH_JWKS_URL is required: the JWKS of the identity provider that signs desktop tokens")
+	}
+	if c.UploadExpiry < time.Minute || c.UploadExpiry > time.Hour {
+		r.Fail("UPLOAD_URL_EXPIRY must be between 1m and 1h")
+	}
+	if c.MaxImages < 1 || c.MaxImages > 500 {
+		r.Fail("MAX_IMAGES must be between 1 and 500")
+	}
+	return c, r.Err()
+}

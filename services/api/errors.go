@@ -1,0 +1,83 @@
+package api
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/clinicalimages/clinimg/pkg/session"
+)
+
+// apiError is a client-facing error: a status, a stable code, a message, and
+// optional extra fields for the body.
+type apiError struct {
+	status int
+	code   string
+	msg    string
+	extra  gin.H
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func clientErr(status int, code, msg string) *apiError {
+	return &apiError{status: status, code: code, msg: msg}
+}
+
+// Client errors raised by the handlers themselves.
+var (
+	errUnauthenticated = clientErr(http.StatusUnauthorized, "unauthenticated", "a valid bearer token is required")
+	errForbidden       = clientErr(http.StatusForbidden, "forbidden", "this credential cannot act for that user")
+	errBodyTooLarge    = clientErr(http.StatusRequestEntityTooLarge, "body_too_large", "request body too large")
+	errContentType     = clientErr(http.StatusUnsupportedMediaType, "unsupported_media_type", "send application/json")
+)
+
+// respondErr writes the JSON error body for err. Domain errors map to their
+// status; anything unknown is a 500 whose details go to the log only.
+func (s *Server) respondErr(c *gin.Context, err error) {
+	var ae *apiError
+	var unc *session.UncommittedError
+	var rej *session.RejectedImagesError
+	switch {
+	case errors.As(err, &ae):
+	case errors.As(err, &unc):
+		ae = &apiError{status: http.StatusConflict, code: "uncommitted_images", msg: unc.Error(), extra: gin.H{"count": unc.N}}
+	case errors.As(err, &rej):
+		ae = &apiError{status: http.StatusConflict, code: "rejected_images", msg: rej.Error(), extra: gin.H{"count": rej.N}}
+	default:
+		ae = domainErr(err)
+	}
+	if ae == nil {
+		s.log.ErrorContext(c.Request.Context(), "api.internal_error", "route", c.FullPath(), "err", err)
+		ae = clientErr(http.StatusInternalServerError, "internal", "internal error")
+	}
+	body := gin.H{"error": ae.msg, "code": ae.code}
+	for k, v := range ae.extra {
+		body[k] = v
+	}
+	c.AbortWithStatusJSON(ae.status, body)
+}
+
+func domainErr(err error) *apiError {
+	for _, m := range []struct {
+		err    error
+		status int
+		code   string
+	}{
+		{session.ErrNotFound, http.StatusNotFound, "session_not_found"},
+		{session.ErrTokenNotFound, http.StatusNotFound, "token_invalid"},
+		{session.ErrTokenUsed, http.StatusGone, "token_used"},
+		{session.ErrSessionChanged, http.StatusGone, "session_changed"},
+		{session.ErrImageNotFound, http.StatusNotFound, "image_not_found"},
+		{session.ErrImageIDConflict, http.StatusConflict, "image_id_conflict"},
+		{session.ErrCapReached, http.StatusBadRequest, "image_limit"},
+		{session.ErrCommitInProgress, http.StatusConflict, "commit_in_progress"},
+		{session.ErrCommitted, http.StatusConflict, "committed"},
+		{session.ErrNothingToCommit, http.StatusBadRequest, "nothing_to_commit"},
+	} {
+		if errors.Is(err, m.err) {
+			return clientErr(m.status, m.code, m.err.Error())
+		}
+	}
+	return nil
+}

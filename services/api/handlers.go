@@ -1,0 +1,455 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
+	qrcode "github.com/skip2/go-qrcode"
+
+	"github.com/clinicalimages/clinimg/pkg/blob"
+	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/realtime"
+	"github.com/clinicalimages/clinimg/pkg/session"
+)
+
+type startRequest struct {
+	PatientID   string `json:"patientId"`
+	EncounterID string `json:"encounterId"`
+	Discard     bool   `json:"discard"`
+}
+
+// startSession is the seeds' POST /api/session-tokens: a QR token for the
+// current patient and encounter. Another patient's uncommitted photos are
+// never overwritten unless the request says discard.
+func (s *Server) startSession(c *gin.Context) {
+	var req startRequest
+	if err := decodeJSON(c, &req, false); err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	if !fhirID.MatchString(req.PatientID) {
+		s.respondErr(c, invalid("patient_id", "patientId must be 1-64 letters, digits, '.', '_' or '-'"))
+		return
+	}
+	if !fhirID.MatchString(req.EncounterID) {
+		s.respondErr(c, invalid("encounter_id", "encounterId must be 1-64 letters, digits, '.', '_' or '-'"))
+		return
+	}
+	who := callerOf(c)
+	token := randomHex(16) // 128 bits
+	out, err := s.store.Start(c.Request.Context(), session.StartParams{
+		UserID: who.userID, PatientID: req.PatientID, EncounterID: req.EncounterID,
+		Token: token, SessionID: uuid.NewString(), Discard: req.Discard,
+	})
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	if len(out.Discarded) > 0 {
+		s.deleteObjects(c.Request.Context(), out.Discarded...)
+		s.log.InfoContext(c.Request.Context(), "session.discarded", "user_id", who.userID, "images", len(out.Discarded))
+	}
+	qrURL := s.cfg.PublicURL + "/mobile?token=" + token
+	png, err := qrcode.Encode(qrURL, qrcode.Medium, 320)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{
+		"sessionToken": token,
+		"userId":       who.userID,
+		"expiresAt":    out.Token.CreatedAt.Add(s.store.Options().TokenTTL),
+		"qrCodeUrl":    qrURL,
+		"qrCodeImage":  "data:image/png;base64," + base64.StdEncoding.EncodeToString(png),
+		"sessionId":    out.Session.SessionID,
+		"reused":       out.Reused,
+	})
+}
+
+// exchangeToken is the seeds' GET /api/session-tokens/:token, used once by
+// the phone: it answers the seeds' fields plus the phone credential.
+func (s *Server) exchangeToken(c *gin.Context) {
+	token := c.Param("token")
+	if !qrToken.MatchString(token) {
+		c.JSON(http.StatusNotFound, gin.H{"valid": false, "error": session.ErrTokenNotFound.Error(), "code": "token_invalid"})
+		return
+	}
+	cred := phonePrefix + randomB64(32)
+	t, err := s.store.Pair(c.Request.Context(), token, cred, userAgentSummary(c.GetHeader("User-Agent")))
+	if err != nil {
+		if ae := domainErr(err); ae != nil {
+			c.JSON(ae.status, gin.H{"valid": false, "error": ae.msg, "code": ae.code})
+			return
+		}
+		s.respondErr(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{
+		"valid":       true,
+		"userId":      t.UserID,
+		"patientId":   t.PatientID,
+		"encounterId": t.EncounterID,
+		"sessionId":   t.SessionID,
+		"phoneToken":  cred,
+		"expiresAt":   s.now().Add(s.store.Options().CredentialTTL).UTC(),
+	})
+}
+
+type presignRequest struct {
+	FileName      string `json:"fileName"`
+	ContentType   string `json:"contentType"`
+	ContentLength int64  `json:"contentLength"`
+}
+
+// presign is the seeds' POST presigned-url. The key is the server's choice
+// under the caller's prefix, its extension from the allowed content type;
+// the content type (and length, when given) are signed, nothing else.
+func (s *Server) presign(c *gin.Context) {
+	var req presignRequest
+	if err := decodeJSON(c, &req, false); err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	ext, ok := allowedTypes[req.ContentType]
+	if !ok {
+		s.respondErr(c, clientErr(http.StatusUnsupportedMediaType, "unsupported_image_type", "contentType must be image/jpeg, image/png, image/webp or image/heic"))
+		return
+	}
+	if req.ContentLength < 0 || req.ContentLength > s.cfg.MaxImageBytes {
+		s.respondErr(c, clientErr(http.StatusRequestEntityTooLarge, "too_large", "contentLength is over the photo size limit"))
+		return
+	}
+	id := uuid.NewString()
+	key := "temp/" + c.Param("userId") + "/" + id + "." + ext
+	u, err := s.objects.PresignPut(c.Request.Context(), key, req.ContentType, req.ContentLength, s.cfg.UploadExpiry)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{
+		"uploadUrl": u,
+		"s3Key":     key,
+		"expiresIn": int(s.cfg.UploadExpiry / time.Second),
+		"imageId":   id,
+		"headers":   gin.H{"Content-Type": req.ContentType},
+	})
+}
+
+type recordRequest struct {
+	ImageID  string            `json:"imageId"`
+	S3Key    string            `json:"s3Key"`
+	Source   string            `json:"source"`
+	Metadata *session.Metadata `json:"metadata"`
+}
+
+// recordImage is the seeds' POST images, after checking the object really is
+// the caller's photo: inside their prefix, present, within the size limit,
+// and starting with the magic bytes of the type its key claims.
+func (s *Server) recordImage(c *gin.Context) {
+	var req recordRequest
+	if err := decodeJSON(c, &req, false); err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	userID := c.Param("userId")
+	if !imageID.MatchString(req.ImageID) {
+		s.respondErr(c, invalid("image_id", "imageId must be 1-64 letters, digits, '_' or '-'"))
+		return
+	}
+	if req.Source != "mobile" && req.Source != "desktop" {
+		s.respondErr(c, invalid("source", "source must be mobile or desktop"))
+		return
+	}
+	var meta session.Metadata
+	if req.Metadata != nil {
+		p := withDisplay(patchOf(*req.Metadata))
+		if err := validMetadata(p); err != nil {
+			s.respondErr(c, err)
+			return
+		}
+		meta = applyPatch(meta, p)
+	}
+	contentType, kerr := checkKey(userID, req.S3Key)
+	if kerr != nil {
+		s.respondErr(c, kerr)
+		return
+	}
+	ctx := c.Request.Context()
+	info, err := s.verifyObject(ctx, req.S3Key, contentType)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	img := session.Image{
+		ID: req.ImageID, S3Key: req.S3Key, Uploaded: true, Source: req.Source, CapturedAt: s.now().UTC(),
+		Metadata: meta, ContentType: contentType, Size: info.Size, Status: session.ImageProcessing,
+	}
+	sess, added, err := s.store.AddImage(ctx, userID, callerOf(c).sessionID, img)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	outcome := "added"
+	if !added {
+		outcome = "duplicate"
+	}
+	s.metrics.recorded.WithLabelValues(outcome).Inc()
+	s.log.InfoContext(ctx, "image.recorded", "user_id", userID, "image_id", req.ImageID, "outcome", outcome, "bytes", info.Size)
+	c.JSON(http.StatusOK, gin.H{"success": true, "imageId": req.ImageID, "session": s.view(ctx, sess)})
+}
+
+func (s *Server) verifyObject(ctx context.Context, key, contentType string) (blob.Info, error) {
+	info, err := s.objects.Head(ctx, key)
+	if errors.Is(err, blob.ErrNotFound) {
+		return blob.Info{}, clientErr(http.StatusUnprocessableEntity, "object_missing", "no uploaded object at s3Key: upload it with the presigned URL first")
+	}
+	if err != nil {
+		return blob.Info{}, err
+	}
+	if info.Size > s.cfg.MaxImageBytes {
+		if derr := s.objects.Delete(ctx, key); derr != nil {
+			s.log.WarnContext(ctx, "image.oversize_delete", "err", derr)
+		}
+		return blob.Info{}, clientErr(http.StatusUnprocessableEntity, "too_large", "the uploaded photo is over the size limit and was deleted")
+	}
+	head, err := s.objects.Prefix(ctx, key, 16)
+	if err != nil {
+		return blob.Info{}, err
+	}
+	if got := sniff(head); got != contentType {
+		return blob.Info{}, clientErr(http.StatusUnprocessableEntity, "not_an_image", "the uploaded object is not a "+strings.TrimPrefix(contentType, "image/")+" image")
+	}
+	return info, nil
+}
+
+type updateRequest struct {
+	session.MetadataPatch
+	Metadata *session.MetadataPatch `json:"metadata"`
+}
+
+// updateImage edits one photo's coding: body site, laterality, view, notes.
+func (s *Server) updateImage(c *gin.Context) {
+	var req updateRequest
+	if err := decodeJSON(c, &req, false); err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	p := req.MetadataPatch
+	if req.Metadata != nil {
+		p = *req.Metadata
+	}
+	p = withDisplay(p)
+	if err := validMetadata(p); err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	ctx := c.Request.Context()
+	sess, err := s.store.UpdateMetadata(ctx, c.Param("userId"), callerOf(c).sessionID, c.Param("imageId"), p)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	img, _ := sess.Image(c.Param("imageId"))
+	v := s.view(ctx, sess)
+	vimg, _ := v.Image(img.ID)
+	c.JSON(http.StatusOK, gin.H{"success": true, "image": vimg, "session": v})
+}
+
+// deleteImage removes one photo and its objects.
+func (s *Server) deleteImage(c *gin.Context) {
+	ctx := c.Request.Context()
+	_, img, err := s.store.RemoveImage(ctx, c.Param("userId"), callerOf(c).sessionID, c.Param("imageId"))
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	s.deleteObjects(ctx, img)
+	c.JSON(http.StatusOK, gin.H{"success": true, "imageId": img.ID})
+}
+
+// getSession is the seeds' GET session; reading counts as activity.
+func (s *Server) getSession(c *gin.Context) {
+	ctx := c.Request.Context()
+	sess, err := s.store.Get(ctx, c.Param("userId"))
+	if err == nil && callerOf(c).phone && sess.SessionID != callerOf(c).sessionID {
+		err = session.ErrSessionChanged
+	}
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, s.view(ctx, sess))
+}
+
+// commit is the seeds' POST commit. The work is a JetStream job for the
+// committer; by default this waits for its outcome and answers the seeds'
+// shape, with Prefer: respond-async (or when the wait runs out) it answers 202.
+func (s *Server) commit(c *gin.Context) {
+	var empty struct{}
+	if err := decodeJSON(c, &empty, true); err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	ctx := c.Request.Context()
+	userID := c.Param("userId")
+	commitID := uuid.NewString()
+	async := strings.Contains(strings.ToLower(c.GetHeader("Prefer")), "respond-async")
+	var outcome <-chan session.CommitEvent
+	if !async {
+		var cancel func()
+		outcome, cancel = s.waiter.Wait(commitID)
+		defer cancel()
+	}
+	sess, err := s.store.BeginCommit(ctx, userID, callerOf(c).sessionID, commitID)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	s.log.InfoContext(ctx, "commit.requested", "user_id", userID, "commit_id", commitID, "images", len(sess.Images))
+	accepted := func() {
+		s.metrics.commits.WithLabelValues("accepted").Inc()
+		c.Header("Location", "/api/users/"+userID+"/commit")
+		c.JSON(http.StatusAccepted, gin.H{
+			"success": false, "status": string(session.CommitInProgress), "commitId": commitID,
+			"imageCount": len(sess.Images), "message": "commit accepted; follow its progress at GET /api/users/" + userID + "/commit",
+		})
+	}
+	if async {
+		accepted()
+		return
+	}
+	timer := time.NewTimer(s.cfg.CommitWait)
+	defer timer.Stop()
+	select {
+	case ev := <-outcome:
+		if ev.Success {
+			s.metrics.commits.WithLabelValues("succeeded").Inc()
+			c.JSON(http.StatusOK, gin.H{
+				"success": true, "mediaResourceIds": ev.MediaResourceIDs, "message": ev.Message,
+				"imageCount": len(ev.MediaResourceIDs), "commitId": commitID,
+			})
+			return
+		}
+		s.metrics.commits.WithLabelValues("failed").Inc()
+		c.JSON(http.StatusBadGateway, gin.H{
+			"success": false, "error": "Commit failed: " + ev.Message, "code": "commit_failed", "partialSuccess": false,
+			"errors": ev.Errors, "orphans": ev.Orphans, "commitId": commitID,
+		})
+	case <-timer.C:
+		accepted()
+	case <-ctx.Done():
+	}
+}
+
+// commitStatus reads where the last commit is.
+func (s *Server) commitStatus(c *gin.Context) {
+	sess, err := s.store.Peek(c.Request.Context(), c.Param("userId"))
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"commitStatus": sess.CommitStatus, "commitId": sess.CommitID, "commit": sess.Commit})
+}
+
+// realtimeToken gives the browser a token for its own channel only, never
+// outliving the session.
+func (s *Server) realtimeToken(c *gin.Context) {
+	ctx := c.Request.Context()
+	userID := c.Param("userId")
+	left, err := s.store.ExpiresIn(ctx, userID)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	now := s.now()
+	tok, err := s.cfg.Realtime.Issue(userID, now.Add(left), now)
+	if errors.Is(err, realtime.ErrSessionEnded) {
+		err = session.ErrNotFound
+	}
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, tok)
+}
+
+// devToken issues a desktop token for any user id (local stack only).
+func (s *Server) devToken(c *gin.Context) {
+	userID := c.Query("userId")
+	if !events.ValidUserID(userID) {
+		s.respondErr(c, invalid("user_id", "userId must be 1-64 letters, digits, '_' or '-'"))
+		return
+	}
+	tok, err := s.cfg.DevIssuer.Token(userID, 12*time.Hour)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"token": tok, "userId": userID})
+}
+
+// view is the session as a browser sees it, with short-lived read URLs.
+func (s *Server) view(ctx context.Context, sess session.Session) session.Session {
+	imgs := make(session.List[session.Image], len(sess.Images))
+	for i, im := range sess.Images {
+		im.S3URL = s.presignGet(ctx, im.S3Key)
+		im.PreviewURL = s.presignGet(ctx, im.PreviewKey)
+		im.ViewerURL = s.presignGet(ctx, im.ViewerKey)
+		imgs[i] = im
+	}
+	sess.Images = imgs
+	return sess
+}
+
+func (s *Server) presignGet(ctx context.Context, key string) string {
+	if key == "" {
+		return ""
+	}
+	u, err := s.objects.PresignGet(ctx, key, s.cfg.ViewExpiry)
+	if err != nil {
+		s.log.WarnContext(ctx, "presign.get", "err", err)
+		return ""
+	}
+	return u
+}
+
+// deleteObjects removes photos' objects, best effort: the bucket's lifecycle
+// rule on temp/ removes anything left.
+func (s *Server) deleteObjects(ctx context.Context, imgs ...session.Image) {
+	var keys []string
+	for _, im := range imgs {
+		keys = append(keys, im.S3Key, im.PreviewKey, im.ViewerKey, im.CleanKey)
+	}
+	if err := s.objects.Delete(context.WithoutCancel(ctx), keys...); err != nil {
+		s.log.WarnContext(ctx, "objects.delete", "err", err)
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func randomB64(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// userAgentSummary keeps enough of the phone's user agent to show which
+// device paired, and no more.
+func userAgentSummary(ua string) string {
+	if len(ua) > 120 {
+		ua = ua[:120]
+	}
+	return ua
+}

@@ -1,0 +1,162 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clinicalimages/clinimg/pkg/blob"
+	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/jwtauth"
+	"github.com/clinicalimages/clinimg/pkg/ops"
+	"github.com/clinicalimages/clinimg/pkg/outbox"
+	"github.com/clinicalimages/clinimg/pkg/session"
+)
+
+// Run serves the API until ctx is done, then shuts down in order: stop
+// taking requests, stop the outbox publisher, drain NATS, close Redis.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = ops.Logger(os.Stderr, "api", cfg.Common.LogLevel)
+	}
+	reg := cfg.Registry
+	if reg == nil {
+		reg = ops.Registry()
+	}
+
+	rdb, err := ops.Redis(ctx, cfg.Common.RedisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	nc, err := ops.NATS(cfg.Common.NATSURL, "clinimg-api", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	if _, err := events.Ensure(ctx, js, cfg.Common.Names, cfg.Common.Replicas); err != nil {
+		return err
+	}
+	objects, err := blob.Open(ctx, cfg.Common.S3)
+	if err != nil {
+		return err
+	}
+
+	var verifier *jwtauth.Verifier
+	var jwksCheck ops.Check
+	if cfg.DevIssuer != nil {
+		verifier = cfg.DevIssuer.Verifier()
+	} else {
+		jwks := jwtauth.NewJWKS(cfg.JWKSURL)
+		verifier = jwtauth.NewVerifier(jwks, cfg.Issuer, cfg.Audience)
+		jwksCheck = jwks.Ping
+	}
+
+	store := session.NewStore(rdb, session.Options{
+		Prefix: cfg.Common.RedisPrefix, Names: cfg.Common.Names, Source: "/clinimg/api", MaxImages: cfg.MaxImages,
+	})
+	waiter, err := NewWaiter(nc, cfg.Common.Names, log)
+	if err != nil {
+		return err
+	}
+	defer waiter.Close()
+
+	checks := map[string]ops.Check{
+		"redis": func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		"nats":  natsCheck(nc),
+		"s3":    objects.Ping,
+	}
+	if jwksCheck != nil {
+		checks["jwks"] = jwksCheck
+	}
+	srv := NewServer(cfg, Deps{
+		Store: store, Objects: objects, Verifier: verifier, Waiter: waiter,
+		Checks: checks, Registry: reg, Logger: log,
+	})
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "clinimg_outbox_depth", Help: "Events waiting in the Redis outbox.",
+	}, func() float64 {
+		n, _ := outbox.Depth(context.Background(), rdb, store.Keys.Outbox())
+		return float64(n)
+	}))
+
+	pub := outbox.New(rdb, js, store.Keys.Outbox(), consumerName("api"), log)
+	pub.OnPublished = func(t events.Type, dup bool) {
+		srv.metrics.published.WithLabelValues("api", string(t), strconv.FormatBool(dup)).Inc()
+	}
+
+	log.Info("api.start", "addr", cfg.Addr, "ops_addr", cfg.Common.OpsAddr, "public_url", cfg.PublicURL, "realtime", string(cfg.Realtime.Mode))
+
+	// HTTP first to stop on shutdown; the publisher runs until the HTTP
+	// servers have stopped so every accepted change is published.
+	httpCtx, stopHTTP := context.WithCancel(ctx)
+	defer stopHTTP()
+	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopPub()
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	run := func(f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errc <- err
+				stopHTTP()
+			}
+		}()
+	}
+	var httpWG sync.WaitGroup
+	httpWG.Add(2)
+	run(func() error { defer httpWG.Done(); return ops.Serve(httpCtx, cfg.Addr, srv.Router(), cfg.Ready) })
+	run(func() error {
+		defer httpWG.Done()
+		return ops.Serve(httpCtx, cfg.Common.OpsAddr, ops.Handler(reg, checks), nil)
+	})
+	run(func() error { return pub.Run(pubCtx) })
+
+	httpWG.Wait()
+	stopPub()
+	wg.Wait()
+	if err := nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		log.Warn("api.nats_drain", "err", err)
+	}
+	log.Info("api.stopped")
+	close(errc)
+	return errors.Join(collect(errc)...)
+}
+
+func natsCheck(nc *nats.Conn) ops.Check {
+	return func(context.Context) error {
+		if !nc.IsConnected() {
+			return errors.New("nats not connected")
+		}
+		return nil
+	}
+}
+
+func collect(errc <-chan error) []error {
+	var out []error
+	for err := range errc {
+		out = append(out, err)
+	}
+	return out
+}
+
+// consumerName names this process in the outbox's consumer group.
+func consumerName(service string) string {
+	host, _ := os.Hostname()
+	return service + "-" + host + "-" + strconv.Itoa(os.Getpid())
+}

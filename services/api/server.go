@@ -1,0 +1,146 @@
+// Package api is the Clinical Images HTTP API: sessions bound to a patient,
+// presigned uploads, photo records, metadata, commits, and the two web pages.
+// Every change goes through the atomic session store, whose outbox carries
+// the events to JetStream.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clinicalimages/clinimg/pkg/blob"
+	"github.com/clinicalimages/clinimg/pkg/jwtauth"
+	"github.com/clinicalimages/clinimg/pkg/ops"
+	"github.com/clinicalimages/clinimg/pkg/session"
+	"github.com/clinicalimages/clinimg/services/api/web"
+)
+
+// objects is what the API needs of the photo bucket.
+type objects interface {
+	PresignPut(ctx context.Context, key, contentType string, length int64, expires time.Duration) (string, error)
+	PresignGet(ctx context.Context, key string, expires time.Duration) (string, error)
+	Head(ctx context.Context, key string) (blob.Info, error)
+	Prefix(ctx context.Context, key string, n int) ([]byte, error)
+	Delete(ctx context.Context, keys ...string) error
+}
+
+// Deps are the Server's collaborators, built by Run (or a test).
+type Deps struct {
+	Store    *session.Store
+	Objects  objects
+	Verifier *jwtauth.Verifier
+	Waiter   *Waiter
+	Checks   map[string]ops.Check
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Server holds the handlers.
+type Server struct {
+	cfg      Config
+	store    *session.Store
+	objects  objects
+	verifier *jwtauth.Verifier
+	waiter   *Waiter
+	checks   map[string]ops.Check
+	reg      *prometheus.Registry
+	log      *slog.Logger
+	now      func() time.Time
+	metrics  *metrics
+}
+
+// NewServer wires the handlers to their collaborators.
+func NewServer(cfg Config, d Deps) *Server {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Registry == nil {
+		d.Registry = ops.Registry()
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{
+		cfg: cfg, store: d.Store, objects: d.Objects, verifier: d.Verifier, waiter: d.Waiter,
+		checks: d.Checks, reg: d.Registry, log: d.Logger, now: d.Now, metrics: newMetrics(d.Registry),
+	}
+}
+
+// Router registers every route in one place.
+func (s *Server) Router() http.Handler {
+	gin.SetMode(gin.ReleaseMode)
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.Use(s.recoverer, s.observe)
+	r.NoRoute(func(c *gin.Context) { s.respondErr(c, clientErr(http.StatusNotFound, "not_found", "no such route")) })
+	r.NoMethod(func(c *gin.Context) {
+		s.respondErr(c, clientErr(http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed"))
+	})
+
+	opsH := ops.Handler(s.reg, s.checks)
+	r.GET("/healthz", gin.WrapH(opsH))
+	r.GET("/readyz", gin.WrapH(opsH))
+	r.GET("/metrics", gin.WrapH(opsH))
+	r.GET("/openapi.json", s.openAPI)
+
+	pages := web.Handler()
+	r.GET("/", gin.WrapH(pages))
+	r.GET("/mobile", gin.WrapH(pages))
+	r.GET("/static/*path", gin.WrapH(pages))
+	if s.cfg.DevIssuer != nil {
+		r.GET("/dev/token", s.devToken)
+		r.GET("/dev/jwks.json", func(c *gin.Context) { c.Data(http.StatusOK, "application/json", s.cfg.DevIssuer.JWKS()) })
+	}
+
+	a := r.Group("/api")
+	a.GET("/body-sites", func(c *gin.Context) { c.JSON(http.StatusOK, bodySites) })
+	a.GET("/session-tokens/:token", s.exchangeToken)
+	a.POST("/session-tokens", s.authenticate, s.requireDesktop, s.startSession)
+
+	u := a.Group("/users/:userId", s.authenticate, s.requireUser)
+	u.POST("/presigned-url", s.presign)
+	u.POST("/images", s.recordImage)
+	u.PATCH("/images/:imageId", s.updateImage)
+	u.DELETE("/images/:imageId", s.deleteImage)
+	u.GET("/session", s.getSession)
+	u.POST("/commit", s.commit)
+	u.GET("/commit", s.commitStatus)
+	u.GET("/realtime-token", s.realtimeToken)
+	return r
+}
+
+// recoverer turns a panic into a logged 500 with the usual JSON body.
+func (s *Server) recoverer(c *gin.Context) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("api.panic", "route", c.FullPath(), "panic", v)
+			c.AbortWithStatusJSON(http.StatusInternalServerError, gin.H{"error": "internal error", "code": "internal"})
+		}
+	}()
+	c.Next()
+}
+
+// observe records each request's route, status and duration, and logs it
+// without its query string (which may carry a token).
+func (s *Server) observe(c *gin.Context) {
+	start := time.Now()
+	c.Next()
+	route := c.FullPath()
+	if route == "" {
+		route = "unmatched"
+	}
+	status := strconv.Itoa(c.Writer.Status())
+	s.metrics.requests.WithLabelValues(c.Request.Method, route, status).Inc()
+	s.metrics.latency.WithLabelValues(c.Request.Method, route).Observe(time.Since(start).Seconds())
+	if route != "/healthz" && route != "/readyz" && route != "/metrics" {
+		s.log.Debug("http.request", "method", c.Request.Method, "route", route, "status", c.Writer.Status(),
+			"ms", time.Since(start).Milliseconds(), "user_id", c.Param("userId"))
+	}
+}

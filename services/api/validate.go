@@ -1,0 +1,154 @@
+package api
+
+import (
+	"bytes"
+	"net/http"
+	"regexp"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/clinicalimages/clinimg/pkg/session"
+)
+
+var (
+	// FHIR ids are [A-Za-z0-9-.]{1,64}; Medtech's ids also use '_'.
+	fhirID  = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+	imageID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+	snomed  = regexp.MustCompile(`^[0-9]{6,18}$`)
+	qrToken = regexp.MustCompile(`^[A-Za-z0-9_-]{16,128}$`)
+)
+
+// allowedTypes maps each accepted photo content type to the extension its
+// key gets; the client's file name is never used.
+var allowedTypes = map[string]string{
+	"image/jpeg": "jpg",
+	"image/png":  "png",
+	"image/webp": "webp",
+	"image/heic": "heic",
+}
+
+func typeForExt(ext string) string {
+	for t, e := range allowedTypes {
+		if e == ext {
+			return t
+		}
+	}
+	return ""
+}
+
+var lateralities = map[string]bool{"": true, "left": true, "right": true, "bilateral": true}
+
+var views = map[string]bool{
+	"": true, "anterior": true, "posterior": true, "lateral": true, "medial": true,
+	"superior": true, "inferior": true, "close-up": true, "dermoscopic": true,
+}
+
+func invalid(field, why string) *apiError {
+	return clientErr(http.StatusBadRequest, "invalid_"+field, why)
+}
+
+// validMetadata checks a metadata change; nil fields are not changing.
+func validMetadata(p session.MetadataPatch) *apiError {
+	check := func(v *string, max int, field string) *apiError {
+		if v != nil && (utf8.RuneCountInString(*v) > max || !utf8.ValidString(*v)) {
+			return clientErr(http.StatusBadRequest, "invalid_metadata", field+" is too long")
+		}
+		return nil
+	}
+	if e := check(p.BodySite, 100, "bodySite"); e != nil {
+		return e
+	}
+	if e := check(p.BodySiteDisplay, 200, "bodySiteDisplay"); e != nil {
+		return e
+	}
+	if e := check(p.Notes, 2000, "notes"); e != nil {
+		return e
+	}
+	if p.Laterality != nil && !lateralities[*p.Laterality] {
+		return clientErr(http.StatusBadRequest, "invalid_metadata", "laterality must be left, right or bilateral")
+	}
+	if p.ViewType != nil && !views[*p.ViewType] {
+		return clientErr(http.StatusBadRequest, "invalid_metadata", "viewType must be anterior, posterior, lateral, medial, superior, inferior, close-up or dermoscopic")
+	}
+	return nil
+}
+
+// withDisplay fills the display text of a known SNOMED body site the client
+// did not name.
+func withDisplay(p session.MetadataPatch) session.MetadataPatch {
+	if p.BodySite != nil && snomed.MatchString(*p.BodySite) && p.BodySiteDisplay == nil {
+		if d, ok := bodySiteDisplay[*p.BodySite]; ok {
+			p.BodySiteDisplay = &d
+		}
+	}
+	return p
+}
+
+// patchOf turns a full metadata object (as recorded with an image) into a
+// patch that sets every non-empty field.
+func patchOf(m session.Metadata) session.MetadataPatch {
+	set := func(s string) *string {
+		if s == "" {
+			return nil
+		}
+		return &s
+	}
+	return session.MetadataPatch{BodySite: set(m.BodySite), BodySiteDisplay: set(m.BodySiteDisplay),
+		Laterality: set(m.Laterality), ViewType: set(m.ViewType), Notes: set(m.Notes)}
+}
+
+func applyPatch(m session.Metadata, p session.MetadataPatch) session.Metadata {
+	if p.BodySite != nil {
+		m.BodySite = *p.BodySite
+	}
+	if p.BodySiteDisplay != nil {
+		m.BodySiteDisplay = *p.BodySiteDisplay
+	}
+	if p.Laterality != nil {
+		m.Laterality = *p.Laterality
+	}
+	if p.ViewType != nil {
+		m.ViewType = *p.ViewType
+	}
+	if p.Notes != nil {
+		m.Notes = *p.Notes
+	}
+	return m
+}
+
+// keyPattern is the only shape of key a user may record: temp/{userId}/{id}.{ext}.
+var keyPattern = regexp.MustCompile(`^temp/([A-Za-z0-9_-]{1,64})/([A-Za-z0-9-]{1,64})\.(jpg|png|webp|heic)$`)
+
+// checkKey returns the content type the key's extension stands for, or an
+// error: 403 for a key under another user's prefix, 400 for any other shape.
+func checkKey(userID, key string) (string, *apiError) {
+	m := keyPattern.FindStringSubmatch(key)
+	if m == nil {
+		if strings.HasPrefix(key, "temp/"+userID+"/") {
+			return "", invalid("s3_key", "s3Key is not a key this API issued")
+		}
+		return "", clientErr(http.StatusForbidden, "key_outside_prefix", "s3Key is outside this user's upload area")
+	}
+	if m[1] != userID {
+		return "", clientErr(http.StatusForbidden, "key_outside_prefix", "s3Key is outside this user's upload area")
+	}
+	return typeForExt(m[3]), nil
+}
+
+// sniff reports the image type the first bytes of a file show, or "".
+func sniff(b []byte) string {
+	switch {
+	case bytes.HasPrefix(b, []byte{0xFF, 0xD8, 0xFF}):
+		return "image/jpeg"
+	case bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")):
+		return "image/png"
+	case len(b) >= 12 && bytes.Equal(b[:4], []byte("RIFF")) && bytes.Equal(b[8:12], []byte("WEBP")):
+		return "image/webp"
+	case len(b) >= 12 && bytes.Equal(b[4:8], []byte("ftyp")):
+		switch string(b[8:12]) {
+		case "heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1":
+			return "image/heic"
+		}
+	}
+	return ""
+}
