@@ -1,0 +1,60 @@
+package api
+
+import (
+	"strings"
+	"testing"
+)
+
+// FuzzDecodeRequests feeds arbitrary bytes to every request decoder and the
+// checks behind them: nothing panics, and whatever is accepted is valid.
+func FuzzDecodeRequests(f *testing.F) {
+	for _, s := range []string{
+		`{"patientId":"12345","encounterId":"enc_789"}`,
+		`{"fileName":"a.jpg","contentType":"image/jpeg","contentLength":1000}`,
+		`{"imageId":"img_a1b2c3d4","s3Key":"temp/user_abc123/img_a1b2c3d4.jpg","source":"mobile","metadata":{"bodySite":"left_arm","laterality":"left","viewType":"anterior"}}`,
+		`{"metadata":{"notes":"x"}}`, `{"bodySite":"368208006","notes":""}`,
+		`{"contentType":7}`, `{"a":1}{}`, `[]`, `null`, `"\u0000"`, `{"notes":"` + strings.Repeat("é", 3000) + `"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var st startRequest
+		if decodeBytes(raw, &st) == nil {
+			_ = fhirID.MatchString(st.PatientID)
+		}
+		var pr presignRequest
+		_ = decodeBytes(raw, &pr)
+		var rr recordRequest
+		if decodeBytes(raw, &rr) == nil {
+			if ct, err := checkKey("user_abc123", rr.S3Key); err == nil {
+				if ct == "" || !strings.HasPrefix(rr.S3Key, "temp/user_abc123/") || strings.Contains(rr.S3Key, "..") {
+					t.Fatalf("accepted key %q as %q", rr.S3Key, ct)
+				}
+			}
+			if rr.Metadata != nil {
+				_ = validMetadata(withDisplay(patchOf(*rr.Metadata)))
+			}
+		}
+		var ur updateRequest
+		if decodeBytes(raw, &ur) == nil {
+			if validMetadata(ur.MetadataPatch) == nil && ur.Laterality != nil && !lateralities[*ur.Laterality] {
+				t.Fatalf("accepted laterality %q", *ur.Laterality)
+			}
+		}
+		_ = sniff(raw)
+	})
+}
+
+// FuzzCheckKey: no key outside temp/{userId}/ is ever accepted.
+func FuzzCheckKey(f *testing.F) {
+	for _, s := range []string{"temp/u1/a.jpg", "temp/u2/a.jpg", "temp/u1/../u2/a.jpg", "temp/u1/a.jpg/../../x", "/temp/u1/a.jpg", "temp/u1/a.JPG", "temp/u1//a.png"} {
+		f.Add("u1", s)
+	}
+	f.Fuzz(func(t *testing.T, user, key string) {
+		if _, err := checkKey(user, key); err == nil {
+			if !strings.HasPrefix(key, "temp/"+user+"/") || strings.Count(key, "/") != 2 || strings.Contains(key, "..") {
+				t.Fatalf("accepted %q for %q", key, user)
+			}
+		}
+	})
+}
