@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 
@@ -18,10 +19,27 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
-func newStore(t *testing.T) (*session.Store, *redis.Client) {
-	t.Helper()
-	rdb, prefix := testenv.Redis(t)
-	return session.NewStore(rdb, session.Options{Prefix: prefix}), rdb
+// backends are the Redis implementations the store runs on: the real
+// redis-server (production and tests) and miniredis (the local stack without
+// REDIS_URL). Every store test is a contract test run on both.
+var backends = map[string]func(t *testing.T) (redis.Cmdable, string){
+	"redis-server": func(t *testing.T) (redis.Cmdable, string) { return testenv.Redis(t) },
+	"miniredis": func(t *testing.T) (redis.Cmdable, string) {
+		m := miniredis.RunT(t)
+		rdb := redis.NewClient(&redis.Options{Addr: m.Addr(), PoolSize: 256})
+		t.Cleanup(func() { rdb.Close() })
+		return rdb, "mini:"
+	},
+}
+
+// eachBackend runs test once per backend.
+func eachBackend(t *testing.T, test func(t *testing.T, st *session.Store, rdb redis.Cmdable)) {
+	for name, open := range backends {
+		t.Run(name, func(t *testing.T) {
+			rdb, prefix := open(t)
+			test(t, session.NewStore(rdb, session.Options{Prefix: prefix}), rdb)
+		})
+	}
 }
 
 func start(t *testing.T, st *session.Store, user, patient string) session.Started {
@@ -39,7 +57,7 @@ func image(id string) session.Image {
 	return session.Image{ID: id, S3Key: "temp/u1/" + id + ".jpg", Uploaded: true, Source: "mobile", ContentType: "image/jpeg", Size: 1000, CapturedAt: time.Now().UTC()}
 }
 
-func outboxLen(t *testing.T, rdb *redis.Client, st *session.Store) int64 {
+func outboxLen(t *testing.T, rdb redis.Cmdable, st *session.Store) int64 {
 	n, err := rdb.XLen(context.Background(), st.Keys.Outbox()).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +78,8 @@ func TestConcurrentAddKeepsEveryImageAndTheCap(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for round := range 20 {
-				st, rdb := newStore(t)
+				rdb, prefix := testenv.Redis(t)
+				st := session.NewStore(rdb, session.Options{Prefix: prefix})
 				start(t, st, "u1", "p1")
 				var capped atomic.Int32
 				var wg sync.WaitGroup
@@ -140,171 +159,175 @@ func TestGetModifySetLosesPhotos(t *testing.T) {
 }
 
 func TestAddImageIsIdempotent(t *testing.T) {
-	st, rdb := newStore(t)
-	start(t, st, "u1", "p1")
-	ctx := context.Background()
-	img := image("a")
-	if _, added, err := st.AddImage(ctx, "u1", "", img); err != nil || !added {
-		t.Fatalf("first add: added=%v err=%v", added, err)
-	}
-	s, added, err := st.AddImage(ctx, "u1", "", img)
-	if err != nil || added {
-		t.Fatalf("second add: added=%v err=%v", added, err)
-	}
-	if len(s.Images) != 1 || outboxLen(t, rdb, st) != 2 {
-		t.Fatalf("after repeat: %d images, %d events", len(s.Images), outboxLen(t, rdb, st))
-	}
-	other := image("a")
-	other.S3Key = "temp/u1/other.jpg"
-	if _, _, err := st.AddImage(ctx, "u1", "", other); !errors.Is(err, session.ErrImageIDConflict) {
-		t.Fatalf("same id, other key: %v", err)
-	}
+	eachBackend(t, func(t *testing.T, st *session.Store, rdb redis.Cmdable) {
+		start(t, st, "u1", "p1")
+		ctx := context.Background()
+		img := image("a")
+		if _, added, err := st.AddImage(ctx, "u1", "", img); err != nil || !added {
+			t.Fatalf("first add: added=%v err=%v", added, err)
+		}
+		s, added, err := st.AddImage(ctx, "u1", "", img)
+		if err != nil || added {
+			t.Fatalf("second add: added=%v err=%v", added, err)
+		}
+		if len(s.Images) != 1 || outboxLen(t, rdb, st) != 2 {
+			t.Fatalf("after repeat: %d images, %d events", len(s.Images), outboxLen(t, rdb, st))
+		}
+		other := image("a")
+		other.S3Key = "temp/u1/other.jpg"
+		if _, _, err := st.AddImage(ctx, "u1", "", other); !errors.Is(err, session.ErrImageIDConflict) {
+			t.Fatalf("same id, other key: %v", err)
+		}
+	})
 }
 
 func TestPatientSwitch(t *testing.T) {
-	st, _ := newStore(t)
-	ctx := context.Background()
-	first := start(t, st, "u1", "p1")
-	st.AddImage(ctx, "u1", "", image("a"))
-	st.AddImage(ctx, "u1", "", image("b"))
+	eachBackend(t, func(t *testing.T, st *session.Store, _ redis.Cmdable) {
+		ctx := context.Background()
+		first := start(t, st, "u1", "p1")
+		st.AddImage(ctx, "u1", "", image("a"))
+		st.AddImage(ctx, "u1", "", image("b"))
 
-	// Same patient and encounter: the session goes on with its photos.
-	again := start(t, st, "u1", "p1")
-	if !again.Reused || again.Session.SessionID != first.Session.SessionID || len(again.Session.Images) != 2 {
-		t.Fatalf("same patient: reused=%v images=%d", again.Reused, len(again.Session.Images))
-	}
-	// Another patient: refused, naming the count, and nothing changes.
-	_, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: "p2", EncounterID: "enc_9", Token: "t2", SessionID: "s2"})
-	var unc *session.UncommittedError
-	if !errors.As(err, &unc) || unc.N != 2 {
-		t.Fatalf("other patient: %v", err)
-	}
-	if _, err := st.Token(ctx, "t2"); !errors.Is(err, session.ErrTokenNotFound) {
-		t.Fatalf("refused start left a token: %v", err)
-	}
-	s, _ := st.Get(ctx, "u1")
-	if s.PatientID != "p1" || len(s.Images) != 2 {
-		t.Fatalf("refused start changed the session: %+v", s)
-	}
-	// With discard: replaced, and the old photos handed back for clean-up.
-	out, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: "p2", EncounterID: "enc_9", Token: "t3", SessionID: "s3", Discard: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out.Session.PatientID != "p2" || len(out.Session.Images) != 0 || len(out.Discarded) != 2 {
-		t.Fatalf("discard: patient %s, %d images, %d discarded", out.Session.PatientID, len(out.Session.Images), len(out.Discarded))
-	}
+		// Same patient and encounter: the session goes on with its photos.
+		again := start(t, st, "u1", "p1")
+		if !again.Reused || again.Session.SessionID != first.Session.SessionID || len(again.Session.Images) != 2 {
+			t.Fatalf("same patient: reused=%v images=%d", again.Reused, len(again.Session.Images))
+		}
+		// Another patient: refused, naming the count, and nothing changes.
+		_, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: "p2", EncounterID: "enc_9", Token: "t2", SessionID: "s2"})
+		var unc *session.UncommittedError
+		if !errors.As(err, &unc) || unc.N != 2 {
+			t.Fatalf("other patient: %v", err)
+		}
+		if _, err := st.Token(ctx, "t2"); !errors.Is(err, session.ErrTokenNotFound) {
+			t.Fatalf("refused start left a token: %v", err)
+		}
+		s, _ := st.Get(ctx, "u1")
+		if s.PatientID != "p1" || len(s.Images) != 2 {
+			t.Fatalf("refused start changed the session: %+v", s)
+		}
+		// With discard: replaced, and the old photos handed back for clean-up.
+		out, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: "p2", EncounterID: "enc_9", Token: "t3", SessionID: "s3", Discard: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Session.PatientID != "p2" || len(out.Session.Images) != 0 || len(out.Discarded) != 2 {
+			t.Fatalf("discard: patient %s, %d images, %d discarded", out.Session.PatientID, len(out.Session.Images), len(out.Discarded))
+		}
+	})
 }
 
 func TestPairIsSingleUse(t *testing.T) {
-	st, _ := newStore(t)
-	ctx := context.Background()
-	out := start(t, st, "u1", "p1")
-	tok, _ := st.Token(ctx, "x")
-	_ = tok
-	s, _ := st.Get(ctx, "u1")
-	var token string
-	// Find the token we started with by starting again (reuse keeps the session).
-	token = "tok-pair"
-	if _, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: "p1", EncounterID: "enc_1", Token: token, SessionID: "ignored"}); err != nil {
-		t.Fatal(err)
-	}
-	got, err := st.Pair(ctx, token, "cred-1", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.SessionID != out.Session.SessionID || got.SessionID != s.SessionID {
-		t.Fatalf("paired to session %s, want %s", got.SessionID, s.SessionID)
-	}
-	if _, err := st.Pair(ctx, token, "cred-2", "test"); !errors.Is(err, session.ErrTokenUsed) {
-		t.Fatalf("second pair: %v", err)
-	}
-	c, err := st.Credential(ctx, "cred-1")
-	if err != nil || c.UserID != "u1" || c.SessionID != s.SessionID {
-		t.Fatalf("credential: %+v %v", c, err)
-	}
-	if _, err := st.Credential(ctx, "cred-2"); err == nil {
-		t.Fatal("refused pairing stored a credential")
-	}
+	eachBackend(t, func(t *testing.T, st *session.Store, _ redis.Cmdable) {
+		ctx := context.Background()
+		out := start(t, st, "u1", "p1")
+		s, _ := st.Get(ctx, "u1")
+		var token string
+		// Find the token we started with by starting again (reuse keeps the session).
+		token = "tok-pair"
+		if _, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: "p1", EncounterID: "enc_1", Token: token, SessionID: "ignored"}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := st.Pair(ctx, token, "cred-1", "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.SessionID != out.Session.SessionID || got.SessionID != s.SessionID {
+			t.Fatalf("paired to session %s, want %s", got.SessionID, s.SessionID)
+		}
+		if _, err := st.Pair(ctx, token, "cred-2", "test"); !errors.Is(err, session.ErrTokenUsed) {
+			t.Fatalf("second pair: %v", err)
+		}
+		c, err := st.Credential(ctx, "cred-1")
+		if err != nil || c.UserID != "u1" || c.SessionID != s.SessionID {
+			t.Fatalf("credential: %+v %v", c, err)
+		}
+		if _, err := st.Credential(ctx, "cred-2"); err == nil {
+			t.Fatal("refused pairing stored a credential")
+		}
+	})
 }
 
 func TestCommitLifecycle(t *testing.T) {
-	st, _ := newStore(t)
-	ctx := context.Background()
-	start(t, st, "u1", "p1")
-	if _, err := st.BeginCommit(ctx, "u1", "", "c0"); !errors.Is(err, session.ErrNothingToCommit) {
-		t.Fatalf("empty commit: %v", err)
-	}
-	st.AddImage(ctx, "u1", "", image("a"))
-	st.AddImage(ctx, "u1", "", image("b"))
-	if _, err := st.BeginCommit(ctx, "u1", "", "c1"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.BeginCommit(ctx, "u1", "", "c2"); !errors.Is(err, session.ErrCommitInProgress) {
-		t.Fatalf("second commit: %v", err)
-	}
-	if _, _, err := st.AddImage(ctx, "u1", "", image("c")); !errors.Is(err, session.ErrCommitInProgress) {
-		t.Fatalf("add during commit: %v", err)
-	}
-	if _, _, err := st.CommitProgress(ctx, "u1", "c2", "a", "m1"); !errors.Is(err, session.ErrStale) {
-		t.Fatalf("progress of another commit: %v", err)
-	}
-	s, changed, err := st.CommitProgress(ctx, "u1", "c1", "a", "m1")
-	if err != nil || !changed || s.Commit.Done != 1 {
-		t.Fatalf("progress: %v changed=%v", err, changed)
-	}
-	s, changed, err = st.FinishCommit(ctx, "u1", "c1", map[string]string{"a": "m1", "b": "m2"})
-	if err != nil || !changed {
-		t.Fatalf("finish: %v %v", err, changed)
-	}
-	if diff := cmp.Diff(session.List[string]{"m1", "m2"}, s.Commit.MediaResourceIDs); diff != "" || s.CommitStatus != session.CommitCommitted {
-		t.Fatalf("finish: status %s, ids diff %s", s.CommitStatus, diff)
-	}
-	if _, changed, _ := st.FinishCommit(ctx, "u1", "c1", map[string]string{"a": "m1", "b": "m2"}); changed {
-		t.Fatal("second finish changed the session")
-	}
+	eachBackend(t, func(t *testing.T, st *session.Store, _ redis.Cmdable) {
+		ctx := context.Background()
+		start(t, st, "u1", "p1")
+		if _, err := st.BeginCommit(ctx, "u1", "", "c0"); !errors.Is(err, session.ErrNothingToCommit) {
+			t.Fatalf("empty commit: %v", err)
+		}
+		st.AddImage(ctx, "u1", "", image("a"))
+		st.AddImage(ctx, "u1", "", image("b"))
+		if _, err := st.BeginCommit(ctx, "u1", "", "c1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.BeginCommit(ctx, "u1", "", "c2"); !errors.Is(err, session.ErrCommitInProgress) {
+			t.Fatalf("second commit: %v", err)
+		}
+		if _, _, err := st.AddImage(ctx, "u1", "", image("c")); !errors.Is(err, session.ErrCommitInProgress) {
+			t.Fatalf("add during commit: %v", err)
+		}
+		if _, _, err := st.CommitProgress(ctx, "u1", "c2", "a", "m1"); !errors.Is(err, session.ErrStale) {
+			t.Fatalf("progress of another commit: %v", err)
+		}
+		s, changed, err := st.CommitProgress(ctx, "u1", "c1", "a", "m1")
+		if err != nil || !changed || s.Commit.Done != 1 {
+			t.Fatalf("progress: %v changed=%v", err, changed)
+		}
+		s, changed, err = st.FinishCommit(ctx, "u1", "c1", map[string]string{"a": "m1", "b": "m2"})
+		if err != nil || !changed {
+			t.Fatalf("finish: %v %v", err, changed)
+		}
+		if diff := cmp.Diff(session.List[string]{"m1", "m2"}, s.Commit.MediaResourceIDs); diff != "" || s.CommitStatus != session.CommitCommitted {
+			t.Fatalf("finish: status %s, ids diff %s", s.CommitStatus, diff)
+		}
+		if _, changed, _ := st.FinishCommit(ctx, "u1", "c1", map[string]string{"a": "m1", "b": "m2"}); changed {
+			t.Fatal("second finish changed the session")
+		}
+	})
 }
 
 func TestFailCommitReturnsToNone(t *testing.T) {
-	st, _ := newStore(t)
-	ctx := context.Background()
-	start(t, st, "u1", "p1")
-	st.AddImage(ctx, "u1", "", image("a"))
-	st.BeginCommit(ctx, "u1", "", "c1")
-	s, _, err := st.FailCommit(ctx, "u1", "c1", "ALEX refused photo a", []session.ImageError{{ImageID: "a", Error: "invalid body site"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.CommitStatus != session.CommitNone || s.Images[0].Status != session.ImageFailed || s.Images[0].Error == "" {
-		t.Fatalf("after fail: %+v", s)
-	}
-	// A retry may begin again.
-	if _, err := st.BeginCommit(ctx, "u1", "", "c2"); err != nil {
-		t.Fatalf("retry commit: %v", err)
-	}
+	eachBackend(t, func(t *testing.T, st *session.Store, _ redis.Cmdable) {
+		ctx := context.Background()
+		start(t, st, "u1", "p1")
+		st.AddImage(ctx, "u1", "", image("a"))
+		st.BeginCommit(ctx, "u1", "", "c1")
+		s, _, err := st.FailCommit(ctx, "u1", "c1", "ALEX refused photo a", []session.ImageError{{ImageID: "a", Error: "invalid body site"}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.CommitStatus != session.CommitNone || s.Images[0].Status != session.ImageFailed || s.Images[0].Error == "" {
+			t.Fatalf("after fail: %+v", s)
+		}
+		// A retry may begin again.
+		if _, err := st.BeginCommit(ctx, "u1", "", "c2"); err != nil {
+			t.Fatalf("retry commit: %v", err)
+		}
+	})
 }
 
 func TestEventsCarryVersionAndEnvelope(t *testing.T) {
-	st, rdb := newStore(t)
-	ctx := context.Background()
-	start(t, st, "u1", "p1")
-	st.AddImage(ctx, "u1", "", image("a"))
-	msgs, err := rdb.XRange(ctx, st.Keys.Outbox(), "-", "+").Result()
-	if err != nil || len(msgs) != 2 {
-		t.Fatalf("outbox: %v %d", err, len(msgs))
-	}
-	ev, err := events.Decode([]byte(msgs[1].Values["event"].(string)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var data session.ImageEvent
-	if err := ev.DataAs(&data); err != nil {
-		t.Fatal(err)
-	}
-	if ev.Type != events.ImageUploaded || data.Version != 2 || data.Image.ID != "a" || data.ImageCount != 1 || msgs[1].Values["id"] != ev.ID {
-		t.Fatalf("event: %+v data %+v", ev, data)
-	}
-	if got, want := msgs[1].Values["subject"], "clinimg.image.uploaded.u1"; got != want {
-		t.Fatalf("subject %v, want %v", got, want)
-	}
+	eachBackend(t, func(t *testing.T, st *session.Store, rdb redis.Cmdable) {
+		ctx := context.Background()
+		start(t, st, "u1", "p1")
+		st.AddImage(ctx, "u1", "", image("a"))
+		msgs, err := rdb.XRange(ctx, st.Keys.Outbox(), "-", "+").Result()
+		if err != nil || len(msgs) != 2 {
+			t.Fatalf("outbox: %v %d", err, len(msgs))
+		}
+		ev, err := events.Decode([]byte(msgs[1].Values["event"].(string)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var data session.ImageEvent
+		if err := ev.DataAs(&data); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Type != events.ImageUploaded || data.Version != 2 || data.Image.ID != "a" || data.ImageCount != 1 || msgs[1].Values["id"] != ev.ID {
+			t.Fatalf("event: %+v data %+v", ev, data)
+		}
+		if got, want := msgs[1].Values["subject"], "clinimg.image.uploaded.u1"; got != want {
+			t.Fatalf("subject %v, want %v", got, want)
+		}
+	})
 }
