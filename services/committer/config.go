@@ -1,0 +1,99 @@
+// Package committer writes every photo of a session to Medtech's ALEX FHIR
+// R4 API as one Media resource each, all or nothing and each photo exactly
+// once. It takes commit.requested from a durable JetStream pull consumer
+// (several committers may share it), keeps a ledger of what is written in
+// Redis, finds again a photo whose POST may have landed before a crash,
+// retries transient faults, and on a permanent fault compensates what was
+// written. Session changes (progress, success, failure) go through the
+// session store's outbox, which this service also publishes.
+package committer
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clinicalimages/clinimg/pkg/config"
+	"github.com/clinicalimages/clinimg/pkg/fhir"
+)
+
+// Config is everything the committer needs. Build it with ConfigFromEnv.
+type Config struct {
+	Common config.Common
+
+	// ALEX is where and who: ALEX_API_URL (FHIR base), ALEX_OAUTH_TOKEN_URL,
+	// ALEX_CLIENT_ID, ALEX_CLIENT_SECRET, ALEX_SCOPE, ALEX_FACILITY_ID
+	// (mt-facilityid), ALEX_APP_ID (mt-appid), ALEX_REQUEST_TIMEOUT (2m).
+	ALEX fhir.Config
+	// IdentifierSystem is the Media.identifier system whose value is the
+	// image id (ALEX_IDENTIFIER_SYSTEM, default
+	// https://clinicalimages.nz/ns/image-id).
+	IdentifierSystem string
+	// Capabilities is what the server offers beyond plain create
+	// (ALEX_CAPABILITIES: conditional-create,delete,entered-in-error,search).
+	Capabilities fhir.Capabilities
+	// Parallelism is how many photos of one commit upload at once
+	// (COMMIT_PARALLELISM, default 4).
+	Parallelism int
+	// Workers is how many commits this process runs at once
+	// (COMMIT_WORKERS, default 2).
+	Workers int
+	// RetryBudget is how long transient faults are retried inside one
+	// delivery before the message goes back to JetStream with a delay
+	// (COMMIT_RETRY_BUDGET, default 30s).
+	RetryBudget time.Duration
+	// LockTTL is how long a commit lock outlives a dead committer
+	// (COMMIT_LOCK_TTL, default 20s; renewed every third of it).
+	LockTTL time.Duration
+	// TempDir holds photos the committer cleans itself (TMPDIR).
+	TempDir string
+
+	// Logger is the service's logger (nil: JSON on stderr at LOG_LEVEL).
+	Logger *slog.Logger
+	// Registry receives the metrics (nil: a new one with Go and process
+	// collectors).
+	Registry *prometheus.Registry
+}
+
+// ConfigFromEnv reads the configuration, reporting every problem at once.
+func ConfigFromEnv(getenv func(string) string) (Config, error) {
+	r := config.New(getenv)
+	c := Config{
+		Common: r.ReadCommon(":9093"),
+		ALEX: fhir.Config{
+			BaseURL:      r.Required("ALEX_API_URL"),
+			TokenURL:     r.Required("ALEX_OAUTH_TOKEN_URL"),
+			ClientID:     r.Required("ALEX_CLIENT_ID"),
+			ClientSecret: r.Required("ALEX_CLIENT_SECRET"),
+			Scope:        r.Required("ALEX_SCOPE"),
+			FacilityID:   r.Required("ALEX_FACILITY_ID"),
+			AppID:        r.String("ALEX_APP_ID", "clinicalimages"),
+			Timeout:      r.Duration("ALEX_REQUEST_TIMEOUT", 2*time.Minute),
+		},
+		IdentifierSystem: r.String("ALEX_IDENTIFIER_SYSTEM", fhir.DefaultImageIDNS),
+		Parallelism:      r.Int("COMMIT_PARALLELISM", 4),
+		Workers:          r.Int("COMMIT_WORKERS", 2),
+		RetryBudget:      r.Duration("COMMIT_RETRY_BUDGET", 30*time.Second),
+		LockTTL:          r.Duration("COMMIT_LOCK_TTL", 20*time.Second),
+		TempDir:          r.String("TMPDIR", ""),
+	}
+	caps, err := fhir.ParseCapabilities(r.String("ALEX_CAPABILITIES", ""))
+	if err != nil {
+		r.Fail("ALEX_CAPABILITIES: %v", err)
+	}
+	c.Capabilities = caps
+	if c.Parallelism < 1 || c.Parallelism > 32 {
+		r.Fail("COMMIT_PARALLELISM: %d is not between 1 and 32", c.Parallelism)
+	}
+	if c.Workers < 1 {
+		r.Fail("COMMIT_WORKERS: %d is not at least 1", c.Workers)
+	}
+	if c.LockTTL < 3*time.Second {
+		r.Fail("COMMIT_LOCK_TTL: %s is shorter than 3s", c.LockTTL)
+	}
+	if err := r.Err(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}

@@ -1,0 +1,348 @@
+package committer_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/jpeg"
+	"math/rand/v2"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/clinicalimages/clinimg/pkg/alexsim"
+	"github.com/clinicalimages/clinimg/pkg/blob"
+	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/s3local"
+	"github.com/clinicalimages/clinimg/pkg/session"
+	"github.com/clinicalimages/clinimg/pkg/testenv"
+	"github.com/clinicalimages/clinimg/services/committer"
+)
+
+const (
+	testPatient = "pat-1234"
+	testNHI     = "ZZZ0016"
+)
+
+// env is one test's world: its Redis prefix, JetStream server, S3 bucket,
+// ALEX simulator, and a session store on them.
+type env struct {
+	t      testing.TB
+	rdb    *redis.Client
+	prefix string
+	nats   *testenv.NATS
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	blobs  *blob.Store
+	s3     *s3local.Server
+	sim    *alexsim.Server
+	simURL string
+	store  *session.Store
+	vars   map[string]string
+}
+
+func newEnv(t testing.TB, opt alexsim.Options) *env {
+	t.Helper()
+	rdb, prefix := testenv.Redis(t)
+	n := testenv.StartNATS(t)
+	nc, js := n.Connect(t)
+	ctx := context.Background()
+	if _, err := events.Ensure(ctx, js, events.DefaultNames, 1); err != nil {
+		t.Fatal(err)
+	}
+	blobs, s3srv := testenv.S3(t)
+	if opt.Patients == nil {
+		opt.Patients = map[string]string{testPatient: testNHI}
+	}
+	sim := alexsim.New(opt)
+	ts := httptest.NewServer(sim)
+	t.Cleanup(ts.Close)
+	e := &env{t: t, rdb: rdb, prefix: prefix, nats: n, nc: nc, js: js, blobs: blobs, s3: s3srv, sim: sim, simURL: ts.URL,
+		store: session.NewStore(rdb, session.Options{Prefix: prefix, Source: "/test"})}
+	s3c := s3srv.Config(blobs.Bucket())
+	e.vars = map[string]string{
+		"REDIS_URL":             testenv.RedisURL(),
+		"REDIS_KEY_PREFIX":      prefix,
+		"NATS_URL":              n.URL,
+		"S3_BUCKET_NAME":        s3c.Bucket,
+		"S3_ENDPOINT":           s3c.Endpoint,
+		"AWS_REGION":            s3c.Region,
+		"AWS_ACCESS_KEY_ID":     s3c.AccessKey,
+		"AWS_SECRET_ACCESS_KEY": s3c.SecretKey,
+		"S3_PATH_STYLE":         "true",
+		"OPS_ADDR":              "127.0.0.1:0",
+		"LOG_LEVEL":             "debug",
+		"ALEX_REQUEST_TIMEOUT":  "2s",
+		"COMMIT_RETRY_BUDGET":   "10s",
+		"COMMIT_LOCK_TTL":       "3s",
+	}
+	for k, v := range sim.Env(ts.URL) {
+		e.vars[k] = v
+	}
+	return e
+}
+
+// config is the committer's configuration for this env, with overrides.
+func (e *env) config(over map[string]string) committer.Config {
+	e.t.Helper()
+	cfg, err := committer.ConfigFromEnv(func(k string) string {
+		if v, ok := over[k]; ok {
+			return v
+		}
+		return e.vars[k]
+	})
+	if err != nil {
+		e.t.Fatalf("config: %v", err)
+	}
+	return cfg
+}
+
+// startCommitter runs a committer in this process until the test ends.
+// It returns the logs it wrote.
+func (e *env) startCommitter(over map[string]string) *testenv.Logs {
+	e.t.Helper()
+	cfg := e.config(over)
+	log, logs := testenv.Logger(e.t)
+	cfg.Logger = log
+	cfg.Registry = prometheus.NewRegistry()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- committer.Run(ctx, cfg) }()
+	e.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			e.t.Errorf("committer.Run: %v", err)
+		}
+	})
+	return logs
+}
+
+// photoSpec is one photo of a test session.
+type photoSpec struct {
+	meta     session.Metadata
+	noClean  bool   // no clean copy yet: the committer cleans it
+	original []byte // defaults to a small JPEG
+	ctype    string
+}
+
+// seed starts a session for a new user with the photos given and returns
+// the user id and the session.
+func (e *env) seed(specs []photoSpec) (string, session.Session) {
+	e.t.Helper()
+	ctx := context.Background()
+	userID := "u" + testenv.ID()
+	st, err := e.store.Start(ctx, session.StartParams{UserID: userID, PatientID: testPatient, EncounterID: "enc-1",
+		Token: "tok" + testenv.ID(), SessionID: "s" + testenv.ID()})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	sessID := st.Session.SessionID
+	small := testJPEG(64, 48, 1)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make(chan error, len(specs))
+	sem := make(chan struct{}, 8)
+	for i, sp := range specs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			id := fmt.Sprintf("img-%02d-%s", i, testenv.ID())
+			orig := sp.original
+			if orig == nil {
+				orig = small
+			}
+			ct := sp.ctype
+			if ct == "" {
+				ct = "image/jpeg"
+			}
+			key := "temp/" + userID + "/" + id + ".jpg"
+			if err := e.blobs.Put(ctx, key, ct, bytes.NewReader(orig), int64(len(orig))); err != nil {
+				errs <- err
+				return
+			}
+			img := session.Image{ID: id, S3Key: key, Uploaded: true, Source: "mobile", ContentType: ct,
+				Size: int64(len(orig)), Metadata: sp.meta, CapturedAt: time.Date(2026, 11, 23, 9, 30, i, 0, time.UTC)}
+			mu.Lock() // keep the session's order the spec's order
+			defer mu.Unlock()
+			if _, _, err := e.store.AddImage(ctx, userID, sessID, img); err != nil {
+				errs <- err
+				return
+			}
+			_ = i
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		e.t.Fatal(err)
+	}
+	sess, err := e.store.Peek(ctx, userID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	// Clean copies, as the thumbnailer makes them.
+	for i, im := range sess.Images {
+		if specs[indexOf(im.ID)].noClean {
+			continue
+		}
+		_ = i
+		clean := testJPEG(64, 48, 2)
+		ck := "temp/" + userID + "/" + im.ID + "-clean.jpg"
+		if err := e.blobs.Put(ctx, ck, "image/jpeg", bytes.NewReader(clean), int64(len(clean))); err != nil {
+			e.t.Fatal(err)
+		}
+		if _, _, err := e.store.SetProcessed(ctx, userID, im.ID, session.Processed{Status: session.ImageReady,
+			PreviewKey: "temp/" + userID + "/" + im.ID + "-p.jpg", CleanKey: ck, CleanSize: int64(len(clean)), Width: 64, Height: 48}); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	sess, err = e.store.Peek(ctx, userID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	sort.Slice(sess.Images, func(a, b int) bool { return sess.Images[a].ID < sess.Images[b].ID })
+	return userID, sess
+}
+
+func indexOf(imageID string) int {
+	var i int
+	fmt.Sscanf(imageID, "img-%02d-", &i)
+	return i
+}
+
+// commit begins the session's commit and returns the commit id.
+func (e *env) commit(userID string, sess session.Session) string {
+	e.t.Helper()
+	cid := "c" + testenv.ID()
+	if _, err := e.store.BeginCommit(context.Background(), userID, sess.SessionID, cid); err != nil {
+		e.t.Fatal(err)
+	}
+	return cid
+}
+
+// outcome waits for the commit to finish and returns the session.
+func (e *env) outcome(userID, commitID string, d time.Duration) session.Session {
+	e.t.Helper()
+	var s session.Session
+	testenv.Eventually(e.t, d, "commit "+commitID+" to finish", func() bool {
+		var err error
+		s, err = e.store.Peek(context.Background(), userID)
+		if err != nil {
+			return false
+		}
+		return s.CommitID == commitID && s.Commit != nil && s.Commit.FinishedAt != nil
+	})
+	return s
+}
+
+// testJPEG encodes a w x h picture (seeded noise) as JPEG.
+func testJPEG(w, h int, seed uint64) []byte {
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	r := rand.New(rand.NewPCG(seed, seed))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			img.Set(x, y, color.RGBA{uint8(x * 255 / w), uint8(y * 255 / h), uint8(r.IntN(256)), 255})
+		}
+	}
+	var b bytes.Buffer
+	if err := jpeg.Encode(&b, img, &jpeg.Options{Quality: 90}); err != nil {
+		panic(err)
+	}
+	return b.Bytes()
+}
+
+// withEXIF inserts an APP1 Exif segment (orientation and a GPS IFD
+// pointer) and a COM segment after the SOI of a JPEG.
+func withEXIF(j []byte, orientation uint16) []byte {
+	var t bytes.Buffer
+	t.WriteString("Exif\x00\x00II*\x00")
+	binary.Write(&t, binary.LittleEndian, uint32(8))
+	binary.Write(&t, binary.LittleEndian, uint16(2))
+	// Orientation, SHORT, 1
+	binary.Write(&t, binary.LittleEndian, []uint16{0x0112, 3})
+	binary.Write(&t, binary.LittleEndian, uint32(1))
+	binary.Write(&t, binary.LittleEndian, []uint16{orientation, 0})
+	// GPSInfo pointer, LONG, 1 (the GPS data itself is in the ASCII below)
+	binary.Write(&t, binary.LittleEndian, []uint16{0x8825, 4})
+	binary.Write(&t, binary.LittleEndian, uint32(1))
+	binary.Write(&t, binary.LittleEndian, uint32(38))
+	binary.Write(&t, binary.LittleEndian, uint32(0))
+	t.WriteString("GPS -36.8485 174.7633 SECRETLOCATION")
+	seg := func(m byte, p []byte) []byte {
+		out := []byte{0xFF, m, 0, 0}
+		binary.BigEndian.PutUint16(out[2:], uint16(len(p)+2))
+		return append(out, p...)
+	}
+	out := append([]byte{}, j[:2]...)
+	out = append(out, seg(0xE1, t.Bytes())...)
+	out = append(out, seg(0xFE, []byte("patient comment SECRETCOMMENT"))...)
+	return append(out, j[2:]...)
+}
+
+// liveIDs returns the Media ids the simulator holds live for each image.
+func liveIDs(sim *alexsim.Server) map[string][]string {
+	out := map[string][]string{}
+	for _, m := range sim.Media() {
+		if !m.Deleted && m.Status != "entered-in-error" {
+			out[m.Identifier.Value] = append(out[m.Identifier.Value], m.ID)
+		}
+	}
+	return out
+}
+
+// checkExactlyOnce fails unless every image of sess has exactly one live
+// Media and the session's Media ids are those.
+func checkExactlyOnce(t testing.TB, sim *alexsim.Server, sess session.Session) {
+	t.Helper()
+	if sess.CommitStatus != session.CommitCommitted {
+		t.Fatalf("commitStatus = %s, want committed (message %q)", sess.CommitStatus, sess.Commit.Message)
+	}
+	live := liveIDs(sim)
+	var problems []string
+	for _, im := range sess.Images {
+		ids := live[im.ID]
+		if len(ids) != 1 {
+			problems = append(problems, fmt.Sprintf("%s: %d live Media", im.ID, len(ids)))
+			continue
+		}
+		if im.MediaID != ids[0] {
+			problems = append(problems, fmt.Sprintf("%s: session says %s, ALEX has %s", im.ID, im.MediaID, ids[0]))
+		}
+		delete(live, im.ID)
+	}
+	if len(live) > 0 {
+		problems = append(problems, fmt.Sprintf("%d Media for images not in the session", len(live)))
+	}
+	if total := sim.Live(); total != len(sess.Images) {
+		problems = append(problems, fmt.Sprintf("%d live Media, want %d", total, len(sess.Images)))
+	}
+	if len(problems) > 0 {
+		t.Fatalf("not exactly once:\n%s", strings.Join(problems, "\n"))
+	}
+	if len(sess.Commit.MediaResourceIDs) != len(sess.Images) {
+		t.Fatalf("mediaResourceIds has %d ids, want %d", len(sess.Commit.MediaResourceIDs), len(sess.Images))
+	}
+}
+
+var errKilled = errors.New("killed")
+
+func specs(n int) []photoSpec {
+	out := make([]photoSpec, n)
+	for i := range out {
+		out[i].meta = session.Metadata{BodySite: "14975008", BodySiteDisplay: "Forearm structure", Laterality: "left", ViewType: "anterior"}
+	}
+	return out
+}

@@ -1,0 +1,61 @@
+package committer
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the committer's Prometheus series.
+type metrics struct {
+	commits       *prometheus.CounterVec   // outcome: succeeded, failed, dead_lettered, retried, stale
+	duration      *prometheus.HistogramVec // outcome; from commit request to outcome
+	photos        *prometheus.CounterVec   // how: created, found (already there after a crash)
+	requests      *prometheus.CounterVec   // op, status
+	reqDuration   *prometheus.HistogramVec // op
+	retries       *prometheus.CounterVec   // reason: transient, retry_after, token
+	compensations *prometheus.CounterVec   // action: deleted, entered_in_error, orphaned
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		commits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinimg_committer_commits_total",
+			Help: "Commit deliveries by outcome: succeeded, failed (compensated), dead_lettered, retried (back to JetStream), stale.",
+		}, []string{"outcome"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "clinimg_committer_commit_duration_seconds",
+			Help:    "Time from the commit request to its outcome.",
+			Buckets: []float64{0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 900},
+		}, []string{"outcome"}),
+		photos: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinimg_committer_photos_total",
+			Help: "Photos written to ALEX: created, or found already there after a crash or timeout.",
+		}, []string{"how"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinimg_committer_alex_requests_total",
+			Help: "Requests to ALEX by operation (create, search, patient, delete, mark-entered-in-error, token) and HTTP status (0: no answer).",
+		}, []string{"op", "status"}),
+		reqDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "clinimg_committer_alex_request_duration_seconds",
+			Help:    "ALEX request latency by operation, photo upload included.",
+			Buckets: prometheus.ExponentialBuckets(0.025, 2, 12),
+		}, []string{"op"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinimg_committer_retries_total",
+			Help: "Retries of a photo inside one delivery, by reason.",
+		}, []string{"reason"}),
+		compensations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinimg_committer_compensations_total",
+			Help: "Media written by a failed commit: deleted, marked entered-in-error, or left as orphans for manual clean-up.",
+		}, []string{"action"}),
+	}
+	reg.MustRegister(m.commits, m.duration, m.photos, m.requests, m.reqDuration, m.retries, m.compensations)
+	return m
+}
+
+func (m *metrics) observeRequest(op string, status int, d time.Duration) {
+	m.requests.WithLabelValues(op, strconv.Itoa(status)).Inc()
+	m.reqDuration.WithLabelValues(op).Observe(d.Seconds())
+}
