@@ -1,0 +1,306 @@
+// Package preview turns an uploaded photo into what the screens and the
+// record need: a grid preview and a viewer image (JPEG, upright, no
+// metadata) and a clean full-size copy without Exif, GPS or XMP. It checks
+// that the file really is an accepted image first (JPEG, PNG, WebP or HEIC,
+// and not a pixel flood) and says why when it is not.
+//
+// Pixels are handled by libvips through govips, with shrink-on-load: a 12 MP
+// JPEG is decoded at 1/2 or 1/8 scale for the previews, never at full size.
+// Call Startup once per process before the first Make.
+package preview
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/davidbyttow/govips/v2/vips"
+)
+
+// Settings tune libvips for the whole process.
+type Settings struct {
+	// Concurrency is libvips' worker threads per operation (default 1: the
+	// service runs one photo per core instead, which uses the cores better
+	// and bounds memory).
+	Concurrency int
+	// CacheMem is the operation cache's memory limit in bytes (default 8 MB;
+	// each photo is new, so a cache only holds memory).
+	CacheMem int
+	// Logger receives libvips warnings at debug level (default: discarded).
+	Logger *slog.Logger
+}
+
+var (
+	startOnce sync.Once
+	srgbPath  string
+	heicOK    bool
+	startErr  error
+)
+
+// Startup starts libvips once per process; later calls do nothing and return
+// the first call's outcome. libvips cannot be restarted after a shutdown, so
+// it is never shut down: it lives as long as the process.
+func Startup(s Settings) error {
+	startOnce.Do(func() {
+		if s.Concurrency <= 0 {
+			s.Concurrency = 1
+		}
+		if s.CacheMem <= 0 {
+			s.CacheMem = 8 << 20
+		}
+		log := s.Logger
+		if log == nil {
+			log = slog.New(slog.DiscardHandler)
+		}
+		vips.LoggingSettings(func(domain string, level vips.LogLevel, msg string) {
+			log.Debug("vips.log", "domain", domain, "level", int(level), "msg", firstLine(msg))
+		}, vips.LogLevelWarning)
+		vips.Startup(&vips.Config{
+			ConcurrencyLevel: s.Concurrency,
+			MaxCacheMem:      s.CacheMem,
+			MaxCacheSize:     16,
+			MaxCacheFiles:    0,
+		})
+		// Write the sRGB profile file now, while nothing else runs: govips
+		// creates it lazily in a package variable.
+		srgbPath, startErr = vips.GetSRGBV2MicroICCProfilePath()
+		if startErr == nil {
+			_, startErr = vips.GetSRGBIEC6196621ICCProfilePath()
+		}
+		heicOK = vips.IsTypeSupported(vips.ImageTypeHEIF)
+	})
+	return startErr
+}
+
+// HEICSupported reports whether this libvips decodes HEIC (libheif with an
+// HEVC decoder). Without it a HEIC photo is rejected with a clear reason.
+func HEICSupported() bool { return heicOK }
+
+// Options tune a Maker. Zero values take the defaults named.
+type Options struct {
+	PreviewSize  int   // long side of the grid preview in pixels (default 320)
+	ViewerSize   int   // long side of the viewer image (default 1280)
+	MaxPixels    int64 // largest accepted width × height (default 50 000 000)
+	Quality      int   // JPEG quality of the previews (default 80)
+	CleanQuality int   // JPEG quality of a re-encoded clean copy (default 92)
+}
+
+// Maker makes previews and clean copies. It is safe for concurrent use.
+type Maker struct{ opt Options }
+
+// New returns a Maker. Startup must have been called.
+func New(opt Options) *Maker {
+	if opt.PreviewSize <= 0 {
+		opt.PreviewSize = 320
+	}
+	if opt.ViewerSize <= 0 {
+		opt.ViewerSize = 1280
+	}
+	if opt.MaxPixels <= 0 {
+		opt.MaxPixels = 50_000_000
+	}
+	if opt.Quality <= 0 {
+		opt.Quality = 80
+	}
+	if opt.CleanQuality <= 0 {
+		opt.CleanQuality = 92
+	}
+	return &Maker{opt: opt}
+}
+
+// Options returns the Maker's options with defaults filled in.
+func (m *Maker) Options() Options { return m.opt }
+
+// Result is what Make produced for one photo.
+type Result struct {
+	Header  Header // the source as sniffed
+	Preview []byte // JPEG, long side at most PreviewSize, upright, no metadata
+	Viewer  []byte // JPEG, long side at most ViewerSize, upright, no metadata
+	Clean   []byte // JPEG, full size, upright, no Exif/GPS/XMP/IPTC/comments
+	// Width and Height are the clean copy's upright size.
+	Width, Height int
+	// Lossless is true when the clean copy kept the original JPEG's scan
+	// data (an upright JPEG): only metadata segments were removed.
+	Lossless bool
+}
+
+// Make checks src and makes the previews and the clean copy. A file that is
+// not an acceptable image gives a *Rejection; Make has no other errors.
+func (m *Maker) Make(src []byte) (Result, error) {
+	h, p, err := m.check(src)
+	if err != nil {
+		return Result{}, err
+	}
+	res := Result{Header: h}
+	if res.Viewer, err = m.thumbnail(src, m.opt.ViewerSize); err != nil {
+		return Result{}, err
+	}
+	// The grid preview comes from the viewer image: decoding 1280 px at 1/4
+	// scale costs a few milliseconds, the original again far more.
+	if res.Preview, err = m.thumbnail(res.Viewer, m.opt.PreviewSize); err != nil {
+		return Result{}, err
+	}
+	if h.Format == JPEG && p.orientation <= 1 && h.Components != 4 {
+		res.Clean, err = StripJPEG(src)
+		res.Width, res.Height, res.Lossless = p.width, p.height, true
+	} else {
+		res.Clean, res.Width, res.Height, err = m.reencode(src)
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	return res, nil
+}
+
+// Thumbnail checks src and makes one JPEG whose long side is at most size,
+// upright and without metadata: the preview step on its own.
+func (m *Maker) Thumbnail(src []byte, size int) ([]byte, error) {
+	if _, _, err := m.check(src); err != nil {
+		return nil, err
+	}
+	return m.thumbnail(src, size)
+}
+
+// probed is what libvips reads from the header: the authority on size and
+// orientation, since it is what decodes the pixels.
+type probed struct {
+	width, height, orientation int
+}
+
+// check sniffs the format, refuses floods and unsupported formats before any
+// decoder runs, then reads the header with libvips.
+func (m *Maker) check(src []byte) (Header, probed, error) {
+	h, err := Sniff(src)
+	if err != nil {
+		return Header{}, probed{}, err
+	}
+	if err := m.checkPixels(h.Width, h.Height); err != nil {
+		return Header{}, probed{}, err
+	}
+	if h.Format == HEIC && !heicOK {
+		return Header{}, probed{}, reject(CodeUnsupported, "HEIC photos cannot be read on this server; set the camera to JPEG (Most Compatible) and take it again")
+	}
+	// Loading is lazy: this parses the header only.
+	img, err := vips.LoadImageFromBuffer(src, vips.NewImportParams())
+	if err != nil {
+		return Header{}, probed{}, decodeError(h.Format, err)
+	}
+	defer img.Close()
+	p := probed{width: img.Width(), height: img.Height(), orientation: img.Orientation()}
+	if err := m.checkPixels(p.width, p.height); err != nil {
+		return Header{}, probed{}, err
+	}
+	return h, p, nil
+}
+
+func (m *Maker) checkPixels(w, h int) error {
+	if px := int64(w) * int64(h); px > m.opt.MaxPixels {
+		return reject(CodeTooManyPixels, "image too large: %d×%d pixels (%.0f megapixels; the limit is %.0f)",
+			w, h, float64(px)/1e6, float64(m.opt.MaxPixels)/1e6)
+	}
+	return nil
+}
+
+// failOnWarning makes a truncated or damaged file an error instead of a
+// grey band at the bottom of the picture.
+func failOnWarning() *vips.ImportParams {
+	p := vips.NewImportParams()
+	p.FailOnError.Set(true)
+	return p
+}
+
+// thumbnail is libvips' thumbnail with shrink-on-load: it autorotates by the
+// EXIF orientation, never enlarges, and the result is sRGB JPEG without any
+// metadata.
+func (m *Maker) thumbnail(src []byte, size int) ([]byte, error) {
+	img, err := vips.LoadThumbnailFromBuffer(src, size, size, vips.InterestingNone, vips.SizeDown, failOnWarning())
+	if err != nil {
+		return nil, decodeError("", err)
+	}
+	defer img.Close()
+	return m.encode(img, m.opt.Quality)
+}
+
+// reencode decodes the whole image, turns it upright and writes it as a
+// high-quality JPEG without metadata.
+func (m *Maker) reencode(src []byte) ([]byte, int, int, error) {
+	img, err := vips.LoadImageFromBuffer(src, failOnWarning())
+	if err != nil {
+		return nil, 0, 0, decodeError("", err)
+	}
+	defer img.Close()
+	if err := img.AutoRotate(); err != nil {
+		return nil, 0, 0, decodeError("", err)
+	}
+	out, err := m.encode(img, m.opt.CleanQuality)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	return out, img.Width(), img.Height(), nil
+}
+
+// encode converts img to 8-bit sRGB without alpha (white behind transparent
+// parts) and writes a baseline JPEG with every metadata block stripped.
+func (m *Maker) encode(img *vips.ImageRef, quality int) ([]byte, error) {
+	if img.HasICCProfile() || img.Interpretation() == vips.InterpretationCMYK {
+		if err := img.TransformICCProfileWithFallback(srgbPath, srgbPath); err != nil {
+			return nil, decodeError("", err)
+		}
+	}
+	if img.HasAlpha() {
+		if err := img.Flatten(&vips.Color{R: 255, G: 255, B: 255}); err != nil {
+			return nil, decodeError("", err)
+		}
+	}
+	switch img.Interpretation() {
+	case vips.InterpretationSRGB, vips.InterpretationBW:
+	default: // 16-bit, Lab, ...: let libvips scale it to 8-bit sRGB
+		if err := img.ToColorSpace(vips.InterpretationSRGB); err != nil {
+			return nil, decodeError("", err)
+		}
+	}
+	out, _, err := img.ExportJpeg(&vips.JpegExportParams{
+		Quality:        quality,
+		StripMetadata:  true,
+		OptimizeCoding: true,
+	})
+	if err != nil {
+		return nil, decodeError("", err)
+	}
+	return out, nil
+}
+
+// decodeError turns a libvips failure on the photo's bytes into a rejection.
+// govips appends a Go stack trace to the message; only its first line says
+// what was wrong.
+func decodeError(f Format, err error) *Rejection {
+	var r *Rejection
+	if errors.As(err, &r) {
+		return r
+	}
+	what := "the image"
+	if f != "" {
+		what = "the " + formatName(f)
+	}
+	msg := strings.TrimSpace(firstLine(err.Error()))
+	if strings.Contains(strings.ToLower(msg), "premature end") || strings.Contains(strings.ToLower(msg), "truncated") {
+		return reject(CodeCorrupt, "corrupt image: %s is truncated (the upload may have been cut off)", what)
+	}
+	return reject(CodeCorrupt, "corrupt image: %s cannot be decoded (%s)", what, msg)
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return strings.TrimSpace(s)
+}
+
+// String describes a result for logs.
+func (r Result) String() string {
+	return fmt.Sprintf("%s %dx%d preview=%dB viewer=%dB clean=%dB lossless=%t",
+		r.Header.Format, r.Width, r.Height, len(r.Preview), len(r.Viewer), len(r.Clean), r.Lossless)
+}
