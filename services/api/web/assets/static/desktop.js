@@ -39,6 +39,7 @@ const state = {
 const api = new Api(async () => state.token, async () => (state.dev ? refreshDevToken() : ''));
 let live;
 let uploads;
+const localThumbs = new Map(); // imageId -> object URL of what this page uploaded
 
 // ---------- start-up ----------
 
@@ -70,8 +71,8 @@ async function main() {
 
   setupCapture();
   $('start-btn').addEventListener('click', () => startCapture());
-  $('qr-new').addEventListener('click', () => startCapture());
-  $('qr-show').addEventListener('click', () => startCapture());
+  $('qr-new').addEventListener('click', () => startCapture(false, true));
+  $('qr-show').addEventListener('click', () => startCapture(false, true));
   $('commit-btn').addEventListener('click', () => commit());
   setInterval(renderClock, 1000);
 
@@ -271,7 +272,7 @@ function onEvent(name, d) {
 
 // ---------- actions ----------
 
-async function startCapture(discard = false) {
+async function startCapture(discard = false, again = false) {
   const btns = [$('start-btn'), $('qr-new'), $('qr-show')];
   btns.forEach((b) => { b.disabled = true; });
   try {
@@ -279,7 +280,7 @@ async function startCapture(discard = false) {
     const encounter = state.encounterId || (state.session && state.session.encounterId);
     const r = await api.startSession(patient, encounter, discard);
     state.qr = { image: r.qrCodeImage, url: r.qrCodeUrl, expiresAt: Date.parse(r.expiresAt) };
-    state.showQr = true;
+    state.showQr = again; // after a phone pairs the QR folds away unless asked for again
     if (state.commit.phase === 'done' || state.commit.phase === 'failed') state.commit.phase = 'idle';
     await live.reconcile();
   } catch (e) {
@@ -290,7 +291,7 @@ async function startCapture(discard = false) {
         body: `${plural(n, 'photo')} of another patient ${n === 1 ? 'has' : 'have'} not been committed. Starting a capture for patient ${state.patientId} discards ${n === 1 ? 'it' : 'them'}.`,
         ok: `Discard ${plural(n, 'photo')}`, danger: true,
       });
-      if (ok) return startCapture(true);
+      if (ok) return startCapture(true, again);
     } else {
       banner('error', e.code === 'commit_in_progress' ? 'A commit is in progress; wait for it to finish.' : `Could not start: ${e.message}`);
     }
@@ -396,6 +397,7 @@ function setupCapture() {
     source: 'desktop',
     onChange: () => render(),
     onRecorded: (it, r) => {
+      if (it.thumb) localThumbs.set(it.imageId, it.thumb);
       if (r.session) applySnapshot(r.session);
       setTimeout(() => { uploads.items.delete(it.localId); render(); }, 0);
     },
@@ -719,7 +721,7 @@ function imageCard(key) {
 
 function updateImageCard(card, im, readOnly, idx) {
   const img = card.querySelector('img');
-  const src = im.previewUrl || '';
+  const src = im.previewUrl || localThumbs.get(im.id) || '';
   if (src && img.getAttribute('src') !== src) img.src = src;
   img.hidden = !src;
   img.alt = `Photo ${idx}${im.metadata && im.metadata.bodySiteDisplay ? `, ${im.metadata.bodySiteDisplay}` : ''}`;

@@ -37,10 +37,11 @@ export class Live {
     else this.startPolling();
   }
 
-  /** start opens the stream (and reconciles once). */
+  /** start shows the session at once and opens the stream (which reconciles again once open). */
   start() {
     this.stopped = false;
     this.setState('connecting');
+    this.reconcile();
     this.open();
   }
 

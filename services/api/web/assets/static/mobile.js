@@ -22,6 +22,7 @@ const state = {
 const api = new Api(async () => (state.cred ? state.cred.phoneToken : ''));
 let uploads;
 let live;
+const localThumbs = new Map(); // imageId -> object URL of the photo this phone sent
 
 const STATE_TEXT = {
   compressing: 'Preparing…', waiting: 'Waiting…', uploading: 'Uploading…', recording: 'Saving…',
@@ -81,7 +82,10 @@ async function main() {
   uploads = new UploadQueue(api, {
     source: 'mobile', store, sessionId: state.cred.sessionId,
     onChange: render,
-    onRecorded: (it, r) => { if (r.session) applySession(r.session); },
+    onRecorded: (it, r) => {
+      if (it.thumb) localThumbs.set(it.imageId, it.thumb);
+      if (r.session) applySession(r.session);
+    },
   });
   if (store) {
     const recs = await store.all();
@@ -295,7 +299,7 @@ function serverRow(im, n) {
   const m = im.metadata || {};
   const coded = [m.bodySiteDisplay, m.laterality, m.viewType].filter(Boolean).join(' · ');
   return el('li', { class: 'prow', 'data-test': 'server-row', 'data-status': im.status },
-    im.previewUrl ? el('img', { src: im.previewUrl, alt: `Photo ${n}` }) : el('span', { class: 'placeholder' }),
+    (im.previewUrl || localThumbs.get(im.id)) ? el('img', { src: im.previewUrl || localThumbs.get(im.id), alt: `Photo ${n}` }) : el('span', { class: 'placeholder' }),
     el('div', { class: 'pinfo' },
       el('p', { class: 'pstate' }, `Photo ${n} · ${SERVER_TEXT[im.status] || im.status}`),
       el('p', { class: 'muted', 'data-test': 'coding' }, coded || 'Body site not set yet'),
