@@ -1,0 +1,398 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/realtime"
+)
+
+// SSE is the path of the built-in stream. The format is Ably's (see
+// package realtime):
+//
+//	GET /sse?v=1.2&channels=session%3A<userId>&accessToken=<jwt>[&lastEvent=<id>]
+//	Last-Event-ID: <id>   (sent by a reconnecting EventSource; wins over lastEvent)
+//
+//	event: message
+//	id: <JetStream stream sequence>
+//	data: {"id":"<event id>","name":"image-uploaded","timestamp":<ms>,"encoding":"json","channel":"session:<userId>","data":"<payload as a JSON string>"}
+//
+// with a ":" comment line every RELAY_HEARTBEAT. The token is the API's
+// realtime token (HS256 with REALTIME_SIGNING_KEY): a bad or missing token
+// answers 401 (code 40101/40144), an expired one 401 (40142), a channel
+// outside its capability 403 (40160), a channel that is not a session's 400
+// (40010), each as {"error":{"code","statusCode","message"}}. When the token
+// expires mid-stream the relay sends `event: error` with data
+// {"code":40142,"statusCode":401,"message":"access token expired"} and
+// closes; the page renews the token and reopens with lastEvent. With an id,
+// the stream first replays every event of the channel after it from
+// JetStream, then continues live, with no gap and no repeat. A stream whose
+// client falls more than RELAY_SUBSCRIBER_BUFFER events behind is closed;
+// EventSource reopens it with Last-Event-ID and loses nothing.
+const SSE = "/sse"
+
+// frame is one event encoded once for every subscriber of its channel.
+type frame struct {
+	seq uint64
+	b   []byte
+}
+
+// subscriber is one open stream.
+type subscriber struct {
+	users []string
+	ch    chan frame
+	done  chan struct{}
+	once  sync.Once
+	slow  atomic.Bool
+}
+
+func (s *subscriber) end() { s.once.Do(func() { close(s.done) }) }
+
+// hub reads the stream once per process and fans each event out to the
+// subscribers of its user.
+type hub struct {
+	stream jetstream.Stream
+	names  events.Names
+	cfg    Config
+	log    *slog.Logger
+	m      *metrics
+
+	mu   sync.RWMutex
+	subs map[string]map[*subscriber]struct{}
+
+	cc      jetstream.ConsumeContext
+	running atomic.Bool
+	closing chan struct{}
+}
+
+func newHub(stream jetstream.Stream, names events.Names, cfg Config, log *slog.Logger, m *metrics) *hub {
+	return &hub{stream: stream, names: names, cfg: cfg, log: log, m: m,
+		subs: map[string]map[*subscriber]struct{}{}, closing: make(chan struct{})}
+}
+
+// start subscribes to every new event with an ordered consumer (no acks; it
+// restarts itself after the last sequence seen if NATS hiccups).
+func (h *hub) start(ctx context.Context, js jetstream.JetStream) error {
+	cons, err := js.OrderedConsumer(ctx, h.names.Stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{h.names.All()},
+		DeliverPolicy:  jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("relay hub consumer: %w", err)
+	}
+	cc, err := cons.Consume(h.onMessage, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		h.log.Warn("relay.hub_consume", "err", err)
+	}))
+	if err != nil {
+		return fmt.Errorf("relay hub consume: %w", err)
+	}
+	h.cc = cc
+	h.running.Store(true)
+	return nil
+}
+
+func (h *hub) ready(context.Context) error {
+	if !h.running.Load() {
+		return errors.New("hub not consuming")
+	}
+	return nil
+}
+
+func (h *hub) onMessage(msg jetstream.Msg) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return
+	}
+	f, user, ok := h.frame(msg.Data(), meta.Sequence.Stream)
+	if !ok {
+		return
+	}
+	h.dispatch(user, f)
+}
+
+// frame encodes one stored event as its SSE frame; ok is false for events
+// browsers do not get.
+func (h *hub) frame(data []byte, seq uint64) (frame, string, bool) {
+	ev, err := events.Decode(data)
+	if err != nil {
+		h.log.Error("relay.bad_event", "seq", seq, "err", err)
+		return frame{}, "", false
+	}
+	bm, ok, err := toBrowser(ev)
+	if err != nil {
+		h.log.Error("relay.bad_data", "event_id", ev.ID, "event_type", string(ev.Type), "err", err)
+		return frame{}, "", false
+	}
+	if !ok {
+		return frame{}, "", false
+	}
+	env, _ := json.Marshal(bm.envelope())
+	h.m.relayed.WithLabelValues(string(ev.Type)).Inc()
+	return frame{seq: seq, b: realtime.Frame("message", strconv.FormatUint(seq, 10), env)}, ev.Subject, true
+}
+
+func (h *hub) dispatch(user string, f frame) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for s := range h.subs[user] {
+		select {
+		case s.ch <- f:
+		default:
+			// Too far behind: end the stream; the client resumes from its
+			// last id and the stream has everything it missed.
+			if !s.slow.Swap(true) {
+				h.m.dropped.Inc()
+			}
+			s.end()
+		}
+	}
+}
+
+func (h *hub) add(s *subscriber) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, u := range s.users {
+		if h.subs[u] == nil {
+			h.subs[u] = map[*subscriber]struct{}{}
+		}
+		h.subs[u][s] = struct{}{}
+	}
+	h.m.subscribers.Inc()
+}
+
+func (h *hub) remove(s *subscriber) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, u := range s.users {
+		delete(h.subs[u], s)
+		if len(h.subs[u]) == 0 {
+			delete(h.subs, u)
+		}
+	}
+	h.m.subscribers.Dec()
+}
+
+// replay returns the frames of users' events after seq, in stream order,
+// read straight from the stream.
+func (h *hub) replay(ctx context.Context, users []string, after uint64) ([]frame, error) {
+	var out []frame
+	for _, u := range users {
+		subject := h.names.Prefix + ".*.*." + u
+		for seq := after + 1; ; {
+			raw, err := h.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				break
+			}
+			if err != nil {
+				return nil, fmt.Errorf("replay %s: %w", u, err)
+			}
+			if f, _, ok := h.frame(raw.Data, raw.Sequence); ok {
+				out = append(out, f)
+			}
+			seq = raw.Sequence + 1
+		}
+	}
+	if len(users) > 1 {
+		slices.SortFunc(out, func(a, b frame) int { return int(a.seq) - int(b.seq) })
+	}
+	return out, nil
+}
+
+// serve runs the SSE server on cfg.Addr until ctx is done, then ends every
+// stream and stops the hub's consumer.
+func (h *hub) serve(ctx context.Context) error {
+	ln, err := net.Listen("tcp", h.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", h.cfg.Addr, err)
+	}
+	if h.cfg.Listening != nil {
+		h.cfg.Listening("sse", ln.Addr().String())
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(SSE, h.handle)
+	// No WriteTimeout: streams are long; each write has its own deadline.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		h.stop()
+		return fmt.Errorf("serve %s: %w", h.cfg.Addr, err)
+	case <-ctx.Done():
+	}
+	close(h.closing)
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	h.stop()
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		_ = srv.Close()
+	}
+	return nil
+}
+
+func (h *hub) stop() {
+	h.running.Store(false)
+	if h.cc != nil {
+		h.cc.Stop()
+	}
+}
+
+func (h *hub) cors(w http.ResponseWriter, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	switch {
+	case slices.Contains(h.cfg.AllowedOrigins, "*"):
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+	case origin != "" && slices.Contains(h.cfg.AllowedOrigins, origin):
+		w.Header().Set("Access-Control-Allow-Origin", origin)
+		w.Header().Add("Vary", "Origin")
+	}
+}
+
+func (h *hub) handle(w http.ResponseWriter, r *http.Request) {
+	h.cors(w, r)
+	switch r.Method {
+	case http.MethodGet:
+	case http.MethodOptions:
+		w.Header().Set("Access-Control-Allow-Methods", "GET")
+		w.Header().Set("Access-Control-Allow-Headers", "Last-Event-ID, Authorization")
+		w.WriteHeader(http.StatusNoContent)
+		return
+	default:
+		realtime.WriteError(w, realtime.ErrorInfo{Code: realtime.CodeBadRequest, StatusCode: http.StatusMethodNotAllowed, Message: "GET only"})
+		return
+	}
+	q := r.URL.Query()
+	var channels []string
+	for _, c := range strings.Split(q.Get("channels"), ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			channels = append(channels, c)
+		}
+	}
+	token := q.Get("accessToken")
+	if token == "" {
+		token, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	}
+	now := h.cfg.Now()
+	claims, users, err := realtime.Authorize(token, h.cfg.Realtime.Key, channels, now)
+	if err != nil {
+		e := realtime.ErrorFor(err)
+		h.m.refused.WithLabelValues(strconv.Itoa(e.Code)).Inc()
+		realtime.WriteError(w, e)
+		return
+	}
+	last := r.Header.Get("Last-Event-ID")
+	if last == "" {
+		last = q.Get("lastEvent")
+	}
+	after, resume := uint64(0), false
+	if last != "" {
+		if n, err := strconv.ParseUint(last, 10, 64); err == nil {
+			after, resume = n, true
+		}
+	}
+
+	s := &subscriber{users: users, ch: make(chan frame, h.cfg.SubscriberBuffer), done: make(chan struct{})}
+	h.add(s)
+	defer h.remove(s)
+
+	// Register first, then replay: whatever the replay misses is already
+	// queued live, and whatever both see is sent once (by sequence).
+	var backlog []frame
+	if resume {
+		h.m.resumes.Inc()
+		backlog, err = h.replay(r.Context(), users, after)
+		if err != nil {
+			h.log.Warn("relay.replay", "err", err)
+			realtime.WriteError(w, realtime.ErrorInfo{Code: realtime.CodeInternal, StatusCode: http.StatusServiceUnavailable, Message: "stream unavailable"})
+			return
+		}
+	}
+
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	write := func(b []byte) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		_, err := w.Write(b)
+		return err == nil
+	}
+	flush := func() bool { return rc.Flush() == nil }
+
+	sent := after
+	ok := write(realtime.Heartbeat)
+	for _, f := range backlog {
+		if !ok {
+			return
+		}
+		ok = write(f.b)
+		sent = f.seq
+	}
+	if !ok || !flush() {
+		return
+	}
+
+	expiry := time.NewTimer(claims.ExpiresAt.Sub(now))
+	defer expiry.Stop()
+	hb := time.NewTicker(h.cfg.Heartbeat)
+	defer hb.Stop()
+	for {
+		select {
+		case f := <-s.ch:
+			if f.seq <= sent {
+				continue
+			}
+			if !write(f.b) {
+				return
+			}
+			sent = f.seq
+			// Send what else is queued before flushing.
+			for more := true; more; {
+				select {
+				case f := <-s.ch:
+					if f.seq > sent {
+						if !write(f.b) {
+							return
+						}
+						sent = f.seq
+					}
+				default:
+					more = false
+				}
+			}
+			if !flush() {
+				return
+			}
+		case <-hb.C:
+			if !write(realtime.Heartbeat) || !flush() {
+				return
+			}
+		case <-expiry.C:
+			write(realtime.ErrorEvent(realtime.ErrorFor(realtime.ErrTokenExpired)))
+			flush()
+			return
+		case <-s.done:
+			return
+		case <-h.closing:
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
