@@ -28,7 +28,7 @@ const state = {
   version: 0,           // highest session version applied
   images: new Map(),    // id -> image, each with _v (version it reflects)
   removed: new Map(),   // id -> version it was removed at
-  qr: null,             // {image, url, expiresAt}
+  qr: null,             // {image, url, expiresAt, sessionId}
   showQr: false,
   commit: { phase: 'idle', done: 0, total: 0, message: '', errors: [], commitId: '' },
   sites: [],
@@ -74,6 +74,9 @@ async function main() {
   $('qr-new').addEventListener('click', () => startCapture(false, true));
   $('qr-show').addEventListener('click', () => startCapture(false, true));
   $('commit-btn').addEventListener('click', () => commit());
+  $('mismatch-btn').addEventListener('click', () => startCapture());
+  $('viewer-close').addEventListener('click', () => $('viewer').close());
+  $('viewer').addEventListener('click', (e) => { if (e.target === $('viewer')) $('viewer').close(); });
   setInterval(renderClock, 1000);
 
   api.bodySites().then((sites) => {
@@ -141,10 +144,7 @@ function fatal(text) {
 function applySnapshot(s) {
   state.lastUpdate = Date.now();
   if (state.session && s.sessionId === state.session.sessionId && s.version < state.version) return;
-  if (!state.session || s.sessionId !== state.session.sessionId) {
-    state.removed.clear();
-    if (state.session) state.qr = null;
-  }
+  if (!state.session || s.sessionId !== state.session.sessionId) state.removed.clear();
   state.noSession = false;
   state.session = s;
   state.version = s.version;
@@ -279,7 +279,7 @@ async function startCapture(discard = false, again = false) {
     const patient = state.patientId || (state.session && state.session.patientId);
     const encounter = state.encounterId || (state.session && state.session.encounterId);
     const r = await api.startSession(patient, encounter, discard);
-    state.qr = { image: r.qrCodeImage, url: r.qrCodeUrl, expiresAt: Date.parse(r.expiresAt) };
+    state.qr = { image: r.qrCodeImage, url: r.qrCodeUrl, expiresAt: Date.parse(r.expiresAt), sessionId: r.sessionId };
     state.showQr = again; // after a phone pairs the QR folds away unless asked for again
     if (state.commit.phase === 'done' || state.commit.phase === 'failed') state.commit.phase = 'idle';
     await live.reconcile();
@@ -470,9 +470,17 @@ function render() {
   $('start-btn').textContent = committed ? `Start next capture for patient ${state.patientId}` : `Start capture for patient ${state.patientId}`;
   $('start-text').textContent = committed ? 'This session is committed.' : 'No capture in progress.';
 
+  // the practice system's patient is not the session's: say so before anything is coded
+  const mismatch = active && state.patientId && s.patientId !== state.patientId;
+  $('mismatch').hidden = !mismatch;
+  if (mismatch) {
+    $('mismatch-text').textContent = `These photos are for patient ${s.patientId}, not the current patient ${state.patientId}.`;
+    $('mismatch-btn').textContent = `Start capture for ${state.patientId}`;
+  }
+
   // QR and phone
   const paired = s && s.phone;
-  const qrVisible = active && state.qr && (state.showQr || !paired);
+  const qrVisible = active && state.qr && state.qr.sessionId === s.sessionId && (state.showQr || !paired);
   $('qr').hidden = !qrVisible;
   if (qrVisible) {
     const img = $('qr-img');
@@ -669,7 +677,8 @@ function imageCard(key) {
   const del = el('button', { type: 'button', class: 'btn small danger', 'data-test': 'delete' }, 'Delete');
   const card = el('li', { class: 'card', dataset: { key, id, test: 'image-card' } },
     el('div', { class: 'thumb' },
-      el('img', { alt: '', loading: 'lazy', 'data-test': 'preview', hidden: true }),
+      el('button', { type: 'button', class: 'zoom', 'aria-label': 'View larger', 'data-test': 'zoom', onclick: () => view(id) },
+        el('img', { alt: '', loading: 'lazy', 'data-test': 'preview', hidden: true })),
       el('span', { class: 'placeholder', 'aria-hidden': 'true' }),
       el('span', { class: 'chip', 'data-test': 'status' }),
       el('span', { class: 'src', 'data-test': 'source' })),
@@ -749,11 +758,23 @@ function updateImageCard(card, im, readOnly, idx) {
   const notes = card.querySelector('.notes');
   if (document.activeElement !== notes && !card.dataset.notesDirty && !saving) notes.value = m.notes || '';
   const locked = readOnly || im.status === 'committed';
-  for (const f of card.querySelectorAll('input, select, textarea, button')) f.disabled = locked;
+  for (const f of card.querySelectorAll('input, select, textarea, button:not(.zoom)')) f.disabled = locked;
+  card.querySelector('.zoom').disabled = !src;
   const note = card.querySelector('.note');
   if (im.status === 'rejected') setCardNote(card, im.rejectReason || 'Not an acceptable photo', true);
   else if (im.error) setCardNote(card, im.error, true);
   else if (note.classList.contains('error') && !saving && note.textContent === (im.rejectReason || '')) setCardNote(card, '');
+}
+
+function view(id) {
+  const im = state.images.get(id);
+  if (!im) return;
+  const src = im.viewerUrl || im.previewUrl || localThumbs.get(id);
+  if (!src) return;
+  $('viewer-img').src = src;
+  const m = im.metadata || {};
+  $('viewer-caption').textContent = [m.bodySiteDisplay, m.laterality, m.viewType].filter(Boolean).join(' · ') || `Photo ${photoIndex(id)}`;
+  $('viewer').showModal();
 }
 
 function syncBodySite(card) {
