@@ -25,7 +25,7 @@ import (
 // harness is the API on real Redis (own prefix), a signature-checking S3
 // server and an embedded JetStream server.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	srv     *httptest.Server
 	store   *session.Store
 	objects *blob.Store
@@ -33,7 +33,9 @@ type harness struct {
 	cfg     Config
 }
 
-func newHarness(t *testing.T, tweak ...func(*Config)) *harness {
+func newHarness(t *testing.T, tweak ...func(*Config)) *harness { return newHarnessTB(t, tweak...) }
+
+func newHarnessTB(t testing.TB, tweak ...func(*Config)) *harness {
 	t.Helper()
 	rdb, prefix := testenv.Redis(t)
 	objects, _ := testenv.S3(t)
@@ -140,7 +142,7 @@ func (h *harness) upload(user, token string, body []byte) (key, imageID string) 
 	return r.body["s3Key"].(string), r.body["imageId"].(string)
 }
 
-func put(t *testing.T, url, contentType string, body []byte, want int) {
+func put(t testing.TB, url, contentType string, body []byte, want int) {
 	t.Helper()
 	req, _ := http.NewRequest("PUT", url, bytes.NewReader(body))
 	req.Header.Set("Content-Type", contentType)

@@ -20,7 +20,8 @@ type Config struct {
 	// Addr is where the API and the pages listen (API_ADDR, default :8080).
 	Addr string
 	// PublicURL is the base URL phones reach the pages at; the QR code points
-	// at PublicURL/mobile?token=... (PUBLIC_URL, default http://localhost:8080).
+	// at PublicURL/mobile?token=... (PUBLIC_URL; empty means the scheme and
+	// host the desktop itself used, which suits local runs).
 	PublicURL string
 
 	// Desktop tokens: JWTs verified against AUTH_JWKS_URL, with AUTH_ISSUER
@@ -74,7 +75,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		CommitWait:    r.Duration("COMMIT_WAIT", 25*time.Second),
 		Realtime:      realtime.ReadSettings(r),
 	}
-	if _, err := url.ParseRequestURI(c.PublicURL); err != nil {
+	if _, err := url.ParseRequestURI(c.PublicURL); c.PublicURL != "" && err != nil {
 		r.Fail("PUBLIC_URL: %q is not a URL", c.PublicURL)
 	}
 	if c.JWKSURL == "" {

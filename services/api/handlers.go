@@ -57,7 +57,7 @@ func (s *Server) startSession(c *gin.Context) {
 		s.deleteObjects(c.Request.Context(), out.Discarded...)
 		s.log.InfoContext(c.Request.Context(), "session.discarded", "user_id", who.userID, "images", len(out.Discarded))
 	}
-	qrURL := s.cfg.PublicURL + "/mobile?token=" + token
+	qrURL := s.publicURL(c) + "/mobile?token=" + token
 	png, err := qrcode.Encode(qrURL, qrcode.Medium, 320)
 	if err != nil {
 		s.respondErr(c, err)
@@ -431,6 +431,19 @@ func (s *Server) deleteObjects(ctx context.Context, imgs ...session.Image) {
 	if err := s.objects.Delete(context.WithoutCancel(ctx), keys...); err != nil {
 		s.log.WarnContext(ctx, "objects.delete", "err", err)
 	}
+}
+
+// publicURL is where phones reach the pages: PUBLIC_URL, or the origin the
+// desktop used.
+func (s *Server) publicURL(c *gin.Context) string {
+	if s.cfg.PublicURL != "" {
+		return s.cfg.PublicURL
+	}
+	scheme := "http"
+	if c.Request.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + c.Request.Host
 }
 
 func randomHex(n int) string {
