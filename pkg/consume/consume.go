@@ -126,7 +126,10 @@ func handle(ctx context.Context, msg jetstream.Msg, h Handler, opt Options, maxD
 		observe(opt, "", "term")
 		return
 	}
-	log = log.With("event_id", ev.ID, "event_type", string(ev.Type))
+	log = log.With(ev.LogAttrs()...)
+	if ev.TraceParent != "" {
+		ctx = events.ContextWithTraceParent(ctx, events.ChildTraceParent(ev.TraceParent))
+	}
 	meta, _ := msg.Metadata()
 	var delivered uint64 = 1
 	if meta != nil {
@@ -157,6 +160,7 @@ func handle(ctx context.Context, msg jetstream.Msg, h Handler, opt Options, maxD
 			log.Warn("consume.ack_failed", "err", aerr)
 		}
 		observe(opt, ev.Type, "ack")
+		log.Debug("consume.acked", "delivered", delivered)
 	case errors.As(err, &perm):
 		log.Error("consume.permanent", "err", err)
 		deadLetter(ctx, msg, ev, err, opt, log)

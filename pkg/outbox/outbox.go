@@ -158,7 +158,7 @@ func (p *Publisher) publish(ctx context.Context, msgs []redis.XMessage) error {
 		if p.OnPublished != nil {
 			p.OnPublished(ev.Type, ack.Duplicate)
 		}
-		p.log.Debug("outbox.published", "event_id", id, "event_type", string(ev.Type), "duplicate", ack.Duplicate)
+		p.log.Debug("outbox.published", append(ev.LogAttrs(), "duplicate", ack.Duplicate)...)
 	}
 	return nil
 }

@@ -417,6 +417,7 @@ func (s *Store) runTTL(ctx context.Context, sc *redis.Script, t events.Type, use
 	if err != nil {
 		return nil, err
 	}
+	ev.TraceParent = events.TraceParentFrom(ctx)
 	keys := append([]string{s.Keys.User(userID), s.Keys.Outbox()}, extraKeys...)
 	argv := append([]any{now.Format(time.RFC3339Nano), secs(ttl), mustJSON(ev), s.opt.Names.SubjectOf(ev)}, args...)
 	res, err := sc.Run(ctx, s.rdb, keys, argv...).Result()

@@ -78,7 +78,7 @@ func (s *Server) Router() http.Handler {
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
-	r.Use(s.recoverer, s.observe)
+	r.Use(s.recoverer, s.observe, s.trace)
 	r.NoRoute(func(c *gin.Context) { s.respondErr(c, clientErr(http.StatusNotFound, "not_found", "no such route")) })
 	r.NoMethod(func(c *gin.Context) {
 		s.respondErr(c, clientErr(http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed"))

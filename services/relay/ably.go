@@ -119,6 +119,7 @@ func (r *ablyRelay) run(ctx context.Context, cons jetstream.Consumer) error {
 			_ = msg.Ack()
 			continue
 		}
+		r.log.Debug("relay.event", ev.LogAttrs()...)
 		h := fnv.New32a()
 		h.Write([]byte(ev.Subject))
 		select {

@@ -142,6 +142,7 @@ func (h *hub) frame(data []byte, seq uint64) (frame, string, bool) {
 	}
 	env, _ := json.Marshal(bm.envelope())
 	h.m.relayed.WithLabelValues(string(ev.Type)).Inc()
+	h.log.Debug("relay.event", ev.LogAttrs()...)
 	return frame{seq: seq, b: realtime.Frame("message", strconv.FormatUint(seq, 10), env)}, ev.Subject, true
 }
 
