@@ -114,6 +114,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 	pub := outbox.New(rdb, js, store.Keys.Outbox(), name, log)
+	pub.OnPublished = outbox.Instrument(reg, "committer", rdb, store.Keys.Outbox())
 	go func() {
 		defer wg.Done()
 		if err := pub.Run(pubCtx); err != nil {
@@ -125,6 +126,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Workers:    cfg.Workers,
 		Logger:     log,
 		DeadLetter: w.deadLetter,
+		OnResult:   consume.Instrument(reg, "committer", cons),
 	})
 	// The commits in flight are done; let the publisher flush their last
 	// events briefly, then stop it.
