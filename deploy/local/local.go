@@ -85,7 +85,9 @@ type Stack struct {
 
 // DesktopToken signs a desktop bearer token for userID with the development
 // issuer, as GET /dev/token does.
-func (s *Stack) DesktopToken(userID string) (string, error) { return s.Issuer.Token(userID, 12*time.Hour) }
+func (s *Stack) DesktopToken(userID string) (string, error) {
+	return s.Issuer.Token(userID, 12*time.Hour)
+}
 
 // Err reports services that stopped with an error.
 func (s *Stack) Err() error {
