@@ -72,13 +72,14 @@ type Message struct {
 
 // Request is one publish request as received, whatever its outcome.
 type Request struct {
-	Channel string
-	IDs     []string
-	Names   []string
-	Bytes   int
-	Status  int  // the status answered (0 if the client gave up first)
-	Dupes   int  // messages dropped as repeats
-	Faulted bool // a Fault was applied
+	Channel  string
+	IDs      []string
+	Names    []string
+	Bytes    int
+	Status   int  // the status answered (0 if the client gave up first)
+	Dupes    int  // messages dropped as repeats
+	Accepted int  // messages taken (new ids), whatever was answered
+	Faulted  bool // a Fault was applied
 }
 
 // Fault changes how one publish request is answered. Faults are applied in
@@ -310,6 +311,9 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ids, dupes := s.accept(channel, msgs)
+	s.mu.Lock()
+	s.requests[idx].Accepted = len(msgs) - dupes
+	s.mu.Unlock()
 	if fault != nil {
 		setStatus(0, dupes)
 		s.applyFault(w, r, *fault, func(status, _ int) { setStatus(status, dupes) })

@@ -157,7 +157,8 @@ func (r *ablyRelay) publisher(ctx context.Context, q <-chan item) {
 		for _, group := range byChannel(batch) {
 			lim := limiters[group[0].bm.Channel]
 			if lim == nil {
-				lim = &limiter{Limiter: rate.NewLimiter(rate.Limit(r.cfg.ChannelRate), r.cfg.ChannelRate)}
+				// 90% of the limit: Ably measures arrivals, which jitter.
+				lim = &limiter{Limiter: rate.NewLimiter(rate.Limit(0.9*float64(r.cfg.ChannelRate)), r.cfg.ChannelRate)}
 				limiters[group[0].bm.Channel] = lim
 			}
 			lim.used = time.Now()

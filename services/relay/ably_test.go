@@ -1,0 +1,420 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/clinicalimages/clinimg/pkg/ablysim"
+	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/realtime"
+	"github.com/clinicalimages/clinimg/pkg/session"
+	"github.com/clinicalimages/clinimg/pkg/testenv"
+)
+
+// TestMain lets the kill test run a relay in a child process of this test
+// binary: with RELAY_TEST_CHILD=1 it is a relay configured from the
+// environment, nothing else.
+func TestMain(m *testing.M) {
+	if os.Getenv("RELAY_TEST_CHILD") == "1" {
+		cfg, err := ConfigFromEnv(os.Getenv)
+		if err == nil {
+			err = Run(context.Background(), cfg)
+		}
+		fmt.Fprintln(os.Stderr, "relay child:", err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+var ablyKey = realtime.Key{Name: "appid.keyid", Secret: "ably-secret"}
+
+func startSim(t testing.TB, opt ablysim.Options) *ablysim.Server {
+	t.Helper()
+	opt.Keys = []realtime.Key{ablyKey}
+	sim, err := ablysim.Start("127.0.0.1:0", opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	return sim
+}
+
+func (s *stack) ablyConfig(sim *ablysim.Server) Config {
+	cfg := s.config()
+	cfg.Realtime = realtime.Settings{Mode: realtime.ModeAbly, Key: ablyKey}
+	cfg.AblyEndpoint = "http://" + sim.Endpoint()
+	cfg.PublishTimeout = 300 * time.Millisecond
+	return cfg
+}
+
+// published is one message as the stand-in keeps it.
+type published struct {
+	Name, ID string
+}
+
+// wantPublished is what the stand-in must hold for channel: each stored
+// event once, under its own id when published alone and <first id>:<i> in a
+// batch, batch boundaries taken from the accepted requests.
+func wantPublished(t *testing.T, stored []events.Event, reqs []ablysim.Request, channel string) []published {
+	t.Helper()
+	var evs []events.Event
+	for _, ev := range stored {
+		if realtime.Channel(ev.Subject) == channel {
+			evs = append(evs, ev)
+		}
+	}
+	var out []published
+	i := 0
+	for _, r := range reqs {
+		if r.Channel != channel || r.Accepted == 0 {
+			continue
+		}
+		for j := range r.IDs {
+			if i+j >= len(evs) {
+				t.Fatalf("more messages than events on %s", channel)
+			}
+			id := evs[i].ID
+			if len(r.IDs) > 1 {
+				id += ":" + strconv.Itoa(j)
+			}
+			out = append(out, published{Name: evs[i+j].Type.BrowserName(), ID: id})
+		}
+		i += len(r.IDs)
+	}
+	for ; i < len(evs); i++ { // never published: shows up in the diff
+		out = append(out, published{Name: evs[i].Type.BrowserName(), ID: evs[i].ID})
+	}
+	return out
+}
+
+func gotPublished(sim *ablysim.Server, channel string) []published {
+	var out []published
+	for _, m := range sim.Messages(channel) {
+		out = append(out, published{Name: m.Name, ID: m.ID})
+	}
+	return out
+}
+
+// lifecycle emits one of every browser event for userID (but commit-failed).
+func (s *stack) lifecycle(t *testing.T, userID string) {
+	t.Helper()
+	ctx := context.Background()
+	st := s.store
+	s.sessionFor(t, userID)
+	s.addImage(t, userID, "a")
+	s.addImage(t, userID, "b")
+	notes := "left forearm lesion, 4 mm"
+	if _, err := st.UpdateMetadata(ctx, userID, "", "a", session.MetadataPatch{Notes: &notes}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.SetProcessed(ctx, userID, "a", session.Processed{Status: session.ImageReady, PreviewKey: "p/a.jpg"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.SetProcessed(ctx, userID, "b", session.Processed{Status: session.ImageRejected, RejectReason: "not an image"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.RemoveImage(ctx, userID, "", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.BeginCommit(ctx, userID, "", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.CommitProgress(ctx, userID, "c1", "a", "m1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.FinishCommit(ctx, userID, "c1", map[string]string{"a": "m1"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Must show 1: each event published once with the expected name, channel
+// and id, and data without presigned URLs.
+func TestAblyPublishesEachEventOnce(t *testing.T) {
+	s := newStack(t)
+	sim := startSim(t, ablysim.Options{ChannelRate: 50})
+	r := s.start(t, s.ablyConfig(sim))
+	s.lifecycle(t, "u1")
+	s.sessionFor(t, "u2")
+	s.addImage(t, "u2", "x")
+
+	var stored []events.Event
+	testenv.Eventually(t, 10*time.Second, "every event published", func() bool {
+		stored = s.storedEvents(t)
+		return len(stored) == 12 && len(sim.Messages("")) == len(stored)
+	})
+	wantNames := []string{"session-started", "image-uploaded", "image-uploaded", "image-updated", "image-processed",
+		"image-rejected", "image-removed", "commit-started", "commit-progress", "session-committed"}
+	var names []string
+	for _, m := range sim.Messages("session:u1") {
+		names = append(names, m.Name)
+	}
+	if d := cmp.Diff(wantNames, names); d != "" {
+		t.Errorf("u1 names (-want +got):\n%s", d)
+	}
+	reqs := sim.Requests()
+	for _, ch := range []string{"session:u1", "session:u2"} {
+		if d := cmp.Diff(wantPublished(t, stored, reqs, ch), gotPublished(sim, ch)); d != "" {
+			t.Errorf("%s (-want +got):\n%s", ch, d)
+		}
+	}
+
+	// The data is the event payload, minus the presigned URL, JSON-encoded.
+	m := sim.Messages("session:u2")[1]
+	var got, want map[string]any
+	if err := json.Unmarshal([]byte(m.Data), &got); err != nil || m.Encoding != "json" {
+		t.Fatalf("data %q encoding %q: %v", m.Data, m.Encoding, err)
+	}
+	_ = json.Unmarshal(stored[11].Data, &want)
+	delete(want["image"].(map[string]any), "s3Url")
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("data (-want +got):\n%s", d)
+	}
+	if strings.Contains(m.Data, "X-Amz-Signature") {
+		t.Errorf("presigned URL relayed: %s", m.Data)
+	}
+	if n := r.metric(t, "relay_events_relayed_total"); n != 12 {
+		t.Errorf("relayed metric = %v", n)
+	}
+	if n := r.metric(t, "relay_ably_publish_seconds"); n == 0 {
+		t.Errorf("no publish latency observed")
+	}
+}
+
+// Must show 1: 500, 503, timeouts (one after Ably took the messages), then
+// recovery: every event arrives, and a message seen twice has one id.
+func TestAblyRetriesThroughFaults(t *testing.T) {
+	s := newStack(t)
+	sim := startSim(t, ablysim.Options{})
+	sim.Inject(
+		ablysim.Fault{Status: 500},
+		ablysim.Fault{Status: 503},
+		ablysim.Fault{Delay: time.Hour},               // timeout, not taken
+		ablysim.Fault{Accept: true, Delay: time.Hour}, // timeout after Ably took them
+		ablysim.Fault{Status: 504},
+		ablysim.Fault{Accept: true, Status: 502}, // error after Ably took them
+		ablysim.Fault{Status: 429, Code: 42910},
+	)
+	r := s.start(t, s.ablyConfig(sim))
+	for _, u := range []string{"u1", "u2"} {
+		s.sessionFor(t, u)
+		for i := range 9 {
+			s.addImage(t, u, fmt.Sprintf("img%d", i))
+		}
+	}
+	var stored []events.Event
+	testenv.Eventually(t, 30*time.Second, "every event published", func() bool {
+		stored = s.storedEvents(t)
+		return len(stored) == 20 && len(sim.Messages("")) == 20
+	})
+	if n := sim.PendingFaults(); n != 0 {
+		t.Errorf("%d faults never hit", n)
+	}
+	reqs := sim.Requests()
+	accepted := map[string]bool{}
+	for _, m := range sim.Messages("") {
+		accepted[m.ID] = true
+	}
+	dupes := 0
+	for _, rq := range reqs {
+		dupes += rq.Dupes
+		for _, id := range rq.IDs {
+			if !accepted[id] {
+				t.Errorf("request %v carried id %s that was never accepted: a retry changed ids", rq.Status, id)
+			}
+		}
+	}
+	if dupes < 2 {
+		t.Errorf("dupes = %d, want the two publishes Ably took before failing to come back as duplicates", dupes)
+	}
+	for _, ch := range []string{"session:u1", "session:u2"} {
+		if d := cmp.Diff(wantPublished(t, stored, reqs, ch), gotPublished(sim, ch)); d != "" {
+			t.Errorf("%s (-want +got):\n%s", ch, d)
+		}
+	}
+	if n := r.metric(t, "relay_ably_publish_failures_total"); n < 7 {
+		t.Errorf("failures metric = %v, want >= 7", n)
+	}
+}
+
+// Events that piled up go out in batches within Ably's limits: at most 50
+// messages per channel per second, 64 KiB per publish, <base>:<index> ids;
+// a payload too big for one message becomes a resync marker.
+func TestAblyBatchesWithinLimits(t *testing.T) {
+	s := newStack(t)
+	sim := startSim(t, ablysim.Options{ChannelRate: 50})
+	ctx := context.Background()
+	s.sessionFor(t, "u1")
+	for i := range 100 {
+		s.addImage(t, "u1", fmt.Sprintf("img%03d", i))
+	}
+	long := strings.Repeat("n", 20*1024)
+	for i := range 4 {
+		if _, err := s.store.UpdateMetadata(ctx, "u1", "", fmt.Sprintf("img%03d", i), session.MetadataPatch{Notes: &long}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	huge := strings.Repeat("h", 70*1024)
+	if _, err := s.store.UpdateMetadata(ctx, "u1", "", "img099", session.MetadataPatch{Notes: &huge}); err != nil {
+		t.Fatal(err)
+	}
+	s.sessionFor(t, "u2")
+	testenv.Eventually(t, 10*time.Second, "all events in the stream", func() bool { return len(s.storedEvents(t)) == 107 })
+
+	s.start(t, s.ablyConfig(sim))
+	testenv.Eventually(t, 20*time.Second, "every event published", func() bool { return len(sim.Messages("")) == 107 })
+
+	if d := cmp.Diff(map[int]int{}, sim.Refused()); d != "" {
+		t.Errorf("publishes refused by the stand-in (code: count):\n%s", d)
+	}
+	reqs := sim.Requests()
+	if len(reqs) >= 50 {
+		t.Errorf("%d publishes for 107 piled-up events: not batched", len(reqs))
+	}
+	for _, rq := range reqs {
+		if len(rq.IDs) > 50 || rq.Bytes > 64*1024 {
+			t.Errorf("publish of %d messages, %d bytes", len(rq.IDs), rq.Bytes)
+		}
+	}
+	stored := s.storedEvents(t)
+	if d := cmp.Diff(wantPublished(t, stored, reqs, "session:u1"), gotPublished(sim, "session:u1")); d != "" {
+		t.Errorf("(-want +got):\n%s", d)
+	}
+	msgs := sim.Messages("session:u1")
+	var marker map[string]any
+	if err := json.Unmarshal([]byte(msgs[len(msgs)-1].Data), &marker); err != nil {
+		t.Fatal(err)
+	}
+	if marker["resync"] != true || marker["imageId"] != "img099" || marker["version"] != float64(106) {
+		t.Errorf("oversized event sent as %v", marker)
+	}
+}
+
+// Must show 1: a relay killed (SIGKILL) in the middle of a batch, restarted:
+// no event lost.
+func TestAblyRelayKilledMidBatchLosesNothing(t *testing.T) {
+	s := newStack(t)
+	sim := startSim(t, ablysim.Options{})
+	// The first publishes are taken and never answered: the child is
+	// killed while it waits.
+	sim.Inject(ablysim.Fault{Accept: true, Delay: time.Hour}, ablysim.Fault{Accept: true, Delay: time.Hour})
+	var want []string
+	for _, u := range []string{"u1", "u2", "u3"} {
+		s.sessionFor(t, u)
+		want = append(want, u+"/")
+		for i := range 10 {
+			id := fmt.Sprintf("img%d", i)
+			s.addImage(t, u, id)
+			want = append(want, u+"/"+id)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "events in the stream", func() bool { return len(s.storedEvents(t)) == 33 })
+
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(),
+		"RELAY_TEST_CHILD=1",
+		"NATS_URL="+s.nats.URL,
+		"NATS_STREAM="+s.names.Stream,
+		"NATS_SUBJECT_PREFIX="+s.names.Prefix,
+		"OPS_ADDR=127.0.0.1:0",
+		"ABLY_API_KEY="+ablyKey.Encode(),
+		"ABLY_ENDPOINT=http://"+sim.Endpoint(),
+		"ABLY_PUBLISH_TIMEOUT=1m",
+		"RELAY_PUBLISHERS=2",
+		"LOG_LEVEL=error",
+	)
+	child.Stderr = io.Discard
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
+	testenv.Eventually(t, 10*time.Second, "the child's publishes hang", func() bool { return sim.PendingFaults() == 0 })
+	if err := child.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait()
+	if n := len(sim.Messages("")); n == 0 || n == 33 {
+		t.Fatalf("%d messages taken before the kill: not mid-batch", n)
+	}
+
+	// A new relay gets the unacked events once their ack wait (15 s) ends.
+	s.start(t, s.ablyConfig(sim))
+	testenv.Eventually(t, 40*time.Second, "every event published", func() bool {
+		have := map[string]bool{}
+		for _, m := range sim.Messages("") {
+			have[key(t, m)] = true
+		}
+		for _, w := range want {
+			if !have[w] {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func key(t testing.TB, m ablysim.Message) string {
+	var d struct {
+		Image struct {
+			ID string `json:"id"`
+		} `json:"image"`
+	}
+	if err := json.Unmarshal([]byte(m.Data), &d); err != nil {
+		t.Fatal(err)
+	}
+	return userOf(m.Channel) + "/" + d.Image.ID
+}
+
+// Must show 2 (Ably): the browser token, signed with the Ably key, opens
+// its own channel on the stand-in's SSE, where the relayed events arrive,
+// and is refused on another user's channel by capability.
+func TestAblyTokenRefusedByCapability(t *testing.T) {
+	s := newStack(t)
+	sim := startSim(t, ablysim.Options{})
+	s.start(t, s.ablyConfig(sim))
+	settings := realtime.Settings{Mode: realtime.ModeAbly, Key: ablyKey, URL: sim.URL() + "/sse", TTL: time.Hour}
+	tok, err := settings.Issue("userA", time.Now().Add(2*time.Hour), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	resp, err := http.Get(realtime.SubscribeURL(tok.URL, "session:userB", tok.Token, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if e, _ := realtime.ReadError(b); resp.StatusCode != 403 || e.Code != realtime.CodeNotPermitted {
+		t.Errorf("user B's channel: %d %s", resp.StatusCode, b)
+	}
+
+	resp, err = http.Get(realtime.SubscribeURL(tok.URL, tok.Channel, tok.Token, ""))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("own channel: %v %v", err, resp)
+	}
+	defer resp.Body.Close()
+	s.sessionFor(t, "userB")
+	s.sessionFor(t, "userA")
+	rd := realtime.NewReader(resp.Body)
+	ev, err := rd.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := parseReceived(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Name != "session-started" || got.Channel != "session:userA" {
+		t.Errorf("first event = %+v", got)
+	}
+}
