@@ -86,10 +86,14 @@ func NewProcessor(objects Objects, sessions Sessions, opt ProcessorOptions) *Pro
 
 // Keys of the objects made for one photo, next to its original under the
 // user's prefix.
-func PreviewKey(userID, imageID string) string { return "temp/" + userID + "/" + imageID + ".preview.jpg" }
+func PreviewKey(userID, imageID string) string {
+	return "temp/" + userID + "/" + imageID + ".preview.jpg"
+}
 
 // ViewerKey is the viewer image's key.
-func ViewerKey(userID, imageID string) string { return "temp/" + userID + "/" + imageID + ".viewer.jpg" }
+func ViewerKey(userID, imageID string) string {
+	return "temp/" + userID + "/" + imageID + ".viewer.jpg"
+}
 
 // CleanKey is the clean copy's key.
 func CleanKey(userID, imageID string) string { return "temp/" + userID + "/" + imageID + ".clean.jpg" }
