@@ -1,7 +1,7 @@
 # Clinical Images. `make help` lists the targets.
 SHELL := /bin/bash
 MODULES := pkg services/api services/relay services/committer services/thumbnailer deploy/local
-PKGS := ./pkg/... ./services/... ./deploy/...
+PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 ARTIFACTS ?= $(CURDIR)/artifacts
 export CLINIMG_ARTIFACTS := $(ARTIFACTS)
 

@@ -222,9 +222,9 @@ func TestPairIsSingleUse(t *testing.T) {
 		ctx := context.Background()
 		out := start(t, st, "u1", "p1")
 		s, _ := st.Get(ctx, "u1")
-		var token string
-		// Find the token we started with by starting again (reuse keeps the session).
-		token = "tok-pair"
+		// A second start for the same patient keeps the session and issues a
+		// token of our choosing.
+		token := "tok-pair"
 		if _, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: "p1", EncounterID: "enc_1", Token: token, SessionID: "ignored"}); err != nil {
 			t.Fatal(err)
 		}

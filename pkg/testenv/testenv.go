@@ -156,7 +156,6 @@ type Logs struct {
 	mu    sync.Mutex
 	t     testing.TB
 	lines []string
-	quiet bool
 }
 
 var _ io.Writer = (*Logs)(nil)
