@@ -107,6 +107,8 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 	pub := outbox.New(rdb, js, store.Keys.Outbox(), name, log)
+	pub.OnPublished = outbox.Instrument(reg, "thumbnailer", rdb, store.Keys.Outbox())
+	reg.MustRegister(consume.Collector(cons))
 	go func() {
 		defer wg.Done()
 		if err := pub.Run(pubCtx); err != nil {
