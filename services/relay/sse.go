@@ -117,33 +117,33 @@ func (h *hub) onMessage(msg jetstream.Msg) {
 	if err != nil {
 		return
 	}
-	f, user, ok := h.frame(msg.Data(), meta.Sequence.Stream)
+	f, user, typ, ok := h.frame(msg.Data(), meta.Sequence.Stream)
 	if !ok {
 		return
 	}
+	h.m.relayed.WithLabelValues(string(typ)).Inc()
 	h.dispatch(user, f)
 }
 
 // frame encodes one stored event as its SSE frame; ok is false for events
 // browsers do not get.
-func (h *hub) frame(data []byte, seq uint64) (frame, string, bool) {
+func (h *hub) frame(data []byte, seq uint64) (frame, string, events.Type, bool) {
 	ev, err := events.Decode(data)
 	if err != nil {
 		h.log.Error("relay.bad_event", "seq", seq, "err", err)
-		return frame{}, "", false
+		return frame{}, "", "", false
 	}
 	bm, ok, err := toBrowser(ev)
 	if err != nil {
 		h.log.Error("relay.bad_data", "event_id", ev.ID, "event_type", string(ev.Type), "err", err)
-		return frame{}, "", false
+		return frame{}, "", "", false
 	}
 	if !ok {
-		return frame{}, "", false
+		return frame{}, "", "", false
 	}
 	env, _ := json.Marshal(bm.envelope())
-	h.m.relayed.WithLabelValues(string(ev.Type)).Inc()
 	h.log.Debug("relay.event", ev.LogAttrs()...)
-	return frame{seq: seq, b: realtime.Frame("message", strconv.FormatUint(seq, 10), env)}, ev.Subject, true
+	return frame{seq: seq, b: realtime.Frame("message", strconv.FormatUint(seq, 10), env)}, ev.Subject, ev.Type, true
 }
 
 func (h *hub) dispatch(user string, f frame) {
@@ -201,7 +201,7 @@ func (h *hub) replay(ctx context.Context, users []string, after uint64) ([]frame
 			if err != nil {
 				return nil, fmt.Errorf("replay %s: %w", u, err)
 			}
-			if f, _, ok := h.frame(raw.Data, raw.Sequence); ok {
+			if f, _, _, ok := h.frame(raw.Data, raw.Sequence); ok {
 				out = append(out, f)
 			}
 			seq = raw.Sequence + 1
