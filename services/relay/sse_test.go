@@ -1,12 +1,14 @@
 package relay
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -367,4 +369,49 @@ func TestSSEEnvelope(t *testing.T) {
 	if err := json.Unmarshal([]byte(data), &payload); err != nil || payload.Version != 2 || payload.ImageCount != 1 || payload.SessionID == "" {
 		t.Errorf("payload = %+v (%v)", payload, err)
 	}
+}
+
+// Heartbeats keep idle streams open, and the ops endpoints report the
+// subscribers.
+func TestSSEHeartbeatsAndOps(t *testing.T) {
+	s := newStack(t)
+	cfg := s.config()
+	cfg.Heartbeat = 20 * time.Millisecond
+	r := s.start(t, cfg)
+	resp, err := http.Get(realtime.SubscribeURL("http://"+r.sse+SSE, "session:u1", s.token(t, "u1", time.Hour), ""))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("open: %v %v", err, resp)
+	}
+	var comments atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if sc.Text() == ":" {
+				comments.Add(1)
+			}
+		}
+	}()
+	testenv.Eventually(t, 5*time.Second, "three heartbeats", func() bool { return comments.Load() >= 3 })
+
+	res, err := http.Get("http://" + r.ops + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if !strings.Contains(string(text), "relay_sse_subscribers 1") {
+		t.Errorf("metrics lack the subscriber gauge:\n%s", text)
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		res, err := http.Get("http://" + r.ops + path)
+		if err != nil || res.StatusCode != 200 {
+			t.Errorf("%s: %v %v", path, err, res)
+			continue
+		}
+		res.Body.Close()
+	}
+	resp.Body.Close()
+	<-done
 }
