@@ -1,0 +1,113 @@
+package committer_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clinicalimages/clinimg/pkg/alexsim"
+	"github.com/clinicalimages/clinimg/pkg/session"
+	"github.com/clinicalimages/clinimg/pkg/testenv"
+)
+
+// Must show 3: the committer process is killed (SIGKILL) at each point of a
+// 20-photo commit and started again; the commit finishes with exactly 20
+// Media. JetStream redelivers the unacked commit after its AckWait (30 s),
+// so these tests take that long; they run side by side.
+func TestCrash(t *testing.T) {
+	const n, killAt = 20, 8
+	points := []struct {
+		name string
+		// arm sets up the kill of p at the point; it returns once armed.
+		arm func(e *env, userID, commitID string, kill func())
+	}{
+		{"before a POST", func(e *env, _, _ string, kill func()) {
+			var once sync.Once
+			count := 0
+			var mu sync.Mutex
+			e.sim.SetHooks(alexsim.Hooks{MediaReceived: func(string) error {
+				mu.Lock()
+				count++
+				c := count
+				mu.Unlock()
+				if c < killAt {
+					return nil
+				}
+				var killed bool
+				once.Do(func() { kill(); killed = true })
+				if killed {
+					return errKilled // never stored: the POST did not happen
+				}
+				return nil
+			}})
+		}},
+		{"after a POST, before the ledger write", func(e *env, _, _ string, kill func()) {
+			var once sync.Once
+			count := 0
+			var mu sync.Mutex
+			e.sim.SetHooks(alexsim.Hooks{MediaStored: func(string, string) error {
+				mu.Lock()
+				count++
+				c := count
+				mu.Unlock()
+				if c < killAt {
+					return nil
+				}
+				var killed bool
+				once.Do(func() { kill(); killed = true })
+				if killed {
+					return errKilled // stored, but the answer never reaches the committer
+				}
+				return nil
+			}})
+		}},
+		{"after the ledger write", func(e *env, userID, commitID string, kill func()) {
+			go func() {
+				key := e.store.Keys.Ledger(userID, commitID)
+				for {
+					if n, _ := e.rdb.HLen(context.Background(), key).Result(); n >= killAt {
+						kill()
+						return
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}()
+		}},
+	}
+	for _, pt := range points {
+		t.Run(pt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, alexsim.Options{Latency: 25 * time.Millisecond})
+			userID, sess := e.seed(specs(n))
+			first := e.startProcess(nil)
+			killed := make(chan struct{})
+			var once sync.Once
+			kill := func() { once.Do(func() { first.kill(); close(killed) }) }
+			cid := "c" + testenv.ID()
+			pt.arm(e, userID, cid, kill)
+			if _, err := e.store.BeginCommit(context.Background(), userID, sess.SessionID, cid); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-killed:
+			case <-time.After(60 * time.Second):
+				t.Fatal("the kill point was never reached")
+			}
+			mid, err := e.store.Peek(context.Background(), userID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mid.CommitStatus != session.CommitInProgress {
+				t.Fatalf("commit %s before the crash; the kill came too late", mid.CommitStatus)
+			}
+			e.sim.SetHooks(alexsim.Hooks{})
+			e.startProcess(nil)
+			got := e.outcome(userID, cid, 90*time.Second)
+			checkExactlyOnce(t, e.sim, got)
+			if len(got.Images) != n {
+				t.Fatalf("%d images, want %d", len(got.Images), n)
+			}
+		})
+	}
+}
