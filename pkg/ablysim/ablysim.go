@@ -52,6 +52,10 @@ type Options struct {
 	// accepts (burst of as many); a publish beyond it is refused with 429
 	// and code 42910. Ably's default limit is 50.
 	ChannelRate int
+	// History is about how many accepted messages (and publish requests)
+	// are kept for inspection and SSE resume (default 100,000; the oldest
+	// go first, a quarter at a time).
+	History int
 	// Heartbeat is the SSE keep-alive interval (default 15 s).
 	Heartbeat time.Duration
 	// Now is the clock (default time.Now).
@@ -106,7 +110,7 @@ type Server struct {
 	faults   []Fault
 	seen     map[string]time.Time // message id -> first accepted
 	messages []Message
-	requests []Request
+	requests []*Request
 	buckets  map[string]*bucket
 	serial   int64
 	subs     map[string]map[*subscriber]struct{}
@@ -123,6 +127,9 @@ func New(opt Options) *Server {
 	}
 	if opt.MaxPublishSize <= 0 {
 		opt.MaxPublishSize = 64 * 1024
+	}
+	if opt.History <= 0 {
+		opt.History = 100_000
 	}
 	if opt.Heartbeat <= 0 {
 		opt.Heartbeat = 15 * time.Second
@@ -210,7 +217,11 @@ func (s *Server) Messages(channel string) []Message {
 func (s *Server) Requests() []Request {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]Request(nil), s.requests...)
+	out := make([]Request, len(s.requests))
+	for i, r := range s.requests {
+		out[i] = *r
+	}
+	return out
 }
 
 // Refused counts the publishes refused with each Ably error code (faults
@@ -290,14 +301,15 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) {
 		fault = &f
 		req.Faulted = true
 	}
-	idx := len(s.requests)
-	s.requests = append(s.requests, req)
+	s.requests = trim(s.requests, s.opt.History)
+	rec := &req
+	s.requests = append(s.requests, rec)
 	s.mu.Unlock()
 
 	setStatus := func(status, dupes int) {
 		s.mu.Lock()
-		s.requests[idx].Status = status
-		s.requests[idx].Dupes = dupes
+		rec.Status = status
+		rec.Dupes = dupes
 		s.mu.Unlock()
 	}
 
@@ -312,7 +324,7 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	ids, dupes := s.accept(channel, msgs)
 	s.mu.Lock()
-	s.requests[idx].Accepted = len(msgs) - dupes
+	rec.Accepted = len(msgs) - dupes
 	s.mu.Unlock()
 	if fault != nil {
 		setStatus(0, dupes)
@@ -416,6 +428,7 @@ func (s *Server) accept(channel string, msgs []wireMessage) (ids []string, dupes
 		msg := Message{Serial: s.serial, Channel: channel, ID: id, Name: m.Name, ClientID: m.ClientID,
 			Data: dataString(m.Data), Encoding: m.Encoding, Timestamp: now.UnixMilli()}
 		s.messages = append(s.messages, msg)
+		s.messages = trim(s.messages, s.opt.History)
 		ids = append(ids, id)
 		for sub := range s.subs[channel] {
 			sub.send(msg)
@@ -520,4 +533,12 @@ func (b *bucket) take(n int, rate float64, now time.Time) bool {
 	}
 	b.tokens -= float64(n)
 	return true
+}
+
+// trim drops the oldest entries once list is a quarter over n.
+func trim[T any](list []T, n int) []T {
+	if len(list) <= n+n/4 {
+		return list
+	}
+	return append([]T(nil), list[len(list)-n:]...)
 }
