@@ -30,7 +30,7 @@ func TestMediaIsValidR4(t *testing.T) {
 		t.Fatalf("the FHIR validators are not installed: run `npm ci --prefix services/committer/testdata/fhirvalidate` (%v)", err)
 	}
 	e := newEnv(t, alexsim.Options{})
-	e.startCommitter(nil)
+	logs := e.startCommitter(nil)
 	sp := []photoSpec{
 		{meta: session.Metadata{BodySite: "14975008", BodySiteDisplay: "Forearm structure", Laterality: "left", ViewType: "anterior", Notes: "Lesion 4 mm, irregular border"}},
 		{meta: session.Metadata{BodySite: "85562004", BodySiteDisplay: "Hand structure", Laterality: "right", ViewType: "close-up"}},
@@ -86,6 +86,20 @@ func TestMediaIsValidR4(t *testing.T) {
 			}
 		}
 	}
+	// Promise 8: nothing clinical or secret in the logs, but every ALEX
+	// request's correlation id.
+	all := strings.Join(logs.Lines(), "")
+	for _, secret := range []string{testPatient, "Lesion 4 mm", "sim_", e.vars["ALEX_CLIENT_SECRET"], "Bearer"} {
+		if strings.Contains(all, secret) {
+			t.Errorf("the logs contain %q", secret)
+		}
+	}
+	for _, r := range e.sim.Requests() {
+		if r.CorrelationID != "" && !strings.Contains(all, r.CorrelationID) {
+			t.Errorf("request %s %s: mt-correlationid %s not logged", r.Method, r.Path, r.CorrelationID)
+		}
+	}
+
 	f := filepath.Join(t.TempDir(), "media.json")
 	raw, _ := json.Marshal(bodies)
 	if err := os.WriteFile(f, raw, 0o600); err != nil {

@@ -24,9 +24,9 @@ func TestFaults(t *testing.T) {
 	}
 	type outcome int
 	const (
-		committed    outcome = iota // every photo exactly once
-		compensated                 // failed; nothing left live
-		orphansKept                 // failed; what was written is listed as orphans
+		committed   outcome = iota // every photo exactly once
+		compensated                // failed; nothing left live
+		orphansKept                // failed; what was written is listed as orphans
 	)
 	rows := []struct {
 		name  string

@@ -503,6 +503,7 @@ func (j *job) commitImage(ctx context.Context, img session.Image) (string, error
 		id, how, err := j.tryOnce(ctx, img, m, ph.src)
 		if err == nil {
 			j.w.m.photos.WithLabelValues(how).Inc()
+			j.log.Debug("photo.committed", "image_id", img.ID, "media_id", id, "how", how, "attempts", attempt)
 			return id, nil
 		}
 		if ctx.Err() != nil {

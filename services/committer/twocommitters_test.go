@@ -1,0 +1,58 @@
+package committer_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/clinicalimages/clinimg/pkg/alexsim"
+	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/session"
+	"github.com/clinicalimages/clinimg/pkg/testenv"
+)
+
+// Must show 4: two committers on the one durable consumer and two
+// commit.requested for one session: one commit, no duplicates, and not even
+// a second POST of any photo.
+func TestTwoCommittersOneSession(t *testing.T) {
+	const n = 12
+	e := newEnv(t, alexsim.Options{Latency: 20 * time.Millisecond})
+	e.startCommitter(nil)
+	e.startCommitter(nil)
+	userID, sess := e.seed(specs(n))
+	ctx := context.Background()
+	cid := e.commit(userID, sess)
+	if _, err := e.store.BeginCommit(ctx, userID, sess.SessionID, "another"); !errors.Is(err, session.ErrCommitInProgress) {
+		t.Fatalf("second BeginCommit: %v, want ErrCommitInProgress", err)
+	}
+	// A second work item for the same commit (as a republish would make),
+	// under a new event id so the stream keeps both.
+	ev, err := events.New("/test", events.CommitRequested, userID, session.CommitEvent{SessionID: sess.SessionID, CommitID: cid, Total: n}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := events.Publish(ctx, e.js, events.DefaultNames, ev); err != nil {
+		t.Fatal(err)
+	}
+	got := e.outcome(userID, cid, 60*time.Second)
+	checkExactlyOnce(t, e.sim, got)
+	posts := 0
+	for _, r := range e.sim.Requests() {
+		if r.Method == "POST" && r.Path == alexsim.BasePath+"/Media" {
+			posts++
+		}
+	}
+	if posts != n {
+		t.Errorf("%d POST /Media for %d photos", posts, n)
+	}
+	// Both work items are acked: nothing is left to redeliver.
+	cons, err := e.js.Consumer(ctx, events.DefaultNames.Stream, events.ConsumerCommitter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, "both work items acked", func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0 && info.Delivered.Consumer >= 2
+	})
+}
