@@ -679,7 +679,7 @@ function imageCard(key) {
     el('div', { class: 'thumb' },
       el('button', { type: 'button', class: 'zoom', 'aria-label': 'View larger', 'data-test': 'zoom', onclick: () => view(id) },
         el('img', { alt: '', loading: 'lazy', 'data-test': 'preview', hidden: true })),
-      el('span', { class: 'placeholder', 'aria-hidden': 'true' }),
+      el('span', { class: 'placeholder spin' }),
       el('span', { class: 'chip', 'data-test': 'status' }),
       el('span', { class: 'src', 'data-test': 'source' })),
     el('div', { class: 'fields' },
@@ -718,10 +718,15 @@ function imageCard(key) {
   notes.addEventListener('blur', flush);
   del.addEventListener('click', () => remove(id));
   card.querySelector('img').addEventListener('error', (e) => {
-    // a presigned URL expired: fetch fresh ones, at most once a minute per photo
+    // a presigned URL expired, or the temporary copy is gone after a commit:
+    // show the placeholder, and fetch fresh URLs at most once a minute
+    const img = e.target;
+    card.dataset.broken = img.getAttribute('src') || '';
+    img.hidden = true;
+    card.querySelector('.placeholder').hidden = false;
     const now = Date.now();
-    if (now - Number(e.target.dataset.retried || 0) > 60000) {
-      e.target.dataset.retried = String(now);
+    if (now - Number(img.dataset.retried || 0) > 60000 && card.dataset.status !== 'committed') {
+      img.dataset.retried = String(now);
       reconcileSoon(0);
     }
   });
@@ -730,11 +735,16 @@ function imageCard(key) {
 
 function updateImageCard(card, im, readOnly, idx) {
   const img = card.querySelector('img');
-  const src = im.previewUrl || localThumbs.get(im.id) || '';
+  let src = im.previewUrl || localThumbs.get(im.id) || '';
+  if (src && src === card.dataset.broken) src = '';
   if (src && img.getAttribute('src') !== src) img.src = src;
   img.hidden = !src;
   img.alt = `Photo ${idx}${im.metadata && im.metadata.bodySiteDisplay ? `, ${im.metadata.bodySiteDisplay}` : ''}`;
-  card.querySelector('.placeholder').hidden = !!src;
+  const ph = card.querySelector('.placeholder');
+  ph.hidden = !!src;
+  const waiting = im.status === 'processing' || im.status === 'ready';
+  ph.classList.toggle('spin', waiting);
+  ph.textContent = waiting ? '' : im.status === 'committed' ? 'In the patient record' : 'No preview';
   const st = im.status === 'failed' ? 'failedcommit' : im.status;
   const chip = card.querySelector('.chip');
   chip.textContent = STATUS_TEXT[st] || im.status;
@@ -780,9 +790,10 @@ function view(id) {
 function syncBodySite(card) {
   const site = card.querySelector('.site');
   const code = card.dataset.siteCode || '';
-  if (!code) { site.value = ''; return; }
+  if (!code) { site.value = ''; site.title = ''; return; }
   const known = state.sites.find((s) => s.code === code);
   site.value = siteLabel((known && known.display) || card.dataset.siteDisplay || '', code);
+  site.title = site.value;
 }
 
 function setCardNote(card, text, error = false) {

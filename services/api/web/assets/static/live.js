@@ -7,7 +7,7 @@
 import { sleep } from './api.js';
 
 /**
- * Live states: connecting | live | reconnecting.
+ * Live states: connecting | live | reconnecting | idle (no session to listen to).
  * handlers: onEvent(name, data, id), onSession(session) (a fresh GET of the
  * session), onState(state), onSessionError(err) (GET failed with an answer).
  */
@@ -60,12 +60,28 @@ export class Live {
   }
 
   async open() {
-    if (this.stopped) return;
+    if (this.stopped || this.opening) return;
+    this.opening = true;
+    try {
+      await this.openOnce();
+    } finally {
+      this.opening = false;
+    }
+  }
+
+  async openOnce() {
     clearTimeout(this.reopenTimer);
     let tok;
     try {
       tok = await this.api.realtimeToken();
-    } catch {
+    } catch (e) {
+      if (e.status === 404 || e.status === 410) {
+        // no session yet (or it ended): nothing to listen to; the polling
+        // notices when one starts and opens the stream then
+        this.close();
+        this.setState('idle');
+        return;
+      }
       this.fail();
       return;
     }
@@ -156,6 +172,7 @@ export class Live {
         try {
           const s = await this.api.session();
           this.h.onSession(s);
+          if (this.state === 'idle' && !this.stopped) this.open();
         } catch (e) {
           if (this.h.onSessionError) this.h.onSessionError(e);
           if (e.network) await sleep(500);
