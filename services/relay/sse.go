@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -188,8 +189,18 @@ func (h *hub) remove(s *subscriber) {
 }
 
 // replay returns the frames of users' events after seq, in stream order,
-// read straight from the stream.
-func (h *hub) replay(ctx context.Context, users []string, after uint64) ([]frame, error) {
+// read straight from the stream, and the position the stream continues
+// from: after itself, or 0 when after is beyond the stream's end (an id
+// from a stream since recreated, which would otherwise hide every new
+// event).
+func (h *hub) replay(ctx context.Context, users []string, after uint64) ([]frame, uint64, error) {
+	info, err := h.stream.Info(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("replay: %w", err)
+	}
+	if after > info.State.LastSeq {
+		return nil, 0, nil
+	}
 	var out []frame
 	for _, u := range users {
 		subject := h.names.Prefix + ".*.*." + u
@@ -199,7 +210,7 @@ func (h *hub) replay(ctx context.Context, users []string, after uint64) ([]frame
 				break
 			}
 			if err != nil {
-				return nil, fmt.Errorf("replay %s: %w", u, err)
+				return nil, 0, fmt.Errorf("replay %s: %w", u, err)
 			}
 			if f, _, _, ok := h.frame(raw.Data, raw.Sequence); ok {
 				out = append(out, f)
@@ -208,9 +219,9 @@ func (h *hub) replay(ctx context.Context, users []string, after uint64) ([]frame
 		}
 	}
 	if len(users) > 1 {
-		slices.SortFunc(out, func(a, b frame) int { return int(a.seq) - int(b.seq) })
+		slices.SortFunc(out, func(a, b frame) int { return cmp.Compare(a.seq, b.seq) })
 	}
-	return out, nil
+	return out, after, nil
 }
 
 // serve runs the SSE server on cfg.Addr until ctx is done, then ends every
@@ -316,7 +327,7 @@ func (h *hub) handle(w http.ResponseWriter, r *http.Request) {
 	var backlog []frame
 	if resume {
 		h.m.resumes.Inc()
-		backlog, err = h.replay(r.Context(), users, after)
+		backlog, after, err = h.replay(r.Context(), users, after)
 		if err != nil {
 			h.log.Warn("relay.replay", "err", err)
 			realtime.WriteError(w, realtime.ErrorInfo{Code: realtime.CodeInternal, StatusCode: http.StatusServiceUnavailable, Message: "stream unavailable"})

@@ -165,6 +165,10 @@ func TestSSEResumeGetsEveryMissedEventOnce(t *testing.T) {
 		})
 	}
 
+	// An id beyond the stream's end (the stream was recreated since) does
+	// not hide new events.
+	stale := open(t, client, r.sse, "u1", tok, "999999")
+
 	// Resumed, then live, with no repeat.
 	sb := open(t, client, r.sse, "u1", tok, last)
 	testenv.Eventually(t, 5*time.Second, "replay", func() bool { return sb.count() == 3 })
@@ -172,6 +176,10 @@ func TestSSEResumeGetsEveryMissedEventOnce(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, "live after replay", func() bool { return sb.count() == 4 })
 	if got := sb.received()[3].ImageID; got != "i6" {
 		t.Errorf("live event = %s", got)
+	}
+	testenv.Eventually(t, 5*time.Second, "live event after a stale id", func() bool { return stale.count() == 1 })
+	if got := stale.received()[0].ImageID; got != "i6" {
+		t.Errorf("after a stale id got %s", got)
 	}
 	if r.metric(t, "relay_sse_resumes_total") < 4 {
 		t.Errorf("resumes not counted")
