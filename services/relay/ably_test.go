@@ -418,3 +418,35 @@ func TestAblyTokenRefusedByCapability(t *testing.T) {
 		t.Errorf("first event = %+v", got)
 	}
 }
+
+// Relays side by side share the durable consumer: each event is published
+// by one of them, once.
+func TestAblyRelaysSideBySide(t *testing.T) {
+	s := newStack(t)
+	sim := startSim(t, ablysim.Options{})
+	a := s.start(t, s.ablyConfig(sim))
+	b := s.start(t, s.ablyConfig(sim))
+	for i := range 8 {
+		u := fmt.Sprintf("u%d", i)
+		s.sessionFor(t, u)
+		for j := range 4 {
+			s.addImage(t, u, fmt.Sprintf("img%d", j))
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "every event published", func() bool { return len(sim.Messages("")) == 40 })
+	dupes := 0
+	for _, rq := range sim.Requests() {
+		dupes += rq.Dupes
+	}
+	seen := map[string]int{}
+	for _, m := range sim.Messages("") {
+		seen[m.Channel+" "+m.Name+" "+key(t, m)]++
+	}
+	if len(seen) != 40 || dupes != 0 {
+		t.Errorf("%d distinct events, %d duplicates; want 40 and 0", len(seen), dupes)
+	}
+	na, nb := a.metric(t, "relay_events_relayed_total"), b.metric(t, "relay_events_relayed_total")
+	if na+nb != 40 {
+		t.Errorf("relayed %v + %v, want 40 in all", na, nb)
+	}
+}

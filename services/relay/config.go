@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"log/slog"
 	"net/url"
 	"strings"
@@ -132,11 +133,7 @@ func ablyEndpoint(v string, tls bool) (string, bool, error) {
 	return u.Host, u.Scheme == "https", nil
 }
 
-type constErr string
-
-func (e constErr) Error() string { return string(e) }
-
-const errBadEndpoint = constErr(`want host, host:port or http(s)://host:port`)
+var errBadEndpoint = errors.New("want host, host:port or http(s)://host:port")
 
 func splitList(v string) []string {
 	var out []string
