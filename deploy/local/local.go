@@ -19,6 +19,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/clinicalimages/clinimg/pkg/alexsim"
@@ -60,6 +61,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Env overrides any service setting by its environment name.
 	Env map[string]string
+	// Registries, keyed by service name (api, relay, committer,
+	// thumbnailer), receive that service's metrics instead of a registry of
+	// its own; tests read the counters from them.
+	Registries map[string]*prometheus.Registry
 }
 
 // Stack is a running system.
@@ -209,6 +214,7 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 		return nil, fmt.Errorf("relay config: %w", err)
 	}
 	rcfg.Logger = logger("relay")
+	rcfg.Registry = opt.Registries["relay"]
 	sseAddr := make(chan string, 1)
 	rcfg.Listening = func(name, addr string) {
 		if name == "sse" {
@@ -228,6 +234,7 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 		return nil, fmt.Errorf("committer config: %w", err)
 	}
 	ccfg.Logger = logger("committer")
+	ccfg.Registry = opt.Registries["committer"]
 	st.run(ctx, "committer", func(ctx context.Context) error { return committer.Run(ctx, ccfg) })
 
 	tcfg, err := thumbnailer.ConfigFromEnv(env(map[string]string{"OPS_ADDR": opsAddr(9094)}))
@@ -235,6 +242,7 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 		return nil, fmt.Errorf("thumbnailer config: %w", err)
 	}
 	tcfg.Logger = logger("thumbnailer")
+	tcfg.Registry = opt.Registries["thumbnailer"]
 	st.run(ctx, "thumbnailer", func(ctx context.Context) error { return thumbnailer.Run(ctx, tcfg) })
 
 	acfg, err := api.ConfigFromEnv(env(map[string]string{
@@ -246,6 +254,7 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 	}
 	acfg.DevIssuer = st.Issuer
 	acfg.Logger = logger("api")
+	acfg.Registry = opt.Registries["api"]
 	apiAddr := make(chan string, 1)
 	acfg.Ready = apiAddr
 	st.run(ctx, "api", func(ctx context.Context) error { return api.Run(ctx, acfg) })
