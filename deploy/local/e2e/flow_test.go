@@ -1,0 +1,263 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/color"
+	"image/jpeg"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rig is one scenario: the stack, one browser, a user of its own and the
+// patient and encounter the capture is for.
+type rig struct {
+	t         *testing.T
+	env       *env
+	b         *browser
+	user      string
+	patient   string
+	encounter string
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	e := stack(t)
+	id := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
+	return &rig{t: t, env: e, b: newBrowser(t), user: "user_e2e" + id, patient: "pat_" + id, encounter: "enc_" + id}
+}
+
+// desktopURL opens the widget the way the local stack does (demo context in
+// the query, desktop token from /dev/token), or with the token in the
+// fragment as a host system would.
+func (r *rig) desktopURL(withToken bool) string {
+	u := fmt.Sprintf("%s/?userId=%s&patientId=%s&encounterId=%s", r.env.URL, r.user, r.patient, r.encounter)
+	if withToken {
+		u = fmt.Sprintf("%s/#token=%s&patientId=%s&encounterId=%s", r.env.URL, r.api().token, r.patient, r.encounter)
+	}
+	return u
+}
+
+// openDesktop opens the widget and waits until it knows whether a session exists.
+func (r *rig) openDesktop(size [2]int64, withToken bool) *page {
+	r.t.Helper()
+	d := r.b.page("desktop", size, false)
+	d.navigate(r.desktopURL(withToken))
+	d.waitJS(15*time.Second, "widget ready",
+		`!document.getElementById('start').hidden || !document.getElementById('capture').hidden`)
+	return d
+}
+
+// startCapture clicks Start capture and returns the phone link behind the QR.
+func (r *rig) startCapture(d *page) string {
+	r.t.Helper()
+	d.click(`[data-test=start]`)
+	d.waitJS(15*time.Second, "QR code", `!document.getElementById('qr').hidden && document.getElementById('qr-img').naturalWidth > 0`)
+	var link string
+	d.eval(`document.getElementById('qr-link').href`, &link)
+	if !strings.Contains(link, "/mobile?token=") {
+		r.t.Fatalf("QR link = %q, want the phone page with a token", link)
+	}
+	return link
+}
+
+// openPhone opens the phone page from the QR link and waits for the camera.
+func (r *rig) openPhone(link string) *page {
+	r.t.Helper()
+	if !strings.HasPrefix(link, r.env.URL+"/mobile?token=") {
+		r.t.Fatalf("QR link %q does not open this stack's phone page (%s)", link, r.env.URL)
+	}
+	ph := r.b.page("phone", phoneView, true)
+	ph.navigate(link)
+	ph.waitJS(15*time.Second, "capture screen", `!document.getElementById('capture').hidden`)
+	var loc string
+	ph.eval(`location.href`, &loc)
+	if strings.Contains(loc, "token=") {
+		r.t.Errorf("phone URL still holds the QR token after the exchange: %s", loc)
+	}
+	return ph
+}
+
+// takePhotos hands photos to the phone's camera input and waits until the
+// server confirmed want photos in all.
+func (r *rig) takePhotos(ph *page, want int, paths ...string) {
+	r.t.Helper()
+	if len(paths) > 0 {
+		ph.files(`[data-test=file]`, paths...)
+	}
+	ph.waitJS(60*time.Second, fmt.Sprintf("%d photos confirmed", want), fmt.Sprintf(
+		`document.querySelectorAll('[data-test=server-row]').length === %d && document.querySelectorAll('[data-test=upload-row]').length === 0`, want))
+}
+
+// waitCards waits for n photo cards on the desktop, each with its server
+// preview loaded (not the local blob), without any reload.
+func waitCards(d *page, n int, d2 time.Duration) {
+	d.t.Helper()
+	d.waitJS(d2, fmt.Sprintf("%d cards with previews", n), fmt.Sprintf(`(() => {
+		const cards = [...document.querySelectorAll('[data-test=image-card]')];
+		return cards.length === %d && cards.every(c => {
+			const img = c.querySelector('[data-test=preview]');
+			return !img.hidden && img.complete && img.naturalWidth > 0 && !img.src.startsWith('blob:');
+		});
+	})()`, n))
+}
+
+// setBodySite types a body site into the n-th card's picker (1-based) and
+// waits until it is saved.
+func setBodySite(d *page, n int, label string) {
+	d.t.Helper()
+	sel := fmt.Sprintf(`[data-test=image-card]:nth-child(%d) [data-test=body-site]`, n)
+	d.eval(fmt.Sprintf(`(() => { const i = document.querySelector(%q); i.focus(); i.value = %q;
+		i.dispatchEvent(new Event('input', {bubbles: true})); i.dispatchEvent(new Event('change', {bubbles: true})); i.blur(); return true; })()`, sel, label), new(bool))
+	d.waitJS(10*time.Second, "body site saved", fmt.Sprintf(
+		`document.querySelector('[data-test=image-card]:nth-child(%d) [data-test=card-note]').textContent === 'Saved'`, n))
+}
+
+// apiClient calls the API from the test, as the desktop user.
+type apiClient struct {
+	t     *testing.T
+	base  string
+	user  string
+	token string
+}
+
+func (r *rig) api() apiClient {
+	r.t.Helper()
+	tok, err := r.env.DesktopToken(r.user)
+	if err != nil {
+		r.t.Fatalf("desktop token: %v", err)
+	}
+	return apiClient{t: r.t, base: r.env.URL, user: r.user, token: tok}
+}
+
+func (c apiClient) do(method, path string, body, out any) int {
+	c.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, c.base+path, rd)
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			c.t.Fatalf("%s %s: %d %s: %v", method, path, res.StatusCode, raw, err)
+		}
+	}
+	return res.StatusCode
+}
+
+// sessionView is the part of GET session the tests look at.
+type sessionView struct {
+	SessionID    string `json:"sessionId"`
+	PatientID    string `json:"patientId"`
+	CommitStatus string `json:"commitStatus"`
+	Images       []struct {
+		ID       string `json:"id"`
+		Source   string `json:"source"`
+		Status   string `json:"status"`
+		Size     int64  `json:"size"`
+		Width    int    `json:"width"`
+		Height   int    `json:"height"`
+		Metadata struct {
+			BodySite   string `json:"bodySite"`
+			Laterality string `json:"laterality"`
+			Notes      string `json:"notes"`
+		} `json:"metadata"`
+	} `json:"images"`
+}
+
+func (c apiClient) session() sessionView {
+	c.t.Helper()
+	var s sessionView
+	if st := c.do("GET", "/api/users/"+c.user+"/session", nil, &s); st != 200 {
+		c.t.Fatalf("GET session: %d", st)
+	}
+	return s
+}
+
+// start begins a session through the API, as the widget does, and returns the phone link.
+func (c apiClient) start(patient, encounter string) string {
+	c.t.Helper()
+	var r struct {
+		QRCodeURL string `json:"qrCodeUrl"`
+	}
+	if st := c.do("POST", "/api/session-tokens", map[string]any{"patientId": patient, "encounterId": encounter}, &r); st != 200 {
+		c.t.Fatalf("POST session-tokens: %d", st)
+	}
+	return r.QRCodeURL
+}
+
+// seed records n small photos straight through the API (presign, PUT, record),
+// for the 50-photo limit without 49 trips through the browser.
+func (c apiClient) seed(n int) {
+	c.t.Helper()
+	for i := 0; i < n; i++ {
+		id, key := c.put()
+		if st := c.record(id, key, nil); st != 200 {
+			c.t.Fatalf("record seed photo %d: %d", i, st)
+		}
+	}
+}
+
+// smallJPEG is a 64x48 photo.
+func smallJPEG(t *testing.T) []byte {
+	img := image.NewRGBA(image.Rect(0, 0, 64, 48))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(i * 7)
+	}
+	img.Set(0, 0, color.White)
+	var buf bytes.Buffer
+	if err := jpeg.Encode(&buf, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// put presigns and uploads a small photo, returning its image id and key.
+func (c apiClient) put() (imageID, s3Key string) {
+	c.t.Helper()
+	body := smallJPEG(c.t)
+	var p struct {
+		UploadURL string            `json:"uploadUrl"`
+		S3Key     string            `json:"s3Key"`
+		ImageID   string            `json:"imageId"`
+		Headers   map[string]string `json:"headers"`
+	}
+	if st := c.do("POST", "/api/users/"+c.user+"/presigned-url", map[string]any{"contentType": "image/jpeg", "contentLength": len(body)}, &p); st != 200 {
+		c.t.Fatalf("presign: %d", st)
+	}
+	req, _ := http.NewRequest("PUT", p.UploadURL, bytes.NewReader(body))
+	for k, v := range p.Headers {
+		req.Header.Set(k, v)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatalf("PUT photo: %v", err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		c.t.Fatalf("PUT photo: %s", res.Status)
+	}
+	return p.ImageID, p.S3Key
+}
+
+// record records an uploaded photo in the session.
+func (c apiClient) record(imageID, s3Key string, out any) int {
+	c.t.Helper()
+	return c.do("POST", "/api/users/"+c.user+"/images", map[string]any{"imageId": imageID, "s3Key": s3Key, "source": "desktop"}, out)
+}

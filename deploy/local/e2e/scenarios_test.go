@@ -1,0 +1,307 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
+)
+
+// The notes' manual scenarios (seeds §8) and the issue's "must show", each
+// against the whole local stack in headless Chromium. Every step leaves a
+// screenshot of both screens under the artifacts directory.
+
+// Three real photos go from the phone to the desktop live, get a body site
+// there (seen on the phone too), and are committed from the keyboard; ALEX
+// then holds three valid Media with that body site.
+func TestHappyPath(t *testing.T) {
+	r := newRig(t)
+	api := r.api()
+	d := r.openDesktop(desktopView, true) // token in the fragment, as a host system passes it
+	var loc string
+	d.eval(`location.href`, &loc)
+	if strings.Contains(loc, "token=") {
+		t.Errorf("desktop URL still holds its token: %s", loc)
+	}
+	d.shot("start")
+	link := r.startCapture(d)
+	d.waitJS(10*time.Second, "live", `document.getElementById('conn').dataset.state === 'live'`)
+	d.shot("qr")
+
+	ph := r.openPhone(link)
+	ph.shot("paired")
+	if who := ph.text(`[data-test=who]`); !strings.Contains(who, r.patient) {
+		t.Errorf("phone shows %q, want the patient %s", who, r.patient)
+	}
+	d.waitJS(10*time.Second, "phone state", `document.querySelector('[data-test=paired-state]').textContent.includes('Phone connected')`)
+	d.shot("phone-connected")
+
+	r.takePhotos(ph, 3,
+		testdata(t, "photo-1920.jpg"),
+		testdata(t, "photo-12mp-orient6.jpg"),
+		testdata(t, "exif-orientation/Landscape_6.jpg"))
+	ph.shot("three-sent")
+	waitCards(d, 3, 30*time.Second)
+	d.shot("three-previews")
+
+	// What the phone sent: JPEG under 1 MB, longest side at most 1920, the
+	// 12 MP portrait photo upright (EXIF orientation applied before upload).
+	s := api.session()
+	portrait := 0
+	for _, im := range s.Images {
+		if im.Source != "mobile" || im.Size >= 1_000_000 || max(im.Width, im.Height) > 1920 || im.Width == 0 {
+			t.Errorf("image %s: source %s, %d bytes, %dx%d; want mobile, < 1 MB, longest side <= 1920", im.ID, im.Source, im.Size, im.Width, im.Height)
+		}
+		if im.Height > im.Width {
+			portrait++
+		}
+	}
+	if portrait != 1 {
+		t.Errorf("%d portrait photos, want 1 (the 12 MP photo with EXIF orientation 6, turned upright)", portrait)
+	}
+
+	for i := 1; i <= 3; i++ {
+		setBodySite(d, i, "368208006")
+	}
+	d.run("laterality", chromedp.SetValue(`[data-test=image-card]:nth-child(1) [data-test=laterality]`, "left", chromedp.ByQuery),
+		chromedp.Evaluate(`document.querySelector('[data-test=image-card]:nth-child(1) [data-test=laterality]').dispatchEvent(new Event('change'))`, nil))
+	d.waitJS(10*time.Second, "laterality saved", `document.querySelector('[data-test=image-card]:nth-child(1) [data-test=card-note]').textContent === 'Saved'`)
+	d.shot("coded")
+	ph.waitJS(15*time.Second, "coding on the phone",
+		`[...document.querySelectorAll('[data-test=coding]')].filter(e => /upper arm/i.test(e.textContent)).length === 3`)
+	ph.shot("coding-shown")
+
+	// Commit from the keyboard: focus the button, Enter, Enter on the dialog.
+	d.run("commit by keyboard", chromedp.Focus(`[data-test=commit]`, chromedp.ByQuery), chromedp.KeyEvent(kb.Enter))
+	d.waitJS(5*time.Second, "confirm dialog", `!!document.querySelector('dialog[open]')`)
+	if body := d.text(`dialog[open]`); !strings.Contains(body, r.patient) || !strings.Contains(body, "3 photos") {
+		t.Errorf("confirm dialog says %q, want the patient and the count", body)
+	}
+	d.shot("confirm")
+	d.run("confirm by keyboard", chromedp.KeyEvent(kb.Enter))
+	d.waitJS(60*time.Second, "committed", `document.getElementById('commitbar').dataset.phase === 'done'`)
+	if note := d.text(`[data-test=commit-note]`); !strings.Contains(note, "3 images committed successfully") {
+		t.Errorf("desktop outcome %q", note)
+	}
+	d.shot("committed")
+	ph.waitJS(15*time.Second, "phone outcome", `!document.getElementById('outcome').hidden && document.getElementById('outcome-icon').classList.contains('ok')`)
+	ph.shot("committed")
+
+	ids := []string{}
+	for _, im := range s.Images {
+		ids = append(ids, im.ID)
+	}
+	media := r.env.MediaFor(ids...)
+	if len(media) != 3 {
+		t.Fatalf("ALEX holds %d Media for this session, want 3", len(media))
+	}
+	for _, m := range media {
+		if !strings.HasSuffix(m.PatientRef, "/"+r.patient) {
+			t.Errorf("Media %s is for %q, want patient %s", m.ID, m.PatientRef, r.patient)
+		}
+		if !strings.Contains(string(m.Resource), `"368208006"`) {
+			t.Errorf("Media %s has no body site 368208006: %.300s", m.ID, m.Resource)
+		}
+	}
+	d.checkConsole()
+	ph.checkConsole()
+}
+
+// The phone commits on its own; the desktop shows the outcome live.
+func TestPhoneCommits(t *testing.T) {
+	r := newRig(t)
+	d := r.openDesktop(desktopView, false)
+	link := r.startCapture(d)
+	ph := r.openPhone(link)
+	r.takePhotos(ph, 2, testdata(t, "photo-1920.jpg"), testdata(t, "exif-orientation/Landscape_1.jpg"))
+	waitCards(d, 2, 30*time.Second)
+	ph.waitJS(30*time.Second, "commit enabled", `!document.querySelector('[data-test=commit]').disabled`)
+	ph.shot("ready-to-commit")
+	ph.click(`[data-test=commit]`)
+	ph.waitJS(5*time.Second, "confirm", `!!document.querySelector('dialog[open]')`)
+	ph.shot("confirm")
+	ph.click(`[data-test=confirm-ok]`)
+	ph.waitJS(60*time.Second, "phone outcome", `document.getElementById('outcome-icon').classList.contains('ok')`)
+	if got := ph.text(`[data-test=outcome-title]`); !strings.Contains(got, "2 images committed") {
+		t.Errorf("phone outcome %q", got)
+	}
+	ph.shot("committed")
+	d.waitJS(15*time.Second, "desktop outcome", `document.getElementById('commitbar').dataset.phase === 'done'`)
+	if note := d.text(`[data-test=commit-note]`); !strings.Contains(note, "2 images committed") {
+		t.Errorf("desktop outcome %q", note)
+	}
+	d.waitJS(10*time.Second, "cards committed", `[...document.querySelectorAll('[data-test=status]')].every(s => s.textContent === 'Committed')`)
+	d.shot("committed")
+	var ids []string
+	for _, im := range r.api().session().Images {
+		ids = append(ids, im.ID)
+	}
+	if n := len(r.env.MediaFor(ids...)); n != 2 {
+		t.Errorf("ALEX holds %d Media, want 2", n)
+	}
+	d.checkConsole()
+	ph.checkConsole()
+}
+
+// The desktop is opened only after the phone took its photos: it shows them all.
+func TestDesktopOpenedLate(t *testing.T) {
+	r := newRig(t)
+	link := r.api().start(r.patient, r.encounter)
+	ph := r.openPhone(link)
+	r.takePhotos(ph, 3, testdata(t, "photo-1920.jpg"), testdata(t, "exif-orientation/Landscape_3.jpg"), testdata(t, "exif-orientation/Landscape_8.jpg"))
+	ph.shot("three-sent")
+	d := r.openDesktop(desktopView, false)
+	waitCards(d, 3, 30*time.Second)
+	if st := d.text(`[data-test=paired-state]`); !strings.Contains(st, "Phone connected") {
+		t.Errorf("desktop phone state %q, want connected", st)
+	}
+	d.shot("all-three")
+	d.checkConsole()
+	ph.checkConsole()
+}
+
+// The desktop's event stream breaks: it says so, keeps up by polling, and
+// goes live again on its own.
+func TestRealtimeCut(t *testing.T) {
+	r := newRig(t)
+	d := r.openDesktop(desktopView, false)
+	link := r.startCapture(d)
+	ph := r.openPhone(link)
+	d.waitJS(10*time.Second, "live", `document.getElementById('conn').dataset.state === 'live'`)
+	r.takePhotos(ph, 1, testdata(t, "photo-1920.jpg"))
+	waitCards(d, 1, 30*time.Second)
+
+	r.env.SSE.Cut() // every open stream breaks; reopening fails until Restore
+	defer r.env.SSE.Restore()
+	d.waitJS(10*time.Second, "reconnecting shown", `document.getElementById('conn').dataset.state === 'reconnecting'`)
+	d.shot("reconnecting")
+	r.takePhotos(ph, 2, testdata(t, "exif-orientation/Landscape_5.jpg"))
+	waitCards(d, 2, 10*time.Second) // caught up by polling while the stream is still down
+	d.shot("caught-up-while-cut")
+
+	if r.env.SSE.Refused() == 0 {
+		t.Error("the page did not try to reopen its stream while it was cut")
+	}
+	r.env.SSE.Restore()
+	d.waitJS(30*time.Second, "live again", `document.getElementById('conn').dataset.state === 'live'`)
+	r.takePhotos(ph, 3, testdata(t, "exif-orientation/Landscape_7.jpg"))
+	waitCards(d, 3, 15*time.Second)
+	d.shot("live-again")
+	d.checkConsole()
+	ph.checkConsole()
+}
+
+// Reloading the desktop mid-session loses nothing: photos, coding, phone state.
+func TestDesktopReload(t *testing.T) {
+	r := newRig(t)
+	d := r.openDesktop(panelView, false) // the narrow side panel
+	link := r.startCapture(d)
+	ph := r.openPhone(link)
+	r.takePhotos(ph, 2, testdata(t, "photo-1920.jpg"), testdata(t, "exif-orientation/Landscape_2.jpg"))
+	waitCards(d, 2, 30*time.Second)
+	setBodySite(d, 1, "Left upper arm structure (368208006)")
+	d.eval(`(() => { const n = document.querySelector('[data-test=image-card]:nth-child(2) [data-test=notes]');
+		n.focus(); n.value = 'raised lesion, 4 mm'; n.dispatchEvent(new Event('input')); n.blur(); return true; })()`, new(bool))
+	d.waitJS(10*time.Second, "notes saved", `document.querySelector('[data-test=image-card]:nth-child(2) [data-test=card-note]').textContent === 'Saved'`)
+	d.shot("before-reload")
+
+	d.run("reload", chromedp.Reload())
+	waitCards(d, 2, 20*time.Second)
+	var site, notes string
+	d.eval(`document.querySelector('[data-test=image-card]:nth-child(1) [data-test=body-site]').value`, &site)
+	d.eval(`document.querySelector('[data-test=image-card]:nth-child(2) [data-test=notes]').value`, &notes)
+	if !strings.Contains(site, "368208006") || notes != "raised lesion, 4 mm" {
+		t.Errorf("after reload: body site %q, notes %q", site, notes)
+	}
+	d.waitJS(10*time.Second, "phone state", `document.querySelector('[data-test=paired-state]').textContent.includes('Phone connected')`)
+	d.shot("after-reload")
+	d.checkConsole()
+	ph.checkConsole()
+}
+
+// The first PUT to S3 drops; the phone retries and the photo lands once.
+// Then every PUT drops and the phone is reloaded: the photo waits in the
+// browser's storage and goes up when the network is back.
+func TestUploadRetry(t *testing.T) {
+	r := newRig(t)
+	d := r.openDesktop(desktopView, false)
+	link := r.startCapture(d)
+	ph := r.openPhone(link)
+
+	var puts atomic.Int32
+	ph.interceptFail(func(method, url string) bool {
+		return method == "PUT" && puts.Add(1) == 1
+	})
+	ph.files(`[data-test=file]`, testdata(t, "photo-1920.jpg"))
+	ph.waitJS(10*time.Second, "retrying shown", `!!document.querySelector('[data-test=upload-row][data-state=retrying]')`)
+	ph.shot("retrying")
+	r.takePhotos(ph, 1)
+	ph.shot("sent-after-retry")
+	waitCards(d, 1, 30*time.Second)
+	if n := len(r.api().session().Images); n != 1 || puts.Load() != 2 {
+		t.Errorf("%d photos after %d PUTs, want 1 photo after 2 PUTs", n, puts.Load())
+	}
+
+	ph.interceptFail(func(method, url string) bool { return method == "PUT" })
+	ph.files(`[data-test=file]`, testdata(t, "exif-orientation/Landscape_4.jpg"))
+	ph.waitJS(10*time.Second, "retrying", `!!document.querySelector('[data-test=upload-row][data-state=retrying]')`)
+	ph.run("reload", chromedp.Reload())
+	ph.waitJS(10*time.Second, "resumed after reload", `!!document.querySelector('[data-test=upload-row]')`)
+	ph.shot("waiting-after-reload")
+	ph.interceptFail(func(string, string) bool { return false })
+	ph.waitJS(30*time.Second, "resumed upload confirmed",
+		`document.querySelectorAll('[data-test=server-row]').length === 2 && !document.querySelector('[data-test=upload-row]')`)
+	var left int
+	ph.evalAsync(`new Promise(res => { const o = indexedDB.open('clinimg-phone'); o.onsuccess = () => {
+		const q = o.result.transaction('pending').objectStore('pending').count(); q.onsuccess = () => res(q.result); }; })`, &left)
+	if left != 0 {
+		t.Errorf("%d photos left in the phone's storage after the server confirmed them", left)
+	}
+	waitCards(d, 2, 30*time.Second)
+	ph.shot("resumed")
+	d.shot("two-photos")
+	d.checkConsole()
+	ph.checkConsole()
+}
+
+// The 50-photo cap: warnings on both screens, the camera and the desktop
+// upload disabled at 50, and the API refusing a 51st.
+func TestFiftyPhotoLimit(t *testing.T) {
+	r := newRig(t)
+	api := r.api()
+	link := api.start(r.patient, r.encounter)
+	api.seed(49)
+	d := r.openDesktop(desktopView, false)
+	d.waitJS(30*time.Second, "49 cards", `document.querySelectorAll('[data-test=image-card]').length === 49`)
+	if w := d.text(`[data-test=limit]`); w != "You have 49 images. Consider committing this batch." {
+		t.Errorf("desktop warning at 49: %q", w)
+	}
+	d.shot("warning-49")
+	ph := r.openPhone(link)
+	ph.shot("warning-49")
+	r.takePhotos(ph, 50, testdata(t, "photo-1920.jpg"))
+	const full = "Maximum 50 images reached. Please commit before adding more."
+	ph.waitJS(10*time.Second, "phone limit", fmt.Sprintf(`document.querySelector('[data-test=limit]').textContent === %q && document.querySelector('[data-test=file]').disabled`, full))
+	ph.shot("limit")
+	d.waitJS(15*time.Second, "desktop limit", fmt.Sprintf(`document.querySelector('[data-test=limit]').textContent === %q && document.querySelector('[data-test=file]').disabled`, full))
+	d.shot("limit")
+
+	var refused struct {
+		Code string `json:"code"`
+	}
+	// The API may refuse already at presigning; if not, the record is refused.
+	st := api.do("POST", "/api/users/"+r.user+"/presigned-url", map[string]any{"contentType": "image/jpeg", "contentLength": 1000}, &refused)
+	if st == 200 {
+		id, key := api.put()
+		st = api.record(id, key, &refused)
+	}
+	if st != 400 || refused.Code != "image_limit" {
+		t.Errorf("51st photo: %d %q, want 400 image_limit", st, refused.Code)
+	}
+	d.checkConsole()
+	ph.checkConsole()
+}
