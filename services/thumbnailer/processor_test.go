@@ -278,7 +278,11 @@ func TestReadyPhotos(t *testing.T) {
 			}
 			for key, size := range map[string]image.Point{img.PreviewKey: c.preview, img.ViewerKey: c.viewer, img.CleanKey: image.Pt(c.width, c.height)} {
 				b := h.object(key)
-				if got := phototest.Decode(t, b).Bounds().Size(); got != size {
+				h, err := preview.Sniff(b)
+				if err != nil {
+					t.Fatalf("%s: %v", key, err)
+				}
+				if got := image.Pt(h.Width, h.Height); got != size {
 					t.Errorf("%s is %v, want %v", key, got, size)
 				}
 				if m := metadataIn(t, b); len(m) > 0 {

@@ -1,23 +1,26 @@
 // Package phototest makes and finds the photos the thumbnailer's tests use:
 // the project's shared test photos, a synthetic JPEG full of location
 // metadata, and files that pose as photos (text, HTML, a truncated JPEG, a
-// pixel-flood PNG). It also compares decoded pictures.
+// pixel-flood PNG). It also compares pictures and reads peak memory.
 package phototest
 
 import (
 	"bytes"
 	"compress/zlib"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"image"
 	"image/color"
 	"image/jpeg"
+	"image/png"
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/davidbyttow/govips/v2/vips"
 )
 
 // SharedDir finds the project's shared test photos: $CLINIMG_TESTDATA, or
@@ -279,40 +282,6 @@ const HTML = "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>
 // Text is a text file named like a photo.
 const Text = "Patient photos to follow.\nLeft forearm, lesion 4 mm, review in 2 weeks.\n"
 
-// Decode decodes a JPEG or fails the test.
-func Decode(t testing.TB, b []byte) image.Image {
-	t.Helper()
-	img, err := jpeg.Decode(bytes.NewReader(b))
-	if err != nil {
-		t.Fatalf("decode output: %v", err)
-	}
-	return img
-}
-
-// MeanDiff is the mean absolute difference of two pictures of the same
-// size, per 8-bit channel (R, G, B), from 0 (identical) to 255.
-func MeanDiff(a, b image.Image) (float64, error) {
-	if a.Bounds().Size() != b.Bounds().Size() {
-		return math.Inf(1), fmt.Errorf("sizes differ: %v and %v", a.Bounds().Size(), b.Bounds().Size())
-	}
-	if a.Bounds().Empty() {
-		return 0, errors.New("empty image")
-	}
-	var sum float64
-	ao, bo := a.Bounds().Min, b.Bounds().Min
-	w, h := a.Bounds().Dx(), a.Bounds().Dy()
-	for y := 0; y < h; y++ {
-		for x := 0; x < w; x++ {
-			r1, g1, b1, _ := a.At(ao.X+x, ao.Y+y).RGBA()
-			r2, g2, b2, _ := b.At(bo.X+x, bo.Y+y).RGBA()
-			sum += absDiff(r1, r2) + absDiff(g1, g2) + absDiff(b1, b2)
-		}
-	}
-	return sum / float64(3*w*h) / 257, nil
-}
-
-func absDiff(a, b uint32) float64 { return math.Abs(float64(a) - float64(b)) }
-
 // Plain is the upright scene as a JPEG with no metadata at all.
 func Plain(w, h int) []byte {
 	var enc bytes.Buffer
@@ -333,4 +302,76 @@ func Fixtures() map[string][]byte {
 		"notes.jpg":       []byte(Text),
 		"flood.png":       FloodPNG(20000, 20000),
 	}
+}
+
+// ResetPeakRSS starts a new peak-memory measurement of this process (Linux:
+// /proc/self/clear_refs). It reports whether the kernel allowed it.
+func ResetPeakRSS() bool {
+	return os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
+}
+
+// PeakRSS is the process's peak resident memory in MiB since the last
+// ResetPeakRSS (VmHWM), or 0 where /proc is not available.
+func PeakRSS() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb float64
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%f kB", &kb); err == nil {
+				return kb / 1024
+			}
+		}
+	}
+	return 0
+}
+
+// Diff is the root-mean-square difference of two encoded pictures of the
+// same size, per 8-bit channel (0 identical, 255 opposite), computed by
+// libvips (so it stays fast under the race detector). libvips must be
+// started.
+func Diff(a, b []byte) (float64, error) {
+	ia, err := vips.NewImageFromBuffer(a)
+	if err != nil {
+		return 0, err
+	}
+	defer ia.Close()
+	ib, err := vips.NewImageFromBuffer(b)
+	if err != nil {
+		return 0, err
+	}
+	defer ib.Close()
+	if ia.Width() != ib.Width() || ia.Height() != ib.Height() || ia.Bands() != ib.Bands() {
+		return math.Inf(1), fmt.Errorf("sizes differ: %dx%dx%d and %dx%dx%d", ia.Width(), ia.Height(), ia.Bands(), ib.Width(), ib.Height(), ib.Bands())
+	}
+	if err := ib.Linear1(-1, 0); err != nil {
+		return 0, err
+	}
+	if err := ia.Add(ib); err != nil { // a - b
+		return 0, err
+	}
+	d, err := ia.Copy()
+	if err != nil {
+		return 0, err
+	}
+	defer d.Close()
+	if err := ia.Multiply(d); err != nil {
+		return 0, err
+	}
+	ms, err := ia.Average()
+	if err != nil {
+		return 0, err
+	}
+	return math.Sqrt(ms), nil
+}
+
+// PNG encodes img losslessly, for comparing with Diff.
+func PNG(img image.Image) []byte {
+	var b bytes.Buffer
+	if err := png.Encode(&b, img); err != nil {
+		panic(err)
+	}
+	return b.Bytes()
 }
