@@ -147,11 +147,11 @@ func (s *Server) fhirAPI(w *statusWriter, r *http.Request, rec *Request) {
 		}
 		body = b
 	}
+	var v validated
 	if r.Method == http.MethodPost && path == "/Media" {
-		var mm fhir.Media
-		if json.Unmarshal(body, &mm) == nil {
-			rec.Identifier = firstIdentifier(mm).Value
-		}
+		// Decode once: the photo makes the body large.
+		v.m, v.status, v.code, v.msg = validateMedia(body)
+		rec.Identifier = firstIdentifier(v.m).Value
 	}
 	if f := s.match(r.Method, path, rec.Identifier, false); f != nil {
 		rec.Fault = string(f.Kind)
@@ -174,7 +174,7 @@ func (s *Server) fhirAPI(w *statusWriter, r *http.Request, rec *Request) {
 	base := baseURL(r)
 	switch {
 	case r.Method == http.MethodPost && path == "/Media":
-		s.createMedia(w, r, body, caps, base, rec)
+		s.createMedia(w, r, body, v, caps, base, rec)
 	case r.Method == http.MethodGet && path == "/Media":
 		s.searchMedia(w, r, caps, base)
 	case strings.HasPrefix(path, "/Media/") && !strings.Contains(path[len("/Media/"):], "/"):
@@ -265,16 +265,23 @@ func validateMedia(raw []byte) (fhir.Media, int, string, string) {
 	return m, 0, "", ""
 }
 
-func (s *Server) createMedia(w *statusWriter, r *http.Request, body []byte, caps fhir.Capabilities, base string, rec *Request) {
+// validated is a POSTed Media and the first problem found in it.
+type validated struct {
+	m         fhir.Media
+	status    int
+	code, msg string
+}
+
+func (s *Server) createMedia(w *statusWriter, r *http.Request, body []byte, v validated, caps fhir.Capabilities, base string, rec *Request) {
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/fhir+json" {
 		writeOutcome(w, http.StatusUnsupportedMediaType, "not-supported", "Content-Type must be application/fhir+json")
 		return
 	}
-	m, status, code, msg := validateMedia(body)
-	if status != 0 {
-		writeOutcome(w, status, code, msg)
+	if v.status != 0 {
+		writeOutcome(w, v.status, v.code, v.msg)
 		return
 	}
+	m := v.m
 	ident := firstIdentifier(m)
 	if inx := r.Header.Get("If-None-Exist"); inx != "" && caps.ConditionalCreate {
 		sys, val, ok := parseIdentifierQuery(inx)

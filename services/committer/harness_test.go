@@ -134,6 +134,7 @@ type photoSpec struct {
 	meta     session.Metadata
 	noClean  bool   // no clean copy yet: the committer cleans it
 	original []byte // defaults to a small JPEG
+	clean    []byte // the thumbnailer's clean copy; defaults to a small JPEG
 	ctype    string
 }
 
@@ -150,7 +151,6 @@ func (e *env) seed(specs []photoSpec) (string, session.Session) {
 	}
 	sessID := st.Session.SessionID
 	small := testJPEG(64, 48, 1)
-	var mu sync.Mutex
 	var wg sync.WaitGroup
 	errs := make(chan error, len(specs))
 	sem := make(chan struct{}, 8)
@@ -175,13 +175,9 @@ func (e *env) seed(specs []photoSpec) (string, session.Session) {
 			}
 			img := session.Image{ID: id, S3Key: key, Uploaded: true, Source: "mobile", ContentType: ct,
 				Size: int64(len(orig)), Metadata: sp.meta, CapturedAt: time.Date(2026, 11, 23, 9, 30, i, 0, time.UTC)}
-			mu.Lock() // keep the session's order the spec's order
-			defer mu.Unlock()
 			if _, _, err := e.store.AddImage(ctx, userID, sessID, img); err != nil {
 				errs <- err
-				return
 			}
-			_ = i
 		}()
 	}
 	wg.Wait()
@@ -194,12 +190,16 @@ func (e *env) seed(specs []photoSpec) (string, session.Session) {
 		e.t.Fatal(err)
 	}
 	// Clean copies, as the thumbnailer makes them.
-	for i, im := range sess.Images {
-		if specs[indexOf(im.ID)].noClean {
+	smallClean := testJPEG(64, 48, 2)
+	for _, im := range sess.Images {
+		sp := specs[indexOf(im.ID)]
+		if sp.noClean {
 			continue
 		}
-		_ = i
-		clean := testJPEG(64, 48, 2)
+		clean := sp.clean
+		if clean == nil {
+			clean = smallClean
+		}
 		ck := "temp/" + userID + "/" + im.ID + "-clean.jpg"
 		if err := e.blobs.Put(ctx, ck, "image/jpeg", bytes.NewReader(clean), int64(len(clean))); err != nil {
 			e.t.Fatal(err)
@@ -355,4 +355,19 @@ func specs(n int) []photoSpec {
 		out[i].meta = session.Metadata{BodySite: "14975008", BodySiteDisplay: "Forearm structure", Laterality: "left", ViewType: "anterior"}
 	}
 	return out
+}
+
+// noiseJPEG is a w x h picture of random pixels: it compresses badly, so a
+// modest size makes a large file (about 1 MB at 1000 x 1000).
+func noiseJPEG(w, h int) []byte {
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	r := rand.New(rand.NewPCG(7, 7))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(r.IntN(256))
+	}
+	var b bytes.Buffer
+	if err := jpeg.Encode(&b, img, &jpeg.Options{Quality: 92}); err != nil {
+		panic(err)
+	}
+	return b.Bytes()
 }

@@ -156,6 +156,7 @@ type job struct {
 	ledger   string // hash imageId -> mediaId
 	pendingK string // set of image ids whose POST may have been sent
 
+	stop    chan struct{} // closed when no new attempt should start
 	mu      sync.Mutex
 	done    map[string]string
 	pending map[string]bool
@@ -165,7 +166,7 @@ type job struct {
 func (w *worker) newJob(sess session.Session, log *slog.Logger) *job {
 	l := w.store.Keys.Ledger(sess.UserID, sess.CommitID)
 	return &job{w: w, log: log, sess: sess, userID: sess.UserID, commitID: sess.CommitID,
-		ledger: l, pendingK: l + ":pending", done: map[string]string{}, pending: map[string]bool{}}
+		ledger: l, pendingK: l + ":pending", stop: make(chan struct{}), done: map[string]string{}, pending: map[string]bool{}}
 }
 
 // load reads what earlier deliveries wrote.
@@ -187,6 +188,18 @@ func (j *job) load(ctx context.Context) error {
 		j.pending[id] = true
 	}
 	return nil
+}
+
+// errStopped ends a photo's retries once a sibling has failed the commit.
+var errStopped = errors.New("commit stopped by another photo's failure")
+
+func (j *job) stopped() bool {
+	select {
+	case <-j.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // imageFailure is why one photo stopped the commit.
@@ -219,8 +232,12 @@ func (w *worker) commit(ctx context.Context, log *slog.Logger, sess session.Sess
 	}
 	log.Info("commit.start", "total", len(sess.Images), "already_done", len(sess.Images)-len(todo), "parallelism", w.cfg.Parallelism)
 
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// A permanent failure or a stale commit stops new photos from starting
+	// but lets the POSTs in flight finish and reach the ledger: cancelling
+	// one could leave a Media written that nobody knows to withdraw.
+	wctx := ctx
+	var stopOnce sync.Once
+	stop := func() { stopOnce.Do(func() { close(j.stop) }) }
 	var (
 		mu        sync.Mutex
 		failures  []imageFailure
@@ -233,8 +250,14 @@ loop:
 	for _, img := range todo {
 		select {
 		case sem <- struct{}{}:
+		case <-j.stop:
+			break loop
 		case <-wctx.Done():
 			break loop
+		}
+		if j.stopped() {
+			<-sem
+			break
 		}
 		wg.Add(1)
 		go func() {
@@ -253,12 +276,12 @@ loop:
 			switch {
 			case errors.Is(err, errStale):
 				stale = true
-				cancel()
+				stop()
 			case errors.As(err, &p):
 				failures = append(failures, imageFailure{imageID: img.ID, err: p.err})
-				cancel()
-			case wctx.Err() != nil && errors.Is(err, context.Canceled):
-				// stopped because a sibling failed
+				stop()
+			case errors.Is(err, errStopped):
+				// gave up retrying because a sibling failed
 			default:
 				transient = append(transient, err)
 			}
@@ -485,6 +508,9 @@ func newBackoff() *backoff.ExponentialBackOff {
 // commitImage writes one photo, retrying transient faults with exponential
 // backoff and jitter within the retry budget.
 func (j *job) commitImage(ctx context.Context, img session.Image) (string, error) {
+	if j.stopped() {
+		return "", errStopped
+	}
 	ph, err := j.w.photo(ctx, img, j.w.cfg.TempDir)
 	if err != nil {
 		return "", err
@@ -528,10 +554,17 @@ func (j *job) commitImage(ctx context.Context, img session.Image) (string, error
 		if time.Since(start)+d > j.w.cfg.RetryBudget {
 			return "", err
 		}
+		if j.stopped() {
+			return "", errStopped
+		}
 		j.w.m.retries.WithLabelValues(reason).Inc()
 		j.log.Warn("photo.retry", "image_id", img.ID, "attempt", attempt, "delay_ms", d.Milliseconds(), "err", err)
-		if err := sleep(ctx, d); err != nil {
-			return "", err
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-j.stop:
+			return "", errStopped
+		case <-time.After(d):
 		}
 	}
 }
