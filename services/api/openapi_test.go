@@ -1,0 +1,289 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/gin-gonic/gin"
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/clinicalimages/clinimg/pkg/jwtauth"
+)
+
+// loadOpenAPI parses the embedded document with kin-openapi.
+func loadOpenAPI(t *testing.T) *openapi3.T {
+	t.Helper()
+	doc, err := openapi3.NewLoader().LoadFromData(openAPIDoc)
+	if err != nil {
+		t.Fatalf("load openapi.json: %v", err)
+	}
+	return doc
+}
+
+// TestOpenAPIDocumentIsValid validates the document as OpenAPI 3.1 with
+// kin-openapi (its 3.1 mode, examples included), then checks every example
+// again against its schema with the JSON Schema 2020-12 validator 3.1 uses.
+func TestOpenAPIDocumentIsValid(t *testing.T) {
+	doc := loadOpenAPI(t)
+	if doc.OpenAPI != "3.1.0" || !doc.IsOpenAPI31OrLater() {
+		t.Fatalf("openapi = %q, want 3.1.0", doc.OpenAPI)
+	}
+	if err := doc.Validate(context.Background(), openapi3.EnableExamplesValidation()); err != nil {
+		t.Fatalf("openapi.json does not validate: %v", err)
+	}
+
+	// Every JSON answer and request body has an example, and each example
+	// is valid for its schema.
+	n := 0
+	check := func(where string, mt *openapi3.MediaType) {
+		if mt == nil || mt.Schema == nil {
+			t.Errorf("%s: no schema", where)
+			return
+		}
+		var examples []any
+		if mt.Example != nil {
+			examples = append(examples, mt.Example)
+		}
+		for name, ex := range mt.Examples {
+			if ex.Value == nil {
+				t.Errorf("%s: example %s is empty", where, name)
+				continue
+			}
+			examples = append(examples, ex.Value.Value)
+		}
+		if len(examples) == 0 {
+			t.Errorf("%s: no example", where)
+		}
+		for _, ex := range examples {
+			n++
+			if err := mt.Schema.Value.VisitJSON(ex, openapi3.EnableJSONSchema2020()); err != nil {
+				t.Errorf("%s: example does not match the schema: %v", where, err)
+			}
+		}
+	}
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			where := method + " " + path
+			if op.RequestBody != nil {
+				check(where+" request", op.RequestBody.Value.Content.Get("application/json"))
+			}
+			for status, r := range op.Responses.Map() {
+				if mt := r.Value.Content.Get("application/json"); mt != nil && op.OperationID != "openapi" {
+					check(where+" "+status, mt)
+				}
+			}
+			if op.Responses.Status(200) == nil {
+				t.Errorf("%s: no 200 answer documented", where)
+			}
+		}
+	}
+	if n < 40 {
+		t.Errorf("only %d examples checked", n)
+	}
+
+	// The error shape and both credentials are declared, and every user
+	// route accepts exactly the two bearer schemes and documents 401/403.
+	errSchema := doc.Components.Schemas["Error"].Value
+	if diff := cmp.Diff([]string{"error", "code"}, errSchema.Required); diff != "" {
+		t.Errorf("Error schema required (-want +got):\n%s", diff)
+	}
+	for _, name := range []string{"desktopJWT", "phoneToken"} {
+		ss := doc.Components.SecuritySchemes[name]
+		if ss == nil || ss.Value.Type != "http" || ss.Value.Scheme != "bearer" {
+			t.Errorf("security scheme %s: want http bearer", name)
+		}
+	}
+	for path, item := range doc.Paths.Map() {
+		if !strings.HasPrefix(path, "/api/users/") {
+			continue
+		}
+		for method, op := range item.Operations() {
+			if op.Security == nil || len(*op.Security) != 2 {
+				t.Errorf("%s %s: want desktopJWT or phoneToken security", method, path)
+			}
+			for _, st := range []int{401, 403} {
+				if op.Responses.Status(st) == nil {
+					t.Errorf("%s %s: %d not documented", method, path, st)
+				}
+			}
+		}
+	}
+}
+
+// ginPath turns a Gin route (:param, *wildcard) into an OpenAPI path.
+var ginParam = regexp.MustCompile(`[:*]([A-Za-z0-9_]+)`)
+
+func ginPath(p string) string { return ginParam.ReplaceAllString(p, "{$1}") }
+
+// TestOpenAPICoversTheRouter compares the routes Gin registers (with the
+// development issuer, so the local-only routes are on) with the document's
+// operations, both ways, and checks the document served is the file.
+func TestOpenAPICoversTheRouter(t *testing.T) {
+	issuer, err := jwtauth.NewIssuer("https://idp.test", "clinimg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(Config{DevIssuer: issuer}, Deps{})
+	h := s.Router()
+	engine, ok := h.(*gin.Engine)
+	if !ok {
+		t.Fatalf("Router() is %T, want *gin.Engine", h)
+	}
+	var served []string
+	for _, r := range engine.Routes() {
+		served = append(served, r.Method+" "+ginPath(r.Path))
+	}
+	sort.Strings(served)
+
+	doc := loadOpenAPI(t)
+	var documented []string
+	for path, item := range doc.Paths.Map() {
+		for method := range item.Operations() {
+			documented = append(documented, method+" "+path)
+		}
+	}
+	sort.Strings(documented)
+	if diff := cmp.Diff(served, documented); diff != "" {
+		t.Errorf("routes served (-) vs documented (+):\n%s", diff)
+	}
+
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	res, err := http.Get(srv.URL + "/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "application/json" || string(body) != string(openAPIDoc) {
+		t.Errorf("GET /openapi.json: %d %s, %d bytes; want the embedded document", res.StatusCode, res.Header.Get("Content-Type"), len(body))
+	}
+}
+
+// TestOpenAPIMatchesLiveAnswers drives the API on real Redis, S3 and NATS
+// through every route and checks each answer's status is documented for
+// its route and its body matches the documented schema.
+func TestOpenAPIMatchesLiveAnswers(t *testing.T) {
+	doc := loadOpenAPI(t)
+	h := newHarness(t)
+	user, other := "user_oa1", "user_oa2"
+	desk := h.desktop(user)
+
+	seen := map[string]bool{}
+	expect := func(method, route string, r response, want int) {
+		t.Helper()
+		key := fmt.Sprintf("%s %s %d", method, route, want)
+		seen[key] = true
+		if r.status != want {
+			t.Fatalf("%s: got %d %s", key, r.status, r.raw)
+		}
+		item := doc.Paths.Find(route)
+		if item == nil || item.GetOperation(method) == nil {
+			t.Fatalf("%s: route not documented", key)
+		}
+		resp := item.GetOperation(method).Responses.Status(r.status)
+		if resp == nil {
+			t.Errorf("%s: status not documented", key)
+			return
+		}
+		mt := resp.Value.Content.Get("application/json")
+		if mt == nil {
+			return // not JSON (pages, metrics)
+		}
+		var body any
+		if err := json.Unmarshal(r.raw, &body); err != nil {
+			t.Errorf("%s: body is not JSON: %s", key, r.raw)
+			return
+		}
+		if err := mt.Schema.Value.VisitJSON(body, openapi3.EnableJSONSchema2020()); err != nil {
+			t.Errorf("%s: answer does not match the documented schema: %v\n%s", key, err, r.raw)
+		}
+	}
+	u := "/api/users/" + user
+	U := "/api/users/{userId}"
+
+	expect("GET", "/healthz", h.do("GET", "/healthz", "", nil), 200)
+	expect("GET", "/readyz", h.do("GET", "/readyz", "", nil), 200)
+	expect("GET", "/api/body-sites", h.do("GET", "/api/body-sites", "", nil), 200)
+	expect("GET", "/dev/token", h.do("GET", "/dev/token?userId="+user, "", nil), 200)
+	expect("GET", "/dev/token", h.do("GET", "/dev/token?userId=no%20spaces", "", nil), 400)
+	expect("GET", "/dev/jwks.json", h.do("GET", "/dev/jwks.json", "", nil), 200)
+
+	expect("POST", "/api/session-tokens", h.do("POST", "/api/session-tokens", "", map[string]any{"patientId": "p1", "encounterId": "e1"}), 401)
+	expect("POST", "/api/session-tokens", h.do("POST", "/api/session-tokens", desk, map[string]any{"patientId": "p 1", "encounterId": "e1"}), 400)
+	expect("GET", U+"/session", h.do("GET", u+"/session", desk, nil), 404)
+	start := h.do("POST", "/api/session-tokens", desk, map[string]any{"patientId": "p1", "encounterId": "e1"})
+	expect("POST", "/api/session-tokens", start, 200)
+	token, _ := start.body["sessionToken"].(string)
+	expect("GET", "/api/session-tokens/{token}", h.do("GET", "/api/session-tokens/"+strings.Repeat("z", 32), "", nil), 404)
+	pair := h.do("GET", "/api/session-tokens/"+token, "", nil)
+	expect("GET", "/api/session-tokens/{token}", pair, 200)
+	expect("GET", "/api/session-tokens/{token}", h.do("GET", "/api/session-tokens/"+token, "", nil), 410)
+	phone, _ := pair.body["phoneToken"].(string)
+
+	expect("POST", U+"/presigned-url", h.do("POST", u+"/presigned-url", phone, map[string]any{"contentType": "image/gif"}), 415)
+	expect("POST", U+"/presigned-url", h.do("POST", u+"/presigned-url", phone, map[string]any{"contentType": "image/jpeg", "contentLength": 1 << 30}), 413)
+	expect("POST", U+"/presigned-url", h.do("POST", "/api/users/"+other+"/presigned-url", phone, map[string]any{"contentType": "image/jpeg"}), 403)
+	ps := h.do("POST", u+"/presigned-url", phone, map[string]any{"fileName": "IMG_1.JPG", "contentType": "image/jpeg"})
+	expect("POST", U+"/presigned-url", ps, 200)
+	key, id := ps.body["s3Key"].(string), ps.body["imageId"].(string)
+	record := map[string]any{"imageId": id, "s3Key": key, "source": "mobile", "metadata": map[string]any{"bodySite": "14975008", "laterality": "left"}}
+	expect("POST", U+"/images", h.do("POST", u+"/images", phone, record), 422) // not uploaded yet
+	put(t, ps.body["uploadUrl"].(string), "image/jpeg", jpegBytes, http.StatusOK)
+	expect("POST", U+"/images", h.do("POST", u+"/images", phone, record), 200)
+	expect("POST", U+"/images", h.do("POST", u+"/images", phone, map[string]any{"imageId": id, "s3Key": key, "source": "fax"}), 400)
+	second := h.record(user, phone)
+
+	expect("PATCH", U+"/images/{imageId}", h.do("PATCH", u+"/images/"+id, desk, map[string]any{"viewType": "close-up", "notes": "lesion"}), 200)
+	expect("PATCH", U+"/images/{imageId}", h.do("PATCH", u+"/images/"+id, desk, map[string]any{"metadata": map[string]any{"laterality": "up"}}), 400)
+	expect("PATCH", U+"/images/{imageId}", h.do("PATCH", u+"/images/nope", desk, map[string]any{"notes": "x"}), 404)
+	expect("DELETE", U+"/images/{imageId}", h.do("DELETE", u+"/images/"+second, phone, nil), 200)
+	expect("GET", U+"/session", h.do("GET", u+"/session", phone, nil), 200)
+	expect("GET", U+"/session", h.do("GET", u+"/session", h.desktop(other), nil), 403)
+	expect("GET", U+"/commit", h.do("GET", u+"/commit", desk, nil), 200)
+	expect("GET", U+"/realtime-token", h.do("GET", u+"/realtime-token", desk, nil), 200)
+
+	expect("POST", U+"/commit", h.do("POST", u+"/commit", desk, nil, "Prefer", "respond-async"), 202)
+	expect("POST", U+"/commit", h.do("POST", u+"/commit", desk, nil, "Prefer", "respond-async"), 409)
+	expect("GET", U+"/commit", h.do("GET", u+"/commit", desk, nil), 200)
+	expect("DELETE", U+"/images/{imageId}", h.do("DELETE", u+"/images/"+id, desk, nil), 409)
+
+	// A new session for another patient would drop the uncommitted photo.
+	h2 := h.desktop("user_oa3")
+	h.start("user_oa3", "p1")
+	key3, id3 := h.upload("user_oa3", h2, jpegBytes)
+	expect("POST", U+"/images", h.do("POST", "/api/users/user_oa3/images", h2, map[string]any{"imageId": id3, "s3Key": key3, "source": "desktop"}), 200)
+	expect("POST", "/api/session-tokens", h.do("POST", "/api/session-tokens", h2, map[string]any{"patientId": "p2", "encounterId": "e2"}), 409)
+	expect("POST", U+"/commit", h.do("POST", "/api/users/"+other+"/commit", h.desktop(other), nil), 404)
+
+	// The pages and operations routes answer as documented too.
+	for _, p := range []string{"/metrics", "/openapi.json", "/", "/mobile", "/static/desktop.js"} {
+		route := p
+		if strings.HasPrefix(p, "/static/") {
+			route = "/static/{path}"
+		}
+		expect("GET", route, h.do("GET", p, "", nil), 200)
+	}
+
+	// Every documented operation was exercised above.
+	for path, item := range doc.Paths.Map() {
+		for method := range item.Operations() {
+			hit := false
+			for k := range seen {
+				hit = hit || strings.HasPrefix(k, method+" "+path+" ")
+			}
+			if !hit {
+				t.Errorf("%s %s: not exercised against the live API", method, path)
+			}
+		}
+	}
+}
