@@ -9,6 +9,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+
+	"github.com/clinicalimages/clinimg/pkg/alexsim"
 )
 
 // The notes' manual scenarios (seeds §8) and the issue's "must show", each
@@ -302,6 +304,119 @@ func TestFiftyPhotoLimit(t *testing.T) {
 	if st != 400 || refused.Code != "image_limit" {
 		t.Errorf("51st photo: %d %q, want 400 image_limit", st, refused.Code)
 	}
+	d.checkConsole()
+	ph.checkConsole()
+}
+
+// ALEX refuses one photo: the desktop names the photo and the reason, and a
+// retry commits both. (What the failed commit had already written is the
+// committer's to withdraw or report; its own tests cover that.)
+func TestCommitFailureAndRetry(t *testing.T) {
+	r := newRig(t)
+	d := r.openDesktop(desktopView, false)
+	link := r.startCapture(d)
+	ph := r.openPhone(link)
+	r.takePhotos(ph, 2, testdata(t, "photo-1920.jpg"), testdata(t, "exif-orientation/Landscape_2.jpg"))
+	waitCards(d, 2, 30*time.Second)
+	s := r.api().session()
+	r.env.ALEX.Inject(alexsim.Rule{Method: "POST", Path: "/Media", Identifier: s.Images[1].ID, Times: 1,
+		Fault: alexsim.Fault{Kind: alexsim.FaultStatus, Status: 400, Code: "business-rule", Message: "Body site not accepted"}})
+
+	d.click(`[data-test=commit]`)
+	d.click(`[data-test=confirm-ok]`)
+	d.waitJS(60*time.Second, "commit failed", `document.getElementById('commitbar').dataset.phase === 'failed'`)
+	d.waitJS(10*time.Second, "photo marked", `document.querySelector('[data-test=image-card]:nth-child(2)').dataset.status === 'failed'`)
+	note := d.text(`[data-test=commit-note]`)
+	if !strings.Contains(note, "Photo 2") {
+		t.Errorf("failure shown as %q, want the failing photo named", note)
+	}
+	if btn := d.text(`[data-test=commit]`); btn != "Retry commit" {
+		t.Errorf("commit button %q, want Retry commit", btn)
+	}
+	d.shot("failed")
+	ph.shot("failed")
+	if n := len(r.env.MediaFor(s.Images[1].ID)); n != 0 {
+		t.Errorf("%d Media in ALEX for the refused photo, want 0", n)
+	}
+
+	d.click(`[data-test=commit]`)
+	d.click(`[data-test=confirm-ok]`)
+	d.waitJS(60*time.Second, "committed on retry", `document.getElementById('commitbar').dataset.phase === 'done'`)
+	d.shot("committed-on-retry")
+	ph.waitJS(15*time.Second, "phone outcome", `document.getElementById('outcome-icon').classList.contains('ok')`)
+	for i, im := range s.Images {
+		if n := len(r.env.MediaFor(im.ID)); n == 0 {
+			t.Errorf("photo %d has no Media in ALEX after the retry", i+1)
+		}
+	}
+	d.checkConsole()
+	ph.checkConsole()
+}
+
+// A QR token works once: a second scan says so, and a made-up one is expired.
+func TestPhoneTokenScreens(t *testing.T) {
+	r := newRig(t)
+	link := r.api().start(r.patient, r.encounter)
+	first := r.openPhone(link)
+	again := r.b.page("phone-again", phoneView, true)
+	again.navigate(link)
+	again.waitJS(10*time.Second, "used screen", `!document.getElementById('gone').hidden`)
+	if got := again.text(`#gone-title`); got != "This QR code was already used" {
+		t.Errorf("second scan shows %q", got)
+	}
+	again.shot("already-used")
+	again.navigate(r.env.URL + "/mobile?token=made-up-token")
+	again.waitJS(10*time.Second, "expired screen", `!document.getElementById('gone').hidden`)
+	if got := again.text(`#gone-title`); got != "This QR code has expired" {
+		t.Errorf("unknown token shows %q", got)
+	}
+	again.shot("expired")
+	again.navigate(r.env.URL + "/mobile")
+	again.waitJS(10*time.Second, "no token screen", `!document.getElementById('gone').hidden`)
+	again.shot("no-token")
+	first.run("reload", chromedp.Reload())
+	first.waitJS(10*time.Second, "still capturing after reload", `!document.getElementById('capture').hidden`)
+	first.checkConsole()
+	again.checkConsole()
+}
+
+// The desktop opens on another patient while photos are uncommitted: it says
+// so, and starting a capture for the current patient asks before discarding.
+// Then a photo added on the desktop itself goes through the same pipeline.
+func TestOtherPatientAndDesktopUpload(t *testing.T) {
+	r := newRig(t)
+	link := r.api().start(r.patient, r.encounter)
+	ph := r.openPhone(link)
+	r.takePhotos(ph, 1, testdata(t, "photo-1920.jpg"))
+
+	other := r.patient + "b"
+	d := r.b.page("desktop", desktopView, false)
+	d.navigate(fmt.Sprintf("%s/?userId=%s&patientId=%s&encounterId=%s", r.env.URL, r.user, other, r.encounter))
+	d.waitJS(15*time.Second, "mismatch warning", `!document.querySelector('[data-test=mismatch]').hidden`)
+	if w := d.text(`[data-test=mismatch]`); !strings.Contains(w, r.patient) || !strings.Contains(w, other) {
+		t.Errorf("warning %q does not name both patients", w)
+	}
+	d.shot("other-patient")
+	d.click(`#mismatch-btn`)
+	d.waitJS(10*time.Second, "discard dialog", `!!document.querySelector('dialog[open]')`)
+	if body := d.text(`dialog[open]`); !strings.Contains(body, "1 photo") {
+		t.Errorf("discard dialog %q, want the count", body)
+	}
+	d.shot("discard-confirm")
+	d.click(`[data-test=confirm-ok]`)
+	d.waitJS(15*time.Second, "new session", fmt.Sprintf(`document.querySelector('[data-test=patient]').textContent.includes(%q) && document.querySelectorAll('[data-test=image-card]').length === 0 && !document.getElementById('qr').hidden`, other))
+	ph.waitJS(15*time.Second, "old phone told", `!document.getElementById('gone').hidden`)
+	ph.shot("session-ended")
+
+	d.files(`[data-test=file]`, testdata(t, "exif-orientation/Landscape_8.jpg"))
+	waitCards(d, 1, 30*time.Second)
+	if src := d.text(`[data-test=source]`); src != "Desktop" {
+		t.Errorf("source %q, want Desktop", src)
+	}
+	if s := r.api().session(); s.PatientID != other || len(s.Images) != 1 || s.Images[0].Source != "desktop" {
+		t.Errorf("session for %s with %d photos, want %s with the desktop photo", s.PatientID, len(s.Images), other)
+	}
+	d.shot("desktop-upload")
 	d.checkConsole()
 	ph.checkConsole()
 }

@@ -23,7 +23,8 @@ type env struct {
 }
 
 // MediaFor lists the live Media in the ALEX simulator for these photos (the
-// committer puts the image id in each Media's identifier).
+// committer puts the image id in each Media's identifier): neither deleted
+// nor withdrawn (entered-in-error) by a commit's compensation.
 func (e *env) MediaFor(imageIDs ...string) []alexsim.Stored {
 	want := map[string]bool{}
 	for _, id := range imageIDs {
@@ -31,7 +32,7 @@ func (e *env) MediaFor(imageIDs ...string) []alexsim.Stored {
 	}
 	var out []alexsim.Stored
 	for _, m := range e.ALEX.Media() {
-		if want[m.Identifier.Value] && !m.Deleted {
+		if want[m.Identifier.Value] && !m.Deleted && m.Status != "entered-in-error" {
 			out = append(out, m)
 		}
 	}

@@ -590,7 +590,7 @@ function renderCommit() {
       break;
     case 'failed': {
       note.className = 'error';
-      note.replaceChildren(el('strong', {}, c.message),
+      note.replaceChildren(el('strong', {}, /^commit failed/i.test(c.message) ? c.message : `Commit failed: ${c.message}`),
         c.errors.length ? el('ul', { class: 'errors' }, c.errors.map((x) => el('li', {}, `Photo ${photoIndex(x.imageId)}: ${x.error}`))) : '');
       btn.disabled = n === 0 || processing > 0;
       btn.textContent = 'Retry commit';

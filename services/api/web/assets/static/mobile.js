@@ -331,8 +331,12 @@ function renderOutcome(o) {
     icon.textContent = '!';
     icon.className = 'big-icon error';
     $('outcome-title').textContent = 'Commit failed';
-    $('outcome-text').textContent = o.message;
-    errs.replaceChildren(...(o.errors || []).map((x) => el('li', {}, x.error)));
+    $('outcome-text').textContent = (o.message || '').replace(/^commit failed:?\s*/i, '');
+    const ids = state.session ? state.session.images.map((im) => im.id) : [];
+    errs.replaceChildren(...(o.errors || []).map((x) => {
+      const n = ids.indexOf(x.imageId);
+      return el('li', {}, n >= 0 ? `Photo ${n + 1}: ${x.error}` : x.error);
+    }));
   }
 }
 
