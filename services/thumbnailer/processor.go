@@ -84,8 +84,8 @@ func NewProcessor(objects Objects, sessions Sessions, opt ProcessorOptions) *Pro
 	}
 }
 
-// Keys of the objects made for one photo, next to its original under the
-// user's prefix.
+// PreviewKey is the grid preview's key, next to the original under the
+// user's prefix, as are the viewer image and the clean copy.
 func PreviewKey(userID, imageID string) string {
 	return "temp/" + userID + "/" + imageID + ".preview.jpg"
 }
