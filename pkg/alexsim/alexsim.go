@@ -62,6 +62,10 @@ type Options struct {
 	// Patients maps patient id to NHI, for GET /Patient/{id} and
 	// patient.identifier searches. Media for other patients are accepted too.
 	Patients map[string]string
+	// AutoPatients answers GET /Patient/{id} for any id, inventing a test
+	// NHI (ZZZ + 4 digits) the first time, so a committer can look Media up
+	// by NHI as it must on ALEX (handy for deploy/local).
+	AutoPatients bool
 	// TokenTTL is the lifetime of an access token (default 3599 s).
 	TokenTTL time.Duration
 	// Latency slows every request (default none).

@@ -258,6 +258,14 @@ func TestSearchAndCapabilities(t *testing.T) {
 		})
 	}
 
+	// Unknown patients: 404 (plain JSON), unless AutoPatients.
+	if a, _, _ := do(t, "GET", base+"/FHIR/Patient/p2", tok, h, nil); a.Status != 404 || a.Code != "plain:Resource not found" {
+		t.Errorf("unknown patient: %+v", a)
+	}
+	if a, raw, _ := do(t, "GET", base+"/FHIR/Patient/p1", tok, h, nil); a.Status != 200 || !strings.Contains(string(raw), "ZZZ0016") {
+		t.Errorf("patient p1: %+v %s", a, raw)
+	}
+
 	// Conditional create finds the existing Media instead of writing again.
 	sim.SetCapabilities(fhir.Capabilities{ConditionalCreate: true, Delete: true, EnteredInError: true, Transaction: true})
 	ch := map[string]string{"Content-Type": "application/fhir+json", "mt-facilityid": alexsim.DefaultFacility,

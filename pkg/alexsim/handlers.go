@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha1"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -490,6 +491,12 @@ func (s *Server) patchMedia(w http.ResponseWriter, r *http.Request, id string, b
 func (s *Server) readPatient(w http.ResponseWriter, id string) {
 	s.mu.Lock()
 	nhi, ok := s.patients[id]
+	if !ok && s.opt.AutoPatients && id != "" {
+		sum := sha1.Sum([]byte(id))
+		nhi = fmt.Sprintf("ZZZ%04d", int(binary.BigEndian.Uint16(sum[:]))%10000)
+		s.patients[id] = nhi
+		ok = true
+	}
 	s.mu.Unlock()
 	if !ok {
 		writePlain(w, http.StatusNotFound, "Resource not found")

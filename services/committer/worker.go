@@ -765,14 +765,15 @@ func (w *worker) deadLetter(ctx context.Context, ev events.Event, reason string)
 	msg.Data = raw
 	msg.Header.Set("Clinimg-Reason", reason)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	_, err = w.js.PublishMsg(pctx, msg)
-	cancel()
-	if err != nil {
-		// No stream keeps dead letters: a plain publish still reaches
-		// whoever listens.
-		if err := w.nc.PublishMsg(msg); err != nil {
+	defer cancel()
+	if _, serr := w.js.StreamNameBySubject(pctx, msg.Subject); serr == nil {
+		if _, err := w.js.PublishMsg(pctx, msg); err != nil {
 			return fmt.Errorf("publish dead letter: %w", err)
 		}
+	} else if err := w.nc.PublishMsg(msg); err != nil {
+		// No stream keeps dead letters: a plain publish still reaches
+		// whoever listens.
+		return fmt.Errorf("publish dead letter: %w", err)
 	}
 	var ce session.CommitEvent
 	if err := ev.DataAs(&ce); err != nil {
