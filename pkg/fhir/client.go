@@ -378,6 +378,7 @@ func (c *Client) do(ctx context.Context, op, method, ref string, hdr http.Header
 		req.Header[k] = v
 	}
 	cid := newUUID()
+	logPath := redactPath(u.Path)
 	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
 	req.Header.Set("Accept", "application/fhir+json")
 	req.Header.Set("mt-facilityid", c.cfg.FacilityID)
@@ -390,7 +391,7 @@ func (c *Client) do(ctx context.Context, op, method, ref string, hdr http.Header
 	if err != nil {
 		d := time.Since(start)
 		c.observe(op, 0, d)
-		c.log.Warn("alex.request", "op", op, "method", method, "path", u.Path, "status", 0, "duration_ms", d.Milliseconds(), "mt_correlationid", cid, "err", err.Error())
+		c.log.Warn("alex.request", "op", op, "method", method, "path", logPath, "status", 0, "duration_ms", d.Milliseconds(), "mt_correlationid", cid, "err", err.Error())
 		return nil, nil, &Error{Op: op, Err: err, CorrelationID: cid}
 	}
 	defer resp.Body.Close()
@@ -401,7 +402,7 @@ func (c *Client) do(ctx context.Context, op, method, ref string, hdr http.Header
 	if resp.StatusCode >= 400 {
 		level = slog.LevelWarn
 	}
-	c.log.Log(ctx, level, "alex.request", "op", op, "method", method, "path", u.Path, "status", resp.StatusCode,
+	c.log.Log(ctx, level, "alex.request", "op", op, "method", method, "path", logPath, "status", resp.StatusCode,
 		"duration_ms", d.Milliseconds(), "mt_correlationid", cid)
 	if resp.StatusCode == http.StatusUnauthorized {
 		c.tok.invalidate(tok.AccessToken)
@@ -413,6 +414,15 @@ func (c *Client) do(ctx context.Context, op, method, ref string, hdr http.Header
 		return resp, raw, &Error{Op: op, Err: fmt.Errorf("read answer: %w", rerr), CorrelationID: cid}
 	}
 	return resp, raw, nil
+}
+
+// redactPath keeps patient ids out of logs: .../Patient/{id} is logged
+// without the id.
+func redactPath(p string) string {
+	if i := strings.Index(p, "/Patient/"); i >= 0 {
+		return p[:i] + "/Patient/{id}"
+	}
+	return p
 }
 
 func (c *Client) resolve(ref string) (*url.URL, error) {

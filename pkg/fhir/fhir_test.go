@@ -124,3 +124,14 @@ func TestParseLocation(t *testing.T) {
 		}
 	}
 }
+
+func TestRedactPath(t *testing.T) {
+	for in, want := range map[string]string{
+		"/FHIR/Patient/pat-1234": "/FHIR/Patient/{id}",
+		"/FHIR/Media/abc":        "/FHIR/Media/abc",
+	} {
+		if got := redactPath(in); got != want {
+			t.Errorf("redactPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package committer_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -102,9 +103,16 @@ func TestCrash(t *testing.T) {
 				t.Fatalf("commit %s before the crash; the kill came too late", mid.CommitStatus)
 			}
 			e.sim.SetHooks(alexsim.Hooks{})
-			e.startProcess(nil)
+			second := e.startProcess(nil)
 			got := e.outcome(userID, cid, 90*time.Second)
 			checkExactlyOnce(t, e.sim, got)
+			// The restart looked photos up through the patient's NHI: neither
+			// the patient id nor the NHI may reach the logs.
+			for _, out := range []string{first.out.String(), second.out.String()} {
+				if strings.Contains(out, testPatient) || strings.Contains(out, testNHI) {
+					t.Error("a patient identifier reached the committer's logs")
+				}
+			}
 			if len(got.Images) != n {
 				t.Fatalf("%d images, want %d", len(got.Images), n)
 			}
