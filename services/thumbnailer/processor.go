@@ -140,7 +140,7 @@ func (p *Processor) Handle(ctx context.Context, ev events.Event) error {
 	}
 
 	start := time.Now()
-	result, written, err := p.process(ctx, userID, img)
+	result, written, code, err := p.process(ctx, log, userID, img)
 	if err != nil {
 		p.m.duration.WithLabelValues("retry").Observe(time.Since(start).Seconds())
 		return err
@@ -165,7 +165,8 @@ func (p *Processor) Handle(ctx context.Context, ev events.Event) error {
 	}
 	p.m.duration.WithLabelValues(string(result.Status)).Observe(elapsed.Seconds())
 	if result.Status == session.ImageRejected {
-		log.Info("thumbnail.rejected", "reason", result.RejectReason, "ms", elapsed.Milliseconds())
+		p.m.rejected.WithLabelValues(code).Inc()
+		log.Info("thumbnail.rejected", "code", code, "reason", result.RejectReason, "ms", elapsed.Milliseconds())
 		return nil
 	}
 	p.m.made.Inc()
@@ -174,13 +175,16 @@ func (p *Processor) Handle(ctx context.Context, ev events.Event) error {
 }
 
 // process reads the photo and makes and stores its previews. A photo that
-// is not acceptable gives a rejected result, not an error; an error means
-// a retry may succeed. written lists the keys stored.
-func (p *Processor) process(ctx context.Context, userID string, img session.Image) (res session.Processed, written []string, err error) {
-	rejected := func(r *preview.Rejection) (session.Processed, []string, error) {
-		p.m.rejected.WithLabelValues(r.Code).Inc()
+// is not acceptable gives a rejected result and the rejection's code, not
+// an error; an error means a retry may succeed. written lists the keys
+// stored.
+func (p *Processor) process(ctx context.Context, log *slog.Logger, userID string, img session.Image) (res session.Processed, written []string, code string, err error) {
+	rejected := func(r *preview.Rejection) (session.Processed, []string, string, error) {
+		if r.Detail != "" {
+			log.Info("thumbnail.decode_failed", "code", r.Code, "detail", r.Detail)
+		}
 		res.Status, res.RejectReason = session.ImageRejected, r.Reason
-		return res, nil, nil
+		return res, nil, r.Code, nil
 	}
 	if !strings.HasPrefix(img.S3Key, "temp/"+userID+"/") {
 		return rejected(&preview.Rejection{Code: "bad_key", Reason: "the photo is not stored under this user's folder"})
@@ -190,7 +194,7 @@ func (p *Processor) process(ctx context.Context, userID string, img session.Imag
 		return rejected(&preview.Rejection{Code: preview.CodeMissing, Reason: "the uploaded file is missing from storage; upload the photo again"})
 	}
 	if err != nil {
-		return res, nil, fmt.Errorf("open photo: %w", err)
+		return res, nil, "", fmt.Errorf("open photo: %w", err)
 	}
 	src, err := readCapped(body, size, p.maxBytes)
 	body.Close()
@@ -199,7 +203,7 @@ func (p *Processor) process(ctx context.Context, userID string, img session.Imag
 		return rejected(tooLarge)
 	}
 	if err != nil {
-		return res, nil, fmt.Errorf("read photo: %w", err)
+		return res, nil, "", fmt.Errorf("read photo: %w", err)
 	}
 	res.Size = int64(len(src))
 
@@ -212,7 +216,7 @@ func (p *Processor) process(ctx context.Context, userID string, img session.Imag
 		return rejected(rej)
 	}
 	if err != nil {
-		return res, nil, fmt.Errorf("make previews: %w", err)
+		return res, nil, "", fmt.Errorf("make previews: %w", err)
 	}
 	clean := sha256.Sum256(out.Clean)
 	res = session.Processed{
@@ -233,11 +237,11 @@ func (p *Processor) process(ctx context.Context, userID string, img session.Imag
 	}{{res.PreviewKey, out.Preview}, {res.ViewerKey, out.Viewer}, {res.CleanKey, out.Clean}} {
 		// The same key each time: a retry overwrites, never duplicates.
 		if err := p.objects.Put(ctx, o.key, "image/jpeg", bytes.NewReader(o.data), int64(len(o.data))); err != nil {
-			return res, written, fmt.Errorf("store %s: %w", o.key[strings.LastIndexByte(o.key, '/')+1:], err)
+			return res, written, "", fmt.Errorf("store %s: %w", o.key[strings.LastIndexByte(o.key, '/')+1:], err)
 		}
 		written = append(written, o.key)
 	}
-	return res, written, nil
+	return res, written, "", nil
 }
 
 // readCapped reads a whole object of the announced size, refusing one

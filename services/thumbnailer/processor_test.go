@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/clinicalimages/clinimg/pkg/blob"
@@ -303,18 +304,19 @@ func TestRejectedPhotos(t *testing.T) {
 	h := newHarness(t, ProcessorOptions{MaxBytes: 1 << 20})
 	fix := phototest.Fixtures()
 	cases := []struct {
-		name, reason string
-		src          []byte
+		name, code, reason string
+		src                []byte
 	}{
-		{"text named .jpg", "not an image: the file is text", fix["notes.jpg"]},
-		{"HTML page", "not an image: the file is an HTML page", fix["page.html"]},
-		{"truncated JPEG", "corrupt image: the image is truncated (the upload may have been cut off)", fix["truncated.jpg"]},
-		{"pixel-flood PNG", "image too large: 20000×20000 pixels (400 megapixels; the limit is 50)", fix["flood.png"]},
-		{"over the byte limit", "file too large: 3.9 MB (the limit is 1 MB)", phototest.Shared(t, "photo-12mp-orient6.jpg")},
+		{"text named .jpg", "not_image", "not an image: the file is text", fix["notes.jpg"]},
+		{"HTML page", "not_image", "not an image: the file is an HTML page", fix["page.html"]},
+		{"truncated JPEG", "corrupt", "corrupt image: the JPEG is truncated (the upload may have been cut off)", fix["truncated.jpg"]},
+		{"pixel-flood PNG", "too_many_pixels", "image too large: 20000×20000 pixels (400 megapixels; the limit is 50)", fix["flood.png"]},
+		{"over the byte limit", "too_large", "file too large: 3.9 MB (the limit is 1 MB)", phototest.Shared(t, "photo-12mp-orient6.jpg")},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, putsBefore := h.objects.counts()
+			counted := testutil.ToFloat64(h.proc.m.rejected.WithLabelValues(c.code))
 			ev := h.upload(c.src)
 			id := imageID(t, ev)
 			if err := h.proc.Handle(context.Background(), ev); err != nil {
@@ -336,6 +338,9 @@ func TestRejectedPhotos(t *testing.T) {
 			evs := h.outbox(events.ImageRejected)
 			if len(evs) == 0 || evs[len(evs)-1].Image.ID != id || evs[len(evs)-1].Image.RejectReason != c.reason {
 				t.Errorf("no image.rejected event with the reason in the outbox")
+			}
+			if n := testutil.ToFloat64(h.proc.m.rejected.WithLabelValues(c.code)) - counted; n != 1 {
+				t.Errorf("rejected_total{reason=%q} rose by %v, want 1", c.code, n)
 			}
 		})
 	}

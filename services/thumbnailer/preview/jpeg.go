@@ -35,9 +35,10 @@ func (s segment) data(b []byte) []byte {
 }
 
 // walkJPEG calls fn for each segment of a JPEG after SOI, through EOI, until
-// fn asks to stop. It follows entropy-coded data and progressive scans; it
-// fails on a file that ends before EOI or breaks the marker syntax. With
-// headerOnly it stops at the first SOS, before reading any scan data.
+// fn asks to stop. It follows entropy-coded data and progressive scans and,
+// like libjpeg, skips stray bytes between segments; it fails on a file that
+// ends before EOI or breaks the marker syntax. With headerOnly it stops at
+// the first SOS, before reading any scan data.
 func walkJPEG(b []byte, headerOnly bool, fn func(segment) (stop bool, err error)) error {
 	if len(b) < 4 || b[0] != 0xFF || b[1] != markerSOI {
 		return corrupt(JPEG, "no start of image")
@@ -45,16 +46,22 @@ func walkJPEG(b []byte, headerOnly bool, fn func(segment) (stop bool, err error)
 	i := 2
 	for {
 		if i >= len(b) {
-			return corrupt(JPEG, "the file is truncated (no end of image)")
+			return truncated(JPEG)
 		}
 		if b[i] != 0xFF {
-			return corrupt(JPEG, fmt.Sprintf("expected a marker at byte %d", i))
+			// Stray bytes between segments: libjpeg skips them with a
+			// warning ("extraneous bytes before marker"), and so do we.
+			k := bytes.IndexByte(b[i:], 0xFF)
+			if k < 0 {
+				return truncated(JPEG)
+			}
+			i += k
 		}
 		for i+1 < len(b) && b[i+1] == 0xFF { // fill bytes
 			i++
 		}
 		if i+1 >= len(b) {
-			return corrupt(JPEG, "the file is truncated (no end of image)")
+			return truncated(JPEG)
 		}
 		s := segment{marker: b[i+1], start: i}
 		switch m := s.marker; {
@@ -68,7 +75,7 @@ func walkJPEG(b []byte, headerOnly bool, fn func(segment) (stop bool, err error)
 			return corrupt(JPEG, fmt.Sprintf("unexpected marker 0x%02X at byte %d", m, i))
 		default:
 			if i+4 > len(b) {
-				return corrupt(JPEG, "the file is truncated (segment header)")
+				return truncated(JPEG)
 			}
 			n := int(binary.BigEndian.Uint16(b[i+2 : i+4]))
 			if n < 2 {
@@ -76,7 +83,7 @@ func walkJPEG(b []byte, headerOnly bool, fn func(segment) (stop bool, err error)
 			}
 			s.end = i + 2 + n
 			if s.end > len(b) {
-				return corrupt(JPEG, "the file is truncated (segment)")
+				return truncated(JPEG)
 			}
 			s.scanEnd = s.end
 			if m == markerSOS && headerOnly {
@@ -105,7 +112,7 @@ func scanEnd(b []byte, i int) (int, error) {
 	for {
 		k := bytes.IndexByte(b[i:], 0xFF)
 		if k < 0 || i+k+1 >= len(b) {
-			return 0, corrupt(JPEG, "the file is truncated (scan data)")
+			return 0, truncated(JPEG)
 		}
 		j := i + k
 		switch n := b[j+1]; {
@@ -130,6 +137,32 @@ func appIdent(d []byte) string {
 		return "Adobe"
 	}
 	return string(d)
+}
+
+// validateJPEG checks a JPEG's structure from SOI to EOI: a frame, at least
+// one scan, and no cut. It is how a truncated upload is told from a photo
+// whose decoder merely warns (libjpeg's "extraneous bytes before marker",
+// common in phone photos, which a decoder failing on warnings would refuse).
+func validateJPEG(b []byte) error {
+	frames, scans, eoi := 0, 0, false
+	err := walkJPEG(b, false, func(s segment) (bool, error) {
+		switch {
+		case isSOF(s.marker):
+			frames++
+		case s.marker == markerSOS:
+			scans++
+		case s.marker == markerEOI:
+			eoi = true
+		}
+		return false, nil
+	})
+	switch {
+	case err != nil:
+		return err
+	case frames == 0 || scans == 0 || !eoi:
+		return corrupt(JPEG, "no image data")
+	}
+	return nil
 }
 
 // StripJPEG removes every metadata segment from a JPEG without touching its

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 
@@ -57,6 +58,12 @@ func Startup(s Settings) error {
 		}
 		if !s.KeepMalloc {
 			tuneMalloc()
+		}
+		// libvips decodes an image over 100 MB (above ~33 MP in RGB) to a
+		// temporary file: patient pixels on disk. Keep them in memory up to
+		// 512 MB; the pixel limit keeps a photo well under that.
+		if os.Getenv("VIPS_DISC_THRESHOLD") == "" {
+			_ = os.Setenv("VIPS_DISC_THRESHOLD", "512m")
 		}
 		log := s.Logger
 		if log == nil {
@@ -142,19 +149,19 @@ func (m *Maker) Make(src []byte) (Result, error) {
 		return Result{}, err
 	}
 	res := Result{Header: h}
-	if res.Viewer, err = m.thumbnail(src, m.opt.ViewerSize); err != nil {
+	if res.Viewer, err = m.thumbnail(src, h.Format, m.opt.ViewerSize); err != nil {
 		return Result{}, err
 	}
 	// The grid preview comes from the viewer image: decoding 1280 px at 1/4
 	// scale costs a few milliseconds, the original again far more.
-	if res.Preview, err = m.thumbnail(res.Viewer, m.opt.PreviewSize); err != nil {
+	if res.Preview, err = m.thumbnail(res.Viewer, JPEG, m.opt.PreviewSize); err != nil {
 		return Result{}, err
 	}
 	if h.Format == JPEG && p.orientation <= 1 && h.Components != 4 {
 		res.Clean, err = StripJPEG(src)
 		res.Width, res.Height, res.Lossless = p.width, p.height, true
 	} else {
-		res.Clean, res.Width, res.Height, err = m.reencode(src)
+		res.Clean, res.Width, res.Height, err = m.reencode(src, h.Format)
 	}
 	if err != nil {
 		return Result{}, err
@@ -165,10 +172,11 @@ func (m *Maker) Make(src []byte) (Result, error) {
 // Thumbnail checks src and makes one JPEG whose long side is at most size,
 // upright and without metadata: the preview step on its own.
 func (m *Maker) Thumbnail(src []byte, size int) ([]byte, error) {
-	if _, _, err := m.check(src); err != nil {
+	h, _, err := m.check(src)
+	if err != nil {
 		return nil, err
 	}
-	return m.thumbnail(src, size)
+	return m.thumbnail(src, h.Format, size)
 }
 
 // probed is what libvips reads from the header: the authority on size and
@@ -190,8 +198,13 @@ func (m *Maker) check(src []byte) (Header, probed, error) {
 	if h.Format == HEIC && !heicOK {
 		return Header{}, probed{}, reject(CodeUnsupported, "HEIC photos cannot be read on this server; set the camera to JPEG (Most Compatible) and take it again")
 	}
+	if h.Format == JPEG {
+		if err := validateJPEG(src); err != nil {
+			return Header{}, probed{}, err
+		}
+	}
 	// Loading is lazy: this parses the header only.
-	img, err := vips.LoadImageFromBuffer(src, vips.NewImportParams())
+	img, err := vips.LoadImageFromBuffer(src, decodeParams(h.Format))
 	if err != nil {
 		return Header{}, probed{}, decodeError(h.Format, err)
 	}
@@ -211,40 +224,43 @@ func (m *Maker) checkPixels(w, h int) error {
 	return nil
 }
 
-// failOnWarning makes a truncated or damaged file an error instead of a
-// grey band at the bottom of the picture.
-func failOnWarning() *vips.ImportParams {
+// decodeParams makes a decoder warning an error, so a truncated or damaged
+// PNG, WebP or HEIC is refused instead of shown with a grey band. JPEG is
+// the exception: its structure is checked by validateJPEG, and libjpeg's
+// warnings about harmless oddities (stray bytes before a marker, which some
+// cameras and editors write) must not refuse a good photo.
+func decodeParams(f Format) *vips.ImportParams {
 	p := vips.NewImportParams()
-	p.FailOnError.Set(true)
+	p.FailOnError.Set(f != JPEG)
 	return p
 }
 
 // thumbnail is libvips' thumbnail with shrink-on-load: it autorotates by the
 // EXIF orientation, never enlarges, and the result is sRGB JPEG without any
 // metadata.
-func (m *Maker) thumbnail(src []byte, size int) ([]byte, error) {
-	img, err := vips.LoadThumbnailFromBuffer(src, size, size, vips.InterestingNone, vips.SizeDown, failOnWarning())
+func (m *Maker) thumbnail(src []byte, f Format, size int) ([]byte, error) {
+	img, err := vips.LoadThumbnailFromBuffer(src, size, size, vips.InterestingNone, vips.SizeDown, decodeParams(f))
 	if err != nil {
-		return nil, decodeError("", err)
+		return nil, decodeError(f, err)
 	}
 	defer img.Close()
-	return m.encode(img, m.opt.Quality, true)
+	return m.encode(img, f, m.opt.Quality, true)
 }
 
 // reencode decodes the whole image, turns it upright and writes it as a
 // high-quality JPEG without metadata. Huffman optimisation is off: for a
 // 12 MP photo it makes libjpeg hold every coefficient of the image (70 MB
 // more at peak) to save 2-3 % of the file.
-func (m *Maker) reencode(src []byte) ([]byte, int, int, error) {
-	img, err := vips.LoadImageFromBuffer(src, failOnWarning())
+func (m *Maker) reencode(src []byte, f Format) ([]byte, int, int, error) {
+	img, err := vips.LoadImageFromBuffer(src, decodeParams(f))
 	if err != nil {
-		return nil, 0, 0, decodeError("", err)
+		return nil, 0, 0, decodeError(f, err)
 	}
 	defer img.Close()
 	if err := img.AutoRotate(); err != nil {
-		return nil, 0, 0, decodeError("", err)
+		return nil, 0, 0, decodeError(f, err)
 	}
-	out, err := m.encode(img, m.opt.CleanQuality, false)
+	out, err := m.encode(img, f, m.opt.CleanQuality, false)
 	if err != nil {
 		return nil, 0, 0, err
 	}
@@ -253,22 +269,22 @@ func (m *Maker) reencode(src []byte) ([]byte, int, int, error) {
 
 // encode converts img to 8-bit sRGB without alpha (white behind transparent
 // parts) and writes a baseline JPEG with every metadata block stripped.
-func (m *Maker) encode(img *vips.ImageRef, quality int, optimize bool) ([]byte, error) {
+func (m *Maker) encode(img *vips.ImageRef, f Format, quality int, optimize bool) ([]byte, error) {
 	if img.HasICCProfile() || img.Interpretation() == vips.InterpretationCMYK {
 		if err := img.TransformICCProfileWithFallback(srgbPath, srgbPath); err != nil {
-			return nil, decodeError("", err)
+			return nil, decodeError(f, err)
 		}
 	}
 	if img.HasAlpha() {
 		if err := img.Flatten(&vips.Color{R: 255, G: 255, B: 255}); err != nil {
-			return nil, decodeError("", err)
+			return nil, decodeError(f, err)
 		}
 	}
 	switch img.Interpretation() {
 	case vips.InterpretationSRGB, vips.InterpretationBW:
 	default: // 16-bit, Lab, ...: let libvips scale it to 8-bit sRGB
 		if err := img.ToColorSpace(vips.InterpretationSRGB); err != nil {
-			return nil, decodeError("", err)
+			return nil, decodeError(f, err)
 		}
 	}
 	out, _, err := img.ExportJpeg(&vips.JpegExportParams{
@@ -277,14 +293,14 @@ func (m *Maker) encode(img *vips.ImageRef, quality int, optimize bool) ([]byte, 
 		OptimizeCoding: optimize,
 	})
 	if err != nil {
-		return nil, decodeError("", err)
+		return nil, decodeError(f, err)
 	}
 	return out, nil
 }
 
 // decodeError turns a libvips failure on the photo's bytes into a rejection.
-// govips appends a Go stack trace to the message; only its first line says
-// what was wrong.
+// The decoder's message goes to Detail, for logs: it means nothing to a GP.
+// govips appends a Go stack trace to it; only its first line is kept.
 func decodeError(f Format, err error) *Rejection {
 	var r *Rejection
 	if errors.As(err, &r) {
@@ -294,11 +310,12 @@ func decodeError(f Format, err error) *Rejection {
 	if f != "" {
 		what = "the " + formatName(f)
 	}
-	msg := strings.TrimSpace(firstLine(err.Error()))
-	if strings.Contains(strings.ToLower(msg), "premature end") || strings.Contains(strings.ToLower(msg), "truncated") {
-		return reject(CodeCorrupt, "corrupt image: %s is truncated (the upload may have been cut off)", what)
+	msg := firstLine(err.Error())
+	low := strings.ToLower(msg)
+	if strings.Contains(low, "premature end") || strings.Contains(low, "truncated") || strings.Contains(low, "read error") {
+		return &Rejection{Code: CodeCorrupt, Reason: fmt.Sprintf("corrupt image: %s is truncated or damaged (the upload may have been cut off)", what), Detail: msg}
 	}
-	return reject(CodeCorrupt, "corrupt image: %s cannot be decoded (%s)", what, msg)
+	return &Rejection{Code: CodeCorrupt, Reason: fmt.Sprintf("corrupt image: %s cannot be decoded", what), Detail: msg}
 }
 
 func firstLine(s string) string {

@@ -198,13 +198,14 @@ func TestRejections(t *testing.T) {
 	}{
 		{"text named .jpg", fix["notes.jpg"], preview.Rejection{Code: "not_image", Reason: "not an image: the file is text"}},
 		{"HTML page", fix["page.html"], preview.Rejection{Code: "not_image", Reason: "not an image: the file is an HTML page"}},
-		{"truncated JPEG", fix["truncated.jpg"], preview.Rejection{Code: "corrupt", Reason: "corrupt image: the image is truncated (the upload may have been cut off)"}},
+		{"truncated JPEG", fix["truncated.jpg"], preview.Rejection{Code: "corrupt", Reason: "corrupt image: the JPEG is truncated (the upload may have been cut off)"}},
+		{"truncated PNG", phototest.Truncated(png16(t)), preview.Rejection{Code: "corrupt", Reason: "corrupt image: the PNG is truncated or damaged (the upload may have been cut off)"}},
 		{"pixel-flood PNG", fix["flood.png"], preview.Rejection{Code: "too_many_pixels", Reason: "image too large: 20000×20000 pixels (400 megapixels; the limit is 50)"}},
 		{"empty", nil, preview.Rejection{Code: "not_image", Reason: "not an image: the file is empty"}},
 		{"GIF", []byte("GIF89a\x01\x00\x01\x00\x00\x00\x00;"), preview.Rejection{Code: "unsupported", Reason: "GIF images are not accepted; send a JPEG, PNG, WebP or HEIC photo"}},
 		{"PDF", []byte("%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj"), preview.Rejection{Code: "not_image", Reason: "not an image: the file is a PDF document"}},
 		{"random bytes", []byte{0x00, 0x9f, 0x11, 0xfe, 0x02, 0x80, 0x81, 0x03}, preview.Rejection{Code: "not_image", Reason: "not an image: the content is not JPEG, PNG, WebP or HEIC"}},
-		{"JPEG header only", fix["gps.jpg"][:300], preview.Rejection{Code: "corrupt", Reason: "corrupt JPEG: the file is truncated (segment)"}},
+		{"JPEG header only", fix["gps.jpg"][:300], preview.Rejection{Code: "corrupt", Reason: "corrupt image: the JPEG is truncated (the upload may have been cut off)"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -217,6 +218,7 @@ func TestRejections(t *testing.T) {
 				if err == nil || !asRejection(err, &got) {
 					t.Fatalf("%s: got %v, want a rejection", what, err)
 				}
+				got.Detail = "" // the decoder's words, for logs
 				if d := cmp.Diff(c.want, *got); d != "" {
 					t.Errorf("%s (-want +got):\n%s", what, d)
 				}
@@ -229,6 +231,34 @@ func asRejection(err error, r **preview.Rejection) bool {
 	x, ok := err.(*preview.Rejection)
 	*r = x
 	return ok
+}
+
+// Some cameras and editors leave stray bytes between JPEG segments: libjpeg
+// warns ("extraneous bytes before marker") but the photo is whole. It must
+// be accepted, though a decoder that fails on warnings refuses it.
+func TestJPEGWithDecoderWarningIsAccepted(t *testing.T) {
+	plain := phototest.Plain(640, 480)
+	i := bytes.Index(plain, []byte{0xFF, 0xC0}) // before the frame header
+	src := append(append(bytes.Clone(plain[:i]), 0x00, 0x11, 0x22), plain[i:]...)
+	strict := vips.NewImportParams()
+	strict.FailOnError.Set(true)
+	if img, err := vips.LoadThumbnailFromBuffer(src, 320, 320, vips.InterestingNone, vips.SizeDown, strict); err == nil {
+		_, _, err = img.ExportJpeg(nil)
+		img.Close()
+		if err == nil {
+			t.Fatal("the test photo should make libjpeg warn")
+		}
+	}
+	res, err := preview.New(preview.Options{}).Make(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := diff(t, res.Clean, plain); d != 0 || !res.Lossless {
+		t.Errorf("clean copy differs by %.2f (lossless %t), want the same pixels", d, res.Lossless)
+	}
+	if bytes.Contains(res.Clean, []byte{0x00, 0x11, 0x22, 0xFF, 0xC0}) {
+		t.Error("the stray bytes are still there")
+	}
 }
 
 // A photo over the configured pixel limit is refused before decoding.

@@ -64,10 +64,12 @@ const (
 )
 
 // Rejection is why a file is not an acceptable photo. Reason is a sentence a
-// GP can read; Code is for metrics and tests. Retrying cannot fix it.
+// GP can read; Code is for metrics and tests; Detail is the decoder's own
+// message, for logs. Retrying cannot fix it.
 type Rejection struct {
 	Code   string
 	Reason string
+	Detail string
 }
 
 func (r *Rejection) Error() string { return r.Reason }
@@ -147,6 +149,12 @@ func isText(b []byte) bool {
 
 func corrupt(format Format, what string) *Rejection {
 	return reject(CodeCorrupt, "corrupt %s: %s", formatName(format), what)
+}
+
+// truncated is the rejection of a file that ends too early, as an upload
+// cut off mid-way does.
+func truncated(format Format) *Rejection {
+	return reject(CodeCorrupt, "corrupt image: the %s is truncated (the upload may have been cut off)", formatName(format))
 }
 
 func formatName(f Format) string {
