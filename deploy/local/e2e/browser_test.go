@@ -263,7 +263,7 @@ func (p *page) shot(step string) string {
 	shotSeq.n[p.t.Name()]++
 	n := shotSeq.n[p.t.Name()]
 	shotSeq.Unlock()
-	dir := filepath.Join(artifactsDir(p.t), slug(p.t.Name()))
+	dir := filepath.Join(artifactsDir(), slug(p.t.Name()))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		p.t.Fatal(err)
 	}
@@ -300,11 +300,19 @@ func slug(s string) string {
 
 // artifactsDir is $CLINIMG_ARTIFACTS, else artifacts/e2e at the repository
 // root (gitignored), where CI collects the screenshots.
-func artifactsDir(t *testing.T) string {
+func artifactsDir() string {
 	if d := os.Getenv("CLINIMG_ARTIFACTS"); d != "" {
 		return d
 	}
-	return filepath.Join(findUp(t, "go.work"), "artifacts", "e2e")
+	dir, _ := os.Getwd()
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.work")); err == nil {
+			return filepath.Join(d, "artifacts", "e2e")
+		}
+		if filepath.Dir(d) == d {
+			return filepath.Join(dir, "artifacts") // outside the repository
+		}
+	}
 }
 
 // testdata is the shared photo set (../shared/testdata from the repository).

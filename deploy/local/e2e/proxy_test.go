@@ -17,6 +17,7 @@ type cutProxy struct {
 	cut     bool
 	conns   map[net.Conn]bool
 	refused int
+	opened  int
 }
 
 func startCutProxy() (*cutProxy, error) {
@@ -67,6 +68,7 @@ func (p *cutProxy) handle(c net.Conn) {
 	}
 	p.mu.Lock()
 	p.conns[c], p.conns[b] = true, true
+	p.opened++
 	p.mu.Unlock()
 	done := func() {
 		c.Close()
@@ -103,6 +105,13 @@ func (p *cutProxy) Refused() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.refused
+}
+
+// Opened is how many connections went through.
+func (p *cutProxy) Opened() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.opened
 }
 
 // Close stops the proxy.

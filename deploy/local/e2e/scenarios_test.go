@@ -11,6 +11,7 @@ import (
 	"github.com/chromedp/chromedp/kb"
 
 	"github.com/clinicalimages/clinimg/pkg/alexsim"
+	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
 // The notes' manual scenarios (seeds §8) and the issue's "must show", each
@@ -417,6 +418,40 @@ func TestOtherPatientAndDesktopUpload(t *testing.T) {
 		t.Errorf("session for %s with %d photos, want %s with the desktop photo", s.PatientID, len(s.Images), other)
 	}
 	d.shot("desktop-upload")
+	d.checkConsole()
+	ph.checkConsole()
+}
+
+// Realtime tokens that live seconds, not an hour: the desktop renews its
+// token before it expires and reopens the stream from where it was, never
+// dropping to "reconnecting", and photos keep arriving live.
+func TestRealtimeTokenRenewal(t *testing.T) {
+	e := ownStack(t, map[string]string{"REALTIME_TOKEN_TTL": "6s"})
+	r := newRig(t)
+	r.env = e
+	d := r.openDesktop(desktopView, false)
+	link := r.startCapture(d)
+	d.waitJS(10*time.Second, "live", `document.getElementById('conn').dataset.state === 'live'`)
+	d.eval(`(() => { window.__states = []; const c = document.getElementById('conn');
+		new MutationObserver(() => window.__states.push(c.dataset.state)).observe(c, {attributes: true, attributeFilter: ['data-state']});
+		return true; })()`, new(bool))
+	ph := r.openPhone(link)
+	opened := e.SSE.Opened()
+	r.takePhotos(ph, 1, testdata(t, "photo-1920.jpg"))
+	waitCards(d, 1, 30*time.Second)
+	// Two renewals of the desktop's and the phone's streams: about 9 s.
+	testenv.Eventually(t, 30*time.Second, "streams renewed", func() bool { return e.SSE.Opened() >= opened+4 })
+	r.takePhotos(ph, 2, testdata(t, "exif-orientation/Landscape_3.jpg"))
+	waitCards(d, 2, 15*time.Second)
+	var states []string
+	d.eval(`window.__states`, &states)
+	for _, s := range states {
+		if s != "live" {
+			t.Errorf("desktop went %q while renewing its token (states %v)", s, states)
+			break
+		}
+	}
+	d.shot("after-renewals")
 	d.checkConsole()
 	ph.checkConsole()
 }

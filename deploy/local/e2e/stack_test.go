@@ -20,6 +20,7 @@ import (
 type env struct {
 	*local.Stack
 	SSE *cutProxy
+	log *os.File
 }
 
 // MediaFor lists the live Media in the ALEX simulator for these photos (the
@@ -39,68 +40,96 @@ func (e *env) MediaFor(imageIDs ...string) []alexsim.Stored {
 	return out
 }
 
-// shared is the one stack all tests use; each test has its own user,
+// shared is the one stack most tests use; each test has its own user,
 // patient and encounter, so they do not see each other.
 var shared struct {
-	once    sync.Once
-	env     *env
-	err     error
-	logFile *os.File
+	once sync.Once
+	env  *env
+	err  error
 }
 
-// stack starts the whole system as deploy/local runs it (once per test
-// binary); its logs go to stack.log in the artifacts directory.
+// stack returns the shared stack, started on first use.
 func stack(t *testing.T) *env {
 	t.Helper()
-	shared.once.Do(func() {
-		dir := artifactsDir(t)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			shared.err = err
-			return
-		}
-		f, err := os.Create(filepath.Join(dir, "stack.log"))
-		if err != nil {
-			shared.err = err
-			return
-		}
-		shared.logFile = f
-		proxy, err := startCutProxy()
-		if err != nil {
-			shared.err = err
-			return
-		}
-		// The QR code must open the phone page on this stack: PUBLIC_URL is
-		// its address, so the API port is chosen first.
-		port, err := freePort()
-		if err != nil {
-			shared.err = err
-			return
-		}
-		st, err := local.Start(context.Background(), local.Options{
-			APIPort: port,
-			Logger:  slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: slog.LevelInfo})),
-			Env: map[string]string{
-				"PUBLIC_URL":       fmt.Sprintf("http://127.0.0.1:%d", port),
-				"REALTIME_SSE_URL": "http://" + proxy.Addr() + "/sse",
-			},
-		})
-		if err != nil {
-			proxy.Close()
-			shared.err = fmt.Errorf("start the local stack: %w", err)
-			return
-		}
-		relay, err := url.Parse(st.RelayURL)
-		if err != nil {
-			shared.err = fmt.Errorf("relay url %q: %w", st.RelayURL, err)
-			return
-		}
-		proxy.SetBackend(relay.Host)
-		shared.env = &env{Stack: st, SSE: proxy}
-	})
+	shared.once.Do(func() { shared.env, shared.err = startStack("stack", nil) })
 	if shared.err != nil {
 		t.Fatal(shared.err)
 	}
 	return shared.env
+}
+
+// ownStack starts a stack for one test, with extra settings, closed when
+// the test ends.
+func ownStack(t *testing.T, settings map[string]string) *env {
+	t.Helper()
+	e, err := startStack(slug(t.Name()), settings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.close(); err != nil {
+			t.Errorf("stack: %v", err)
+		}
+	})
+	return e
+}
+
+// startStack starts the whole system as deploy/local runs it; its logs go
+// to <name>.log in the artifacts directory.
+func startStack(name string, settings map[string]string) (*env, error) {
+	dir := artifactsDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	proxy, err := startCutProxy()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	// The QR code must open the phone page on this stack: PUBLIC_URL is
+	// its address, so the API port is chosen first.
+	port, err := freePort()
+	if err != nil {
+		f.Close()
+		proxy.Close()
+		return nil, err
+	}
+	envs := map[string]string{
+		"PUBLIC_URL":       fmt.Sprintf("http://127.0.0.1:%d", port),
+		"REALTIME_SSE_URL": "http://" + proxy.Addr() + "/sse",
+	}
+	for k, v := range settings {
+		envs[k] = v
+	}
+	st, err := local.Start(context.Background(), local.Options{
+		APIPort: port,
+		Logger:  slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Env:     envs,
+	})
+	if err != nil {
+		f.Close()
+		proxy.Close()
+		return nil, fmt.Errorf("start the local stack: %w", err)
+	}
+	e := &env{Stack: st, SSE: proxy, log: f}
+	relay, err := url.Parse(st.RelayURL)
+	if err != nil {
+		e.close()
+		return nil, fmt.Errorf("relay url %q: %w", st.RelayURL, err)
+	}
+	proxy.SetBackend(relay.Host)
+	return e, nil
+}
+
+func (e *env) close() error {
+	e.SSE.Close()
+	err := e.Stack.Close()
+	e.log.Close()
+	return err
 }
 
 // freePort asks the kernel for a port nobody listens on.
@@ -116,14 +145,10 @@ func freePort() (int, error) {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if shared.env != nil {
-		shared.env.SSE.Close()
-		if err := shared.env.Close(); err != nil {
+		if err := shared.env.close(); err != nil {
 			fmt.Fprintln(os.Stderr, "stack:", err)
 			code = 1
 		}
-	}
-	if shared.logFile != nil {
-		shared.logFile.Close()
 	}
 	os.Exit(code)
 }

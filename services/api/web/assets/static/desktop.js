@@ -31,6 +31,7 @@ const state = {
   qr: null,             // {image, url, expiresAt, sessionId}
   showQr: false,
   commit: { phase: 'idle', done: 0, total: 0, message: '', errors: [], commitId: '' },
+  commitVersion: 0,     // session version the commit panel reflects
   sites: [],
   conn: '',
   lastUpdate: 0,
@@ -144,7 +145,10 @@ function fatal(text) {
 function applySnapshot(s) {
   state.lastUpdate = Date.now();
   if (state.session && s.sessionId === state.session.sessionId && s.version < state.version) return;
-  if (!state.session || s.sessionId !== state.session.sessionId) state.removed.clear();
+  if (!state.session || s.sessionId !== state.session.sessionId) {
+    state.removed.clear();
+    state.commitVersion = 0; // versions count per session
+  }
   state.noSession = false;
   state.session = s;
   state.version = s.version;
@@ -154,7 +158,10 @@ function applySnapshot(s) {
     next.set(im.id, im);
   }
   state.images = next;
-  commitFromSession(s);
+  if (s.version >= state.commitVersion) {
+    state.commitVersion = s.version;
+    commitFromSession(s);
+  }
   render();
 }
 
@@ -208,6 +215,10 @@ function onEvent(name, d) {
     return;
   }
   if (v && v > state.version + 1) reconcileSoon(); // we missed something
+  if (name.startsWith('commit-') || name === 'session-committed') {
+    if (v && v <= state.commitVersion) return; // a duplicate, or older than what is shown
+    state.commitVersion = Math.max(state.commitVersion, v);
+  }
   switch (name) {
     case 'image-uploaded':
     case 'image-updated':
@@ -555,9 +566,14 @@ function renderLimit(n, active) {
   }
 }
 
+let commitPoll;
 function renderCommit() {
   const s = state.session;
   const c = state.commit;
+  // while a commit runs, read the session every few seconds as well: the
+  // outcome must show even if its event is lost
+  if (c.phase === 'running' && !commitPoll) commitPoll = setInterval(() => live.reconcile(), 3000);
+  if (c.phase !== 'running' && commitPoll) { clearInterval(commitPoll); commitPoll = null; }
   const bar = $('commitbar');
   const btn = $('commit-btn');
   const note = $('commit-note');

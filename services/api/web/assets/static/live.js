@@ -133,7 +133,9 @@ export class Live {
     clearTimeout(this.renewTimer);
     const at = Date.parse(expiresAt);
     if (!at) return;
-    const ms = Math.max(5000, at - Date.now() - 60000);
+    // a minute before expiry, or at three quarters of a short lifetime
+    const left = at - Date.now();
+    const ms = Math.max(2000, Math.min(left - 60000, left * 0.75));
     this.renewTimer = setTimeout(() => this.open(), ms);
   }
 

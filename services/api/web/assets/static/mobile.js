@@ -16,6 +16,7 @@ const state = {
   session: null,
   version: 0,
   outcome: null,       // {phase: running|done|failed, message, errors, done, total}
+  outcomeVersion: 0,   // session version the outcome reflects
   conn: '',
 };
 
@@ -138,6 +139,11 @@ function applySession(s) {
   if (state.session && s.version < state.version) return;
   state.session = s;
   state.version = s.version;
+  if (s.version < state.outcomeVersion) {
+    render(); // the commit outcome shown came from a later event
+    return;
+  }
+  state.outcomeVersion = s.version;
   if (s.commitStatus === 'committed') {
     const c = s.commit || {};
     state.outcome = { phase: 'done', message: c.message || `${plural(c.total || s.images.length, 'photo')} committed`, errors: [] };
@@ -173,6 +179,10 @@ function onEvent(name, d) {
     return;
   }
   const v = Number(d.version || 0);
+  if (name.startsWith('commit-') || name === 'session-committed') {
+    if (v && v <= state.outcomeVersion) return; // a duplicate, or older than what is shown
+    state.outcomeVersion = Math.max(state.outcomeVersion, v);
+  }
   switch (name) {
     case 'commit-started':
     case 'commit-progress':
@@ -182,6 +192,7 @@ function onEvent(name, d) {
     case 'session-committed':
       state.outcome = { phase: 'done', message: d.message || `${plural(d.imageCount || 0, 'photo')} committed`, errors: [] };
       render();
+      live.reconcile();
       return;
     case 'commit-failed':
       state.outcome = { phase: 'failed', message: d.message || 'The commit failed; nothing was saved.', errors: d.errors || [] };
@@ -230,6 +241,7 @@ async function commit(retry = false) {
 function render() {
   if (!state.cred || !uploads || state.ended) return;
   const o = state.outcome;
+  pollWhileCommitting(!!o && o.phase === 'running');
   if (o) {
     show('outcome');
     renderOutcome(o);
@@ -305,6 +317,14 @@ function serverRow(im, n) {
       el('p', { class: 'muted', 'data-test': 'coding' }, coded || 'Body site not set yet'),
       im.rejectReason ? el('p', { class: 'error' }, im.rejectReason) : '',
       im.error ? el('p', { class: 'error' }, im.error) : ''));
+}
+
+// While a commit runs, read the session every few seconds as well: the
+// outcome must show even if its event is lost.
+let commitPoll;
+function pollWhileCommitting(running) {
+  if (running && !commitPoll) commitPoll = setInterval(() => live.reconcile(), 3000);
+  if (!running && commitPoll) { clearInterval(commitPoll); commitPoll = null; }
 }
 
 function renderOutcome(o) {
