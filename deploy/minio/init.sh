@@ -27,7 +27,17 @@ if mc encrypt set sse-s3 "clinimg/$S3_BUCKET_NAME" >/dev/null 2>&1; then
 else
   echo "default encryption: not available (no KMS key configured on this MinIO)"
 fi
-sed "s/BUCKET/$S3_BUCKET_NAME/g" /init/app-policy.json > /tmp/app-policy.json
+# The policy names the bucket; fill it in with shell built-ins only (the mc
+# image is minimal).
+policy=""
+while IFS= read -r line || [ -n "$line" ]; do
+  while case $line in *BUCKET*) true ;; *) false ;; esac; do
+    line="${line%%BUCKET*}${S3_BUCKET_NAME}${line#*BUCKET}"
+  done
+  policy="$policy$line
+"
+done < /init/app-policy.json
+printf '%s' "$policy" > /tmp/app-policy.json
 mc admin policy create clinimg clinimg-app /tmp/app-policy.json
 mc admin user add clinimg "$S3_APP_ACCESS_KEY" "$S3_APP_SECRET_KEY"
 mc admin policy attach clinimg clinimg-app --user "$S3_APP_ACCESS_KEY" 2>/dev/null || true
