@@ -8,6 +8,7 @@ import (
 	"image/png"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/davidbyttow/govips/v2/vips"
@@ -367,4 +368,31 @@ func png16(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// Two workers on 12 MP rotated photos (the costliest path: full decode,
+// rotate, re-encode) stay under a ceiling of libvips memory: 64 MB a photo.
+// The figure is libvips' own high-water mark for the whole test process;
+// peak RSS is in the benchmarks.
+func TestMemoryCeilingTwoWorkers12MP(t *testing.T) {
+	m := preview.New(preview.Options{})
+	src := phototest.Shared(t, "photo-12mp-orient6.jpg")
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 2 {
+				if _, err := m.Make(src); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	var ms vips.MemoryStats
+	vips.ReadVipsMemStats(&ms)
+	if high := float64(ms.MemHigh) / (1 << 20); high > 2*64 || high < 36 {
+		t.Errorf("libvips peaked at %.0f MB, want between one decoded photo (36 MB) and 128 MB", high)
+	}
 }
