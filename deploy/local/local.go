@@ -171,7 +171,9 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 	}
 
 	// ALEX simulator.
-	st.ALEX = alexsim.New(alexsim.Options{Latency: opt.ALEXLatency, Logger: opt.Logger.With("service", "alexsim")})
+	// Patients get a test NHI on first sight, so the committer can find a
+	// photo again by NHI after a crash, as it must on ALEX.
+	st.ALEX = alexsim.New(alexsim.Options{Latency: opt.ALEXLatency, AutoPatients: true, Logger: opt.Logger.With("service", "alexsim")})
 	if st.ALEXURL, err = st.ALEX.Start(at(0)); err != nil {
 		return nil, err
 	}
