@@ -227,9 +227,14 @@ func (p *page) text(sel string) string {
 	return s
 }
 
+// click scrolls the element to the middle of the screen, as a person would
+// before tapping it, and clicks it.
 func (p *page) click(sel string) {
 	p.t.Helper()
-	p.run("click "+sel, chromedp.Click(sel, chromedp.ByQuery, chromedp.NodeVisible))
+	p.run("click "+sel,
+		chromedp.WaitVisible(sel, chromedp.ByQuery),
+		chromedp.Evaluate(fmt.Sprintf(`document.querySelector(%q).scrollIntoView({block: 'center'})`, sel), nil),
+		chromedp.Click(sel, chromedp.ByQuery, chromedp.NodeVisible))
 }
 
 // files hands files to a file input, as picking them in the camera or file

@@ -80,7 +80,7 @@ func TestHappyPath(t *testing.T) {
 
 	// Commit from the keyboard: focus the button, Enter, Enter on the dialog.
 	d.run("commit by keyboard", chromedp.Focus(`[data-test=commit]`, chromedp.ByQuery), chromedp.KeyEvent(kb.Enter))
-	d.waitJS(5*time.Second, "confirm dialog", `!!document.querySelector('dialog[open]')`)
+	d.waitJS(5*time.Second, "confirm dialog", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Commit photos?'`)
 	if body := d.text(`dialog[open]`); !strings.Contains(body, r.patient) || !strings.Contains(body, "3 photos") {
 		t.Errorf("confirm dialog says %q, want the patient and the count", body)
 	}
@@ -125,7 +125,7 @@ func TestPhoneCommits(t *testing.T) {
 	ph.waitJS(30*time.Second, "commit enabled", `!document.querySelector('[data-test=commit]').disabled`)
 	ph.shot("ready-to-commit")
 	ph.click(`[data-test=commit]`)
-	ph.waitJS(5*time.Second, "confirm", `!!document.querySelector('dialog[open]')`)
+	ph.waitJS(5*time.Second, "confirm", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Commit photos?'`)
 	ph.shot("confirm")
 	ph.click(`[data-test=confirm-ok]`)
 	ph.waitJS(60*time.Second, "phone outcome", `document.getElementById('outcome-icon').classList.contains('ok')`)
@@ -222,6 +222,15 @@ func TestDesktopReload(t *testing.T) {
 	}
 	d.waitJS(10*time.Second, "phone state", `document.querySelector('[data-test=paired-state]').textContent.includes('Phone connected')`)
 	d.shot("after-reload")
+
+	// Deleting a photo asks first, and the phone sees it gone.
+	d.click(`[data-test=image-card]:nth-child(2) [data-test=delete]`)
+	d.waitJS(5*time.Second, "delete dialog", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Delete photo?'`)
+	d.click(`[data-test=confirm-ok]`)
+	d.waitJS(10*time.Second, "one card left", `document.querySelectorAll('[data-test=image-card]').length === 1`)
+	ph.waitJS(15*time.Second, "phone shows one photo", `document.querySelectorAll('[data-test=server-row]').length === 1`)
+	d.shot("deleted")
+	ph.shot("deleted")
 	d.checkConsole()
 	ph.checkConsole()
 }
@@ -399,7 +408,7 @@ func TestOtherPatientAndDesktopUpload(t *testing.T) {
 	}
 	d.shot("other-patient")
 	d.click(`#mismatch-btn`)
-	d.waitJS(10*time.Second, "discard dialog", `!!document.querySelector('dialog[open]')`)
+	d.waitJS(10*time.Second, "discard dialog", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Discard uncommitted photos?'`)
 	if body := d.text(`dialog[open]`); !strings.Contains(body, "1 photo") {
 		t.Errorf("discard dialog %q, want the count", body)
 	}
