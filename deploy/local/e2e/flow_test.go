@@ -261,4 +261,3 @@ func (c apiClient) record(imageID, s3Key string, out any) int {
 	c.t.Helper()
 	return c.do("POST", "/api/users/"+c.user+"/images", map[string]any{"imageId": imageID, "s3Key": s3Key, "source": "desktop"}, out)
 }
-
