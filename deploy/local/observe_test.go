@@ -246,6 +246,19 @@ func (o *observed) checkMetrics(t *testing.T) {
 	if diff := cmp.Diff(wantLines, got()); diff != "" {
 		t.Errorf("metrics after one session of three photos and a commit (-want +got):\n%s", diff)
 	}
+
+	// The same counters are what a scrape of the API's /metrics sees.
+	res, err := http.Get(o.st.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	text, _ := io.ReadAll(res.Body)
+	for _, line := range []string{`clinimg_api_images_recorded_total{outcome="added"} 3`, `clinimg_api_commits_total{answer="succeeded"} 1`} {
+		if !strings.Contains(string(text), line+"\n") {
+			t.Errorf("GET /metrics lacks %q", line)
+		}
+	}
 }
 
 // poll checks cond every 20 ms until it holds or d passes, and says which;
