@@ -60,10 +60,10 @@ async function main() {
       if (e.status === 410 && saved) {
         state.cred = saved; // this tab already used it: carry on with what it got
       } else if (e.status === 410) {
-        gone('This QR code was already used', 'Rescan the QR code on the desktop to get a fresh one.');
+        gone('This QR code was already used', 'Each code works once. On the desktop, choose “New QR code” and scan that.');
         return;
       } else if (e.status === 404) {
-        gone('This QR code has expired', 'Make a new QR code on the desktop and scan it again.');
+        gone('This QR code has expired', 'On the desktop, choose “New QR code” and scan that.');
         return;
       } else {
         gone('No connection', 'Check the phone\'s connection, then scan the QR code again.');
@@ -253,7 +253,7 @@ function render() {
   const total = server.length + uploads.active;
   $('count').textContent = s ? `${plural(server.length, 'photo')} in this session${uploads.active ? `, ${uploads.active} sending` : ''}` : '';
   $('conn').dataset.state = state.conn;
-  $('conn').textContent = state.conn === 'live' ? 'Connected' : state.conn === 'reconnecting' ? 'Reconnecting…' : '';
+  $('conn').textContent = { live: 'Connected', reconnecting: 'Reconnecting…', connecting: 'Connecting…' }[state.conn] || '';
 
   const full = total >= MAX_IMAGES;
   const limit = $('limit');
@@ -282,36 +282,64 @@ function render() {
     : processing ? `Preparing ${plural(processing, 'photo')}…` : 'You can also commit from the desktop.';
 }
 
+// rows are kept by key and rebuilt only when what they show changes, so
+// their images are not reloaded on every progress tick
+const rows = new Map(); // key -> {el, sig}
+
+function keyed(key, sig, build) {
+  const c = rows.get(key);
+  if (c && c.sig === sig) return c.el;
+  const e = build();
+  rows.set(key, { el: e, sig });
+  return e;
+}
+
 function renderList(server) {
   const list = $('list');
-  const rows = [];
+  const out = [];
+  const keep = new Set();
   const confirmed = new Set(server.map((im) => im.id));
   for (const it of uploads.items.values()) {
     if (it.state === 'done' && confirmed.has(it.imageId)) continue;
-    rows.push(uploadRow(it));
+    const key = `u:${it.localId}`;
+    keep.add(key);
+    const row = keyed(key, JSON.stringify([it.state, it.error, !!it.thumb]), () => uploadRow(it));
+    row.querySelector('.bar-track span').style.width = `${Math.round((it.progress || 0) * 100)}%`;
+    out.push(row);
   }
-  server.forEach((im, i) => rows.push(serverRow(im, i + 1)));
-  list.replaceChildren(...rows.reverse()); // newest first
+  server.forEach((im, i) => {
+    const key = `i:${im.id}`;
+    keep.add(key);
+    const m = im.metadata || {};
+    const src = im.previewUrl || localThumbs.get(im.id) || '';
+    // a presigned URL changes on every read; the same preview key is the same picture
+    const pic = im.previewKey || src.split('?')[0];
+    const sig = JSON.stringify([i, im.status, pic, m.bodySiteDisplay, m.laterality, m.viewType, im.rejectReason, im.error]);
+    out.push(keyed(key, sig, () => serverRow(im, i + 1)));
+  });
+  for (const k of rows.keys()) if (!keep.has(k)) rows.delete(k);
+  out.reverse(); // newest first
+  if (out.length !== list.children.length || out.some((r, i) => list.children[i] !== r)) list.replaceChildren(...out);
 }
 
 function uploadRow(it) {
   const failed = it.state === 'failed';
-  const row = el('li', { class: `prow ${failed ? 'failed' : ''}`, 'data-test': 'upload-row', 'data-state': it.state },
+  return el('li', { class: `prow ${failed ? 'failed' : ''}`, 'data-test': 'upload-row', 'data-state': it.state },
     it.thumb ? el('img', { src: it.thumb, alt: '' }) : el('span', { class: 'placeholder' }),
     el('div', { class: 'pinfo' },
       el('p', { class: 'pstate' }, STATE_TEXT[it.state] || it.state),
-      el('div', { class: 'bar-track' }, el('span', { style: `width:${Math.round((it.progress || 0) * 100)}%` })),
+      el('div', { class: 'bar-track' }, el('span')),
       it.error ? el('p', { class: failed || it.state === 'blocked' ? 'error' : 'muted' }, it.error) : ''),
     failed ? el('button', { type: 'button', class: 'btn primary', 'data-test': 'retry', onclick: () => uploads.retry(it.localId) }, 'Retry') : '',
     it.state === 'blocked' ? el('button', { type: 'button', class: 'btn', onclick: () => uploads.discard(it.localId) }, 'Remove') : '');
-  return row;
 }
 
 function serverRow(im, n) {
   const m = im.metadata || {};
   const coded = [m.bodySiteDisplay, m.laterality, m.viewType].filter(Boolean).join(' · ');
+  const src = im.previewUrl || localThumbs.get(im.id);
   return el('li', { class: 'prow', 'data-test': 'server-row', 'data-status': im.status },
-    (im.previewUrl || localThumbs.get(im.id)) ? el('img', { src: im.previewUrl || localThumbs.get(im.id), alt: `Photo ${n}` }) : el('span', { class: 'placeholder' }),
+    src ? el('img', { src, alt: `Photo ${n}` }) : el('span', { class: 'placeholder' }),
     el('div', { class: 'pinfo' },
       el('p', { class: 'pstate' }, `Photo ${n} · ${SERVER_TEXT[im.status] || im.status}`),
       el('p', { class: 'muted', 'data-test': 'coding' }, coded || 'Body site not set yet'),
