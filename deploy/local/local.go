@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
@@ -51,6 +50,10 @@ type Options struct {
 	// DataDir holds JetStream's files (default a new temporary directory,
 	// removed on Close).
 	DataDir string
+	// NATSURL uses a running NATS server with JetStream instead of the
+	// embedded one (tests use a server process of their own, so the race
+	// detector watches our code rather than the server's).
+	NATSURL string
 	// RedisURL uses a real Redis instead of the in-process one.
 	RedisURL string
 	// RedisPrefix prefixes every key (useful on a shared Redis).
@@ -73,13 +76,13 @@ type Stack struct {
 	RelayURL string // the built-in SSE endpoint
 	ALEXURL  string
 
-	ALEX   *alexsim.Server
-	S3     *s3local.Server
-	Blob   *blob.Store
-	Redis  *redis.Client
-	Store  *session.Store
-	NATS   *server.Server
-	Issuer *jwtauth.Issuer
+	ALEX    *alexsim.Server
+	S3      *s3local.Server
+	Blob    *blob.Store
+	Redis   *redis.Client
+	Store   *session.Store
+	NATSURL string
+	Issuer  *jwtauth.Issuer
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -130,17 +133,22 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 	at := func(port int) string { return net.JoinHostPort(opt.Host, strconv.Itoa(port)) }
 
 	// NATS with JetStream, every acked message on disk.
-	dir := opt.DataDir
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "clinimg-nats-*"); err != nil {
-			return nil, fmt.Errorf("data dir: %w", err)
+	st.NATSURL = opt.NATSURL
+	if st.NATSURL == "" {
+		dir := opt.DataDir
+		if dir == "" {
+			if dir, err = os.MkdirTemp("", "clinimg-nats-*"); err != nil {
+				return nil, fmt.Errorf("data dir: %w", err)
+			}
+			st.cleanup = append(st.cleanup, func() { os.RemoveAll(dir) })
 		}
-		st.cleanup = append(st.cleanup, func() { os.RemoveAll(dir) })
+		ns, err := natsembed.Start(-1, dir)
+		if err != nil {
+			return nil, err
+		}
+		st.cleanup = append(st.cleanup, func() { ns.Shutdown(); ns.WaitForShutdown() })
+		st.NATSURL = ns.ClientURL()
 	}
-	if st.NATS, err = natsembed.Start(-1, dir); err != nil {
-		return nil, err
-	}
-	st.cleanup = append(st.cleanup, func() { st.NATS.Shutdown(); st.NATS.WaitForShutdown() })
 
 	// Redis: the real one if asked, else miniredis in process.
 	redisURL := opt.RedisURL
@@ -192,7 +200,7 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 	}
 	s3c := st.S3.Config("clinimg-local")
 	common := map[string]string{
-		"REDIS_URL": redisURL, "REDIS_KEY_PREFIX": opt.RedisPrefix, "NATS_URL": st.NATS.ClientURL(),
+		"REDIS_URL": redisURL, "REDIS_KEY_PREFIX": opt.RedisPrefix, "NATS_URL": st.NATSURL,
 		"S3_BUCKET_NAME": s3c.Bucket, "AWS_REGION": s3c.Region, "S3_ENDPOINT": s3c.Endpoint, "S3_PATH_STYLE": "true",
 		"AWS_ACCESS_KEY_ID": s3c.AccessKey, "AWS_SECRET_ACCESS_KEY": s3c.SecretKey,
 		"REALTIME_SIGNING_KEY": signing.Encode(), "LOG_LEVEL": "info",

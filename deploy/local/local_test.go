@@ -57,7 +57,7 @@ func call(t testing.TB, method, url, token string, body any) (int, map[string]an
 // Media ids the ALEX simulator holds.
 func TestCommitThroughTheAPI(t *testing.T) {
 	log, _ := testenv.Logger(t)
-	st, err := Start(context.Background(), Options{Logger: log})
+	st, err := Start(context.Background(), Options{Logger: log, NATSURL: testenv.StartNATS(t).URL})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,7 +63,7 @@ func runSession(t *testing.T) *observed {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	st, err := Start(ctx, Options{Logger: log, Registries: regs})
+	st, err := Start(ctx, Options{Logger: log, Registries: regs, NATSURL: testenv.StartNATS(t).URL})
 	if err != nil {
 		t.Fatalf("start the stack: %v", err)
 	}
@@ -424,7 +424,7 @@ func (o *observed) checkNoSecrets(t *testing.T) {
 // the request's trace in its `traceparent` header, and the image.processed
 // the thumbnailer caused is on the same trace.
 func (o *observed) checkTraceHeaders(t *testing.T) {
-	nc, err := nats.Connect(o.st.NATS.ClientURL())
+	nc, err := nats.Connect(o.st.NATSURL)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,22 +8,25 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/events"
-	"github.com/clinicalimages/clinimg/pkg/natsembed"
 	"github.com/clinicalimages/clinimg/pkg/s3local"
 )
 
@@ -66,26 +69,129 @@ func Redis(t testing.TB) (*redis.Client, string) {
 	return rdb, prefix
 }
 
-// NATS is a JetStream server of the test's own, embedded, with its store in a
-// temporary directory.
+// NATS is a JetStream server of the test's own: a real nats-server process
+// (the version pinned in go.mod, built once per machine) with its store in a
+// temporary directory and every acked message synced to disk. It runs out of
+// process so the race detector watches our code, not the server's.
 type NATS struct {
-	Server *server.Server
-	URL    string
-	dir    string
-	t      testing.TB
+	URL  string
+	dir  string
+	conf string
+	cmd  *exec.Cmd
+	done chan struct{}
 }
 
-// StartNATS starts an embedded JetStream server that lives as long as t.
+// StartNATS starts a JetStream server that lives as long as t.
 func StartNATS(t testing.TB) *NATS {
 	t.Helper()
-	dir := t.TempDir()
-	s, err := natsembed.Start(-1, dir)
+	bin, err := natsServerBinary()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("nats-server: %v", err)
 	}
-	n := &NATS{Server: s, URL: s.ClientURL(), dir: dir, t: t}
-	t.Cleanup(func() { n.Server.Shutdown(); n.Server.WaitForShutdown() })
+	dir := t.TempDir()
+	n := &NATS{dir: dir}
+	for attempt := 0; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.URL = fmt.Sprintf("nats://127.0.0.1:%d", port)
+		n.conf = filepath.Join(dir, "nats.conf")
+		conf := fmt.Sprintf("listen: 127.0.0.1:%d\njetstream {\n  store_dir: %q\n  sync_interval: always\n}\n", port, filepath.Join(dir, "js"))
+		if err := os.WriteFile(n.conf, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err = n.start(bin); err == nil {
+			break
+		}
+		if attempt == 3 {
+			t.Fatalf("nats-server: %v", err)
+		}
+	}
+	t.Cleanup(n.stop)
 	return n
+}
+
+func (n *NATS) start(bin string) error {
+	n.cmd = exec.Command(bin, "-c", n.conf)
+	n.cmd.Stdout, n.cmd.Stderr = io.Discard, io.Discard
+	if err := n.cmd.Start(); err != nil {
+		return err
+	}
+	n.done = make(chan struct{})
+	go func() { _ = n.cmd.Wait(); close(n.done) }()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-n.done:
+			return errors.New("exited at start")
+		default:
+		}
+		if nc, err := nats.Connect(n.URL, nats.Timeout(time.Second)); err == nil {
+			nc.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	n.stop()
+	return errors.New("not ready after 15s")
+}
+
+func (n *NATS) stop() {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return
+	}
+	_ = n.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-n.done:
+	case <-time.After(10 * time.Second):
+		_ = n.cmd.Process.Kill()
+		<-n.done
+	}
+}
+
+var natsBin struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// natsServerBinary builds the nats-server this module requires, once per
+// machine, into the temporary directory (CLINIMG_NATS_SERVER names another).
+func natsServerBinary() (string, error) {
+	if p := os.Getenv("CLINIMG_NATS_SERVER"); p != "" {
+		return p, nil
+	}
+	natsBin.once.Do(func() {
+		// The version the test's module graph selects names the cached build.
+		v, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/nats-io/nats-server/v2").Output()
+		if err != nil {
+			natsBin.err = fmt.Errorf("find version: %w", err)
+			return
+		}
+		path := filepath.Join(os.TempDir(), "clinimg-test-nats-server-"+strings.TrimSpace(string(v)))
+		if _, err := os.Stat(path); err == nil {
+			natsBin.path = path
+			return
+		}
+		tmp := path + "." + ID()
+		if out, err := exec.Command("go", "build", "-o", tmp, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
+			natsBin.err = fmt.Errorf("build: %v: %s", err, out)
+			return
+		}
+		natsBin.err = os.Rename(tmp, path)
+		natsBin.path = path
+	})
+	return natsBin.path, natsBin.err
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Connect opens a client connection and JetStream context, closed with t.
