@@ -183,7 +183,7 @@ func TestRealtimeCut(t *testing.T) {
 	d.waitJS(10*time.Second, "reconnecting shown", `document.getElementById('conn').dataset.state === 'reconnecting'`)
 	d.shot("reconnecting")
 	r.takePhotos(ph, 2, testdata(t, "exif-orientation/Landscape_5.jpg"))
-	waitCards(d, 2, 10*time.Second) // caught up by polling while the stream is still down
+	waitCards(d, 2, 15*time.Second) // caught up by polling while the stream is still down
 	d.shot("caught-up-while-cut")
 
 	if r.env.SSE.Refused() == 0 {
