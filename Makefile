@@ -16,7 +16,7 @@ run: deps-run ## Start the whole system on embedded parts and print the URL to o
 test: deps lint build test-go smoke ## Install what is missing, then lint, build every module alone, run every test with -race, and a newcomer's curl run.
 
 test-go: ## Run every Go test with the race detector.
-	go test -race -count=1 -timeout 20m $(PKGS)
+	go test -race -count=1 -p 1 -timeout 25m $(PKGS)
 
 lint: ## gofmt, go vet and staticcheck on every module; go.mod files tidy.
 	@test -z "$$(gofmt -l pkg services deploy)" || { gofmt -l pkg services deploy; echo "gofmt: files above need formatting"; exit 1; }

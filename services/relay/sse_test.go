@@ -218,7 +218,7 @@ func TestSSEReconnectingWhileEventsFlowLosesNothing(t *testing.T) {
 	for len(got) < n {
 		sb := open(t, client, r.sse, "u1", tok, last)
 		// Read a few events, then drop the connection.
-		testenv.Eventually(t, 10*time.Second, "some events", func() bool {
+		testenv.Eventually(t, 30*time.Second, "some events", func() bool {
 			select {
 			case <-sb.end:
 				return true // dropped by the relay as too slow
