@@ -237,7 +237,8 @@ func TestDesktopReload(t *testing.T) {
 
 // The first PUT to S3 drops; the phone retries and the photo lands once.
 // Then every PUT drops and the phone is reloaded: the photo waits in the
-// browser's storage and goes up when the network is back.
+// browser's storage and goes up when the network is back. Last, the network
+// stays down until the phone gives up, and a tap sends the photo.
 func TestUploadRetry(t *testing.T) {
 	r := newRig(t)
 	d := r.openDesktop(desktopView, false)
@@ -276,6 +277,21 @@ func TestUploadRetry(t *testing.T) {
 	waitCards(d, 2, 30*time.Second)
 	ph.shot("resumed")
 	d.shot("two-photos")
+
+	// The network stays down through every automatic retry: the phone gives
+	// up, says so, and a tap sends the photo once the network is back.
+	ph.interceptFail(func(method, url string) bool { return method == "PUT" })
+	ph.files(`[data-test=file]`, testdata(t, "exif-orientation/Landscape_7.jpg"))
+	ph.waitJS(45*time.Second, "gave up", `!!document.querySelector('[data-test=upload-row][data-state=failed] [data-test=retry]')`)
+	if msg := ph.text(`[data-test=upload-row][data-state=failed]`); !strings.Contains(msg, "Upload failed. Tap to retry.") {
+		t.Errorf("failed row says %q", msg)
+	}
+	ph.shot("gave-up")
+	ph.interceptFail(func(string, string) bool { return false })
+	ph.click(`[data-test=retry]`)
+	r.takePhotos(ph, 3)
+	waitCards(d, 3, 30*time.Second)
+	ph.shot("sent-after-tap")
 	d.checkConsole()
 	ph.checkConsole()
 }
@@ -431,13 +447,13 @@ func TestOtherPatientAndDesktopUpload(t *testing.T) {
 	ph.checkConsole()
 }
 
-// Realtime tokens that live seconds, not an hour: the desktop renews its
-// token before it expires and reopens the stream from where it was, never
-// dropping to "reconnecting", and photos keep arriving live.
+// Realtime tokens that live seconds, not an hour (the shared stack's
+// realtimeTTL): the desktop renews its token before it expires and reopens
+// the stream from where it was, never dropping to "reconnecting", and
+// photos keep arriving live.
 func TestRealtimeTokenRenewal(t *testing.T) {
-	e := ownStack(t, map[string]string{"REALTIME_TOKEN_TTL": "6s"})
 	r := newRig(t)
-	r.env = e
+	e := r.env
 	d := r.openDesktop(desktopView, false)
 	link := r.startCapture(d)
 	d.waitJS(10*time.Second, "live", `document.getElementById('conn').dataset.state === 'live'`)
@@ -448,8 +464,8 @@ func TestRealtimeTokenRenewal(t *testing.T) {
 	opened := e.SSE.Opened()
 	r.takePhotos(ph, 1, testdata(t, "photo-1920.jpg"))
 	waitCards(d, 1, 30*time.Second)
-	// Two renewals of the desktop's and the phone's streams: about 9 s.
-	testenv.Eventually(t, 30*time.Second, "streams renewed", func() bool { return e.SSE.Opened() >= opened+4 })
+	// Two renewals of the desktop's and the phone's streams.
+	testenv.Eventually(t, 4*realtimeTTL, "streams renewed", func() bool { return e.SSE.Opened() >= opened+4 })
 	r.takePhotos(ph, 2, testdata(t, "exif-orientation/Landscape_3.jpg"))
 	waitCards(d, 2, 15*time.Second)
 	var states []string

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/clinicalimages/clinimg/deploy/local"
 	"github.com/clinicalimages/clinimg/pkg/alexsim"
@@ -51,28 +52,19 @@ var shared struct {
 // stack returns the shared stack, started on first use.
 func stack(t *testing.T) *env {
 	t.Helper()
-	shared.once.Do(func() { shared.env, shared.err = startStack("stack", nil) })
+	shared.once.Do(func() {
+		// Realtime tokens live 10 s instead of an hour, so every test also
+		// runs across token renewals (the pages renew at 3/4 of the life).
+		shared.env, shared.err = startStack("stack", map[string]string{"REALTIME_TOKEN_TTL": realtimeTTL.String()})
+	})
 	if shared.err != nil {
 		t.Fatal(shared.err)
 	}
 	return shared.env
 }
 
-// ownStack starts a stack for one test, with extra settings, closed when
-// the test ends.
-func ownStack(t *testing.T, settings map[string]string) *env {
-	t.Helper()
-	e, err := startStack(slug(t.Name()), settings)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := e.close(); err != nil {
-			t.Errorf("stack: %v", err)
-		}
-	})
-	return e
-}
+// realtimeTTL is the shared stack's realtime token lifetime.
+const realtimeTTL = 10 * time.Second
 
 // startStack starts the whole system as deploy/local runs it; its logs go
 // to <name>.log in the artifacts directory.

@@ -135,7 +135,7 @@ export class Live {
     if (!at) return;
     // a minute before expiry, or at three quarters of a short lifetime
     const left = at - Date.now();
-    const ms = Math.max(2000, Math.min(left - 60000, left * 0.75));
+    const ms = Math.max(2000, left > 240000 ? left - 60000 : left * 0.75);
     this.renewTimer = setTimeout(() => this.open(), ms);
   }
 

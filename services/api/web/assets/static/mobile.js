@@ -27,7 +27,7 @@ const localThumbs = new Map(); // imageId -> object URL of the photo this phone 
 
 const STATE_TEXT = {
   compressing: 'Preparing…', waiting: 'Waiting…', uploading: 'Uploading…', recording: 'Saving…',
-  retrying: 'Retrying…', failed: 'Upload failed', blocked: 'Not sent', done: 'Sent',
+  retrying: 'Retrying…', failed: 'Not sent', blocked: 'Not sent', done: 'Sent',
 };
 const SERVER_TEXT = {
   processing: 'Sent', ready: 'Sent', rejected: 'Rejected', committed: 'Committed', failed: 'Commit failed',
@@ -251,7 +251,7 @@ function render() {
   const s = state.session;
   const server = s ? s.images : [];
   const total = server.length + uploads.active;
-  $('count').textContent = s ? `${plural(server.length, 'photo')} in this session${uploads.active ? `, ${uploads.active} sending` : ''}` : '';
+  $('count').textContent = s ? `${plural(server.length, 'photo')} in this session${uploads.active ? `, ${uploads.active} not sent yet` : ''}` : '';
   $('conn').dataset.state = state.conn;
   $('conn').textContent = { live: 'Connected', reconnecting: 'Reconnecting…', connecting: 'Connecting…' }[state.conn] || '';
 
@@ -299,14 +299,6 @@ function renderList(server) {
   const out = [];
   const keep = new Set();
   const confirmed = new Set(server.map((im) => im.id));
-  for (const it of uploads.items.values()) {
-    if (it.state === 'done' && confirmed.has(it.imageId)) continue;
-    const key = `u:${it.localId}`;
-    keep.add(key);
-    const row = keyed(key, JSON.stringify([it.state, it.error, !!it.thumb]), () => uploadRow(it));
-    row.querySelector('.bar-track span').style.width = `${Math.round((it.progress || 0) * 100)}%`;
-    out.push(row);
-  }
   server.forEach((im, i) => {
     const key = `i:${im.id}`;
     keep.add(key);
@@ -317,8 +309,16 @@ function renderList(server) {
     const sig = JSON.stringify([i, im.status, pic, m.bodySiteDisplay, m.laterality, m.viewType, im.rejectReason, im.error]);
     out.push(keyed(key, sig, () => serverRow(im, i + 1)));
   });
+  for (const it of uploads.items.values()) {
+    if (it.state === 'done' && confirmed.has(it.imageId)) continue;
+    const key = `u:${it.localId}`;
+    keep.add(key);
+    const row = keyed(key, JSON.stringify([it.state, it.error, !!it.thumb]), () => uploadRow(it));
+    row.querySelector('.bar-track span').style.width = `${Math.round((it.progress || 0) * 100)}%`;
+    out.push(row);
+  }
   for (const k of rows.keys()) if (!keep.has(k)) rows.delete(k);
-  out.reverse(); // newest first
+  out.reverse(); // newest first: photos still on their way on top
   if (out.length !== list.children.length || out.some((r, i) => list.children[i] !== r)) list.replaceChildren(...out);
 }
 
