@@ -74,7 +74,7 @@ func (r *rig) openPhone(link string) *page {
 	}
 	ph := r.b.page("phone", phoneView, true)
 	ph.navigate(link)
-	ph.waitJS(15*time.Second, "capture screen", `!document.getElementById('capture').hidden`)
+	ph.waitJS(15*time.Second, "capture screen with the session", `!document.getElementById('capture').hidden && document.querySelector('[data-test=count]').textContent.includes('in this session')`)
 	var loc string
 	ph.eval(`location.href`, &loc)
 	if strings.Contains(loc, "token=") {

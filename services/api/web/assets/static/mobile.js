@@ -251,7 +251,7 @@ function render() {
   const s = state.session;
   const server = s ? s.images : [];
   const total = server.length + uploads.active;
-  $('count').textContent = s ? `${plural(server.length, 'photo')} in this session${uploads.active ? `, ${uploads.active} not sent yet` : ''}` : '';
+  $('count').textContent = s ? `${plural(server.length, 'photo')} in this session${uploads.active ? `, ${uploads.active} not sent yet` : ''}` : 'Loading the session…';
   $('conn').dataset.state = state.conn;
   $('conn').textContent = { live: 'Connected', reconnecting: 'Reconnecting…', connecting: 'Connecting…' }[state.conn] || '';
 
