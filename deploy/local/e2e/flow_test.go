@@ -168,6 +168,7 @@ type sessionView struct {
 	CommitStatus string `json:"commitStatus"`
 	Images       []struct {
 		ID       string `json:"id"`
+		S3URL    string `json:"s3Url"`
 		Source   string `json:"source"`
 		Status   string `json:"status"`
 		Size     int64  `json:"size"`

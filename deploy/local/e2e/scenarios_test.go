@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -65,6 +68,20 @@ func TestHappyPath(t *testing.T) {
 	}
 	if portrait != 1 {
 		t.Errorf("%d portrait photos, want 1 (the 12 MP photo with EXIF orientation 6, turned upright)", portrait)
+	}
+	for _, im := range s.Images { // the bytes the phone sent carry no EXIF (no GPS, no camera serial)
+		res, err := http.Get(im.S3URL)
+		if err != nil {
+			t.Fatalf("GET uploaded photo: %v", err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || len(b) < 3 || b[0] != 0xFF || b[1] != 0xD8 {
+			t.Errorf("uploaded photo %s: %s, %d bytes, not a JPEG", im.ID, res.Status, len(b))
+		}
+		if bytes.Contains(b, []byte("Exif\x00\x00")) {
+			t.Errorf("uploaded photo %s still carries EXIF", im.ID)
+		}
 	}
 
 	for i := 1; i <= 3; i++ {
@@ -203,6 +220,7 @@ func TestDesktopReload(t *testing.T) {
 	r := newRig(t)
 	d := r.openDesktop(panelView, false) // the narrow side panel
 	link := r.startCapture(d)
+	d.shot("qr-in-panel")
 	ph := r.openPhone(link)
 	r.takePhotos(ph, 2, testdata(t, "photo-1920.jpg"), testdata(t, "exif-orientation/Landscape_2.jpg"))
 	waitCards(d, 2, 30*time.Second)
