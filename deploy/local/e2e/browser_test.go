@@ -15,10 +15,12 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/cdproto/fetch"
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/cdproto/target"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 )
 
 // browser is one headless Chromium with a fresh profile, for one test.
@@ -235,6 +237,30 @@ func (p *page) click(sel string) {
 		chromedp.WaitVisible(sel, chromedp.ByQuery),
 		chromedp.Evaluate(fmt.Sprintf(`document.querySelector(%q).scrollIntoView({block: 'center'})`, sel), nil),
 		chromedp.Click(sel, chromedp.ByQuery, chromedp.NodeVisible))
+}
+
+// dropFiles drags files from the desktop onto the element, as a person
+// dropping photos from a file manager does.
+func (p *page) dropFiles(sel string, paths ...string) {
+	p.t.Helper()
+	var box struct{ X, Y float64 }
+	p.eval(fmt.Sprintf(`(() => { const e = document.querySelector(%q); e.scrollIntoView({block: 'center'});
+		const r = e.getBoundingClientRect(); return {X: r.x + r.width / 2, Y: r.y + r.height / 2}; })()`, sel), &box)
+	data := &input.DragData{Items: []*input.DragDataItem{}, Files: paths, DragOperationsMask: 1}
+	p.run("drop files",
+		input.DispatchDragEvent(input.DragEnter, box.X, box.Y, data),
+		input.DispatchDragEvent(input.DragOver, box.X, box.Y, data),
+		input.DispatchDragEvent(input.Drop, box.X, box.Y, data))
+}
+
+// typeInto focuses the element, types text as keystrokes and tabs away.
+func (p *page) typeInto(sel, text string) {
+	p.t.Helper()
+	p.run("type into "+sel,
+		chromedp.Evaluate(fmt.Sprintf(`document.querySelector(%q).scrollIntoView({block: 'center'})`, sel), nil),
+		chromedp.Focus(sel, chromedp.ByQuery),
+		chromedp.SendKeys(sel, text, chromedp.ByQuery),
+		chromedp.KeyEvent(kb.Tab))
 }
 
 // files hands files to a file input, as picking them in the camera or file

@@ -107,13 +107,13 @@ func waitCards(d *page, n int, d2 time.Duration) {
 	})()`, n))
 }
 
-// setBodySite types a body site into the n-th card's picker (1-based) and
-// waits until it is saved.
-func setBodySite(d *page, n int, label string) {
+// setBodySite types a body site (its code, or its name and code as the
+// picker lists it) into the n-th card's picker (1-based) from the keyboard,
+// tabs away, and waits until it is saved.
+func setBodySite(d *page, n int, text string) {
 	d.t.Helper()
 	sel := fmt.Sprintf(`[data-test=image-card]:nth-child(%d) [data-test=body-site]`, n)
-	d.eval(fmt.Sprintf(`(() => { const i = document.querySelector(%q); i.focus(); i.value = %q;
-		i.dispatchEvent(new Event('input', {bubbles: true})); i.dispatchEvent(new Event('change', {bubbles: true})); i.blur(); return true; })()`, sel, label), new(bool))
+	d.typeInto(sel, text)
 	d.waitJS(10*time.Second, "body site saved", fmt.Sprintf(
 		`document.querySelector('[data-test=image-card]:nth-child(%d) [data-test=card-note]').textContent === 'Saved'`, n))
 }

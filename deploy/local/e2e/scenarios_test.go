@@ -426,7 +426,8 @@ func TestPhoneTokenScreens(t *testing.T) {
 
 // The desktop opens on another patient while photos are uncommitted: it says
 // so, and starting a capture for the current patient asks before discarding.
-// Then a photo added on the desktop itself goes through the same pipeline.
+// Then photos added on the desktop itself, picked and dropped, go through the
+// same pipeline.
 func TestOtherPatientAndDesktopUpload(t *testing.T) {
 	r := newRig(t)
 	link := r.api().start(r.patient, r.encounter)
@@ -454,11 +455,15 @@ func TestOtherPatientAndDesktopUpload(t *testing.T) {
 
 	d.files(`[data-test=file]`, testdata(t, "exif-orientation/Landscape_8.jpg"))
 	waitCards(d, 1, 30*time.Second)
-	if src := d.text(`[data-test=source]`); src != "Desktop" {
-		t.Errorf("source %q, want Desktop", src)
+	d.dropFiles(`[data-test=drop]`, testdata(t, "exif-orientation/Landscape_4.jpg"))
+	waitCards(d, 2, 30*time.Second)
+	var sources []string
+	d.eval(`[...document.querySelectorAll('[data-test=source]')].map(e => e.textContent)`, &sources)
+	if strings.Join(sources, ",") != "Desktop,Desktop" {
+		t.Errorf("sources %v, want two from the desktop", sources)
 	}
-	if s := r.api().session(); s.PatientID != other || len(s.Images) != 1 || s.Images[0].Source != "desktop" {
-		t.Errorf("session for %s with %d photos, want %s with the desktop photo", s.PatientID, len(s.Images), other)
+	if s := r.api().session(); s.PatientID != other || len(s.Images) != 2 || s.Images[0].Source != "desktop" || s.Images[1].Source != "desktop" {
+		t.Errorf("session for %s with %d photos, want %s with the two desktop photos", s.PatientID, len(s.Images), other)
 	}
 	d.shot("desktop-upload")
 	d.checkConsole()
