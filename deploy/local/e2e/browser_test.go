@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/cdproto/fetch"
 	"github.com/chromedp/cdproto/input"
+	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/cdproto/target"
@@ -141,6 +142,15 @@ func (b *browser) page(name string, size [2]int64, mobile bool) *page {
 				p.errors = append(p.errors, msg)
 			}
 			p.mu.Unlock()
+		case *cdplog.EventEntryAdded:
+			// Network errors are expected here (a 404 before any session, the
+			// failures the tests inject); anything else the browser reports
+			// as an error (CSP, JavaScript, security) counts.
+			if e.Entry.Level == cdplog.LevelError && e.Entry.Source != cdplog.SourceNetwork {
+				p.mu.Lock()
+				p.errors = append(p.errors, fmt.Sprintf("browser %s: %s (%s)", e.Entry.Source, e.Entry.Text, e.Entry.URL))
+				p.mu.Unlock()
+			}
 		case *fetch.EventRequestPaused:
 			p.mu.Lock()
 			drop := p.fail != nil && p.fail(e.Request.Method, e.Request.URL)
@@ -167,7 +177,7 @@ func (b *browser) page(name string, size [2]int64, mobile bool) *page {
 		}
 	})
 	em := emulation.SetDeviceMetricsOverride(size[0], size[1], 1, mobile)
-	actions := []chromedp.Action{runtime.Enable(), em}
+	actions := []chromedp.Action{runtime.Enable(), cdplog.Enable(), em}
 	if mobile {
 		actions = append(actions, emulation.SetTouchEmulationEnabled(true),
 			emulation.SetUserAgentOverride("Mozilla/5.0 (Linux; Android 14; Pixel 7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Mobile Safari/537.36"))

@@ -8,8 +8,9 @@
 //
 // Every step leaves a PNG of both screens under $CLINIMG_ARTIFACTS (default
 // artifacts/e2e at the repository root), plus the stack's logs; every test
-// fails on a console error, an uncaught exception, or a token or presigned
-// URL written to the console.
+// fails on a console error, an uncaught exception, a browser-reported error
+// other than a network one (CSP, security, JavaScript), or a token or
+// presigned URL written to the console.
 //
 //	cd deploy/local && go test -race ./e2e
 //
