@@ -138,7 +138,6 @@ type Server struct {
 	hooks      Hooks
 	latency    time.Duration
 	caps       fhir.Capabilities
-	seq        int
 
 	srv *http.Server
 	url string

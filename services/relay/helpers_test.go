@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -306,22 +305,6 @@ func (s *stack) storedEvents(t testing.TB) []events.Event {
 		seq = raw.Sequence + 1
 	}
 	return out
-}
-
-func imageIDOf(t testing.TB, ev events.Event) string {
-	var d struct {
-		ImageID string `json:"imageId"`
-		Image   struct {
-			ID string `json:"id"`
-		} `json:"image"`
-	}
-	if err := json.Unmarshal(ev.Data, &d); err != nil {
-		t.Fatal(err)
-	}
-	if d.ImageID != "" {
-		return d.ImageID
-	}
-	return d.Image.ID
 }
 
 func userOf(channel string) string { return strings.TrimPrefix(channel, realtime.ChannelPrefix) }
