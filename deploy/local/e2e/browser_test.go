@@ -285,10 +285,25 @@ var shotSeq struct {
 	n map[string]int
 }
 
-// shot saves a PNG of what the screen shows (the viewport) under the
-// artifacts directory, named after the test, a sequence number, the tab and
-// the step.
+// nextShot numbers a test's screenshots in order.
+func nextShot(t *testing.T) int {
+	shotSeq.Lock()
+	defer shotSeq.Unlock()
+	if shotSeq.n == nil {
+		shotSeq.n = map[string]int{}
+	}
+	shotSeq.n[t.Name()]++
+	return shotSeq.n[t.Name()]
+}
+
+// shot saves a PNG of what this screen shows (the viewport) under the
+// artifacts directory: <test>/<nn>-<step>-<screen>.png.
 func (p *page) shot(step string) string {
+	p.t.Helper()
+	return p.shotAs(nextShot(p.t), step)
+}
+
+func (p *page) shotAs(n int, step string) string {
 	p.t.Helper()
 	var buf []byte
 	ctx, cancel := context.WithTimeout(p.ctx, 15*time.Second)
@@ -297,18 +312,11 @@ func (p *page) shot(step string) string {
 		p.t.Logf("%s: screenshot %s: %v", p.name, step, err)
 		return ""
 	}
-	shotSeq.Lock()
-	if shotSeq.n == nil {
-		shotSeq.n = map[string]int{}
-	}
-	shotSeq.n[p.t.Name()]++
-	n := shotSeq.n[p.t.Name()]
-	shotSeq.Unlock()
 	dir := filepath.Join(artifactsDir(), slug(p.t.Name()))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		p.t.Fatal(err)
 	}
-	path := filepath.Join(dir, fmt.Sprintf("%02d-%s-%s.png", n, p.name, slug(step)))
+	path := filepath.Join(dir, fmt.Sprintf("%02d-%s-%s.png", n, slug(step), p.name))
 	if err := os.WriteFile(path, buf, 0o644); err != nil {
 		p.t.Fatal(err)
 	}

@@ -23,6 +23,24 @@ type rig struct {
 	user      string
 	patient   string
 	encounter string
+	pages     []*page // every screen open, for r.shot
+}
+
+// page opens a screen and remembers it for r.shot.
+func (r *rig) page(name string, size [2]int64, mobile bool) *page {
+	p := r.b.page(name, size, mobile)
+	r.pages = append(r.pages, p)
+	return p
+}
+
+// shot saves a screenshot of every open screen for this step, under one
+// step number.
+func (r *rig) shot(step string) {
+	r.t.Helper()
+	n := nextShot(r.t)
+	for _, p := range r.pages {
+		p.shotAs(n, step)
+	}
 }
 
 func newRig(t *testing.T) *rig {
@@ -46,7 +64,7 @@ func (r *rig) desktopURL(withToken bool) string {
 // openDesktop opens the widget and waits until it knows whether a session exists.
 func (r *rig) openDesktop(size [2]int64, withToken bool) *page {
 	r.t.Helper()
-	d := r.b.page("desktop", size, false)
+	d := r.page("desktop", size, false)
 	d.navigate(r.desktopURL(withToken))
 	d.waitJS(15*time.Second, "widget ready",
 		`!document.getElementById('start').hidden || !document.getElementById('capture').hidden`)
@@ -72,7 +90,7 @@ func (r *rig) openPhone(link string) *page {
 	if !strings.HasPrefix(link, r.env.URL+"/mobile?token=") {
 		r.t.Fatalf("QR link %q does not open this stack's phone page (%s)", link, r.env.URL)
 	}
-	ph := r.b.page("phone", phoneView, true)
+	ph := r.page("phone", phoneView, true)
 	ph.navigate(link)
 	ph.waitJS(15*time.Second, "capture screen with the session", `!document.getElementById('capture').hidden && document.querySelector('[data-test=count]').textContent.includes('in this session')`)
 	var loc string

@@ -33,26 +33,26 @@ func TestHappyPath(t *testing.T) {
 	if strings.Contains(loc, "token=") {
 		t.Errorf("desktop URL still holds its token: %s", loc)
 	}
-	d.shot("start")
+	r.shot("start")
 	link := r.startCapture(d)
 	d.waitJS(10*time.Second, "live", `document.getElementById('conn').dataset.state === 'live'`)
-	d.shot("qr")
+	r.shot("qr")
 
 	ph := r.openPhone(link)
-	ph.shot("paired")
+	r.shot("paired")
 	if who := ph.text(`[data-test=who]`); !strings.Contains(who, r.patient) {
 		t.Errorf("phone shows %q, want the patient %s", who, r.patient)
 	}
 	d.waitJS(10*time.Second, "phone state", `document.querySelector('[data-test=paired-state]').textContent.includes('Phone connected')`)
-	d.shot("phone-connected")
+	r.shot("phone-connected")
 
 	r.takePhotos(ph, 3,
 		testdata(t, "photo-1920.jpg"),
 		testdata(t, "photo-12mp-orient6.jpg"),
 		testdata(t, "exif-orientation/Landscape_6.jpg"))
-	ph.shot("three-sent")
+	r.shot("three-sent")
 	waitCards(d, 3, 30*time.Second)
-	d.shot("three-previews")
+	r.shot("three-previews")
 
 	// What the phone sent: JPEG under 1 MB, longest side at most 1920, the
 	// 12 MP portrait photo upright (EXIF orientation applied before upload).
@@ -90,10 +90,10 @@ func TestHappyPath(t *testing.T) {
 	d.run("laterality", chromedp.SetValue(`[data-test=image-card]:nth-child(1) [data-test=laterality]`, "left", chromedp.ByQuery),
 		chromedp.Evaluate(`document.querySelector('[data-test=image-card]:nth-child(1) [data-test=laterality]').dispatchEvent(new Event('change'))`, nil))
 	d.waitJS(10*time.Second, "laterality saved", `document.querySelector('[data-test=image-card]:nth-child(1) [data-test=card-note]').textContent === 'Saved'`)
-	d.shot("coded")
+	r.shot("coded")
 	ph.waitJS(15*time.Second, "coding on the phone",
 		`[...document.querySelectorAll('[data-test=coding]')].filter(e => /upper arm/i.test(e.textContent)).length === 3`)
-	ph.shot("coding-shown")
+	r.shot("coding-shown")
 
 	// Commit from the keyboard: focus the button, Enter, Enter on the dialog.
 	d.run("commit by keyboard", chromedp.Focus(`[data-test=commit]`, chromedp.ByQuery), chromedp.KeyEvent(kb.Enter))
@@ -101,15 +101,15 @@ func TestHappyPath(t *testing.T) {
 	if body := d.text(`dialog[open]`); !strings.Contains(body, r.patient) || !strings.Contains(body, "3 photos") {
 		t.Errorf("confirm dialog says %q, want the patient and the count", body)
 	}
-	d.shot("confirm")
+	r.shot("confirm")
 	d.run("confirm by keyboard", chromedp.KeyEvent(kb.Enter))
 	d.waitJS(60*time.Second, "committed", `document.getElementById('commitbar').dataset.phase === 'done'`)
 	if note := d.text(`[data-test=commit-note]`); !strings.Contains(note, "3 images committed successfully") {
 		t.Errorf("desktop outcome %q", note)
 	}
-	d.shot("committed")
+	r.shot("desktop-committed")
 	ph.waitJS(15*time.Second, "phone outcome", `!document.getElementById('outcome').hidden && document.getElementById('outcome-icon').classList.contains('ok')`)
-	ph.shot("committed")
+	r.shot("phone-committed")
 
 	ids := []string{}
 	for _, im := range s.Images {
@@ -140,22 +140,22 @@ func TestPhoneCommits(t *testing.T) {
 	r.takePhotos(ph, 2, testdata(t, "photo-1920.jpg"), testdata(t, "exif-orientation/Landscape_1.jpg"))
 	waitCards(d, 2, 30*time.Second)
 	ph.waitJS(30*time.Second, "commit enabled", `!document.querySelector('[data-test=commit]').disabled`)
-	ph.shot("ready-to-commit")
+	r.shot("ready-to-commit")
 	ph.click(`[data-test=commit]`)
 	ph.waitJS(5*time.Second, "confirm", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Commit photos?'`)
-	ph.shot("confirm")
+	r.shot("confirm")
 	ph.click(`[data-test=confirm-ok]`)
 	ph.waitJS(60*time.Second, "phone outcome", `document.getElementById('outcome-icon').classList.contains('ok')`)
 	if got := ph.text(`[data-test=outcome-title]`); !strings.Contains(got, "2 images committed") {
 		t.Errorf("phone outcome %q", got)
 	}
-	ph.shot("committed")
+	r.shot("phone-committed")
 	d.waitJS(15*time.Second, "desktop outcome", `document.getElementById('commitbar').dataset.phase === 'done'`)
 	if note := d.text(`[data-test=commit-note]`); !strings.Contains(note, "2 images committed") {
 		t.Errorf("desktop outcome %q", note)
 	}
 	d.waitJS(10*time.Second, "cards committed", `[...document.querySelectorAll('[data-test=status]')].every(s => s.textContent === 'Committed')`)
-	d.shot("committed")
+	r.shot("desktop-committed")
 	var ids []string
 	for _, im := range r.api().session().Images {
 		ids = append(ids, im.ID)
@@ -173,13 +173,13 @@ func TestDesktopOpenedLate(t *testing.T) {
 	link := r.api().start(r.patient, r.encounter)
 	ph := r.openPhone(link)
 	r.takePhotos(ph, 3, testdata(t, "photo-1920.jpg"), testdata(t, "exif-orientation/Landscape_3.jpg"), testdata(t, "exif-orientation/Landscape_8.jpg"))
-	ph.shot("three-sent")
+	r.shot("three-sent")
 	d := r.openDesktop(desktopView, false)
 	waitCards(d, 3, 30*time.Second)
 	if st := d.text(`[data-test=paired-state]`); !strings.Contains(st, "Phone connected") {
 		t.Errorf("desktop phone state %q, want connected", st)
 	}
-	d.shot("all-three")
+	r.shot("all-three")
 	d.checkConsole()
 	ph.checkConsole()
 }
@@ -198,10 +198,10 @@ func TestRealtimeCut(t *testing.T) {
 	r.env.SSE.Cut() // every open stream breaks; reopening fails until Restore
 	defer r.env.SSE.Restore()
 	d.waitJS(10*time.Second, "reconnecting shown", `document.getElementById('conn').dataset.state === 'reconnecting'`)
-	d.shot("reconnecting")
+	r.shot("reconnecting")
 	r.takePhotos(ph, 2, testdata(t, "exif-orientation/Landscape_5.jpg"))
 	waitCards(d, 2, 15*time.Second) // caught up by polling while the stream is still down
-	d.shot("caught-up-while-cut")
+	r.shot("caught-up-while-cut")
 
 	if r.env.SSE.Refused() == 0 {
 		t.Error("the page did not try to reopen its stream while it was cut")
@@ -210,7 +210,7 @@ func TestRealtimeCut(t *testing.T) {
 	d.waitJS(30*time.Second, "live again", `document.getElementById('conn').dataset.state === 'live'`)
 	r.takePhotos(ph, 3, testdata(t, "exif-orientation/Landscape_7.jpg"))
 	waitCards(d, 3, 15*time.Second)
-	d.shot("live-again")
+	r.shot("live-again")
 	d.checkConsole()
 	ph.checkConsole()
 }
@@ -220,7 +220,7 @@ func TestDesktopReload(t *testing.T) {
 	r := newRig(t)
 	d := r.openDesktop(panelView, false) // the narrow side panel
 	link := r.startCapture(d)
-	d.shot("qr-in-panel")
+	r.shot("qr-in-panel")
 	ph := r.openPhone(link)
 	r.takePhotos(ph, 2, testdata(t, "photo-1920.jpg"), testdata(t, "exif-orientation/Landscape_2.jpg"))
 	waitCards(d, 2, 30*time.Second)
@@ -228,7 +228,7 @@ func TestDesktopReload(t *testing.T) {
 	d.eval(`(() => { const n = document.querySelector('[data-test=image-card]:nth-child(2) [data-test=notes]');
 		n.focus(); n.value = 'raised lesion, 4 mm'; n.dispatchEvent(new Event('input')); n.blur(); return true; })()`, new(bool))
 	d.waitJS(10*time.Second, "notes saved", `document.querySelector('[data-test=image-card]:nth-child(2) [data-test=card-note]').textContent === 'Saved'`)
-	d.shot("before-reload")
+	r.shot("before-reload")
 
 	d.run("reload", chromedp.Reload())
 	waitCards(d, 2, 20*time.Second)
@@ -239,7 +239,7 @@ func TestDesktopReload(t *testing.T) {
 		t.Errorf("after reload: body site %q, notes %q", site, notes)
 	}
 	d.waitJS(10*time.Second, "phone state", `document.querySelector('[data-test=paired-state]').textContent.includes('Phone connected')`)
-	d.shot("after-reload")
+	r.shot("after-reload")
 
 	// Deleting a photo asks first, and the phone sees it gone.
 	d.click(`[data-test=image-card]:nth-child(2) [data-test=delete]`)
@@ -247,8 +247,7 @@ func TestDesktopReload(t *testing.T) {
 	d.click(`[data-test=confirm-ok]`)
 	d.waitJS(10*time.Second, "one card left", `document.querySelectorAll('[data-test=image-card]').length === 1`)
 	ph.waitJS(15*time.Second, "phone shows one photo", `document.querySelectorAll('[data-test=server-row]').length === 1`)
-	d.shot("deleted")
-	ph.shot("deleted")
+	r.shot("deleted")
 	d.checkConsole()
 	ph.checkConsole()
 }
@@ -269,9 +268,9 @@ func TestUploadRetry(t *testing.T) {
 	})
 	ph.files(`[data-test=file]`, testdata(t, "photo-1920.jpg"))
 	ph.waitJS(10*time.Second, "retrying shown", `!!document.querySelector('[data-test=upload-row][data-state=retrying]')`)
-	ph.shot("retrying")
+	r.shot("retrying")
 	r.takePhotos(ph, 1)
-	ph.shot("sent-after-retry")
+	r.shot("sent-after-retry")
 	waitCards(d, 1, 30*time.Second)
 	if n := len(r.api().session().Images); n != 1 || puts.Load() != 2 {
 		t.Errorf("%d photos after %d PUTs, want 1 photo after 2 PUTs", n, puts.Load())
@@ -282,7 +281,7 @@ func TestUploadRetry(t *testing.T) {
 	ph.waitJS(10*time.Second, "retrying", `!!document.querySelector('[data-test=upload-row][data-state=retrying]')`)
 	ph.run("reload", chromedp.Reload())
 	ph.waitJS(10*time.Second, "resumed after reload", `!!document.querySelector('[data-test=upload-row]')`)
-	ph.shot("waiting-after-reload")
+	r.shot("waiting-after-reload")
 	ph.interceptFail(func(string, string) bool { return false })
 	ph.waitJS(30*time.Second, "resumed upload confirmed",
 		`document.querySelectorAll('[data-test=server-row]').length === 2 && !document.querySelector('[data-test=upload-row]')`)
@@ -293,8 +292,8 @@ func TestUploadRetry(t *testing.T) {
 		t.Errorf("%d photos left in the phone's storage after the server confirmed them", left)
 	}
 	waitCards(d, 2, 30*time.Second)
-	ph.shot("resumed")
-	d.shot("two-photos")
+	r.shot("resumed")
+	r.shot("two-photos")
 
 	// The network stays down through every automatic retry: the phone gives
 	// up, says so, and a tap sends the photo once the network is back.
@@ -304,12 +303,12 @@ func TestUploadRetry(t *testing.T) {
 	if msg := ph.text(`[data-test=upload-row][data-state=failed]`); !strings.Contains(msg, "Upload failed. Tap to retry.") {
 		t.Errorf("failed row says %q", msg)
 	}
-	ph.shot("gave-up")
+	r.shot("gave-up")
 	ph.interceptFail(func(string, string) bool { return false })
 	ph.click(`[data-test=retry]`)
 	r.takePhotos(ph, 3)
 	waitCards(d, 3, 30*time.Second)
-	ph.shot("sent-after-tap")
+	r.shot("sent-after-tap")
 	d.checkConsole()
 	ph.checkConsole()
 }
@@ -326,15 +325,15 @@ func TestFiftyPhotoLimit(t *testing.T) {
 	if w := d.text(`[data-test=limit]`); w != "You have 49 images. Consider committing this batch." {
 		t.Errorf("desktop warning at 49: %q", w)
 	}
-	d.shot("warning-49")
+	r.shot("desktop-warning-49")
 	ph := r.openPhone(link)
-	ph.shot("warning-49")
+	r.shot("phone-warning-49")
 	r.takePhotos(ph, 50, testdata(t, "photo-1920.jpg"))
 	const full = "Maximum 50 images reached. Please commit before adding more."
 	ph.waitJS(10*time.Second, "phone limit", fmt.Sprintf(`document.querySelector('[data-test=limit]').textContent === %q && document.querySelector('[data-test=file]').disabled`, full))
-	ph.shot("limit")
+	r.shot("phone-limit")
 	d.waitJS(15*time.Second, "desktop limit", fmt.Sprintf(`document.querySelector('[data-test=limit]').textContent === %q && document.querySelector('[data-test=file]').disabled`, full))
-	d.shot("limit")
+	r.shot("desktop-limit")
 
 	var refused struct {
 		Code string `json:"code"`
@@ -377,8 +376,7 @@ func TestCommitFailureAndRetry(t *testing.T) {
 	if btn := d.text(`[data-test=commit]`); btn != "Retry commit" {
 		t.Errorf("commit button %q, want Retry commit", btn)
 	}
-	d.shot("failed")
-	ph.shot("failed")
+	r.shot("failed")
 	if n := len(r.env.MediaFor(s.Images[1].ID)); n != 0 {
 		t.Errorf("%d Media in ALEX for the refused photo, want 0", n)
 	}
@@ -386,7 +384,7 @@ func TestCommitFailureAndRetry(t *testing.T) {
 	d.click(`[data-test=commit]`)
 	d.click(`[data-test=confirm-ok]`)
 	d.waitJS(60*time.Second, "committed on retry", `document.getElementById('commitbar').dataset.phase === 'done'`)
-	d.shot("committed-on-retry")
+	r.shot("committed-on-retry")
 	ph.waitJS(15*time.Second, "phone outcome", `document.getElementById('outcome-icon').classList.contains('ok')`)
 	for i, im := range s.Images {
 		if n := len(r.env.MediaFor(im.ID)); n == 0 {
@@ -402,22 +400,22 @@ func TestPhoneTokenScreens(t *testing.T) {
 	r := newRig(t)
 	link := r.api().start(r.patient, r.encounter)
 	first := r.openPhone(link)
-	again := r.b.page("phone-again", phoneView, true)
+	again := r.page("phone-again", phoneView, true)
 	again.navigate(link)
 	again.waitJS(10*time.Second, "used screen", `!document.getElementById('gone').hidden`)
 	if got := again.text(`#gone-title`); got != "This QR code was already used" {
 		t.Errorf("second scan shows %q", got)
 	}
-	again.shot("already-used")
+	r.shot("already-used")
 	again.navigate(r.env.URL + "/mobile?token=made-up-token")
 	again.waitJS(10*time.Second, "expired screen", `!document.getElementById('gone').hidden`)
 	if got := again.text(`#gone-title`); got != "This QR code has expired" {
 		t.Errorf("unknown token shows %q", got)
 	}
-	again.shot("expired")
+	r.shot("expired")
 	again.navigate(r.env.URL + "/mobile")
 	again.waitJS(10*time.Second, "no token screen", `!document.getElementById('gone').hidden`)
-	again.shot("no-token")
+	r.shot("no-token")
 	first.run("reload", chromedp.Reload())
 	first.waitJS(10*time.Second, "still capturing after reload", `!document.getElementById('capture').hidden`)
 	first.checkConsole()
@@ -435,23 +433,23 @@ func TestOtherPatientAndDesktopUpload(t *testing.T) {
 	r.takePhotos(ph, 1, testdata(t, "photo-1920.jpg"))
 
 	other := r.patient + "b"
-	d := r.b.page("desktop", desktopView, false)
+	d := r.page("desktop", desktopView, false)
 	d.navigate(fmt.Sprintf("%s/?userId=%s&patientId=%s&encounterId=%s", r.env.URL, r.user, other, r.encounter))
 	d.waitJS(15*time.Second, "mismatch warning", `!document.querySelector('[data-test=mismatch]').hidden`)
 	if w := d.text(`[data-test=mismatch]`); !strings.Contains(w, r.patient) || !strings.Contains(w, other) {
 		t.Errorf("warning %q does not name both patients", w)
 	}
-	d.shot("other-patient")
+	r.shot("other-patient")
 	d.click(`#mismatch-btn`)
 	d.waitJS(10*time.Second, "discard dialog", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Discard uncommitted photos?'`)
 	if body := d.text(`dialog[open]`); !strings.Contains(body, "1 photo") {
 		t.Errorf("discard dialog %q, want the count", body)
 	}
-	d.shot("discard-confirm")
+	r.shot("discard-confirm")
 	d.click(`[data-test=confirm-ok]`)
 	d.waitJS(15*time.Second, "new session", fmt.Sprintf(`document.querySelector('[data-test=patient]').textContent.includes(%q) && document.querySelectorAll('[data-test=image-card]').length === 0 && !document.getElementById('qr').hidden`, other))
 	ph.waitJS(15*time.Second, "old phone told", `!document.getElementById('gone').hidden`)
-	ph.shot("session-ended")
+	r.shot("session-ended")
 
 	d.files(`[data-test=file]`, testdata(t, "exif-orientation/Landscape_8.jpg"))
 	waitCards(d, 1, 30*time.Second)
@@ -465,7 +463,7 @@ func TestOtherPatientAndDesktopUpload(t *testing.T) {
 	if s := r.api().session(); s.PatientID != other || len(s.Images) != 2 || s.Images[0].Source != "desktop" || s.Images[1].Source != "desktop" {
 		t.Errorf("session for %s with %d photos, want %s with the two desktop photos", s.PatientID, len(s.Images), other)
 	}
-	d.shot("desktop-upload")
+	r.shot("desktop-upload")
 	d.checkConsole()
 	ph.checkConsole()
 }
@@ -499,7 +497,7 @@ func TestRealtimeTokenRenewal(t *testing.T) {
 			break
 		}
 	}
-	d.shot("after-renewals")
+	r.shot("after-renewals")
 	d.checkConsole()
 	ph.checkConsole()
 }
