@@ -84,33 +84,45 @@ type NATS struct {
 // StartNATS starts a JetStream server that lives as long as t.
 func StartNATS(t testing.TB) *NATS {
 	t.Helper()
+	dir := t.TempDir()
+	n, err := NewNATS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	return n
+}
+
+// NewNATS starts a JetStream server storing its data under dir, for code
+// with no testing.TB (a TestMain); the caller calls Close.
+func NewNATS(dir string) (*NATS, error) {
 	bin, err := natsServerBinary()
 	if err != nil {
-		t.Fatalf("nats-server: %v", err)
+		return nil, fmt.Errorf("nats-server: %w", err)
 	}
-	dir := t.TempDir()
 	n := &NATS{dir: dir}
 	for attempt := 0; ; attempt++ {
 		port, err := freePort()
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		n.URL = fmt.Sprintf("nats://127.0.0.1:%d", port)
 		n.conf = filepath.Join(dir, "nats.conf")
 		conf := fmt.Sprintf("listen: 127.0.0.1:%d\njetstream {\n  store_dir: %q\n  sync_interval: always\n}\n", port, filepath.Join(dir, "js"))
 		if err := os.WriteFile(n.conf, []byte(conf), 0o600); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		if err = n.start(bin); err == nil {
-			break
+			return n, nil
 		}
 		if attempt == 3 {
-			t.Fatalf("nats-server: %v", err)
+			return nil, fmt.Errorf("nats-server: %w", err)
 		}
 	}
-	t.Cleanup(n.stop)
-	return n
 }
+
+// Close stops the server.
+func (n *NATS) Close() { n.stop() }
 
 func (n *NATS) start(bin string) error {
 	n.cmd = exec.Command(bin, "-c", n.conf)

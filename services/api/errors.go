@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"net/http"
 
@@ -46,6 +47,12 @@ func (s *Server) respondErr(c *gin.Context, err error) {
 		ae = &apiError{status: http.StatusConflict, code: "rejected_images", msg: rej.Error(), extra: gin.H{"count": rej.N}}
 	default:
 		ae = domainErr(err)
+	}
+	if ae == nil && errors.Is(err, context.Canceled) && c.Request.Context().Err() != nil {
+		// The client went away mid-request: nothing to answer, nothing wrong.
+		s.log.DebugContext(c.Request.Context(), "api.client_gone", "route", c.FullPath())
+		c.AbortWithStatus(499)
+		return
 	}
 	if ae == nil {
 		s.log.ErrorContext(c.Request.Context(), "api.internal_error", "route", c.FullPath(), "err", err)

@@ -389,14 +389,6 @@ func findUp(t *testing.T, rel string) string {
 	}
 }
 
-// nodes counts elements matching sel.
-func (p *page) count(sel string) int {
-	p.t.Helper()
-	var n int
-	p.eval(fmt.Sprintf(`document.querySelectorAll(%q).length`, sel), &n)
-	return n
-}
-
 // interceptFail makes this tab's network fail every request rule picks (as
 // a dropped connection), until called again; nil lets everything through.
 func (p *page) interceptFail(rule func(method, url string) bool) {
@@ -408,17 +400,4 @@ func (p *page) interceptFail(rule func(method, url string) bool) {
 	if first {
 		p.run("intercept", fetch.Enable().WithPatterns([]*fetch.RequestPattern{{URLPattern: "*"}}))
 	}
-}
-
-// failedRequests is how many requests interceptFail failed.
-func (p *page) failedRequests() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.failed
-}
-
-// offline cuts (or restores) this tab's network, breaking open streams.
-func (p *page) offline(off bool) {
-	p.t.Helper()
-	p.run("network conditions", network.Enable(), network.EmulateNetworkConditions(off, 0, -1, -1))
 }

@@ -14,14 +14,17 @@ import (
 
 	"github.com/clinicalimages/clinimg/deploy/local"
 	"github.com/clinicalimages/clinimg/pkg/alexsim"
+	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
 // env is the running system as the tests see it. Browsers reach the
 // relay's SSE through SSE, a proxy the tests can cut.
 type env struct {
 	*local.Stack
-	SSE *cutProxy
-	log *os.File
+	SSE     *cutProxy
+	log     *os.File
+	nats    *testenv.NATS
+	natsDir string
 }
 
 // MediaFor lists the live Media in the ALEX simulator for these photos (the
@@ -97,17 +100,34 @@ func startStack(name string, settings map[string]string) (*env, error) {
 	for k, v := range settings {
 		envs[k] = v
 	}
+	// A nats-server process of the stack's own: embedded in this race-
+	// instrumented test binary, the server's own data race would fail us.
+	ndir, err := os.MkdirTemp("", "clinimg-e2e-nats-*")
+	if err != nil {
+		f.Close()
+		proxy.Close()
+		return nil, err
+	}
+	ns, err := testenv.NewNATS(ndir)
+	if err != nil {
+		f.Close()
+		proxy.Close()
+		return nil, err
+	}
 	st, err := local.Start(context.Background(), local.Options{
 		APIPort: port,
+		NATSURL: ns.URL,
 		Logger:  slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Env:     envs,
 	})
 	if err != nil {
 		f.Close()
 		proxy.Close()
+		ns.Close()
+		os.RemoveAll(ndir)
 		return nil, fmt.Errorf("start the local stack: %w", err)
 	}
-	e := &env{Stack: st, SSE: proxy, log: f}
+	e := &env{Stack: st, SSE: proxy, log: f, nats: ns, natsDir: ndir}
 	relay, err := url.Parse(st.RelayURL)
 	if err != nil {
 		e.close()
@@ -120,6 +140,8 @@ func startStack(name string, settings map[string]string) (*env, error) {
 func (e *env) close() error {
 	e.SSE.Close()
 	err := e.Stack.Close()
+	e.nats.Close()
+	os.RemoveAll(e.natsDir)
 	e.log.Close()
 	return err
 }

@@ -13,7 +13,7 @@
 // or with Gin: r.GET("/", gin.WrapH(h)); r.GET("/mobile", gin.WrapH(h));
 // r.GET("/static/*path", gin.WrapH(h)).
 //
-// The pages talk only to the HTTP API of /work/notes/api-contract.md, on the
+// The pages talk only to the HTTP API (described at /openapi.json), on the
 // same origin, plus the presigned S3 URLs and the realtime SSE URL the API
 // hands out.
 package web
