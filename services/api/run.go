@@ -3,16 +3,12 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"strconv"
 	"sync"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/ops"
@@ -32,27 +28,12 @@ func Run(ctx context.Context, cfg Config) error {
 		reg = ops.Registry()
 	}
 
-	rdb, err := ops.Redis(ctx, cfg.Common.RedisURL)
+	conns, err := ops.Connect(ctx, cfg.Common, "api", log)
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
-	nc, err := ops.NATS(cfg.Common.NATSURL, "clinimg-api", log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	if _, err := events.Ensure(ctx, js, cfg.Common.Names, cfg.Common.Replicas); err != nil {
-		return err
-	}
-	objects, err := blob.Open(ctx, cfg.Common.S3)
-	if err != nil {
-		return err
-	}
+	defer conns.Close()
+	rdb, nc, objects := conns.Redis, conns.NATS, conns.Blob
 
 	var verifier *jwtauth.Verifier
 	var jwksCheck ops.Check
@@ -73,11 +54,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer waiter.Close()
 
-	checks := map[string]ops.Check{
-		"redis": func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
-		"nats":  natsCheck(nc),
-		"s3":    objects.Ping,
-	}
+	checks := conns.Checks()
 	if jwksCheck != nil {
 		checks["jwks"] = jwksCheck
 	}
@@ -92,7 +69,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return float64(n)
 	}))
 
-	pub := outbox.New(rdb, js, store.Keys.Outbox(), consumerName("api"), log)
+	pub := outbox.New(rdb, conns.JS, store.Keys.Outbox(), conns.Name, log)
 	pub.OnPublished = func(t events.Type, dup bool) {
 		srv.metrics.published.WithLabelValues("api", string(t), strconv.FormatBool(dup)).Inc()
 	}
@@ -130,21 +107,10 @@ func Run(ctx context.Context, cfg Config) error {
 	httpWG.Wait()
 	stopPub()
 	wg.Wait()
-	if err := nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		log.Warn("api.nats_drain", "err", err)
-	}
+	conns.Drain()
 	log.Info("api.stopped")
 	close(errc)
 	return errors.Join(collect(errc)...)
-}
-
-func natsCheck(nc *nats.Conn) ops.Check {
-	return func(context.Context) error {
-		if !nc.IsConnected() {
-			return errors.New("nats not connected")
-		}
-		return nil
-	}
 }
 
 func collect(errc <-chan error) []error {
@@ -153,10 +119,4 @@ func collect(errc <-chan error) []error {
 		out = append(out, err)
 	}
 	return out
-}
-
-// consumerName names this process in the outbox's consumer group.
-func consumerName(service string) string {
-	host, _ := os.Hostname()
-	return service + "-" + host + "-" + strconv.Itoa(os.Getpid())
 }

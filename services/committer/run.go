@@ -2,16 +2,11 @@ package committer
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/consume"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/fhir"
@@ -51,30 +46,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	m := newMetrics(reg)
 
-	rdb, err := ops.Redis(ctx, cfg.Common.RedisURL)
+	conns, err := ops.Connect(ctx, cfg.Common, "committer", log)
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
-	host, _ := os.Hostname()
-	name := "committer-" + host + "-" + strconv.Itoa(os.Getpid())
-	nc, err := ops.NATS(cfg.Common.NATSURL, name, log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	if _, err := events.Ensure(ctx, js, cfg.Common.Names, cfg.Common.Replicas); err != nil {
-		return err
-	}
+	defer conns.Close()
+	rdb, nc, js, photos, name := conns.Redis, conns.NATS, conns.JS, conns.Blob, conns.Name
 	cons, err := events.EnsureConsumer(ctx, js, cfg.Common.Names, events.ConsumerCommitter)
-	if err != nil {
-		return err
-	}
-	photos, err := blob.Open(ctx, cfg.Common.S3)
 	if err != nil {
 		return err
 	}
@@ -89,16 +67,7 @@ func Run(ctx context.Context, cfg Config) error {
 	w := &worker{cfg: cfg, store: store, rdb: rdb, photos: photos, alex: alex, js: js, nc: nc,
 		names: cfg.Common.Names, log: log, m: m}
 
-	checks := map[string]ops.Check{
-		"redis": func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
-		"nats": func(context.Context) error {
-			if !nc.IsConnected() {
-				return errors.New("nats not connected")
-			}
-			return nil
-		},
-		"s3": photos.Ping,
-	}
+	checks := conns.Checks()
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
@@ -141,7 +110,7 @@ func Run(ctx context.Context, cfg Config) error {
 	cancel()
 	stopPub()
 	wg.Wait()
-	_ = nc.Drain()
+	conns.Drain()
 	log.Info("committer.stop")
 	if cerr != nil {
 		return cerr

@@ -3,17 +3,13 @@ package thumbnailer
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/consume"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/ops"
@@ -44,30 +40,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("start libvips: %w", err)
 	}
 
-	rdb, err := ops.Redis(ctx, cfg.Common.RedisURL)
+	conns, err := ops.Connect(ctx, cfg.Common, "thumbnailer", log)
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
-	host, _ := os.Hostname()
-	name := "thumbnailer-" + host + "-" + strconv.Itoa(os.Getpid())
-	nc, err := ops.NATS(cfg.Common.NATSURL, name, log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	if _, err := events.Ensure(ctx, js, cfg.Common.Names, cfg.Common.Replicas); err != nil {
-		return err
-	}
+	defer conns.Close()
+	rdb, nc, js, photos, name := conns.Redis, conns.NATS, conns.JS, conns.Blob, conns.Name
 	cons, err := events.EnsureConsumer(ctx, js, cfg.Common.Names, events.ConsumerThumbnailer)
-	if err != nil {
-		return err
-	}
-	photos, err := blob.Open(ctx, cfg.Common.S3)
 	if err != nil {
 		return err
 	}
@@ -82,16 +61,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Registry: reg,
 	})
 
-	checks := map[string]ops.Check{
-		"redis": func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
-		"nats": func(context.Context) error {
-			if !nc.IsConnected() {
-				return errors.New("nats not connected")
-			}
-			return nil
-		},
-		"s3": photos.Ping,
-	}
+	checks := conns.Checks()
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
@@ -142,7 +112,7 @@ func Run(ctx context.Context, cfg Config) error {
 	stopPub()
 	stop()
 	wg.Wait()
-	_ = nc.Drain()
+	conns.Drain()
 	log.Info("thumbnailer.stop")
 	if cerr != nil {
 		return cerr
