@@ -6,7 +6,6 @@ import (
 	"sync"
 	"time"
 
-
 	"github.com/clinicalimages/clinimg/pkg/consume"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/fhir"
