@@ -7,14 +7,18 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/config"
 	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/outbox"
 )
 
 // Conns are the connections a service that changes sessions opens: Redis,
@@ -85,5 +89,86 @@ func (cs *Conns) Close() {
 	}
 	if cs.Redis != nil {
 		cs.Redis.Close()
+	}
+}
+
+// Worker describes a service whose work is consuming events and whose
+// session changes reach JetStream through the outbox.
+type Worker struct {
+	Service  string
+	OpsAddr  string
+	Registry *prometheus.Registry
+	Checks   map[string]Check
+	// Outbox is the session store's outbox stream key.
+	Outbox string
+	// Instrument, if set, observes the outbox publisher.
+	Instrument func(*outbox.Publisher)
+	Logger     *slog.Logger
+	// Work runs until ctx is done (or fails).
+	Work func(ctx context.Context) error
+}
+
+// Run runs w: the ops endpoints and an outbox publisher beside w.Work. When
+// the work stops it shuts down in order: give the publisher up to 2 s to
+// move the last events (the outbox is shared, so it may never be empty),
+// stop it, stop the ops server, drain NATS.
+func (cs *Conns) Run(ctx context.Context, w Worker) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopPub()
+	errc := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := Serve(ctx, w.OpsAddr, Handler(w.Registry, w.Checks), nil); err != nil {
+			errc <- err
+			stop()
+		}
+	}()
+	pub := outbox.New(cs.Redis, cs.JS, w.Outbox, cs.Name, w.Logger)
+	if w.Instrument != nil {
+		w.Instrument(pub)
+	}
+	go func() {
+		defer wg.Done()
+		if err := pub.Run(pubCtx); err != nil {
+			errc <- err
+		}
+	}()
+
+	werr := w.Work(ctx)
+
+	flush, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	for {
+		n, err := outbox.Depth(flush, cs.Redis, w.Outbox)
+		if err != nil || n == 0 {
+			break
+		}
+		t := time.NewTimer(20 * time.Millisecond)
+		select {
+		case <-flush.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		if flush.Err() != nil {
+			break
+		}
+	}
+	cancel()
+	stopPub()
+	stop()
+	wg.Wait()
+	cs.Drain()
+	w.Logger.Info(w.Service + ".stop")
+	if werr != nil {
+		return werr
+	}
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
 	}
 }

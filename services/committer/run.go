@@ -3,7 +3,6 @@ package committer
 import (
 	"context"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/clinicalimages/clinimg/pkg/consume"
@@ -50,7 +49,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer conns.Close()
-	rdb, nc, js, photos, name := conns.Redis, conns.NATS, conns.JS, conns.Blob, conns.Name
+	rdb, nc, js, photos := conns.Redis, conns.NATS, conns.JS, conns.Blob
 	cons, err := events.EnsureConsumer(ctx, js, cfg.Common.Names, events.ConsumerCommitter)
 	if err != nil {
 		return err
@@ -66,58 +65,20 @@ func Run(ctx context.Context, cfg Config) error {
 	w := &worker{cfg: cfg, store: store, rdb: rdb, photos: photos, alex: alex, js: js, nc: nc,
 		names: cfg.Common.Names, log: log, m: m}
 
-	checks := conns.Checks()
-	ctx, stop := context.WithCancel(ctx)
-	defer stop()
-	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopPub()
-	var wg sync.WaitGroup
-	errc := make(chan error, 3)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := ops.Serve(ctx, cfg.Common.OpsAddr, ops.Handler(reg, checks), nil); err != nil {
-			errc <- err
-			stop()
-		}
-	}()
-	pub := outbox.New(rdb, js, store.Keys.Outbox(), name, log)
-	pub.OnPublished = outbox.Instrument(reg, "committer", rdb, store.Keys.Outbox())
-	go func() {
-		defer wg.Done()
-		if err := pub.Run(pubCtx); err != nil {
-			errc <- err
-		}
-	}()
 	log.Info("committer.start", "parallelism", cfg.Parallelism, "workers", cfg.Workers, "capabilities", cfg.Capabilities.String())
-	cerr := consume.Run(ctx, cons, w.handle, consume.Options{
-		Workers:    cfg.Workers,
-		Logger:     log,
-		DeadLetter: w.deadLetter,
-		OnResult:   consume.Instrument(reg, "committer", cons),
+	return conns.Run(ctx, ops.Worker{
+		Service: "committer", OpsAddr: cfg.Common.OpsAddr, Registry: reg, Checks: conns.Checks(),
+		Outbox: store.Keys.Outbox(), Logger: log,
+		Instrument: func(p *outbox.Publisher) {
+			p.OnPublished = outbox.Instrument(reg, "committer", rdb, store.Keys.Outbox())
+		},
+		Work: func(ctx context.Context) error {
+			return consume.Run(ctx, cons, w.handle, consume.Options{
+				Workers:    cfg.Workers,
+				Logger:     log,
+				DeadLetter: w.deadLetter,
+				OnResult:   consume.Instrument(reg, "committer", cons),
+			})
+		},
 	})
-	// The commits in flight are done; let the publisher flush their last
-	// events briefly, then stop it.
-	flush, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	for {
-		n, err := outbox.Depth(flush, rdb, store.Keys.Outbox())
-		if err != nil || n == 0 || flush.Err() != nil {
-			break
-		}
-		_ = sleep(flush, 50*time.Millisecond)
-	}
-	cancel()
-	stopPub()
-	wg.Wait()
-	conns.Drain()
-	log.Info("committer.stop")
-	if cerr != nil {
-		return cerr
-	}
-	select {
-	case err := <-errc:
-		return err
-	default:
-		return nil
-	}
 }

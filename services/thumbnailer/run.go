@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -45,7 +43,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer conns.Close()
-	rdb, nc, js, photos, name := conns.Redis, conns.NATS, conns.JS, conns.Blob, conns.Name
+	rdb, nc, js, photos := conns.Redis, conns.NATS, conns.JS, conns.Blob
 	cons, err := events.EnsureConsumer(ctx, js, cfg.Common.Names, events.ConsumerThumbnailer)
 	if err != nil {
 		return err
@@ -61,68 +59,27 @@ func Run(ctx context.Context, cfg Config) error {
 		Registry: reg,
 	})
 
-	checks := conns.Checks()
-	ctx, stop := context.WithCancel(ctx)
-	defer stop()
-	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopPub()
-	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := ops.Serve(ctx, cfg.Common.OpsAddr, ops.Handler(reg, checks), nil); err != nil {
-			errc <- err
-			stop()
-		}
-	}()
-	pub := outbox.New(rdb, js, store.Keys.Outbox(), name, log)
-	pub.OnPublished = outbox.Instrument(reg, "thumbnailer", rdb, store.Keys.Outbox())
 	reg.MustRegister(consume.Collector(cons))
-	go func() {
-		defer wg.Done()
-		if err := pub.Run(pubCtx); err != nil {
-			errc <- err
-		}
-	}()
-
 	log.Info("thumbnailer.start", "workers", cfg.Workers, "max_bytes", cfg.MaxBytes, "max_pixels", cfg.MaxPixels,
 		"preview_size", cfg.PreviewSize, "viewer_size", cfg.ViewerSize, "heic", preview.HEICSupported())
-	cerr := consume.Run(ctx, cons, proc.Handle, consume.Options{
-		Workers: cfg.Workers,
-		Logger:  log,
-		DeadLetter: func(ctx context.Context, ev events.Event, reason string) error {
-			deadLetter(nc, cfg.Common.Names, ev, reason)
-			return proc.GiveUp(ctx, ev, reason)
+	return conns.Run(ctx, ops.Worker{
+		Service: "thumbnailer", OpsAddr: cfg.Common.OpsAddr, Registry: reg, Checks: conns.Checks(),
+		Outbox: store.Keys.Outbox(), Logger: log,
+		Instrument: func(p *outbox.Publisher) {
+			p.OnPublished = outbox.Instrument(reg, "thumbnailer", rdb, store.Keys.Outbox())
 		},
-		OnResult: func(_ events.Type, outcome string) { proc.m.messages.WithLabelValues(outcome).Inc() },
+		Work: func(ctx context.Context) error {
+			return consume.Run(ctx, cons, proc.Handle, consume.Options{
+				Workers: cfg.Workers,
+				Logger:  log,
+				DeadLetter: func(ctx context.Context, ev events.Event, reason string) error {
+					deadLetter(nc, cfg.Common.Names, ev, reason)
+					return proc.GiveUp(ctx, ev, reason)
+				},
+				OnResult: func(_ events.Type, outcome string) { proc.m.messages.WithLabelValues(outcome).Inc() },
+			})
+		},
 	})
-
-	// The photos in flight are recorded; give the publisher a moment to
-	// move their events to JetStream, then stop it.
-	// (The outbox is shared with other services, so it may never be empty.)
-	flush, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	for {
-		n, err := outbox.Depth(flush, rdb, store.Keys.Outbox())
-		if err != nil || n == 0 || !pause(flush, 20*time.Millisecond) {
-			break
-		}
-	}
-	cancel()
-	stopPub()
-	stop()
-	wg.Wait()
-	conns.Drain()
-	log.Info("thumbnailer.stop")
-	if cerr != nil {
-		return cerr
-	}
-	select {
-	case err := <-errc:
-		return err
-	default:
-		return nil
-	}
 }
 
 // deadLetter announces a message whose deliveries ran out on the
@@ -137,16 +94,4 @@ func deadLetter(nc *nats.Conn, names events.Names, ev events.Event, reason strin
 	msg.Data = raw
 	msg.Header.Set("Clinimg-Reason", reason)
 	_ = nc.PublishMsg(msg)
-}
-
-// pause waits d, or less if ctx ends first; it reports whether d passed.
-func pause(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
