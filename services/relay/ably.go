@@ -157,12 +157,11 @@ func (r *ablyRelay) publisher(ctx context.Context, q <-chan item) {
 		for _, group := range byChannel(batch) {
 			lim := limiters[group[0].bm.Channel]
 			if lim == nil {
-				// 90% of the limit: Ably measures arrivals, which jitter.
-				lim = &limiter{Limiter: rate.NewLimiter(rate.Limit(0.9*float64(r.cfg.ChannelRate)), r.cfg.ChannelRate)}
+				lim = &limiter{Limiter: channelLimiter(r.cfg.ChannelRate)}
 				limiters[group[0].bm.Channel] = lim
 			}
 			lim.used = time.Now()
-			for _, chunk := range chunks(group, r.cfg.ChannelRate) {
+			for _, chunk := range chunks(group, lim.Burst()) {
 				r.deliver(ctx, lim.Limiter, chunk, false)
 			}
 		}
@@ -176,6 +175,17 @@ func (r *ablyRelay) publisher(ctx context.Context, q <-chan item) {
 			lastSweep = time.Now()
 		}
 	}
+}
+
+// channelLimiter paces one channel's publishes with a margin under Ably's
+// limit of perSecond messages: 80% of the rate and half of it as the burst.
+// Ably counts messages as they arrive, and a loaded machine can delay one
+// publish and not the next, so two publishes paced exactly at the limit can
+// arrive closer together than they left. With this margin a publish can be
+// held up about half a second before Ably would count a burst over its limit;
+// a 42910 that still happens is retried after a back-off.
+func channelLimiter(perSecond int) *rate.Limiter {
+	return rate.NewLimiter(rate.Limit(0.8*float64(perSecond)), max(1, perSecond/2))
 }
 
 type limiter struct {
