@@ -27,6 +27,7 @@ const (
 	ImageRejected   Type = "image.rejected"   // the thumbnailer refused it (not an image, too big, corrupt)
 	SessionStarted  Type = "session.started"  // a capture session began for a patient
 	PhonePaired     Type = "session.paired"   // a phone exchanged the QR token
+	PhonePending    Type = "session.pending"  // a phone's count of photos it holds unrecorded changed
 	CommitRequested Type = "commit.requested" // the GP asked to commit; the committer's work item
 	CommitProgress  Type = "commit.progress"  // one more photo landed in ALEX
 	CommitSucceeded Type = "commit.succeeded" // every photo landed
@@ -36,7 +37,7 @@ const (
 // Types lists every event type, in a stable order.
 var Types = []Type{
 	ImageUploaded, ImageUpdated, ImageRemoved, ImageProcessed, ImageRejected,
-	SessionStarted, PhonePaired, CommitRequested, CommitProgress, CommitSucceeded, CommitFailed,
+	SessionStarted, PhonePaired, PhonePending, CommitRequested, CommitProgress, CommitSucceeded, CommitFailed,
 }
 
 // BrowserName is the name a screen receives the event under (Ably message
@@ -58,6 +59,8 @@ func (t Type) BrowserName() string {
 		return "session-started"
 	case PhonePaired:
 		return "phone-paired"
+	case PhonePending:
+		return "phone-pending"
 	case CommitRequested:
 		return "commit-started"
 	case CommitProgress:

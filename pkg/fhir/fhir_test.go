@@ -72,7 +72,7 @@ func TestNewMedia(t *testing.T) {
 		{"free-text site, bilateral, close-up",
 			Photo{BodySite: "left_arm", Laterality: "bilateral", ViewType: "close-up"},
 			&CodeableConcept{Coding: []Coding{{System: SNOMED, Code: "51440002", Display: "Right and left"}}, Text: "left arm (right and left)"},
-			&CodeableConcept{Text: "Close-up"}},
+			&CodeableConcept{Coding: []Coding{{System: PhotoViewSystem, Code: "close-up", Display: "Close-up"}}, Text: "Close-up"}},
 		{"nothing coded", Photo{}, nil, nil},
 	}
 	for _, tt := range tests {

@@ -144,34 +144,9 @@ type Photo struct {
 	Width, Height    int
 	BodySite         string // SNOMED CT code
 	BodySiteDisplay  string
-	Laterality       string // left | right | bilateral
-	ViewType         string // anterior | posterior | lateral | medial | close-up | other
+	Laterality       string // a code of Lateralities
+	ViewType         string // a code of Views
 	Notes            string
-}
-
-// Laterality qualifiers (SNOMED CT). R4 Media has no laterality element, so
-// the qualifier goes beside the body site code.
-var lateralities = map[string]Coding{
-	"left":      {System: SNOMED, Code: "7771000", Display: "Left"},
-	"right":     {System: SNOMED, Code: "24028007", Display: "Right"},
-	"bilateral": {System: SNOMED, Code: "51440002", Display: "Right and left"},
-}
-
-// Views (SNOMED CT qualifiers where one exists; the rest as text).
-var views = map[string]CodeableConcept{
-	"anterior":  {Coding: []Coding{{System: SNOMED, Code: "255549009", Display: "Anterior"}}, Text: "Anterior"},
-	"posterior": {Coding: []Coding{{System: SNOMED, Code: "255551008", Display: "Posterior"}}, Text: "Posterior"},
-	"lateral":   {Coding: []Coding{{System: SNOMED, Code: "49370004", Display: "Lateral"}}, Text: "Lateral"},
-	"medial":    {Coding: []Coding{{System: SNOMED, Code: "255561001", Display: "Medial"}}, Text: "Medial"},
-	"close-up":  {Text: "Close-up"},
-	"other":     {Text: "Other"},
-}
-
-// LateralityCoding returns the SNOMED CT qualifier for left, right or
-// bilateral.
-func LateralityCoding(l string) (Coding, bool) {
-	c, ok := lateralities[strings.ToLower(l)]
-	return c, ok
 }
 
 // NewMedia builds the R4 Media for p. content.data, size and hash are left
@@ -200,8 +175,8 @@ func NewMedia(p Photo) Media {
 		m.CreatedDateTime = ts
 		m.Content.Creation = ts
 	}
-	if v, ok := views[strings.ToLower(p.ViewType)]; ok {
-		m.View = &v
+	if v, ok := ViewTerm(p.ViewType); ok {
+		m.View = &CodeableConcept{Coding: []Coding{v.Coding}, Text: v.Display}
 	} else if p.ViewType != "" {
 		m.View = &CodeableConcept{Text: p.ViewType}
 	}

@@ -6,6 +6,7 @@ package session
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -31,8 +32,22 @@ const (
 	ImageFailed     ImageStatus = "failed"     // the last commit failed on this photo
 )
 
-// MaxImages is the seeds' cap of photos per session.
-const MaxImages = 50
+// MaxImages is the seeds' cap of photos per session; WarnImages is where the
+// screens start suggesting a commit.
+const (
+	MaxImages  = 50
+	WarnImages = 20
+)
+
+// MaxNotes is the longest note on one photo, in characters.
+const MaxNotes = 2000
+
+// CapMessage is what a GP reads when a session holds max photos: the one
+// wording of the seeds' "Maximum 50 images reached", for the API's error and
+// both screens.
+func CapMessage(max int) string {
+	return fmt.Sprintf("Maximum %d photos reached. Please commit before adding more.", max)
+}
 
 // Session is what `user:{userId}` holds. The seeds' fields keep their names;
 // the rest is what the promises need.
@@ -46,9 +61,12 @@ type Session struct {
 	CommitID     string        `json:"commitId,omitempty"`
 	Commit       *CommitResult `json:"commit,omitempty"`
 	Phone        *Phone        `json:"phone,omitempty"`
-	Version      int64         `json:"version"`
-	CreatedAt    time.Time     `json:"createdAt"`
-	LastActivity time.Time     `json:"lastActivity"`
+	// Pending is what each phone still holds and has not recorded yet
+	// (photos waiting for a connection), by phone id (PhoneID).
+	Pending      map[string]Pending `json:"pending,omitempty"`
+	Version      int64              `json:"version"`
+	CreatedAt    time.Time          `json:"createdAt"`
+	LastActivity time.Time          `json:"lastActivity"`
 }
 
 // Uncommitted is the number of photos that would be lost if the session were
@@ -58,6 +76,15 @@ func (s Session) Uncommitted() int {
 		return 0
 	}
 	return len(s.Images)
+}
+
+// PendingPhotos is how many photos the phones say they still hold.
+func (s Session) PendingPhotos() int {
+	n := 0
+	for _, p := range s.Pending {
+		n += p.Count
+	}
+	return n
 }
 
 // Image finds a photo by id.
@@ -135,6 +162,13 @@ type Phone struct {
 	UserAgent string    `json:"userAgent,omitempty"`
 }
 
+// Pending is one phone's report of the photos it holds that the session
+// has not recorded yet.
+type Pending struct {
+	Count     int       `json:"count"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
 // SessionToken is what `session-token:{token}` holds: the seeds' fields plus
 // the session it opens and whether a phone already used it.
 type SessionToken struct {
@@ -207,6 +241,16 @@ type SessionEvent struct {
 	PatientID   string `json:"patientId"`
 	EncounterID string `json:"encounterId"`
 	ImageCount  int    `json:"imageCount"`
+}
+
+// PendingEvent is the data of session.pending: one phone's count changed.
+// Pending is absent when no phone holds anything.
+type PendingEvent struct {
+	SessionID     string             `json:"sessionId"`
+	Version       int64              `json:"version"`
+	ImageCount    int                `json:"imageCount"`
+	Pending       map[string]Pending `json:"pending,omitempty"`
+	PendingPhotos int                `json:"pendingPhotos"`
 }
 
 // CommitEvent is the data of commit.requested, commit.progress,

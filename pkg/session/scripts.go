@@ -124,7 +124,8 @@ return cjson.encode(tok)
 `)
 
 // add: ARGV[5] image, ARGV[6] session id the caller is bound to ("" for
-// any), ARGV[7] cap. Returns {session, "added"|"duplicate"}.
+// any), ARGV[7] cap, ARGV[8] patient the desktop has open ("" for any).
+// Returns {session, "added"|"duplicate"}.
 var addScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
@@ -135,6 +136,7 @@ if old then
   if old.s3Key ~= img.s3Key then return fail('IMAGE_ID_CONFLICT') end
   return {enc(s), 'duplicate'}
 end
+if ARGV[8] ~= '' and s.patientId ~= ARGV[8] then return fail('PATIENT_MISMATCH') end
 local bad = editable(s)
 if bad then return bad end
 if #s.images >= tonumber(ARGV[7]) then return fail('CAP', ARGV[7]) end
@@ -307,5 +309,31 @@ s.commit.mediaResourceIds = {}
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = ARGV[5], success = false, message = ARGV[8], errors = errs, orphans = orphans, mediaResourceIds = {}})
+return {enc(s), 'changed'}
+`)
+
+// pending: ARGV[5] session id, ARGV[6] phone id, ARGV[7] count. A phone's
+// count is information, not a change of the photos: it is kept whatever the
+// commit status. Returns {session, "changed"|"unchanged"}.
+var pendingScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+if ARGV[5] ~= '' and s.sessionId ~= ARGV[5] then return fail('SESSION_CHANGED') end
+if type(s.pending) ~= 'table' then s.pending = {} end
+local n = tonumber(ARGV[7])
+local cur = s.pending[ARGV[6]]
+if (cur and cur.count == n) or (not cur and n == 0) then return {enc(s), 'unchanged'} end
+if n == 0 then
+  s.pending[ARGV[6]] = nil
+else
+  s.pending[ARGV[6]] = {count = n, updatedAt = ARGV[1]}
+end
+local total = 0
+for _, p in pairs(s.pending) do total = total + p.count end
+-- an empty table encodes as {} on Redis and [] on miniredis: drop it
+if total == 0 then s.pending = nil end
+bump(s)
+save(s, ARGV[2])
+emit(s, {pending = s.pending, pendingPhotos = total})
 return {enc(s), 'changed'}
 `)

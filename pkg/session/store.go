@@ -24,7 +24,8 @@ var (
 	ErrSessionChanged   = errors.New("the session this credential was issued for has ended")
 	ErrImageNotFound    = errors.New("image not found")
 	ErrImageIDConflict  = errors.New("image id already used for another object")
-	ErrCapReached       = fmt.Errorf("maximum %d images per session", MaxImages)
+	ErrCapReached       = errors.New("the session holds the maximum number of photos")
+	ErrPatientMismatch  = errors.New("the session belongs to another patient than the one open")
 	ErrCommitInProgress = errors.New("commit already in progress")
 	ErrCommitted        = errors.New("session already committed")
 	ErrNothingToCommit  = errors.New("no images to commit")
@@ -123,9 +124,17 @@ func (k Keys) Token(token string) string { return string(k) + "session-token:" +
 
 // Phone is a phone credential's key; only the credential's hash is stored.
 func (k Keys) Phone(credential string) string {
-	sum := sha256.Sum256([]byte(credential))
-	return string(k) + "phone:" + hex.EncodeToString(sum[:])
+	return string(k) + "phone:" + credentialHash(credential)
 }
+
+func credentialHash(credential string) string {
+	sum := sha256.Sum256([]byte(credential))
+	return hex.EncodeToString(sum[:])
+}
+
+// PhoneID names a phone on its session (its pending count) without
+// revealing its credential: the first 12 hex digits of the credential's hash.
+func PhoneID(credential string) string { return credentialHash(credential)[:12] }
 
 // Outbox is the stream of events waiting to be published to JetStream.
 func (k Keys) Outbox() string { return string(k) + "outbox" }
@@ -268,14 +277,41 @@ func (s *Store) Credential(ctx context.Context, credential string) (PhoneCredent
 // the user's current one). Recording the same image id again returns the
 // session unchanged with added false.
 func (s *Store) AddImage(ctx context.Context, userID, sessionID string, img Image) (sess Session, added bool, err error) {
+	return s.AddImageBound(ctx, userID, Binding{SessionID: sessionID}, img)
+}
+
+// Binding is what a change must find for it to apply; empty fields check
+// nothing.
+type Binding struct {
+	// SessionID is the session a phone was paired with.
+	SessionID string
+	// PatientID is the patient the practice system has open on the desktop:
+	// nothing is added to another patient's session (ErrPatientMismatch).
+	PatientID string
+}
+
+// AddImageBound is AddImage with every check of b.
+func (s *Store) AddImageBound(ctx context.Context, userID string, b Binding, img Image) (sess Session, added bool, err error) {
 	if img.Status == "" {
 		img.Status = ImageProcessing
 	}
-	res, err := s.run(ctx, addScript, events.ImageUploaded, userID, nil, mustJSON(img), sessionID, strconv.Itoa(s.opt.MaxImages))
+	res, err := s.run(ctx, addScript, events.ImageUploaded, userID, nil, mustJSON(img), b.SessionID, strconv.Itoa(s.opt.MaxImages), b.PatientID)
 	if err != nil {
 		return Session{}, false, err
 	}
 	return decodeChanged(res, "added")
+}
+
+// SetPending records how many photos one phone still holds unrecorded, so
+// the desktop can say they are coming and ask before a commit leaves them
+// behind. A count of 0 removes the phone's entry; the same count again
+// changes nothing (changed false, no event).
+func (s *Store) SetPending(ctx context.Context, userID, sessionID, phoneID string, count int) (Session, bool, error) {
+	res, err := s.run(ctx, pendingScript, events.PhonePending, userID, nil, sessionID, phoneID, strconv.Itoa(count))
+	if err != nil {
+		return Session{}, false, err
+	}
+	return decodeChanged(res, "changed")
 }
 
 // MetadataPatch changes the named metadata fields; nil leaves one as it is,
@@ -447,6 +483,8 @@ func scriptError(t events.Type, err error) error {
 		return ErrImageIDConflict
 	case "CI_CAP":
 		return ErrCapReached
+	case "CI_PATIENT_MISMATCH":
+		return ErrPatientMismatch
 	case "CI_COMMIT_IN_PROGRESS":
 		return ErrCommitInProgress
 	case "CI_COMMITTED":

@@ -331,3 +331,58 @@ func TestEventsCarryVersionAndEnvelope(t *testing.T) {
 		}
 	})
 }
+
+// Nothing is added to a session whose patient is not the one the desktop has
+// open; the refusal changes nothing and emits nothing.
+func TestAddImageRefusesAnotherPatient(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *session.Store, rdb redis.Cmdable) {
+		ctx := context.Background()
+		start(t, st, "u1", "p1")
+		before := outboxLen(t, rdb, st)
+		if _, _, err := st.AddImageBound(ctx, "u1", session.Binding{PatientID: "p2"}, image("a")); !errors.Is(err, session.ErrPatientMismatch) {
+			t.Fatalf("add for p2 to p1's session: %v, want ErrPatientMismatch", err)
+		}
+		if s, _ := st.Get(ctx, "u1"); len(s.Images) != 0 || outboxLen(t, rdb, st) != before {
+			t.Fatalf("refused add left %d images, %d new events", len(s.Images), outboxLen(t, rdb, st)-before)
+		}
+		if _, added, err := st.AddImageBound(ctx, "u1", session.Binding{PatientID: "p1"}, image("a")); err != nil || !added {
+			t.Fatalf("add for the open patient: added=%v err=%v", added, err)
+		}
+	})
+}
+
+// Each phone's pending count is kept apart, summed, emitted once per change,
+// and removed at 0.
+func TestSetPending(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *session.Store, rdb redis.Cmdable) {
+		ctx := context.Background()
+		sid := start(t, st, "u1", "p1").Session.SessionID
+		steps := []struct {
+			phone   string
+			count   int
+			changed bool
+			total   int
+		}{
+			{"aaa", 2, true, 2},
+			{"aaa", 2, false, 2},
+			{"bbb", 1, true, 3},
+			{"aaa", 0, true, 1},
+			{"aaa", 0, false, 1},
+			{"bbb", 0, true, 0},
+		}
+		for i, s := range steps {
+			before := outboxLen(t, rdb, st)
+			got, changed, err := st.SetPending(ctx, "u1", sid, s.phone, s.count)
+			if err != nil {
+				t.Fatalf("step %d: %v", i, err)
+			}
+			events := outboxLen(t, rdb, st) - before
+			if changed != s.changed || got.PendingPhotos() != s.total || (events == 1) != s.changed {
+				t.Fatalf("step %d: changed=%v total=%d events=%d, want changed=%v total=%d", i, changed, got.PendingPhotos(), events, s.changed, s.total)
+			}
+		}
+		if _, _, err := st.SetPending(ctx, "u1", "another-session", "aaa", 1); !errors.Is(err, session.ErrSessionChanged) {
+			t.Fatalf("pending for an ended session: %v", err)
+		}
+	})
+}

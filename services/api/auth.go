@@ -17,6 +17,7 @@ type caller struct {
 	userID    string
 	phone     bool
 	sessionID string // the phone's session; empty for the desktop
+	phoneID   string // the phone's name on its session (session.PhoneID)
 }
 
 const callerKey = "clinimg.caller"
@@ -58,7 +59,7 @@ func (s *Server) resolve(ctx context.Context, token string) (caller, error) {
 		if err != nil {
 			return caller{}, err
 		}
-		return caller{userID: cred.UserID, phone: true, sessionID: cred.SessionID}, nil
+		return caller{userID: cred.UserID, phone: true, sessionID: cred.SessionID, phoneID: session.PhoneID(token)}, nil
 	}
 	sub, err := s.verifier.Verify(ctx, token)
 	if err != nil {

@@ -20,8 +20,9 @@ type Config struct {
 	// Addr is where the API and the pages listen (API_ADDR, default :8080).
 	Addr string
 	// PublicURL is the base URL phones reach the pages at; the QR code points
-	// at PublicURL/mobile?token=... (PUBLIC_URL; empty means the scheme and
-	// host the desktop itself used, which suits local runs).
+	// at PublicURL/mobile?token=... (PUBLIC_URL; empty, the default, means the
+	// origin the desktop itself used, so `HOST=<LAN address> make run` works
+	// with a real phone).
 	PublicURL string
 
 	// Desktop tokens: JWTs verified against AUTH_JWKS_URL, with AUTH_ISSUER
@@ -64,7 +65,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	c := Config{
 		Common:        r.ReadCommon(":9091"),
 		Addr:          r.String("API_ADDR", ":8080"),
-		PublicURL:     strings.TrimRight(r.String("PUBLIC_URL", "http://localhost:8080"), "/"),
+		PublicURL:     strings.TrimRight(r.String("PUBLIC_URL", ""), "/"),
 		JWKSURL:       r.String("AUTH_JWKS_URL", ""),
 		Issuer:        r.String("AUTH_ISSUER", ""),
 		Audience:      r.String("AUTH_AUDIENCE", ""),

@@ -45,6 +45,8 @@ func (s *Server) respondErr(c *gin.Context, err error) {
 		ae = &apiError{status: http.StatusConflict, code: "uncommitted_images", msg: unc.Error(), extra: gin.H{"count": unc.N}}
 	case errors.As(err, &rej):
 		ae = &apiError{status: http.StatusConflict, code: "rejected_images", msg: rej.Error(), extra: gin.H{"count": rej.N}}
+	case errors.Is(err, session.ErrCapReached):
+		ae = clientErr(http.StatusBadRequest, "image_limit", session.CapMessage(s.cfg.MaxImages))
 	default:
 		ae = domainErr(err)
 	}
@@ -77,7 +79,7 @@ func domainErr(err error) *apiError {
 		{session.ErrSessionChanged, http.StatusGone, "session_changed"},
 		{session.ErrImageNotFound, http.StatusNotFound, "image_not_found"},
 		{session.ErrImageIDConflict, http.StatusConflict, "image_id_conflict"},
-		{session.ErrCapReached, http.StatusBadRequest, "image_limit"},
+		{session.ErrPatientMismatch, http.StatusConflict, "patient_mismatch"},
 		{session.ErrCommitInProgress, http.StatusConflict, "commit_in_progress"},
 		{session.ErrCommitted, http.StatusConflict, "committed"},
 		{session.ErrNothingToCommit, http.StatusBadRequest, "nothing_to_commit"},

@@ -37,7 +37,7 @@ func FuzzDecodeRequests(f *testing.F) {
 		}
 		var ur updateRequest
 		if decodeBytes(raw, &ur) == nil {
-			if validMetadata(ur.MetadataPatch) == nil && ur.Laterality != nil && !lateralities[*ur.Laterality] {
+			if validMetadata(ur.MetadataPatch) == nil && ur.Laterality != nil && !validLaterality(*ur.Laterality) {
 				t.Fatalf("accepted laterality %q", *ur.Laterality)
 			}
 		}

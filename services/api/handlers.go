@@ -148,6 +148,9 @@ type recordRequest struct {
 	S3Key    string            `json:"s3Key"`
 	Source   string            `json:"source"`
 	Metadata *session.Metadata `json:"metadata"`
+	// PatientID, when given, is the patient the desktop has open: the photo
+	// is refused (409 patient_mismatch) if the session is another's.
+	PatientID string `json:"patientId"`
 }
 
 // recordImage is the seeds' POST images, after checking the object really is
@@ -192,7 +195,8 @@ func (s *Server) recordImage(c *gin.Context) {
 		ID: req.ImageID, S3Key: req.S3Key, Uploaded: true, Source: req.Source, CapturedAt: s.now().UTC(),
 		Metadata: meta, ContentType: contentType, Size: info.Size, Status: session.ImageProcessing,
 	}
-	sess, added, err := s.store.AddImage(ctx, userID, callerOf(c).sessionID, img)
+	bind := session.Binding{SessionID: callerOf(c).sessionID, PatientID: req.PatientID}
+	sess, added, err := s.store.AddImageBound(ctx, userID, bind, img)
 	if err != nil {
 		s.respondErr(c, err)
 		return
@@ -287,6 +291,36 @@ func (s *Server) getSession(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, s.view(ctx, sess))
+}
+
+type pendingRequest struct {
+	Count *int `json:"count"`
+}
+
+// setPending is PUT pending: a phone says how many photos it still holds
+// that the session has not recorded (waiting for a connection), so the
+// desktop shows them as coming and asks before committing without them.
+func (s *Server) setPending(c *gin.Context) {
+	var req pendingRequest
+	if err := decodeJSON(c, &req, false); err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	who := callerOf(c)
+	if !who.phone {
+		s.respondErr(c, clientErr(http.StatusForbidden, "forbidden", "only a phone reports the photos it holds"))
+		return
+	}
+	if req.Count == nil || *req.Count < 0 || *req.Count > 1000 {
+		s.respondErr(c, invalid("count", "count must be a number from 0 to 1000"))
+		return
+	}
+	sess, _, err := s.store.SetPending(c.Request.Context(), c.Param("userId"), who.sessionID, who.phoneID, *req.Count)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"pending": *req.Count, "pendingPhotos": sess.PendingPhotos(), "version": sess.Version})
 }
 
 // commit is the seeds' POST commit. The work is a JetStream job for the
@@ -433,14 +467,15 @@ func (s *Server) deleteObjects(ctx context.Context, imgs ...session.Image) {
 	}
 }
 
-// publicURL is where phones reach the pages: PUBLIC_URL, or the origin the
-// desktop used.
+// publicURL is where phones reach the pages: PUBLIC_URL, or else the origin
+// the desktop used (behind a proxy, the scheme it names in
+// X-Forwarded-Proto).
 func (s *Server) publicURL(c *gin.Context) string {
 	if s.cfg.PublicURL != "" {
 		return s.cfg.PublicURL
 	}
 	scheme := "http"
-	if c.Request.TLS != nil {
+	if c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https") {
 		scheme = "https"
 	}
 	return scheme + "://" + c.Request.Host

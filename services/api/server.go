@@ -100,7 +100,8 @@ func (s *Server) Router() http.Handler {
 	}
 
 	a := r.Group("/api")
-	a.GET("/body-sites", func(c *gin.Context) { c.JSON(http.StatusOK, bodySites) })
+	a.GET("/body-sites", s.getBodySites)
+	a.GET("/vocabulary", s.getVocabulary)
 	a.GET("/session-tokens/:token", s.exchangeToken)
 	a.POST("/session-tokens", s.authenticate, s.requireDesktop, s.startSession)
 
@@ -113,6 +114,7 @@ func (s *Server) Router() http.Handler {
 	u.POST("/commit", s.commit)
 	u.GET("/commit", s.commitStatus)
 	u.GET("/realtime-token", s.realtimeToken)
+	u.PUT("/pending", s.setPending)
 	return r
 }
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/clinicalimages/clinimg/pkg/fhir"
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
 
@@ -36,11 +37,16 @@ func typeForExt(ext string) string {
 	return ""
 }
 
-var lateralities = map[string]bool{"": true, "left": true, "right": true, "bilateral": true}
+// validLaterality and validView accept the empty value (clearing the field)
+// and the codes of the one vocabulary in pkg/fhir.
+func validLaterality(v string) bool {
+	_, ok := fhir.LateralityTerm(v)
+	return v == "" || ok && v == strings.ToLower(v)
+}
 
-var views = map[string]bool{
-	"": true, "anterior": true, "posterior": true, "lateral": true, "medial": true,
-	"superior": true, "inferior": true, "close-up": true, "dermoscopic": true,
+func validView(v string) bool {
+	_, ok := fhir.ViewTerm(v)
+	return v == "" || ok && v == strings.ToLower(v)
 }
 
 func invalid(field, why string) *apiError {
@@ -61,14 +67,14 @@ func validMetadata(p session.MetadataPatch) *apiError {
 	if e := check(p.BodySiteDisplay, 200, "bodySiteDisplay"); e != nil {
 		return e
 	}
-	if e := check(p.Notes, 2000, "notes"); e != nil {
+	if e := check(p.Notes, session.MaxNotes, "notes"); e != nil {
 		return e
 	}
-	if p.Laterality != nil && !lateralities[*p.Laterality] {
-		return clientErr(http.StatusBadRequest, "invalid_metadata", "laterality must be left, right or bilateral")
+	if p.Laterality != nil && !validLaterality(*p.Laterality) {
+		return clientErr(http.StatusBadRequest, "invalid_metadata", "laterality must be one of "+strings.Join(fhir.Codes(fhir.Lateralities), ", "))
 	}
-	if p.ViewType != nil && !views[*p.ViewType] {
-		return clientErr(http.StatusBadRequest, "invalid_metadata", "viewType must be anterior, posterior, lateral, medial, superior, inferior, close-up or dermoscopic")
+	if p.ViewType != nil && !validView(*p.ViewType) {
+		return clientErr(http.StatusBadRequest, "invalid_metadata", "viewType must be one of "+strings.Join(fhir.Codes(fhir.Views), ", "))
 	}
 	return nil
 }
