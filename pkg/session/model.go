@@ -28,8 +28,28 @@ const (
 	ImageProcessing ImageStatus = "processing" // recorded; previews not made yet
 	ImageReady      ImageStatus = "ready"      // previews and clean copy made
 	ImageRejected   ImageStatus = "rejected"   // not an acceptable image; cannot be committed
-	ImageCommitted  ImageStatus = "committed"  // written to ALEX
-	ImageFailed     ImageStatus = "failed"     // the last commit failed on this photo
+	ImageCommitted  ImageStatus = "committed"  // in the patient record (commitState in_record)
+	ImageFailed     ImageStatus = "failed"     // the last commit stopped on this photo (refused, conflict, needs checking)
+)
+
+// PhotoState is where one photo stands in reaching the patient's record. It
+// is the commit's ledger: kept on the session until the session is
+// committed or discarded, never cleared by a failure, so a later commit
+// writes only what is not in the record yet.
+type PhotoState string
+
+// Photo states. "" reads as pending (sessions recorded before states).
+//
+//	pending --POST--> in_record | refused | unknown
+//	unknown --lookup--> in_record | pending | needs_checking | conflict
+const (
+	PhotoPending       PhotoState = "pending"        // not in the record; safe to send
+	PhotoSending       PhotoState = "sending"        // a write is on its way (unknown once the commit stops)
+	PhotoInRecord      PhotoState = "in_record"      // ALEX holds it as Media mediaId
+	PhotoRefused       PhotoState = "refused"        // ALEX refused it and stored nothing (error says why); fix or delete it
+	PhotoUnknown       PhotoState = "unknown"        // a write's outcome is unknown; looked up before anything is sent again
+	PhotoNeedsChecking PhotoState = "needs_checking" // cannot be looked up; the GP checks the record, then resends or deletes it
+	PhotoConflict      PhotoState = "conflict"       // ALEX holds another Media under this photo's identifier; never claimed
 )
 
 // MaxImages is the seeds' cap of photos per session; WarnImages is where the
@@ -125,9 +145,30 @@ type Image struct {
 	PreviewURL   string `json:"previewUrl,omitempty"`
 	ViewerURL    string `json:"viewerUrl,omitempty"`
 
-	// Set by the committer.
-	MediaID string `json:"mediaId,omitempty"`
-	Error   string `json:"error,omitempty"`
+	// MediaIdentifier is the value of the Media.identifier this photo is
+	// written under: the server's, set when the photo is recorded and never
+	// taken from the client, so no two photos ever share one.
+	MediaIdentifier string `json:"mediaIdentifier,omitempty"`
+
+	// Set by the committer: the photo's ledger entry.
+	CommitState PhotoState `json:"commitState,omitempty"`
+	MediaID     string     `json:"mediaId,omitempty"` // set once in_record
+	Error       string     `json:"error,omitempty"`   // why it is refused, unknown, needs checking or in conflict
+	// SentHashes are the SHA-1s (base64) of every body sent under
+	// MediaIdentifier: a Media found later is this photo's only if its
+	// content.hash is one of them.
+	SentHashes List[string] `json:"sentHashes,omitempty"`
+	// Tries counts writes begun; a committer changes a photo's state only
+	// from the count it saw, so a late answer never undoes a newer write.
+	Tries int `json:"tries,omitempty"`
+}
+
+// State is the photo's commit state, pending when none is recorded.
+func (im Image) State() PhotoState {
+	if im.CommitState == "" {
+		return PhotoPending
+	}
+	return im.CommitState
 }
 
 // Metadata is the GP's coding of one photo. BodySite is a SNOMED CT code;
@@ -154,6 +195,30 @@ type CommitResult struct {
 	// Orphans lists Media that a failed commit wrote and could not remove,
 	// for manual clean-up.
 	Orphans List[string] `json:"orphans,omitempty"`
+	// Attempt is how many attempts the committer has begun.
+	Attempt int `json:"attempt,omitempty"`
+	// Waiting is set while the commit waits to try again after ALEX failed:
+	// what both screens show of a stuck commit.
+	Waiting *CommitWait `json:"waiting,omitempty"`
+	// Stopped is true when the GP stopped waiting for this commit.
+	Stopped bool `json:"stopped,omitempty"`
+}
+
+// Reasons a commit waits to try again.
+const (
+	WaitALEXUnavailable = "alex_unavailable" // 5xx, timeouts, connections refused or reset
+	WaitALEXThrottled   = "alex_throttled"   // 429 (Retry-After honoured)
+	WaitALEXUnclear     = "alex_unclear"     // an answer that does not say whether the photo was stored
+	WaitInternal        = "internal"         // our own storage (S3, Redis) failed
+)
+
+// CommitWait is why a commit is waiting and when it tries again.
+type CommitWait struct {
+	Reason    string    `json:"reason"`    // one of the Wait* codes
+	Message   string    `json:"message"`   // what the GP reads, e.g. "ALEX is unavailable (503)"
+	Attempt   int       `json:"attempt"`   // the attempt that failed
+	NextTryAt time.Time `json:"nextTryAt"` // when the next attempt starts
+	GiveUpAt  time.Time `json:"giveUpAt"`  // when the retry budget (COMMIT_RETRY_BUDGET) runs out
 }
 
 // Phone is the phone paired with the session through its QR token.
@@ -269,6 +334,15 @@ type CommitEvent struct {
 	Orphans          List[string] `json:"orphans,omitempty"`
 	ImageID          string       `json:"imageId,omitempty"`
 	MediaID          string       `json:"mediaId,omitempty"`
+	// State and Error are imageId's new commit state (commit.progress).
+	State PhotoState `json:"state,omitempty"`
+	Error string     `json:"error,omitempty"`
+	// Attempt and Waiting follow a commit that is retrying
+	// (commit.progress); Waiting is absent while an attempt runs.
+	Attempt int         `json:"attempt,omitempty"`
+	Waiting *CommitWait `json:"waiting,omitempty"`
+	// Stopped marks the commit.failed of a commit the GP stopped waiting for.
+	Stopped bool `json:"stopped,omitempty"`
 }
 
 // ImageError is why one photo stopped a commit.

@@ -15,7 +15,7 @@ import "github.com/redis/go-redis/v9"
 const prelude = `
 local function enc(v)
   local s = cjson.encode(v)
-  for _, f in ipairs({'images', 'mediaResourceIds', 'orphans', 'errors'}) do
+  for _, f in ipairs({'images', 'mediaResourceIds', 'orphans', 'errors', 'sentHashes'}) do
     s = string.gsub(s, '"' .. f .. '":{}', '"' .. f .. '":[]')
   end
   return s
@@ -61,6 +61,25 @@ local function editable(s)
   if s.commitStatus == 'in_progress' then return fail('COMMIT_IN_PROGRESS') end
   if s.commitStatus == 'committed' then return fail('COMMITTED') end
   return nil
+end
+local function state(img)
+  if img.commitState == nil or img.commitState == '' then return 'pending' end
+  return img.commitState
+end
+-- changeable refuses to edit or delete a photo that is, or may be, in the
+-- record: its Media is written and ALEX offers no delete.
+local function changeable(img)
+  local st = state(img)
+  if st == 'in_record' then return fail('IN_RECORD') end
+  if st == 'sending' or st == 'unknown' then return fail('MAYBE_IN_RECORD') end
+  return nil
+end
+local function inRecord(s)
+  local n = 0
+  for _, im in ipairs(s.images) do
+    if state(im) == 'in_record' then n = n + 1 end
+  end
+  return n
 end
 `
 
@@ -157,6 +176,8 @@ local bad = editable(s)
 if bad then return bad end
 local _, img = find(s, ARGV[5])
 if not img then return fail('IMAGE_NOT_FOUND') end
+bad = changeable(img)
+if bad then return bad end
 if type(img.metadata) ~= 'table' then img.metadata = {} end
 for k, v in pairs(cjson.decode(ARGV[6])) do
   if v == '' and k ~= 'bodySite' then img.metadata[k] = nil else img.metadata[k] = v end
@@ -177,6 +198,8 @@ local bad = editable(s)
 if bad then return bad end
 local i, img = find(s, ARGV[5])
 if not img then return fail('IMAGE_NOT_FOUND') end
+bad = changeable(img)
+if bad then return bad end
 table.remove(s.images, i)
 bump(s)
 save(s, ARGV[2])
@@ -201,7 +224,10 @@ emit(s, {image = img})
 return {enc(s), 'changed'}
 `)
 
-// begin: ARGV[5] commit id, ARGV[6] session id.
+// begin: ARGV[5] commit id, ARGV[6] session id, ARGV[7] {imageId: new
+// identifier} of photos the GP asks to send again (needs_checking or
+// conflict). What is in the record stays there; refused photos are tried
+// again; a write left "sending" by a crash is unknown until looked up.
 var beginScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
@@ -214,19 +240,43 @@ for _, im in ipairs(s.images) do
   if im.status == 'rejected' then rejected = rejected + 1 end
 end
 if rejected > 0 then return fail('REJECTED_IMAGES', tostring(rejected)) end
+local resend = cjson.decode(ARGV[7])
+for id, _ in pairs(resend) do
+  local _, im = find(s, id)
+  if not im then return fail('IMAGE_NOT_FOUND') end
+  local st = state(im)
+  if st ~= 'needs_checking' and st ~= 'conflict' then return fail('NOT_RESENDABLE', id) end
+end
 for _, im in ipairs(s.images) do
-  im.error = nil
-  im.mediaId = nil
-  if im.status == 'failed' then
-    if im.cleanKey then im.status = 'ready' else im.status = 'processing' end
+  local st = state(im)
+  if resend[im.id] then
+    im.mediaIdentifier = resend[im.id]
+    im.sentHashes = {}
+    im.tries = 0
+    st = 'pending'
+  elseif st == 'sending' then
+    st = 'unknown'
+  elseif st == 'refused' then
+    st = 'pending'
+  end
+  im.commitState = st
+  if st == 'in_record' then
+    im.status = 'committed'
+  else
+    im.mediaId = nil
+    if st == 'pending' then im.error = nil end
+    if im.status == 'failed' or im.status == 'committed' then
+      if im.cleanKey then im.status = 'ready' else im.status = 'processing' end
+    end
   end
 end
+local done = inRecord(s)
 s.commitStatus = 'in_progress'
 s.commitId = ARGV[5]
-s.commit = {commitId = ARGV[5], requestedAt = ARGV[1], done = 0, total = #s.images, success = false, mediaResourceIds = {}}
+s.commit = {commitId = ARGV[5], requestedAt = ARGV[1], done = done, total = #s.images, success = false, mediaResourceIds = {}}
 bump(s)
 save(s, ARGV[2])
-emit(s, {commitId = ARGV[5], done = 0, total = #s.images})
+emit(s, {commitId = ARGV[5], done = done, total = #s.images})
 return enc(s)
 `)
 
@@ -336,4 +386,109 @@ bump(s)
 save(s, ARGV[2])
 emit(s, {pending = s.pending, pendingPhotos = total})
 return {enc(s), 'changed'}
+`)
+
+// photo: ARGV[5] commit id, ARGV[6] image id, ARGV[7] its media
+// identifier, ARGV[8] new state, ARGV[9] tries the caller saw, ARGV[10]
+// media id (in_record), ARGV[11] SHA-1 being sent (sending), ARGV[12] error.
+// in_record is a fact and always lands (a second, different Media for one
+// photo fails DUPLICATE). sending needs the commit to be current and starts
+// a new try; every other state lands only from the tries the caller saw,
+// so an answer that arrives late never undoes a newer write. Returns
+// {session, "changed"|"unchanged"}.
+var photoScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+local _, img = find(s, ARGV[6])
+if not img or img.mediaIdentifier ~= ARGV[7] then return fail('IMAGE_NOT_FOUND') end
+local want = ARGV[8]
+local cur = state(img)
+local tries = img.tries or 0
+if want == 'in_record' then
+  if cur == 'in_record' then
+    if img.mediaId == ARGV[10] then return {enc(s), 'unchanged'} end
+    return fail('DUPLICATE', img.mediaId)
+  end
+  img.mediaId = ARGV[10]
+  img.status = 'committed'
+  img.error = nil
+elseif want == 'sending' then
+  if s.commitId ~= ARGV[5] or s.commitStatus ~= 'in_progress' then return fail('STALE') end
+  if cur == 'in_record' or cur == 'refused' or cur == 'conflict' or tonumber(ARGV[9]) ~= tries then return fail('STALE') end
+  img.tries = tries + 1
+  img.commitState = 'sending'
+  if type(img.sentHashes) ~= 'table' then img.sentHashes = {} end
+  local known = false
+  for _, h in ipairs(img.sentHashes) do known = known or h == ARGV[11] end
+  if not known then table.insert(img.sentHashes, ARGV[11]) end
+  -- Not shown on the screens: saved without a new version or event.
+  save(s, 'keep')
+  return {enc(s), 'changed'}
+else
+  if cur == 'in_record' or tonumber(ARGV[9]) ~= tries then return fail('STALE') end
+  if cur == want and (img.error or '') == ARGV[12] then return {enc(s), 'unchanged'} end
+  if ARGV[12] == '' then img.error = nil else img.error = ARGV[12] end
+  if want == 'refused' or want == 'conflict' or want == 'needs_checking' then img.status = 'failed' end
+end
+img.commitState = want
+local done = inRecord(s)
+if s.commit and s.commitId == ARGV[5] and s.commitStatus == 'in_progress' then s.commit.done = done end
+bump(s)
+img.version = s.version
+save(s, ARGV[2])
+emit(s, {commitId = s.commitId, done = done, total = #s.images, imageId = img.id, mediaId = img.mediaId, state = want, error = img.error})
+return {enc(s), 'changed'}
+`)
+
+// attempt: ARGV[5] commit id, ARGV[6] attempt number, ARGV[7] the wait
+// ({reason, message, attempt, nextTryAt, giveUpAt}) or "" while an attempt
+// runs. Emits commit.progress so both screens follow a stuck commit.
+var attemptScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+if s.commitId ~= ARGV[5] or s.commitStatus ~= 'in_progress' then return fail('STALE') end
+local n = tonumber(ARGV[6])
+local waiting = nil
+if ARGV[7] ~= '' then waiting = cjson.decode(ARGV[7]) end
+if (s.commit.attempt or 0) == n and waiting == nil and s.commit.waiting == nil then return {enc(s), 'unchanged'} end
+s.commit.attempt = n
+s.commit.waiting = waiting
+local done = inRecord(s)
+s.commit.done = done
+bump(s)
+save(s, ARGV[2])
+emit(s, {commitId = ARGV[5], done = done, total = #s.images, attempt = n, waiting = waiting})
+return {enc(s), 'changed'}
+`)
+
+// stop: ARGV[5] session id. The GP stops waiting: the session is editable
+// again, photos in the record stay so, and a write still on its way becomes
+// unknown (looked up before anything is sent again). Emits commit.failed
+// with stopped.
+var stopScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+if ARGV[5] ~= '' and s.sessionId ~= ARGV[5] then return fail('SESSION_CHANGED') end
+if s.commitStatus == 'committed' then return fail('COMMITTED') end
+if s.commitStatus ~= 'in_progress' then return fail('NO_COMMIT') end
+for _, im in ipairs(s.images) do
+  if state(im) == 'sending' then
+    im.commitState = 'unknown'
+    im.error = 'ALEX had not answered when the commit was stopped; the photo is looked up before it is sent again'
+  end
+end
+local done = inRecord(s)
+local word = 'photos are'
+if #s.images == 1 then word = 'photo is' end
+s.commitStatus = 'none'
+s.commit.success = false
+s.commit.stopped = true
+s.commit.waiting = nil
+s.commit.done = done
+s.commit.finishedAt = ARGV[1]
+s.commit.message = string.format('Stopped waiting for ALEX. %d of %d %s in the patient record and will stay there; the rest are kept here to commit later.', done, #s.images, word)
+bump(s)
+save(s, ARGV[2])
+emit(s, {commitId = s.commitId, success = false, stopped = true, done = done, total = #s.images, message = s.commit.message, errors = {}, mediaResourceIds = {}})
+return enc(s)
 `)

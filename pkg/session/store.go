@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -30,7 +31,19 @@ var (
 	ErrCommitted        = errors.New("session already committed")
 	ErrNothingToCommit  = errors.New("no images to commit")
 	ErrStale            = errors.New("commit is no longer current")
+	ErrInRecord         = errors.New("this photo is in the patient record; ALEX offers no delete, so it stays as it was written")
+	ErrMaybeInRecord    = errors.New("this photo may already be in the patient record; commit again so it is looked up before it changes")
+	ErrNoCommit         = errors.New("no commit is in progress")
+	ErrNotResendable    = errors.New("only a photo that needs checking or is in conflict can be sent again")
 )
+
+// DuplicateError means a photo already in the record as MediaID was
+// reported written again as another Media.
+type DuplicateError struct{ MediaID string }
+
+func (e *DuplicateError) Error() string {
+	return "photo already in the record as Media " + e.MediaID
+}
 
 // UncommittedError refuses to replace a session that still holds photos.
 type UncommittedError struct{ N int }
@@ -295,6 +308,11 @@ func (s *Store) AddImageBound(ctx context.Context, userID string, b Binding, img
 	if img.Status == "" {
 		img.Status = ImageProcessing
 	}
+	// The server's identity for the photo in the record: 128 random bits,
+	// whatever the client called it.
+	img.MediaIdentifier = rand.Text()
+	img.CommitState = PhotoPending
+	img.MediaID, img.Error, img.SentHashes, img.Tries = "", "", nil, 0
 	res, err := s.run(ctx, addScript, events.ImageUploaded, userID, nil, mustJSON(img), b.SessionID, strconv.Itoa(s.opt.MaxImages), b.PatientID)
 	if err != nil {
 		return Session{}, false, err
@@ -388,9 +406,16 @@ func (s *Store) SetProcessed(ctx context.Context, userID, imageID string, p Proc
 
 // BeginCommit moves the session to in_progress under commitID and emits
 // commit.requested, the committer's work item. A second call gets
-// ErrCommitInProgress.
-func (s *Store) BeginCommit(ctx context.Context, userID, sessionID, commitID string) (Session, error) {
-	res, err := s.run(ctx, beginScript, events.CommitRequested, userID, nil, commitID, sessionID)
+// ErrCommitInProgress. Photos in the record stay there and are not sent
+// again. resend names photos that need checking or are in conflict which
+// the GP, having checked the record, wants sent again: each gets a new
+// identifier, so the new write can never be taken for the uncertain one.
+func (s *Store) BeginCommit(ctx context.Context, userID, sessionID, commitID string, resend ...string) (Session, error) {
+	again := map[string]string{}
+	for _, id := range resend {
+		again[id] = rand.Text()
+	}
+	res, err := s.run(ctx, beginScript, events.CommitRequested, userID, nil, commitID, sessionID, mustJSON(again))
 	if err != nil {
 		return Session{}, err
 	}
@@ -430,6 +455,64 @@ func (s *Store) FailCommit(ctx context.Context, userID, commitID, message string
 		return Session{}, false, err
 	}
 	return decodeChanged(res, "changed")
+}
+
+// PhotoUpdate is one change to a photo's commit state.
+type PhotoUpdate struct {
+	CommitID   string     // the commit making it; sending needs it current
+	ImageID    string     //
+	Identifier string     // the photo's MediaIdentifier, which must still match
+	State      PhotoState // the new state
+	Tries      int        // the photo's Tries the caller saw (not for in_record)
+	MediaID    string     // in_record
+	Hash       string     // sending: SHA-1 (base64) of the body about to be sent
+	Error      string     // refused, unknown, needs_checking, conflict: why
+}
+
+// RecordPhoto changes one photo's commit state and, except for sending,
+// emits commit.progress. in_record always lands (a different Media for a
+// photo already in the record gives *DuplicateError); sending needs the
+// commit current and Tries unchanged and increments Tries; any other
+// state lands only if Tries is unchanged. ErrStale means the photo moved
+// on (or, for sending, the commit did); ErrImageNotFound that the photo,
+// with that identifier, is no longer in the session.
+func (s *Store) RecordPhoto(ctx context.Context, userID string, u PhotoUpdate) (Session, bool, error) {
+	res, err := s.run(ctx, photoScript, events.CommitProgress, userID, nil,
+		u.CommitID, u.ImageID, u.Identifier, string(u.State), strconv.Itoa(u.Tries), u.MediaID, u.Hash, u.Error)
+	if err != nil {
+		return Session{}, false, err
+	}
+	return decodeChanged(res, "changed")
+}
+
+// CommitAttempt records that attempt n of the commit has begun (wait nil)
+// or failed and waits to try again (wait set), and emits commit.progress.
+// ErrStale if commitID is no longer the session's running commit.
+func (s *Store) CommitAttempt(ctx context.Context, userID, commitID string, n int, wait *CommitWait) (Session, error) {
+	w := ""
+	if wait != nil {
+		w = mustJSON(wait)
+	}
+	res, err := s.run(ctx, attemptScript, events.CommitProgress, userID, nil, commitID, strconv.Itoa(n), w)
+	if err != nil {
+		return Session{}, err
+	}
+	sess, _, err := decodeChanged(res, "changed")
+	return sess, err
+}
+
+// StopCommit is the GP giving up waiting for a running commit: the session
+// becomes editable again, every photo in the record stays known as such,
+// and a write still on its way is marked unknown so it is looked up before
+// anything is sent again. It emits commit.failed with stopped set.
+// ErrNoCommit if none is running, ErrCommitted if it already finished.
+func (s *Store) StopCommit(ctx context.Context, userID, sessionID string) (Session, error) {
+	res, err := s.run(ctx, stopScript, events.CommitFailed, userID, nil, sessionID)
+	if err != nil {
+		return Session{}, err
+	}
+	raw, _ := res.(string)
+	return decodeSession(raw, nil)
 }
 
 // Delete removes a session outright (tests and explicit discards).
@@ -497,6 +580,16 @@ func scriptError(t events.Type, err error) error {
 		return &UncommittedError{N: n}
 	case "CI_REJECTED_IMAGES":
 		return &RejectedImagesError{N: n}
+	case "CI_IN_RECORD":
+		return ErrInRecord
+	case "CI_MAYBE_IN_RECORD":
+		return ErrMaybeInRecord
+	case "CI_NO_COMMIT":
+		return ErrNoCommit
+	case "CI_NOT_RESENDABLE":
+		return ErrNotResendable
+	case "CI_DUPLICATE":
+		return &DuplicateError{MediaID: detail}
 	}
 	return fmt.Errorf("session %s: %w", t, err)
 }

@@ -386,3 +386,167 @@ func TestSetPending(t *testing.T) {
 		}
 	})
 }
+
+// The commit's ledger lives on the session: each photo's identifier is the
+// server's, what is in the record stays there through stops and new
+// commits, and a state changes only from the tries its writer saw.
+func TestPhotoLedger(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *session.Store, rdb redis.Cmdable) {
+		ctx := context.Background()
+		start(t, st, "u1", "p1")
+		a := image("a")
+		a.MediaIdentifier, a.CommitState, a.MediaID = "client-chosen", session.PhotoInRecord, "forged"
+		st.AddImage(ctx, "u1", "", a)
+		s, _, err := st.AddImage(ctx, "u1", "", image("b"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ia, ib := s.Images[0], s.Images[1]
+		if ia.MediaIdentifier == "" || ia.MediaIdentifier == "client-chosen" || ia.MediaIdentifier == ib.MediaIdentifier ||
+			ia.State() != session.PhotoPending || ia.MediaID != "" {
+			t.Fatalf("recorded photos: %+v %+v", ia, ib)
+		}
+		if _, err := st.BeginCommit(ctx, "u1", "", "c1"); err != nil {
+			t.Fatal(err)
+		}
+		send := func(im session.Image, tries int) error {
+			_, _, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: im.ID, Identifier: im.MediaIdentifier,
+				State: session.PhotoSending, Tries: tries, Hash: "h-" + im.ID})
+			return err
+		}
+		before := outboxLen(t, rdb, st)
+		if err := send(ia, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := send(ia, 0); !errors.Is(err, session.ErrStale) {
+			t.Fatalf("second send from the same tries: %v, want ErrStale", err)
+		}
+		if outboxLen(t, rdb, st) != before {
+			t.Fatal("sending emitted an event")
+		}
+		s, changed, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: "a", Identifier: ia.MediaIdentifier, State: session.PhotoInRecord, MediaID: "m1"})
+		if err != nil || !changed || s.Commit.Done != 1 || s.Images[0].Status != session.ImageCommitted || s.Images[0].Tries != 1 {
+			t.Fatalf("in record: %v changed=%v %+v", err, changed, s.Images[0])
+		}
+		if diff := cmp.Diff(session.List[string]{"h-a"}, s.Images[0].SentHashes); diff != "" {
+			t.Errorf("sent hashes (-want +got):\n%s", diff)
+		}
+		if err := send(ib, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.CommitAttempt(ctx, "u1", "c1", 1, &session.CommitWait{Reason: session.WaitALEXUnavailable, Message: "ALEX is unavailable (503)", Attempt: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if ev, data := lastEvent(t, rdb, st); ev.Type != events.CommitProgress || data.Attempt != 1 || data.Waiting == nil || data.Waiting.Reason != session.WaitALEXUnavailable || data.Done != 1 {
+			t.Fatalf("stuck event %s %+v", ev.Type, data)
+		}
+		s, err = st.StopCommit(ctx, "u1", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.CommitStatus != session.CommitNone || !s.Commit.Stopped || s.Commit.Waiting != nil || s.Images[1].State() != session.PhotoUnknown ||
+			s.Commit.Message != "Stopped waiting for ALEX. 1 of 2 photos are in the patient record and will stay there; the rest are kept here to commit later." {
+			t.Fatalf("after stop: %s %+v %+v", s.CommitStatus, s.Commit, s.Images[1])
+		}
+		if ev, data := lastEvent(t, rdb, st); ev.Type != events.CommitFailed || !data.Stopped || data.Done != 1 || data.Total != 2 {
+			t.Fatalf("stop event %s %+v", ev.Type, data)
+		}
+		if _, err := st.StopCommit(ctx, "u1", ""); !errors.Is(err, session.ErrNoCommit) {
+			t.Fatalf("second stop: %v", err)
+		}
+		if _, err := st.CommitAttempt(ctx, "u1", "c1", 2, nil); !errors.Is(err, session.ErrStale) {
+			t.Fatalf("attempt after stop: %v", err)
+		}
+		// Nothing written is forgotten or changed behind the record's back.
+		for _, c := range []struct {
+			id   string
+			want error
+		}{{"a", session.ErrInRecord}, {"b", session.ErrMaybeInRecord}} {
+			if _, _, err := st.RemoveImage(ctx, "u1", "", c.id); !errors.Is(err, c.want) {
+				t.Errorf("delete %s: %v, want %v", c.id, err, c.want)
+			}
+			if _, err := st.UpdateMetadata(ctx, "u1", "", c.id, session.MetadataPatch{Notes: ptr("x")}); !errors.Is(err, c.want) {
+				t.Errorf("edit %s: %v, want %v", c.id, err, c.want)
+			}
+		}
+		if err := send(ib, 1); !errors.Is(err, session.ErrStale) {
+			t.Fatalf("send after stop: %v", err)
+		}
+		// The answer to b's write arrives after the stop: it is a fact.
+		if _, _, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: "b", Identifier: ib.MediaIdentifier, State: session.PhotoInRecord, MediaID: "m2"}); err != nil {
+			t.Fatal(err)
+		}
+		s, err = st.BeginCommit(ctx, "u1", "", "c2")
+		if err != nil || s.Commit.Done != 2 || s.Images[0].MediaID != "m1" || s.Images[1].MediaID != "m2" {
+			t.Fatalf("begin after stop: %v %+v", err, s.Commit)
+		}
+		var dup *session.DuplicateError
+		if _, _, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c2", ImageID: "a", Identifier: ia.MediaIdentifier, State: session.PhotoInRecord, MediaID: "m9"}); !errors.As(err, &dup) || dup.MediaID != "m1" {
+			t.Fatalf("a second Media for a: %v", err)
+		}
+		if _, _, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c2", ImageID: "a", Identifier: "other", State: session.PhotoInRecord, MediaID: "m1"}); !errors.Is(err, session.ErrImageNotFound) {
+			t.Fatalf("wrong identifier: %v", err)
+		}
+	})
+}
+
+// A refused photo is tried again by the next commit; one that needs
+// checking is sent again only when the GP names it, under a new identifier.
+func TestRefusedAndResend(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *session.Store, _ redis.Cmdable) {
+		ctx := context.Background()
+		start(t, st, "u1", "p1")
+		st.AddImage(ctx, "u1", "", image("a"))
+		s, _, _ := st.AddImage(ctx, "u1", "", image("b"))
+		ia, ib := s.Images[0], s.Images[1]
+		st.BeginCommit(ctx, "u1", "", "c1")
+		set := func(im session.Image, state session.PhotoState, tries int, why string) {
+			t.Helper()
+			if _, _, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: im.ID, Identifier: im.MediaIdentifier, State: state, Tries: tries, Error: why}); err != nil {
+				t.Fatalf("%s -> %s: %v", im.ID, state, err)
+			}
+		}
+		set(ia, session.PhotoRefused, 0, "ALEX refused this photo (422)")
+		set(ib, session.PhotoNeedsChecking, 0, "no NHI")
+		if _, _, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: "b", Identifier: ib.MediaIdentifier, State: session.PhotoPending, Tries: 3}); !errors.Is(err, session.ErrStale) {
+			t.Fatalf("stale tries: %v", err)
+		}
+		st.StopCommit(ctx, "u1", "")
+		if _, err := st.BeginCommit(ctx, "u1", "", "c2", "a"); !errors.Is(err, session.ErrNotResendable) {
+			t.Fatalf("resend a refused photo: %v", err)
+		}
+		if _, err := st.BeginCommit(ctx, "u1", "", "c2", "zz"); !errors.Is(err, session.ErrImageNotFound) {
+			t.Fatalf("resend an unknown photo: %v", err)
+		}
+		s, err := st.BeginCommit(ctx, "u1", "", "c2", "b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a2, b2 := s.Images[0], s.Images[1]
+		if a2.State() != session.PhotoPending || a2.Error != "" || a2.MediaIdentifier != ia.MediaIdentifier {
+			t.Errorf("refused photo after begin: %+v", a2)
+		}
+		if b2.State() != session.PhotoPending || b2.MediaIdentifier == ib.MediaIdentifier || b2.Tries != 0 || len(b2.SentHashes) != 0 {
+			t.Errorf("resent photo: %+v", b2)
+		}
+	})
+}
+
+func ptr(s string) *string { return &s }
+
+func lastEvent(t *testing.T, rdb redis.Cmdable, st *session.Store) (events.Event, session.CommitEvent) {
+	t.Helper()
+	msgs, err := rdb.XRevRangeN(context.Background(), st.Keys.Outbox(), "+", "-", 1).Result()
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("outbox: %v", err)
+	}
+	ev, err := events.Decode([]byte(msgs[0].Values["event"].(string)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data session.CommitEvent
+	if err := ev.DataAs(&data); err != nil {
+		t.Fatal(err)
+	}
+	return ev, data
+}

@@ -83,6 +83,10 @@ func domainErr(err error) *apiError {
 		{session.ErrCommitInProgress, http.StatusConflict, "commit_in_progress"},
 		{session.ErrCommitted, http.StatusConflict, "committed"},
 		{session.ErrNothingToCommit, http.StatusBadRequest, "nothing_to_commit"},
+		{session.ErrInRecord, http.StatusConflict, "in_record"},
+		{session.ErrMaybeInRecord, http.StatusConflict, "maybe_in_record"},
+		{session.ErrNoCommit, http.StatusConflict, "no_commit"},
+		{session.ErrNotResendable, http.StatusConflict, "not_resendable"},
 	} {
 		if errors.Is(err, m.err) {
 			return clientErr(m.status, m.code, m.err.Error())

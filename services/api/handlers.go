@@ -323,14 +323,27 @@ func (s *Server) setPending(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"pending": *req.Count, "pendingPhotos": sess.PendingPhotos(), "version": sess.Version})
 }
 
+// commitRequest is POST commit's optional body.
+type commitRequest struct {
+	// Resend names photos that need checking or are in conflict which the
+	// GP, having checked the record, wants sent again.
+	Resend []string `json:"resend"`
+}
+
 // commit is the seeds' POST commit. The work is a JetStream job for the
 // committer; by default this waits for its outcome and answers the seeds'
 // shape, with Prefer: respond-async (or when the wait runs out) it answers 202.
 func (s *Server) commit(c *gin.Context) {
-	var empty struct{}
-	if err := decodeJSON(c, &empty, true); err != nil {
+	var req commitRequest
+	if err := decodeJSON(c, &req, true); err != nil {
 		s.respondErr(c, err)
 		return
+	}
+	for _, id := range req.Resend {
+		if !imageID.MatchString(id) {
+			s.respondErr(c, invalid("resend", "resend must list image ids"))
+			return
+		}
 	}
 	ctx := c.Request.Context()
 	userID := c.Param("userId")
@@ -342,7 +355,7 @@ func (s *Server) commit(c *gin.Context) {
 		outcome, cancel = s.waiter.Wait(commitID)
 		defer cancel()
 	}
-	sess, err := s.store.BeginCommit(ctx, userID, callerOf(c).sessionID, commitID)
+	sess, err := s.store.BeginCommit(ctx, userID, callerOf(c).sessionID, commitID, req.Resend...)
 	if err != nil {
 		s.respondErr(c, err)
 		return
@@ -373,14 +386,39 @@ func (s *Server) commit(c *gin.Context) {
 			return
 		}
 		s.metrics.commits.WithLabelValues("failed").Inc()
+		// ALEX has no delete: photos already in the record stay there, so
+		// partialSuccess says whether some are.
 		c.JSON(http.StatusBadGateway, gin.H{
-			"success": false, "error": "Commit failed: " + ev.Message, "code": "commit_failed", "partialSuccess": false,
+			"success": false, "error": "Commit failed: " + ev.Message, "code": "commit_failed", "partialSuccess": ev.Done > 0,
+			"inRecord": ev.Done, "imageCount": ev.Total, "stopped": ev.Stopped,
 			"errors": ev.Errors, "orphans": ev.Orphans, "commitId": commitID,
 		})
 	case <-timer.C:
 		accepted()
 	case <-ctx.Done():
 	}
+}
+
+// stopCommit is the GP no longer waiting for a commit that ALEX keeps
+// failing: the session becomes editable again, and every photo already in
+// the record stays known as in the record.
+func (s *Server) stopCommit(c *gin.Context) {
+	var empty struct{}
+	if err := decodeJSON(c, &empty, true); err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	ctx := c.Request.Context()
+	sess, err := s.store.StopCommit(ctx, c.Param("userId"), callerOf(c).sessionID)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	s.log.InfoContext(ctx, "commit.stopped", "user_id", c.Param("userId"), "commit_id", sess.CommitID, "in_record", sess.Commit.Done)
+	c.JSON(http.StatusOK, gin.H{
+		"success": true, "commitStatus": sess.CommitStatus, "commitId": sess.CommitID,
+		"inRecord": sess.Commit.Done, "imageCount": len(sess.Images), "message": sess.Commit.Message, "session": s.view(ctx, sess),
+	})
 }
 
 // commitStatus reads where the last commit is.

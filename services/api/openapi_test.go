@@ -265,6 +265,9 @@ func TestOpenAPIMatchesLiveAnswers(t *testing.T) {
 	expect("POST", U+"/commit", h.do("POST", u+"/commit", desk, nil, "Prefer", "respond-async"), 409)
 	expect("GET", U+"/commit", h.do("GET", u+"/commit", desk, nil), 200)
 	expect("DELETE", U+"/images/{imageId}", h.do("DELETE", u+"/images/"+id, desk, nil), 409)
+	expect("POST", U+"/commit/stop", h.do("POST", u+"/commit/stop", desk, nil), 200)
+	expect("POST", U+"/commit/stop", h.do("POST", u+"/commit/stop", phone, nil), 409)
+	expect("POST", U+"/commit", h.do("POST", u+"/commit", desk, map[string]any{"resend": []string{id}}, "Prefer", "respond-async"), 409)
 
 	// A new session for another patient would drop the uncommitted photo.
 	h2 := h.desktop("user_oa3")

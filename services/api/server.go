@@ -113,6 +113,7 @@ func (s *Server) Router() http.Handler {
 	u.GET("/session", s.getSession)
 	u.POST("/commit", s.commit)
 	u.GET("/commit", s.commitStatus)
+	u.POST("/commit/stop", s.stopCommit)
 	u.GET("/realtime-token", s.realtimeToken)
 	u.PUT("/pending", s.setPending)
 	return r
