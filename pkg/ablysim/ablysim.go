@@ -102,12 +102,23 @@ type Fault struct {
 	Accept bool
 }
 
+// Outage refuses every publish to Channel until Until with Status and an
+// Ably error body (Code, or a default for the status), as Ably does while a
+// channel is unavailable or a key has lost its capability for it.
+type Outage struct {
+	Channel string
+	Until   time.Time
+	Status  int
+	Code    int
+}
+
 // Server is the stand-in. It is an http.Handler; Start also listens.
 type Server struct {
 	opt Options
 
 	mu       sync.Mutex
 	faults   []Fault
+	outages  []Outage
 	seen     map[string]time.Time // message id -> first accepted
 	messages []Message
 	requests []*Request
@@ -190,6 +201,24 @@ func (s *Server) Inject(f ...Fault) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.faults = append(s.faults, f...)
+}
+
+// Refuse starts an outage; outages of one channel may overlap.
+func (s *Server) Refuse(o Outage) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.outages = append(s.outages, o)
+}
+
+// refusing returns the outage in force on channel, if any.
+func (s *Server) refusing(channel string) (Outage, bool) {
+	now := s.opt.Now()
+	for _, o := range s.outages {
+		if o.Channel == channel && now.Before(o.Until) {
+			return o, true
+		}
+	}
+	return Outage{}, false
 }
 
 // PendingFaults is how many injected faults have not been applied yet.
@@ -294,6 +323,19 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) {
 	req.Bytes = size
 
 	s.mu.Lock()
+	if o, ok := s.refusing(channel); ok {
+		req.Status = o.Status
+		req.Faulted = true
+		s.requests = trim(s.requests, s.opt.History)
+		s.requests = append(s.requests, &req)
+		s.mu.Unlock()
+		code := o.Code
+		if code == 0 {
+			code = o.Status * 100
+		}
+		realtime.WriteError(w, realtime.ErrorInfo{Code: code, StatusCode: o.Status, Message: "channel refused (outage)"})
+		return
+	}
 	var fault *Fault
 	if len(s.faults) > 0 {
 		f := s.faults[0]

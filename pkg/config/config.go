@@ -91,14 +91,15 @@ func (r *Reader) Bool(name string, def bool) bool {
 // Common is what every service needs: where Redis, NATS and S3 are, the
 // stream names, and its operations port.
 type Common struct {
-	RedisURL    string       // REDIS_URL, default redis://127.0.0.1:6379/0 (rediss:// for TLS, e.g. Upstash)
-	RedisPrefix string       // REDIS_KEY_PREFIX, default empty (the seeds' key names)
-	NATSURL     string       // NATS_URL, default nats://127.0.0.1:4222
-	Names       events.Names // NATS_STREAM (CLINIMG), NATS_SUBJECT_PREFIX (clinimg)
-	Replicas    int          // NATS_REPLICAS, default 1; 3 in production
-	S3          blob.Config  // S3_BUCKET_NAME, AWS_REGION, S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_PATH_STYLE
-	OpsAddr     string       // OPS_ADDR: /healthz, /readyz, /metrics (default per service)
-	LogLevel    string       // LOG_LEVEL: debug, info (default), warn, error
+	RedisURL    string        // REDIS_URL, default redis://127.0.0.1:6379/0 (rediss:// for TLS, e.g. Upstash)
+	RedisPrefix string        // REDIS_KEY_PREFIX, default empty (the seeds' key names)
+	NATSURL     string        // NATS_URL, default nats://127.0.0.1:4222
+	Names       events.Names  // NATS_STREAM (CLINIMG), NATS_SUBJECT_PREFIX (clinimg)
+	Replicas    int           // NATS_REPLICAS, default 1; 3 in production
+	AckWait     time.Duration // NATS_ACK_WAIT: how long the service's claim on an event outlives a worker that died (default the consumer's own)
+	S3          blob.Config   // S3_BUCKET_NAME, AWS_REGION, S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_PATH_STYLE
+	OpsAddr     string        // OPS_ADDR: /healthz, /readyz, /metrics (default per service)
+	LogLevel    string        // LOG_LEVEL: debug, info (default), warn, error
 }
 
 // ReadCommon reads the common settings; opsAddr is the service's default
@@ -113,6 +114,7 @@ func (r *Reader) ReadCommon(opsAddr string) Common {
 			Prefix: r.String("NATS_SUBJECT_PREFIX", events.DefaultNames.Prefix),
 		},
 		Replicas: r.Int("NATS_REPLICAS", 1),
+		AckWait:  r.Duration("NATS_ACK_WAIT", 0),
 		S3: blob.Config{
 			Bucket:    r.String("S3_BUCKET_NAME", "clinicpro-images-temp"),
 			Region:    r.String("AWS_REGION", "ap-southeast-2"),
@@ -123,6 +125,9 @@ func (r *Reader) ReadCommon(opsAddr string) Common {
 		},
 		OpsAddr:  r.String("OPS_ADDR", opsAddr),
 		LogLevel: r.String("LOG_LEVEL", "info"),
+	}
+	if c.AckWait != 0 && c.AckWait < 2*time.Second {
+		r.Fail("NATS_ACK_WAIT: %s is shorter than 2s", c.AckWait)
 	}
 	if c.S3.AccessKey != "" && c.S3.SecretKey == "" {
 		r.Fail("AWS_SECRET_ACCESS_KEY is required with AWS_ACCESS_KEY_ID")

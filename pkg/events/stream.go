@@ -36,9 +36,22 @@ const (
 	ConsumerRelay       = "relay"
 )
 
+// RelayGroup is the relay consumer's priority group. Its policy is
+// "pinned": one relay at a time receives events (the others wait to take
+// over), so each channel's events leave in stream order.
+const RelayGroup = "relay"
+
+// RelayPullExpiry is how long one of the relay's pull requests waits. A
+// pinned relay renews its pin with every pull, so it pulls at least this
+// often.
+const RelayPullExpiry = 5 * time.Second
+
 // ConsumerConfig is the durable pull consumer of one service. Every service
 // acks explicitly; redeliveries back off so a poison message does not spin.
-func (n Names) ConsumerConfig(name string) jetstream.ConsumerConfig {
+// ackWait, if positive, replaces the consumer's default AckWait: how long a
+// claim on a message outlives a worker that died holding it
+// (NATS_ACK_WAIT).
+func (n Names) ConsumerConfig(name string, ackWait time.Duration) jetstream.ConsumerConfig {
 	c := jetstream.ConsumerConfig{
 		Durable:       name,
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -63,6 +76,19 @@ func (n Names) ConsumerConfig(name string) jetstream.ConsumerConfig {
 		c.MaxDeliver = -1 // a screen event is never dropped; the relay retries Ably forever
 		c.MaxAckPending = 1024
 	}
+	if ackWait > 0 {
+		c.AckWait = ackWait
+	}
+	if name == ConsumerRelay {
+		// A relay that dies keeps its pin this long after its last pull
+		// (every RelayPullExpiry at most); its held events come back after
+		// AckWait. The next relay publishes nothing until it holds every
+		// pending event (see services/relay), so order does not depend on
+		// which comes first.
+		c.PriorityGroups = []string{RelayGroup}
+		c.PriorityPolicy = jetstream.PriorityPolicyPinned
+		c.PinnedTTL = max(c.AckWait, 2*RelayPullExpiry)
+	}
 	return c
 }
 
@@ -81,9 +107,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, n Names, replicas int) 
 	return s, nil
 }
 
-// EnsureConsumer creates or updates one service's durable consumer.
-func EnsureConsumer(ctx context.Context, js jetstream.JetStream, n Names, name string) (jetstream.Consumer, error) {
-	c, err := js.CreateOrUpdateConsumer(ctx, n.Stream, n.ConsumerConfig(name))
+// EnsureConsumer creates or updates one service's durable consumer (see
+// ConsumerConfig for ackWait).
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, n Names, name string, ackWait time.Duration) (jetstream.Consumer, error) {
+	c, err := js.CreateOrUpdateConsumer(ctx, n.Stream, n.ConsumerConfig(name, ackWait))
 	if err != nil {
 		return nil, fmt.Errorf("ensure consumer %s: %w", name, err)
 	}

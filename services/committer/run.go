@@ -50,7 +50,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer conns.Close()
 	rdb, nc, js, photos := conns.Redis, conns.NATS, conns.JS, conns.Blob
-	cons, err := events.EnsureConsumer(ctx, js, cfg.Common.Names, events.ConsumerCommitter)
+	cons, err := events.EnsureConsumer(ctx, js, cfg.Common.Names, events.ConsumerCommitter, cfg.Common.AckWait)
 	if err != nil {
 		return err
 	}

@@ -1,12 +1,13 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -19,27 +20,70 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/events"
 )
 
-// maxDrain is how many queued events one publisher takes at once when they
-// pile up; they are then grouped by channel and sent in batches.
-const maxDrain = 200
-
-// ablyRelay publishes the durable consumer's events to Ably.
+// ablyRelay publishes the durable consumer's events to Ably, one event per
+// publish, under the event's own id.
+//
+// One per publish because Ably wants the ids of a multi-message publish to
+// be <base>:<index>: an event's id in a batch would depend on the batch it
+// was put in, and the same event sent again in another batch (after a relay
+// restart or a lost ack) would carry another id that Ably cannot recognise
+// as a repeat. Alone, an event always carries its own id, so Ably's
+// idempotent publishing drops every repeat (within its two minutes; the
+// screens ignore older repeats). Ably's channel limit counts messages, not
+// publishes, so batches would not carry a channel's events any faster.
+//
+// Order: one relay at a time receives events (the consumer's pinned
+// priority group), each channel's events leave one after another in stream
+// order, and an event waiting for Ably stays claimed: the relay renews the
+// claim (InProgress) of every event it holds until the event is published,
+// however long Ably refuses, so JetStream never hands it to anyone else
+// while this relay lives. Each time a relay is pinned it publishes nothing
+// until it holds every event the consumer has pending (the gate): after a
+// takeover the events of the relay before come back redelivered, in no
+// promised order and possibly after newer ones, and only once all are here
+// is each channel's queue in stream order. On shutdown the relay hands back
+// what it holds and gives up its pin, so the next relay takes over at once.
 type ablyRelay struct {
-	cfg  Config
-	log  *slog.Logger
-	m    *metrics
-	rest *ably.REST
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+	rest    *ably.REST
+	ackWait time.Duration
+	// sem bounds the publishes in flight at once (RELAY_PUBLISHERS).
+	sem chan struct{}
+
+	mu       sync.Mutex
+	channels map[string]*channelQueue
+	held     map[uint64]*item // every event taken and not yet settled, by stream sequence
+	// The gate: senders run only while it is open. It opens for one pin
+	// (the id JetStream sends with each event delivered to a pinned
+	// relay); an event delivered under another pin closes it until this
+	// relay again holds every pending event.
+	open    bool
+	pin     string
+	recheck chan struct{}
 }
 
-// item is one event on its way: the JetStream message to ack and what it
+// item is one event on its way: the JetStream message to settle and what it
 // becomes on the channel.
 type item struct {
-	msg jetstream.Msg
+	seq uint64
+	msg jetstream.Msg // the latest delivery (guarded by ablyRelay.mu)
 	bm  browserMessage
 	typ events.Type
 }
 
-func newAblyRelay(cfg Config, log *slog.Logger, m *metrics) (*ablyRelay, error) {
+// channelQueue is one channel's events in stream order, sent by one
+// goroutine at a time, paced by the channel's limiter.
+type channelQueue struct {
+	name    string
+	items   []*item
+	running bool
+	lim     *rate.Limiter
+	idle    time.Time
+}
+
+func newAblyRelay(cfg Config, ackWait time.Duration, log *slog.Logger, m *metrics) (*ablyRelay, error) {
 	opts := []ably.ClientOption{
 		ably.WithKey(cfg.Realtime.Key.Encode()),
 		ably.WithUseBinaryProtocol(false),
@@ -61,120 +105,330 @@ func newAblyRelay(cfg Config, log *slog.Logger, m *metrics) (*ablyRelay, error) 
 	if err != nil {
 		return nil, fmt.Errorf("ably client: %w", err)
 	}
-	return &ablyRelay{cfg: cfg, log: log, m: m, rest: rest}, nil
+	return &ablyRelay{cfg: cfg, log: log, m: m, rest: rest, ackWait: ackWait,
+		sem: make(chan struct{}, cfg.Publishers), channels: map[string]*channelQueue{}, held: map[uint64]*item{},
+		recheck: make(chan struct{}, 1)}, nil
 }
 
-// run consumes until ctx is done. Each user's events go to one of
-// cfg.Publishers publishers, so a channel's events keep their order and a
-// slow channel holds up only its share.
-func (r *ablyRelay) run(ctx context.Context, cons jetstream.Consumer) error {
-	iter, err := cons.Messages(jetstream.PullMaxMessages(256))
+// run takes events until ctx is done, then stops publishing, hands back
+// every event it still holds in stream order and gives up its pin.
+func (r *ablyRelay) run(ctx context.Context, stream jetstream.Stream, cons jetstream.Consumer) error {
+	iter, err := cons.Messages(jetstream.PullMaxMessages(256),
+		jetstream.PullPriorityGroup(events.RelayGroup), jetstream.PullExpiry(events.RelayPullExpiry))
 	if err != nil {
 		return fmt.Errorf("consume relay: %w", err)
 	}
+	// Drain, not Stop: what the client already received still comes out of
+	// Next, is held, and is handed back in order with the rest.
 	go func() {
 		<-ctx.Done()
-		iter.Stop()
+		iter.Drain()
 	}()
 
-	queues := make([]chan item, r.cfg.Publishers)
-	var wg sync.WaitGroup
-	for i := range queues {
-		queues[i] = make(chan item, maxDrain)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r.publisher(ctx, queues[i])
-		}()
-	}
-	defer func() {
-		for _, q := range queues {
-			close(q)
-		}
-		wg.Wait()
+	var workers sync.WaitGroup
+	keep := make(chan struct{})
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		r.keepAlive(keep)
 	}()
-
+	workers.Add(1)
+	go func() {
+		defer workers.Done()
+		r.gate(ctx, cons, &workers)
+	}()
 	for {
 		msg, err := iter.Next()
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-				return nil
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				break
 			}
 			r.log.Warn("relay.next", "err", err)
 			continue
 		}
-		ev, err := events.Decode(msg.Data())
-		if err != nil {
-			r.log.Error("relay.bad_event", "subject", msg.Subject(), "err", err)
-			_ = msg.TermWithReason("undecodable")
-			continue
-		}
-		bm, ok, err := toBrowser(ev)
-		if err != nil {
-			r.log.Error("relay.bad_data", "event_id", ev.ID, "event_type", string(ev.Type), "err", err)
-			_ = msg.TermWithReason("undecodable data")
-			continue
-		}
-		if !ok {
-			_ = msg.Ack()
-			continue
-		}
-		r.log.Debug("relay.event", ev.LogAttrs()...)
-		h := fnv.New32a()
-		h.Write([]byte(ev.Subject))
+		r.take(ctx, msg, &workers)
+	}
+	workers.Wait()
+	close(keep)
+	<-kept
+	r.handBack(stream)
+	return nil
+}
+
+// take holds one delivered event and queues it on its channel.
+func (r *ablyRelay) take(ctx context.Context, msg jetstream.Msg, workers *sync.WaitGroup) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		r.log.Error("relay.bad_message", "subject", msg.Subject(), "err", err)
+		_ = msg.TermWithReason("no metadata")
+		return
+	}
+	ev, err := events.Decode(msg.Data())
+	if err != nil {
+		r.log.Error("relay.bad_event", "subject", msg.Subject(), "err", err)
+		_ = msg.TermWithReason("undecodable")
+		return
+	}
+	bm, ok, err := toBrowser(ev)
+	if err != nil {
+		r.log.Error("relay.bad_data", "event_id", ev.ID, "event_type", string(ev.Type), "err", err)
+		_ = msg.TermWithReason("undecodable data")
+		return
+	}
+	if !ok {
+		_ = msg.Ack()
+		return
+	}
+	seq := meta.Sequence.Stream
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if pin := msg.Headers().Get("Nats-Pin-Id"); pin != r.pin {
+		r.pin, r.open = pin, false
 		select {
-		case queues[int(h.Sum32()%uint32(len(queues)))] <- item{msg: msg, bm: bm, typ: ev.Type}:
+		case r.recheck <- struct{}{}:
+		default:
+		}
+	}
+	if it := r.held[seq]; it != nil {
+		// A redelivery of an event this relay still holds (its claim lapsed,
+		// e.g. while NATS was unreachable): settle through the latest
+		// delivery, keep its place.
+		it.msg = msg
+		return
+	}
+	it := &item{seq: seq, msg: msg, bm: bm, typ: ev.Type}
+	r.held[seq] = it
+	r.m.held.Set(float64(len(r.held)))
+	q := r.channels[bm.Channel]
+	if q == nil {
+		q = &channelQueue{name: bm.Channel, lim: channelLimiter(r.cfg.ChannelRate)}
+		r.channels[bm.Channel] = q
+	}
+	// In stream order: a redelivered event may arrive after later ones.
+	i, _ := slices.BinarySearchFunc(q.items, seq, func(a *item, s uint64) int { return cmp.Compare(a.seq, s) })
+	q.items = slices.Insert(q.items, i, it)
+	r.log.Debug("relay.event", append(ev.LogAttrs(), "seq", seq, "delivered", meta.NumDelivered)...)
+	if r.open && ctx.Err() == nil {
+		r.start(ctx, q, workers)
+	}
+}
+
+// start runs q's sender unless it runs. r.mu is held.
+func (r *ablyRelay) start(ctx context.Context, q *channelQueue, workers *sync.WaitGroup) {
+	if q.running {
+		return
+	}
+	q.running = true
+	workers.Add(1)
+	go func() {
+		defer workers.Done()
+		r.send(ctx, q)
+	}()
+}
+
+// gate opens the gate once this relay holds every event pending on the
+// consumer, and again each time a new pin closes it. While it is closed
+// some pending event may be elsewhere: with a relay that stopped or died
+// (it comes back here once redelivered) or on its way here, and a
+// channel's newer event sent before it would break the channel's order.
+//
+// The held events are counted before asking JetStream: none of them is
+// settled while the gate is closed, so all are still pending when it
+// answers, and if it counts no more than that, they are all there is.
+// Events that arrive after the count are newer than every pending one
+// (first deliveries go in stream order) or redeliveries of held ones.
+func (r *ablyRelay) gate(ctx context.Context, cons jetstream.Consumer, workers *sync.WaitGroup) {
+	for ctx.Err() == nil {
+		r.mu.Lock()
+		open, pin, held := r.open, r.pin, len(r.held)
+		r.mu.Unlock()
+		if open {
+			select {
+			case <-r.recheck:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := cons.Info(ictx)
+		cancel()
+		if err == nil && info.NumAckPending <= held {
+			r.mu.Lock()
+			if r.pin == pin {
+				r.open = true
+				for _, q := range r.channels {
+					if len(q.items) > 0 && ctx.Err() == nil {
+						r.start(ctx, q, workers)
+					}
+				}
+			}
+			r.mu.Unlock()
+			r.log.Debug("relay.gate_open", "held", held)
+			continue
+		}
+		sleepCtx(ctx, 100*time.Millisecond)
+	}
+}
+
+// send publishes q's events in order until it is empty or ctx is done.
+func (r *ablyRelay) send(ctx context.Context, q *channelQueue) {
+	for {
+		r.mu.Lock()
+		if len(q.items) == 0 || !r.open || ctx.Err() != nil {
+			q.running = false
+			q.idle = time.Now()
+			r.mu.Unlock()
+			return
+		}
+		it := q.items[0]
+		r.mu.Unlock()
+		if !r.deliver(ctx, q, it) {
+			continue // ctx is done: the loop ends, the event stays held
+		}
+		r.mu.Lock()
+		q.items = slices.DeleteFunc(q.items, func(x *item) bool { return x == it })
+		delete(r.held, it.seq)
+		r.m.held.Set(float64(len(r.held)))
+		r.mu.Unlock()
+	}
+}
+
+// deliver publishes one event, retrying until Ably accepts it, and acks
+// it. It returns false, with the event still held, if ctx ended first. An
+// event Ably refuses for good is terminated (logged), except one too large,
+// which is sent again as a resync marker.
+func (r *ablyRelay) deliver(ctx context.Context, q *channelQueue, it *item) bool {
+	log := r.log.With("channel", q.name, "event_id", it.bm.EventID)
+	bo := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(200*time.Millisecond),
+		backoff.WithMaxInterval(10*time.Second),
+		backoff.WithMaxElapsedTime(0),
+	)
+	channel := r.rest.Channels.Get(q.name)
+	resized := false
+	for attempt := 1; ; attempt++ {
+		if err := q.lim.Wait(ctx); err != nil {
+			return false
+		}
+		select {
+		case r.sem <- struct{}{}:
 		case <-ctx.Done():
-			_ = msg.Nak()
-			return nil
+			return false
+		}
+		pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
+		start := time.Now()
+		err := channel.PublishMultiple(pctx, []*ably.Message{{ID: it.bm.EventID, Name: it.bm.Name, Data: it.bm.Data}})
+		cancel()
+		<-r.sem
+		if err == nil {
+			r.m.publishSeconds.Observe(time.Since(start).Seconds())
+			r.settle(it, func(m jetstream.Msg) error { return m.Ack() }, log)
+			r.m.relayed.WithLabelValues(string(it.typ)).Inc()
+			log.Debug("relay.published", "attempt", attempt)
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		reason, status := classify(err)
+		r.m.publishFailures.WithLabelValues(reason).Inc()
+		if permanent(status) {
+			if status == 413 && !resized {
+				log.Warn("relay.publish_resync_marker")
+				it.bm.Data = resyncMarker(it.bm.Data)
+				resized = true
+				continue
+			}
+			log.Error("relay.publish_refused", "reason", reason, "err", err)
+			r.settle(it, func(m jetstream.Msg) error { return m.TermWithReason("refused by ably: " + reason) }, log)
+			return true
+		}
+		d := bo.NextBackOff()
+		if status == 429 {
+			d = max(d, time.Second)
+		}
+		log.Warn("relay.publish_retry", "attempt", attempt, "reason", reason, "delay", d.String(), "err", err)
+		sleepCtx(ctx, d)
+		if ctx.Err() != nil {
+			return false
 		}
 	}
 }
 
-// publisher sends its queue's events: whatever has piled up is taken at
-// once, grouped by channel in order, and sent in batches.
-func (r *ablyRelay) publisher(ctx context.Context, q <-chan item) {
-	limiters := map[string]*limiter{}
-	lastSweep := time.Now()
-	for first := range q {
-		batch := []item{first}
-	drain:
-		for len(batch) < maxDrain {
-			select {
-			case it, ok := <-q:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, it)
-			default:
-				break drain
+// settle acks or terminates it through its latest delivery. A failed ack
+// only means JetStream delivers the event again, and it is published again
+// under the same id: Ably drops the repeat.
+func (r *ablyRelay) settle(it *item, f func(jetstream.Msg) error, log *slog.Logger) {
+	r.mu.Lock()
+	msg := it.msg
+	r.mu.Unlock()
+	if err := f(msg); err != nil {
+		log.Warn("relay.ack_failed", "err", err)
+	}
+}
+
+// keepAlive renews the claim on every held event a few times per AckWait
+// until stop closes, and forgets the limiters of channels idle long enough
+// to be full again.
+func (r *ablyRelay) keepAlive(stop <-chan struct{}) {
+	t := time.NewTicker(max(r.ackWait/4, 500*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		// In stream order: a claim's deadline then grows with the sequence,
+		// so if this relay dies its events come due, and are redelivered,
+		// in stream order.
+		r.mu.Lock()
+		items := r.heldInOrder()
+		msgs := make([]jetstream.Msg, len(items))
+		for i, it := range items {
+			msgs[i] = it.msg
+		}
+		for name, q := range r.channels {
+			if !q.running && len(q.items) == 0 && time.Since(q.idle) > 10*time.Second {
+				delete(r.channels, name)
 			}
 		}
-		if ctx.Err() != nil {
-			nakAll(batch)
-			continue
-		}
-		for _, group := range byChannel(batch) {
-			lim := limiters[group[0].bm.Channel]
-			if lim == nil {
-				lim = &limiter{Limiter: channelLimiter(r.cfg.ChannelRate)}
-				limiters[group[0].bm.Channel] = lim
-			}
-			lim.used = time.Now()
-			for _, chunk := range chunks(group, lim.Burst()) {
-				r.deliver(ctx, lim.Limiter, chunk, false)
-			}
-		}
-		// A limiter idle for a second is full again: forget it.
-		if time.Since(lastSweep) > time.Minute {
-			for ch, l := range limiters {
-				if time.Since(l.used) > 10*time.Second {
-					delete(limiters, ch)
-				}
-			}
-			lastSweep = time.Now()
+		r.mu.Unlock()
+		for _, m := range msgs {
+			_ = m.InProgress()
 		}
 	}
+}
+
+// handBack returns every held event to JetStream and gives up the pin: the
+// next relay is pinned at once, receives them again, and publishes once it
+// holds them all.
+func (r *ablyRelay) handBack(stream jetstream.Stream) {
+	r.mu.Lock()
+	items := r.heldInOrder()
+	clear(r.held)
+	r.m.held.Set(0)
+	r.mu.Unlock()
+	for _, it := range items {
+		_ = it.msg.Nak()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := stream.UnpinConsumer(ctx, events.ConsumerRelay, events.RelayGroup); err != nil {
+		// Not pinned (never was, or the pin already moved): nothing to give up.
+		r.log.Debug("relay.unpin", "err", err)
+	}
+	r.log.Info("relay.handed_back", "events", len(items))
+}
+
+// heldInOrder is every held event in stream order. r.mu is held.
+func (r *ablyRelay) heldInOrder() []*item {
+	items := make([]*item, 0, len(r.held))
+	for _, it := range r.held {
+		items = append(items, it)
+	}
+	slices.SortFunc(items, func(a, b *item) int { return cmp.Compare(a.seq, b.seq) })
+	return items
 }
 
 // channelLimiter paces one channel's publishes with a margin under Ably's
@@ -186,148 +440,6 @@ func (r *ablyRelay) publisher(ctx context.Context, q <-chan item) {
 // a 42910 that still happens is retried after a back-off.
 func channelLimiter(perSecond int) *rate.Limiter {
 	return rate.NewLimiter(rate.Limit(0.8*float64(perSecond)), max(1, perSecond/2))
-}
-
-type limiter struct {
-	*rate.Limiter
-	used time.Time
-}
-
-// byChannel groups items by channel, channels in order of first
-// appearance, items in order.
-func byChannel(batch []item) [][]item {
-	idx := map[string]int{}
-	var groups [][]item
-	for _, it := range batch {
-		i, ok := idx[it.bm.Channel]
-		if !ok {
-			i = len(groups)
-			idx[it.bm.Channel] = i
-			groups = append(groups, nil)
-		}
-		groups[i] = append(groups[i], it)
-	}
-	return groups
-}
-
-// chunks splits one channel's items into publishes of at most max messages
-// and MaxMessageBytes - 2 KiB all together.
-func chunks(items []item, max int) [][]item {
-	var out [][]item
-	var cur []item
-	size := 0
-	for _, it := range items {
-		s := it.bm.size()
-		if len(cur) > 0 && (len(cur) >= max || size+s > maxDataBytes) {
-			out = append(out, cur)
-			cur, size = nil, 0
-		}
-		cur = append(cur, it)
-		size += s
-	}
-	if len(cur) > 0 {
-		out = append(out, cur)
-	}
-	return out
-}
-
-// messageIDs are the Ably ids of a publish: the event id for one message,
-// "<first event id>:<index>" for several (Ably's rule). Retries of the same
-// publish reuse them, so Ably drops a repeat.
-func messageIDs(chunk []item) []string {
-	if len(chunk) == 1 {
-		return []string{chunk[0].bm.EventID}
-	}
-	ids := make([]string, len(chunk))
-	for i := range chunk {
-		ids[i] = chunk[0].bm.EventID + ":" + strconv.Itoa(i)
-	}
-	return ids
-}
-
-// deliver publishes one chunk, retrying until Ably accepts it, then acks
-// its messages. A publish Ably refuses for good is split into single
-// messages; a single message it refuses is terminated (logged), except one
-// too large, which is sent again as a resync marker.
-func (r *ablyRelay) deliver(ctx context.Context, lim *rate.Limiter, chunk []item, resized bool) {
-	ch := chunk[0].bm.Channel
-	log := r.log.With("channel", ch, "messages", len(chunk))
-	if err := lim.WaitN(ctx, len(chunk)); err != nil {
-		nakAll(chunk)
-		return
-	}
-	ids := messageIDs(chunk)
-	bo := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(200*time.Millisecond),
-		backoff.WithMaxInterval(10*time.Second),
-		backoff.WithMaxElapsedTime(0),
-	)
-	lastProgress := time.Now()
-	channel := r.rest.Channels.Get(ch)
-	for attempt := 1; ; attempt++ {
-		msgs := make([]*ably.Message, len(chunk))
-		for i, it := range chunk {
-			msgs[i] = &ably.Message{ID: ids[i], Name: it.bm.Name, Data: it.bm.Data}
-		}
-		pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
-		start := time.Now()
-		err := channel.PublishMultiple(pctx, msgs)
-		cancel()
-		if err == nil {
-			r.m.publishSeconds.Observe(time.Since(start).Seconds())
-			r.m.batchSize.Observe(float64(len(chunk)))
-			for _, it := range chunk {
-				if aerr := it.msg.Ack(); aerr != nil {
-					// Redelivered later and published again under the same
-					// id when batched the same way: Ably drops the repeat.
-					log.Warn("relay.ack_failed", "event_id", it.bm.EventID, "err", aerr)
-				}
-				r.m.relayed.WithLabelValues(string(it.typ)).Inc()
-			}
-			log.Debug("relay.published", "attempt", attempt, "first_event_id", chunk[0].bm.EventID)
-			return
-		}
-		if ctx.Err() != nil {
-			nakAll(chunk)
-			return
-		}
-		reason, status := classify(err)
-		r.m.publishFailures.WithLabelValues(reason).Inc()
-		if permanent(status) {
-			switch {
-			case len(chunk) > 1:
-				log.Warn("relay.publish_split", "reason", reason, "err", err)
-				for _, it := range chunk {
-					r.deliver(ctx, lim, []item{it}, resized)
-				}
-			case status == 413 && !resized:
-				log.Warn("relay.publish_resync_marker", "event_id", chunk[0].bm.EventID)
-				one := chunk[0]
-				one.bm.Data = resyncMarker(one.bm.Data)
-				r.deliver(ctx, lim, []item{one}, true)
-			default:
-				log.Error("relay.publish_refused", "event_id", chunk[0].bm.EventID, "reason", reason, "err", err)
-				_ = chunk[0].msg.TermWithReason("refused by ably: " + reason)
-			}
-			return
-		}
-		d := bo.NextBackOff()
-		if status == 429 {
-			d = max(d, time.Second)
-		}
-		log.Warn("relay.publish_retry", "attempt", attempt, "reason", reason, "delay", d.String(), "err", err)
-		if time.Since(lastProgress) > 5*time.Second {
-			for _, it := range chunk {
-				_ = it.msg.InProgress()
-			}
-			lastProgress = time.Now()
-		}
-		sleepCtx(ctx, d)
-		if ctx.Err() != nil {
-			nakAll(chunk)
-			return
-		}
-	}
 }
 
 // classify names a failed publish for metrics and says its HTTP status (0
@@ -353,12 +465,6 @@ func permanent(status int) bool {
 		return false
 	}
 	return status >= 400 && status < 500
-}
-
-func nakAll(items []item) {
-	for _, it := range items {
-		_ = it.msg.Nak()
-	}
 }
 
 // ablyLog sends ably-go's own log lines to slog at debug level (its

@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"strconv"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +55,9 @@ func (s *stack) ablyConfig(sim *ablysim.Server) Config {
 	cfg.Realtime = realtime.Settings{Mode: realtime.ModeAbly, Key: ablyKey}
 	cfg.AblyEndpoint = "http://" + sim.Endpoint()
 	cfg.PublishTimeout = 300 * time.Millisecond
+	// Claims lapse in seconds, so a test shows what happens when an outage
+	// outlasts them without waiting the default 15 s several times over.
+	cfg.Common.AckWait = 2 * time.Second
 	return cfg
 }
 
@@ -64,38 +67,31 @@ type published struct {
 }
 
 // wantPublished is what the stand-in must hold for channel: each stored
-// event once, under its own id when published alone and <first id>:<i> in a
-// batch, batch boundaries taken from the accepted requests.
-func wantPublished(t *testing.T, stored []events.Event, reqs []ablysim.Request, channel string) []published {
-	t.Helper()
-	var evs []events.Event
+// event of the channel once, in stream order, under its own event id.
+func wantPublished(stored []events.Event, channel string) []published {
+	var out []published
 	for _, ev := range stored {
 		if realtime.Channel(ev.Subject) == channel {
-			evs = append(evs, ev)
+			out = append(out, published{Name: ev.Type.BrowserName(), ID: ev.ID})
 		}
-	}
-	var out []published
-	i := 0
-	for _, r := range reqs {
-		if r.Channel != channel || r.Accepted == 0 {
-			continue
-		}
-		for j := range r.IDs {
-			if i+j >= len(evs) {
-				t.Fatalf("more messages than events on %s", channel)
-			}
-			id := evs[i].ID
-			if len(r.IDs) > 1 {
-				id += ":" + strconv.Itoa(j)
-			}
-			out = append(out, published{Name: evs[i+j].Type.BrowserName(), ID: id})
-		}
-		i += len(r.IDs)
-	}
-	for ; i < len(evs); i++ { // never published: shows up in the diff
-		out = append(out, published{Name: evs[i].Type.BrowserName(), ID: evs[i].ID})
 	}
 	return out
+}
+
+// checkOneIDPerEvent fails if any publish the stand-in received, accepted or
+// not, carried more than one message or an id that is not an event's own:
+// an event sent twice must be recognisable to Ably as a repeat.
+func checkOneIDPerEvent(t *testing.T, stored []events.Event, reqs []ablysim.Request) {
+	t.Helper()
+	ids := map[string]bool{}
+	for _, ev := range stored {
+		ids[ev.ID] = true
+	}
+	for _, rq := range reqs {
+		if len(rq.IDs) != 1 || !ids[rq.IDs[0]] {
+			t.Errorf("publish to %s carried ids %v: want one event's own id", rq.Channel, rq.IDs)
+		}
+	}
 }
 
 func gotPublished(sim *ablysim.Server, channel string) []published {
@@ -162,9 +158,9 @@ func TestAblyPublishesEachEventOnce(t *testing.T) {
 	if d := cmp.Diff(wantNames, names); d != "" {
 		t.Errorf("u1 names (-want +got):\n%s", d)
 	}
-	reqs := sim.Requests()
+	checkOneIDPerEvent(t, stored, sim.Requests())
 	for _, ch := range []string{"session:u1", "session:u2"} {
-		if d := cmp.Diff(wantPublished(t, stored, reqs, ch), gotPublished(sim, ch)); d != "" {
+		if d := cmp.Diff(wantPublished(stored, ch), gotPublished(sim, ch)); d != "" {
 			t.Errorf("%s (-want +got):\n%s", ch, d)
 		}
 	}
@@ -221,24 +217,16 @@ func TestAblyRetriesThroughFaults(t *testing.T) {
 		t.Errorf("%d faults never hit", n)
 	}
 	reqs := sim.Requests()
-	accepted := map[string]bool{}
-	for _, m := range sim.Messages("") {
-		accepted[m.ID] = true
-	}
+	checkOneIDPerEvent(t, stored, reqs)
 	dupes := 0
 	for _, rq := range reqs {
 		dupes += rq.Dupes
-		for _, id := range rq.IDs {
-			if !accepted[id] {
-				t.Errorf("request %v carried id %s that was never accepted: a retry changed ids", rq.Status, id)
-			}
-		}
 	}
 	if dupes < 2 {
 		t.Errorf("dupes = %d, want the two publishes Ably took before failing to come back as duplicates", dupes)
 	}
 	for _, ch := range []string{"session:u1", "session:u2"} {
-		if d := cmp.Diff(wantPublished(t, stored, reqs, ch), gotPublished(sim, ch)); d != "" {
+		if d := cmp.Diff(wantPublished(stored, ch), gotPublished(sim, ch)); d != "" {
 			t.Errorf("%s (-want +got):\n%s", ch, d)
 		}
 	}
@@ -247,10 +235,10 @@ func TestAblyRetriesThroughFaults(t *testing.T) {
 	}
 }
 
-// Events that piled up go out in batches within Ably's limits: at most 50
-// messages per channel per second, 64 KiB per publish, <base>:<index> ids;
-// a payload too big for one message becomes a resync marker.
-func TestAblyBatchesWithinLimits(t *testing.T) {
+// Events that piled up go out within Ably's limits: at most 50 messages
+// per channel per second, 64 KiB per publish, each event alone under its
+// own id; a payload too big for one message becomes a resync marker.
+func TestAblyPiledUpEventsWithinLimits(t *testing.T) {
 	s := newStack(t)
 	sim := startSim(t, ablysim.Options{ChannelRate: 50})
 	ctx := context.Background()
@@ -282,17 +270,15 @@ func TestAblyBatchesWithinLimits(t *testing.T) {
 	if d := cmp.Diff(map[int]int{}, refused); d != "" {
 		t.Errorf("publishes refused by the stand-in (code: count):\n%s", d)
 	}
+	stored := s.storedEvents(t)
 	reqs := sim.Requests()
-	if len(reqs) >= 50 {
-		t.Errorf("%d publishes for 107 piled-up events: not batched", len(reqs))
-	}
+	checkOneIDPerEvent(t, stored, reqs)
 	for _, rq := range reqs {
-		if len(rq.IDs) > 50 || rq.Bytes > 64*1024 {
-			t.Errorf("publish of %d messages, %d bytes", len(rq.IDs), rq.Bytes)
+		if rq.Bytes > 64*1024 {
+			t.Errorf("publish of %d bytes", rq.Bytes)
 		}
 	}
-	stored := s.storedEvents(t)
-	if d := cmp.Diff(wantPublished(t, stored, reqs, "session:u1"), gotPublished(sim, "session:u1")); d != "" {
+	if d := cmp.Diff(wantPublished(stored, "session:u1"), gotPublished(sim, "session:u1")); d != "" {
 		t.Errorf("(-want +got):\n%s", d)
 	}
 	msgs := sim.Messages("session:u1")
@@ -305,22 +291,18 @@ func TestAblyBatchesWithinLimits(t *testing.T) {
 	}
 }
 
-// Must show 1: a relay killed (SIGKILL) in the middle of a batch, restarted:
-// no event lost.
-func TestAblyRelayKilledMidBatchLosesNothing(t *testing.T) {
+// Must show 1: a relay killed (SIGKILL) while Ably holds its publishes,
+// another started: no event lost, each once under its own id, in order.
+func TestAblyRelayKilledMidFlowLosesNothing(t *testing.T) {
 	s := newStack(t)
 	sim := startSim(t, ablysim.Options{})
 	// The first publishes are taken and never answered: the child is
 	// killed while it waits.
 	sim.Inject(ablysim.Fault{Accept: true, Delay: time.Hour}, ablysim.Fault{Accept: true, Delay: time.Hour})
-	var want []string
 	for _, u := range []string{"u1", "u2", "u3"} {
 		s.sessionFor(t, u)
-		want = append(want, u+"/")
 		for i := range 10 {
-			id := fmt.Sprintf("img%d", i)
-			s.addImage(t, u, id)
-			want = append(want, u+"/"+id)
+			s.addImage(t, u, fmt.Sprintf("img%d", i))
 		}
 	}
 	testenv.Eventually(t, 10*time.Second, "events in the stream", func() bool { return len(s.storedEvents(t)) == 33 })
@@ -331,6 +313,7 @@ func TestAblyRelayKilledMidBatchLosesNothing(t *testing.T) {
 		"NATS_URL="+s.nats.URL,
 		"NATS_STREAM="+s.names.Stream,
 		"NATS_SUBJECT_PREFIX="+s.names.Prefix,
+		"NATS_ACK_WAIT=2s",
 		"OPS_ADDR=127.0.0.1:0",
 		"ABLY_API_KEY="+ablyKey.Encode(),
 		"ABLY_ENDPOINT=http://"+sim.Endpoint(),
@@ -349,23 +332,104 @@ func TestAblyRelayKilledMidBatchLosesNothing(t *testing.T) {
 	}
 	_ = child.Wait()
 	if n := len(sim.Messages("")); n == 0 || n == 33 {
-		t.Fatalf("%d messages taken before the kill: not mid-batch", n)
+		t.Fatalf("%d messages taken before the kill: not mid-flow", n)
 	}
 
-	// A new relay gets the unacked events once their ack wait (15 s) ends.
+	// A new relay is pinned once the dead one's pin lapses, after its
+	// claims did: it gets the unacked events first, in order.
 	s.start(t, s.ablyConfig(sim))
-	testenv.Eventually(t, 40*time.Second, "every event published", func() bool {
-		have := map[string]bool{}
-		for _, m := range sim.Messages("") {
-			have[key(t, m)] = true
+	testenv.Eventually(t, 40*time.Second, "every event published", func() bool { return len(sim.Messages("")) == 33 })
+	stored := s.storedEvents(t)
+	checkOneIDPerEvent(t, stored, sim.Requests())
+	for _, u := range []string{"u1", "u2", "u3"} {
+		ch := realtime.Channel(u)
+		if d := cmp.Diff(wantPublished(stored, ch), gotPublished(sim, ch)); d != "" {
+			t.Errorf("%s (-want +got):\n%s", ch, d)
 		}
-		for _, w := range want {
-			if !have[w] {
-				return false
+	}
+}
+
+// Must show 5 (issue 14), in seconds: Ably refuses one channel for six
+// times the relays' AckWait while its events keep coming, and the relay
+// holding them is stopped mid-outage. The held events are never redelivered
+// while held, the other channel is not held up, and when Ably recovers
+// every event has reached it once, under its own id, in stream order.
+func TestAblyChannelOutageLongerThanAckWait(t *testing.T) {
+	s := newStack(t)
+	sim := startSim(t, ablysim.Options{})
+	cfg := s.ablyConfig(sim)
+	relays := []*running{s.start(t, cfg), s.start(t, cfg)}
+	s.sessionFor(t, "u1")
+	s.sessionFor(t, "u2")
+	testenv.Eventually(t, 10*time.Second, "sessions published", func() bool { return len(sim.Messages("")) == 2 })
+
+	outage := 6 * cfg.Common.AckWait
+	until := time.Now().Add(outage)
+	sim.Refuse(ablysim.Outage{Channel: "session:u1", Until: until, Status: 401, Code: realtime.CodeNotPermitted})
+	for i := range 8 {
+		s.addImage(t, "u1", fmt.Sprintf("img%d", i))
+		s.addImage(t, "u2", fmt.Sprintf("img%d", i))
+	}
+	testenv.Eventually(t, 10*time.Second, "u2's events published during u1's outage", func() bool {
+		return len(sim.Messages("session:u2")) == 9
+	})
+	if time.Now().After(until) {
+		t.Fatalf("u2's events took the whole outage")
+	}
+
+	// Wait until the outage has lasted over twice the AckWait: nothing was
+	// redelivered, the relay kept its claims.
+	cons, err := s.js.Consumer(context.Background(), s.names.Stream, events.ConsumerRelay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, outage, "the outage outlasting the claims", func() bool {
+		return time.Until(until) < outage-2*cfg.Common.AckWait-time.Second
+	})
+	info, err := cons.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumRedelivered != 0 || info.NumAckPending != 8 {
+		t.Errorf("mid-outage: %d redelivered, %d pending; want 0 and u1's 8 held", info.NumRedelivered, info.NumAckPending)
+	}
+	// Stop the pinned relay (the one that published): it hands u1's events
+	// back in order and the other takes over.
+	pinned := slices.IndexFunc(relays, func(r *running) bool { return r.metric(t, "relay_events_relayed_total") > 0 })
+	if pinned < 0 {
+		t.Fatal("no relay published")
+	}
+	relays[pinned].stop()
+	s.addImage(t, "u1", "late")
+
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, r := range relays {
+				for _, l := range r.logs.Lines() {
+					t.Logf("relay %d: %s", i, l)
+				}
 			}
 		}
-		return true
 	})
+	testenv.Eventually(t, outage+30*time.Second, "u1's events published after the outage", func() bool {
+		return len(sim.Messages("session:u1")) == 10
+	})
+	stored := s.storedEvents(t)
+	checkOneIDPerEvent(t, stored, sim.Requests())
+	for _, ch := range []string{"session:u1", "session:u2"} {
+		if d := cmp.Diff(wantPublished(stored, ch), gotPublished(sim, ch)); d != "" {
+			t.Errorf("%s (-want +got):\n%s", ch, d)
+		}
+	}
+	refused := 0
+	for _, rq := range sim.Requests() {
+		if rq.Channel == "session:u1" && rq.Status == 401 {
+			refused++
+		}
+	}
+	if refused == 0 {
+		t.Errorf("no publish was refused: the outage never hit")
+	}
 }
 
 func key(t testing.TB, m ablysim.Message) string {

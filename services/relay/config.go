@@ -23,7 +23,9 @@ import (
 //	ABLY_TLS               default true
 //	ABLY_PUBLISH_TIMEOUT   deadline of one publish attempt, default 10s
 //	ABLY_CHANNEL_RATE      messages per second per channel, default 50 (Ably's limit)
-//	RELAY_PUBLISHERS       parallel publishers (each owns a share of the users), default 16
+//	RELAY_PUBLISHERS       Ably publishes in flight at once (each channel's one at a time), default 16
+//	NATS_ACK_WAIT          how long the relay's claim on an event outlives a relay that
+//	                       died holding it (default 15s); a live relay renews its claims
 //	REALTIME_SIGNING_KEY   SSE mode: "name:secret" shared with the API (required)
 //	RELAY_ADDR             SSE mode: listen address, default :8081
 //	RELAY_ALLOWED_ORIGINS  SSE mode: CORS origins, comma separated, default *

@@ -10,7 +10,7 @@ import (
 )
 
 // MaxMessageBytes is Ably's limit for one publish (every message in it
-// together); the relay keeps each batch under it with room for the
+// together); the relay keeps each message under it with room for the
 // envelope.
 const MaxMessageBytes = 64 * 1024
 
@@ -116,10 +116,6 @@ func resyncMarker(data json.RawMessage) json.RawMessage {
 	b, _ := json.Marshal(out)
 	return b
 }
-
-// size is what the message counts against Ably's limit: name, data and
-// client id (none here).
-func (m browserMessage) size() int { return len(m.Name) + len(m.Data) }
 
 // envelope is the SSE message the built-in relay sends for m.
 func (m browserMessage) envelope() realtime.Message {

@@ -3,10 +3,12 @@
 // see each photo, preview, edit and commit step as it happens.
 //
 // With ABLY_API_KEY set, the relay consumes the durable JetStream consumer
-// "relay" (instances share it) and publishes to Ably's REST API: a stable
-// message id per event, a deadline on every attempt, retries with backoff
-// until Ably accepts, and only then the JetStream ack; events that pile up
-// go out in batches within Ably's 64 KiB and 50 messages/s per channel.
+// "relay" and publishes to Ably's REST API (see ablyRelay in ably.go): one
+// event per publish under the event's own id, a deadline on every attempt,
+// retries with backoff until Ably accepts, and only then the JetStream ack.
+// Relays side by side share the consumer; one at a time is pinned to it and
+// the others take over when it stops, so each channel's events reach Ably
+// in stream order, held (claim renewed) through an outage of any length.
 //
 // Without it, the relay serves the same channel itself over Server-Sent
 // Events on RELAY_ADDR (see SSE in sse.go for the wire format): every relay
@@ -87,17 +89,17 @@ func Run(ctx context.Context, cfg Config) error {
 
 	switch cfg.Realtime.Mode {
 	case realtime.ModeAbly:
-		cons, err := events.EnsureConsumer(ctx, js, names, events.ConsumerRelay)
+		cons, err := events.EnsureConsumer(ctx, js, names, events.ConsumerRelay, cfg.Common.AckWait)
 		if err != nil {
 			return err
 		}
 		reg.MustRegister(consume.Collector(cons))
-		pub, err := newAblyRelay(cfg, log, m)
+		pub, err := newAblyRelay(cfg, cons.CachedInfo().Config.AckWait, log, m)
 		if err != nil {
 			return err
 		}
 		log.Info("relay.start", "mode", "ably", "key", cfg.Realtime.Key.Name, "publishers", cfg.Publishers)
-		goRun(func() error { return pub.run(runCtx, cons) })
+		goRun(func() error { return pub.run(runCtx, stream, cons) })
 	default:
 		if cfg.Realtime.Key.IsZero() {
 			return errors.New("relay: REALTIME_SIGNING_KEY is required for built-in SSE")
@@ -144,7 +146,7 @@ type metrics struct {
 	publishSeconds  prometheus.Histogram
 	publishFailures *prometheus.CounterVec
 	relayed         *prometheus.CounterVec
-	batchSize       prometheus.Histogram
+	held            prometheus.Gauge
 	subscribers     prometheus.Gauge
 	dropped         prometheus.Counter
 	resumes         prometheus.Counter
@@ -163,9 +165,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		relayed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_events_relayed_total", Help: "Events delivered to Ably or to the SSE hub, by type.",
 		}, []string{"type"}),
-		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "relay_ably_batch_messages", Help: "Messages per Ably publish.",
-			Buckets: []float64{1, 2, 5, 10, 20, 50},
+		held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_ably_held_events", Help: "Events taken from JetStream and not yet accepted by Ably (growing: Ably refuses).",
 		}),
 		subscribers: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_sse_subscribers", Help: "Open SSE streams.",
@@ -180,7 +181,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "relay_sse_refused_total", Help: "SSE requests refused, by Ably error code.",
 		}, []string{"code"}),
 	}
-	reg.MustRegister(m.publishSeconds, m.publishFailures, m.relayed, m.batchSize,
+	reg.MustRegister(m.publishSeconds, m.publishFailures, m.relayed, m.held,
 		m.subscribers, m.dropped, m.resumes, m.refused)
 	return m
 }

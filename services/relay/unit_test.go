@@ -116,36 +116,3 @@ func TestToBrowser(t *testing.T) {
 		})
 	}
 }
-
-func TestChunksAndIDs(t *testing.T) {
-	mk := func(id string, size int) item {
-		return item{bm: browserMessage{EventID: id, Name: "n", Channel: "session:u", Data: json.RawMessage(strings.Repeat("x", size))}}
-	}
-	var items []item
-	for _, id := range []string{"a", "b", "c", "d", "e"} {
-		items = append(items, mk(id, 10))
-	}
-	items = append(items, mk("big1", 40000), mk("big2", 40000), mk("f", 10))
-	ids := func(cs [][]item) [][]string {
-		var out [][]string
-		for _, c := range cs {
-			out = append(out, messageIDs(c))
-		}
-		return out
-	}
-	tests := []struct {
-		name  string
-		items []item
-		max   int
-		want  [][]string
-	}{
-		{"by count", items[:5], 3, [][]string{{"a:0", "a:1", "a:2"}, {"d:0", "d:1"}}},
-		{"by size", items, 10, [][]string{{"a:0", "a:1", "a:2", "a:3", "a:4", "a:5"}, {"big2:0", "big2:1"}}},
-		{"one alone keeps its event id", items[7:], 10, [][]string{{"f"}}},
-	}
-	for _, tt := range tests {
-		if d := cmp.Diff(tt.want, ids(chunks(tt.items, tt.max))); d != "" {
-			t.Errorf("%s (-want +got):\n%s", tt.name, d)
-		}
-	}
-}
