@@ -233,7 +233,7 @@ func TestSSEHonoursTheTokenCapability(t *testing.T) {
 	resp := get("session:userB", "")
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if e, _ := realtime.ReadError(b); resp.StatusCode != 403 || e.Code != realtime.CodeNotPermitted {
+	if e, _ := realtime.ReadError(b); resp.StatusCode != 401 || e.Code != realtime.CodeNotPermitted {
 		t.Fatalf("user B's channel: %d %s", resp.StatusCode, b)
 	}
 

@@ -28,6 +28,7 @@ const (
 	SessionStarted  Type = "session.started"  // a capture session began for a patient
 	PhonePaired     Type = "session.paired"   // a phone exchanged the QR token
 	PhonePending    Type = "session.pending"  // a phone's count of photos it holds unrecorded changed
+	PhoneRemoved    Type = "session.unpaired" // the desktop removed a paired phone
 	CommitRequested Type = "commit.requested" // the GP asked to commit; the committer's work item
 	CommitProgress  Type = "commit.progress"  // one more photo landed in ALEX
 	CommitSucceeded Type = "commit.succeeded" // every photo landed
@@ -37,7 +38,7 @@ const (
 // Types lists every event type, in a stable order.
 var Types = []Type{
 	ImageUploaded, ImageUpdated, ImageRemoved, ImageProcessed, ImageRejected,
-	SessionStarted, PhonePaired, PhonePending, CommitRequested, CommitProgress, CommitSucceeded, CommitFailed,
+	SessionStarted, PhonePaired, PhonePending, PhoneRemoved, CommitRequested, CommitProgress, CommitSucceeded, CommitFailed,
 }
 
 // BrowserName is the name a screen receives the event under (Ably message
@@ -61,6 +62,8 @@ func (t Type) BrowserName() string {
 		return "phone-paired"
 	case PhonePending:
 		return "phone-pending"
+	case PhoneRemoved:
+		return "phone-removed"
 	case CommitRequested:
 		return "commit-started"
 	case CommitProgress:

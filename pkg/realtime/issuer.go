@@ -1,6 +1,7 @@
 package realtime
 
 import (
+	"cmp"
 	"errors"
 	"time"
 
@@ -22,9 +23,15 @@ const AblySSEURL = "https://main.realtime.ably.net/sse"
 // DefaultSSEURL is where the local relay serves SSE (RELAY_ADDR :8081).
 const DefaultSSEURL = "http://127.0.0.1:8081/sse"
 
-// DefaultTTL is how long a browser token lives unless the session ends
+// DefaultTTL is how long a desktop's token lives unless the session ends
 // sooner; pages renew it before then.
 const DefaultTTL = time.Hour
+
+// DefaultPhoneTTL is how long a phone's token lives: minutes, so a phone
+// that is removed or whose session ends loses the stream soon even where
+// the stream cannot be cut at once (Ably); it is renewed only with a live
+// phone credential.
+const DefaultPhoneTTL = 5 * time.Minute
 
 // Settings are the realtime settings the API and the relay both read:
 //
@@ -33,17 +40,20 @@ const DefaultTTL = time.Hour
 //	                      the same value for the API and every relay
 //	REALTIME_SSE_URL      the SSE URL pages open (default Ably's, or
 //	                      http://127.0.0.1:8081/sse in SSE mode)
-//	REALTIME_TOKEN_TTL    browser token lifetime, default 1h, at most 24h
+//	REALTIME_TOKEN_TTL    desktop token lifetime, default 1h, at most 24h
+//	REALTIME_PHONE_TOKEN_TTL phone token lifetime, default 5m, at most REALTIME_TOKEN_TTL
 type Settings struct {
-	Mode Mode
-	Key  Key // the Ably API key (ModeAbly) or the shared signing key (ModeSSE)
-	URL  string
-	TTL  time.Duration
+	Mode     Mode
+	Key      Key // the Ably API key (ModeAbly) or the shared signing key (ModeSSE)
+	URL      string
+	TTL      time.Duration
+	PhoneTTL time.Duration
 }
 
 // ReadSettings reads Settings, recording problems in r.
 func ReadSettings(r *config.Reader) Settings {
-	s := Settings{Mode: ModeSSE, TTL: r.Duration("REALTIME_TOKEN_TTL", DefaultTTL)}
+	s := Settings{Mode: ModeSSE, TTL: r.Duration("REALTIME_TOKEN_TTL", DefaultTTL),
+		PhoneTTL: r.Duration("REALTIME_PHONE_TOKEN_TTL", DefaultPhoneTTL)}
 	name, def := "REALTIME_SIGNING_KEY", DefaultSSEURL
 	if ably := r.String("ABLY_API_KEY", ""); ably != "" {
 		s.Mode, name, def = ModeAbly, "ABLY_API_KEY", AblySSEURL
@@ -61,25 +71,31 @@ func ReadSettings(r *config.Reader) Settings {
 	if s.TTL <= 0 || s.TTL > MaxTTL {
 		r.Fail("REALTIME_TOKEN_TTL must be between 1s and 24h")
 	}
+	if s.PhoneTTL <= 0 || s.PhoneTTL > s.TTL {
+		r.Fail("REALTIME_PHONE_TOKEN_TTL must be between 1s and REALTIME_TOKEN_TTL")
+	}
 	return s
 }
 
-// Token is the answer of GET /api/users/:userId/realtime-token.
+// Token is the answer of GET /api/users/:userId/realtime-token. Channel is
+// the one channel the token covers: the user's for a desktop, the session's
+// for a phone.
 type Token struct {
 	Mode      Mode      `json:"mode"`
 	Token     string    `json:"token"`
 	ExpiresAt time.Time `json:"expiresAt"`
 	Channel   string    `json:"channel"`
 	URL       string    `json:"url"`
+	SessionID string    `json:"sessionId,omitempty"`
 }
 
-// Issue mints userID's browser token, valid from now for s.TTL but never
-// past notAfter (when the session expires). It fails with ErrSessionEnded if
-// notAfter is not after now.
-func (s Settings) Issue(userID string, notAfter, now time.Time) (Token, error) {
-	ttl := s.TTL
-	if ttl <= 0 {
-		ttl = DefaultTTL
+// Issue mints g's browser token, valid from now for s.TTL (s.PhoneTTL for a
+// phone) but never past notAfter (when the session expires). It fails with
+// ErrSessionEnded if notAfter is not after now.
+func (s Settings) Issue(g Grant, notAfter, now time.Time) (Token, error) {
+	ttl := cmp.Or(s.TTL, DefaultTTL)
+	if g.PhoneID != "" {
+		ttl = min(ttl, cmp.Or(s.PhoneTTL, DefaultPhoneTTL))
 	}
 	if !notAfter.IsZero() {
 		left := notAfter.Sub(now).Truncate(time.Second)
@@ -91,9 +107,9 @@ func (s Settings) Issue(userID string, notAfter, now time.Time) (Token, error) {
 	if s.Key.IsZero() {
 		return Token{}, errors.New("issue token: no key configured")
 	}
-	tok, exp, err := Mint(s.Key, userID, ttl, now)
+	tok, exp, err := MintGrant(s.Key, g, ttl, now)
 	if err != nil {
 		return Token{}, err
 	}
-	return Token{Mode: s.Mode, Token: tok, ExpiresAt: exp, Channel: Channel(userID), URL: s.URL}, nil
+	return Token{Mode: s.Mode, Token: tok, ExpiresAt: exp, Channel: g.Channel(), URL: s.URL, SessionID: g.SessionID}, nil
 }

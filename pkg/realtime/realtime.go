@@ -39,19 +39,52 @@ import (
 // ChannelPrefix starts every session channel's name.
 const ChannelPrefix = "session:"
 
-// Channel is the channel of userID's capture session: "session:<userId>".
-// Both the desktop and the phone of that user subscribe to it.
+// Channel is the channel of userID's capture sessions: "session:<userId>",
+// the seeds' channel. The desktop subscribes to it and sees every session
+// of its user.
 func Channel(userID string) string { return ChannelPrefix + userID }
 
-// ChannelUser returns the user id of a session channel, and false for any
-// other name.
+// SessionChannel is the channel of one session of userID:
+// "session:<userId>:<sessionId>". A phone subscribes to it and sees only the
+// events of the session it paired with.
+func SessionChannel(userID, sessionID string) string {
+	return ChannelPrefix + userID + ":" + sessionID
+}
+
+// Ref is what a channel name stands for: a user's channel (Session empty)
+// or one session's channel.
+type Ref struct {
+	User    string
+	Session string
+}
+
+// ParseChannel reads a user's or a session's channel name; ok is false for
+// any other name.
+func ParseChannel(channel string) (Ref, bool) {
+	rest, ok := strings.CutPrefix(channel, ChannelPrefix)
+	if !ok {
+		return Ref{}, false
+	}
+	user, sess, scoped := strings.Cut(rest, ":")
+	if !events.ValidUserID(user) || (scoped && !events.ValidUserID(sess)) {
+		return Ref{}, false
+	}
+	return Ref{User: user, Session: sess}, true
+}
+
+// ChannelUser returns the user id of a user's channel, and false for any
+// other name (a session's channel included).
 func ChannelUser(channel string) (string, bool) {
-	u, ok := strings.CutPrefix(channel, ChannelPrefix)
-	if !ok || !events.ValidUserID(u) {
+	r, ok := ParseChannel(channel)
+	if !ok || r.Session != "" {
 		return "", false
 	}
-	return u, true
+	return r.User, true
 }
+
+// PhoneClientPrefix starts the client id of a phone's token:
+// "phone:<phoneId>".
+const PhoneClientPrefix = "phone:"
 
 // MaxTTL is the longest token Ably accepts; Mint never issues a longer one.
 const MaxTTL = 24 * time.Hour
@@ -99,6 +132,15 @@ type Claims struct {
 	Capability map[string][]string // x-ably-capability: channel -> operations
 }
 
+// PhoneID is the paired phone a token was issued to, "" for a desktop's.
+func (c Claims) PhoneID() string {
+	id, _ := strings.CutPrefix(c.ClientID, PhoneClientPrefix)
+	if id == c.ClientID {
+		return ""
+	}
+	return id
+}
+
 // Allows reports whether the capability grants op on channel, with Ably's
 // wildcards: a resource "*" (every channel) or "ns:*" (every channel of a
 // namespace), an operation "*" (every operation).
@@ -134,20 +176,61 @@ var (
 	ErrNotPermitted  = errors.New("channel not permitted by the token's capability")
 	ErrBadChannel    = errors.New("not a session channel")
 	ErrSessionEnded  = errors.New("session already expired")
+	ErrRevoked       = errors.New("access revoked: the session ended or the phone was removed")
 	ErrBadTTL        = errors.New("token lifetime must be positive")
 	ErrBadUserID     = errors.New("invalid user id")
 	errNoCapability  = errors.New("token has no x-ably-capability")
 	errBadCapability = errors.New("x-ably-capability is not a JSON object of string arrays")
 )
 
-// Mint signs a token that lets its holder subscribe to userID's session
-// channel and nothing else, valid from now for ttl (at most MaxTTL, in whole
-// seconds). It is an Ably JWT: HS256, header kid = key.Name, claims iat,
-// exp, x-ably-capability = {"session:<userId>":["subscribe"]} as a JSON
-// string, and x-ably-clientId = userID. The caller limits ttl to what is left
-// of the session (Issuer.Issue does).
+// Grant is what one token lets its holder subscribe to: a user's channel
+// (a desktop), or, with SessionID and PhoneID set, the channel of that one
+// session (a phone).
+type Grant struct {
+	UserID    string
+	SessionID string
+	PhoneID   string
+}
+
+// Channel is the one channel the grant covers.
+func (g Grant) Channel() string {
+	if g.SessionID != "" {
+		return SessionChannel(g.UserID, g.SessionID)
+	}
+	return Channel(g.UserID)
+}
+
+func (g Grant) clientID() string {
+	if g.PhoneID != "" {
+		return PhoneClientPrefix + g.PhoneID
+	}
+	return g.UserID
+}
+
+func (g Grant) valid() bool {
+	if !events.ValidUserID(g.UserID) {
+		return false
+	}
+	if g.SessionID == "" && g.PhoneID == "" {
+		return true
+	}
+	return events.ValidUserID(g.SessionID) && events.ValidUserID(g.PhoneID)
+}
+
+// Mint signs a desktop token: it lets its holder subscribe to userID's
+// channel and nothing else. See MintGrant.
 func Mint(key Key, userID string, ttl time.Duration, now time.Time) (token string, expires time.Time, err error) {
-	if !events.ValidUserID(userID) {
+	return MintGrant(key, Grant{UserID: userID}, ttl, now)
+}
+
+// MintGrant signs a token that lets its holder subscribe to g's one channel
+// and nothing else, valid from now for ttl (at most MaxTTL, in whole
+// seconds). It is an Ably JWT: HS256, header kid = key.Name, claims iat,
+// exp, x-ably-capability = {"<channel>":["subscribe"]} as a JSON string, and
+// x-ably-clientId = the user id (desktop) or "phone:<phoneId>" (phone). The
+// caller limits ttl to what is left of the session (Settings.Issue does).
+func MintGrant(key Key, g Grant, ttl time.Duration, now time.Time) (token string, expires time.Time, err error) {
+	if !g.valid() {
 		return "", time.Time{}, ErrBadUserID
 	}
 	if key.Name == "" || key.Secret == "" {
@@ -159,7 +242,7 @@ func Mint(key Key, userID string, ttl time.Duration, now time.Time) (token strin
 	if ttl <= 0 || exp <= iat {
 		return "", time.Time{}, ErrBadTTL
 	}
-	capability, err := json.Marshal(map[string][]string{Channel(userID): {"subscribe"}})
+	capability, err := json.Marshal(map[string][]string{g.Channel(): {"subscribe"}})
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("mint token: %w", err)
 	}
@@ -167,7 +250,7 @@ func Mint(key Key, userID string, ttl time.Duration, now time.Time) (token strin
 		"iat":               iat,
 		"exp":               exp,
 		"x-ably-capability": string(capability),
-		"x-ably-clientId":   userID,
+		"x-ably-clientId":   g.clientID(),
 	})
 	t.Header["kid"] = key.Name
 	signed, err := t.SignedString([]byte(key.Secret))
@@ -226,19 +309,19 @@ func Verify(token string, key Key, now time.Time) (Claims, error) {
 }
 
 // Authorize verifies token and checks that it may subscribe to every one of
-// channels, each a session channel. It returns the claims and the user ids
-// of the channels, in order.
-func Authorize(token string, key Key, channels []string, now time.Time) (Claims, []string, error) {
+// channels, each a user's or a session's channel. It returns the claims and
+// what each channel stands for, in order.
+func Authorize(token string, key Key, channels []string, now time.Time) (Claims, []Ref, error) {
 	if len(channels) == 0 {
 		return Claims{}, nil, ErrBadChannel
 	}
-	users := make([]string, 0, len(channels))
+	refs := make([]Ref, 0, len(channels))
 	for _, ch := range channels {
-		u, ok := ChannelUser(ch)
+		r, ok := ParseChannel(ch)
 		if !ok {
 			return Claims{}, nil, ErrBadChannel
 		}
-		users = append(users, u)
+		refs = append(refs, r)
 	}
 	c, err := Verify(token, key, now)
 	if err != nil {
@@ -249,5 +332,5 @@ func Authorize(token string, key Key, channels []string, now time.Time) (Claims,
 			return Claims{}, nil, ErrNotPermitted
 		}
 	}
-	return c, users, nil
+	return c, refs, nil
 }

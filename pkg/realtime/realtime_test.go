@@ -152,10 +152,12 @@ func TestAuthorizeOnlyTheTokensOwnChannel(t *testing.T) {
 		{"bad user id", tokA, []string{"session:a.b"}, ErrBadChannel, CodeBadChannel},
 		{"no channel", tokA, nil, ErrBadChannel, CodeBadChannel},
 		{"namespace wildcard", wild, []string{"session:userB"}, nil, 0},
+		{"a session of its own user", tokA, []string{"session:userA:s1"}, ErrNotPermitted, CodeNotPermitted},
+		{"bad session id", tokA, []string{"session:userA:s.1"}, ErrBadChannel, CodeBadChannel},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, users, err := Authorize(tt.token, testKey, tt.channels, t0)
+			_, refs, err := Authorize(tt.token, testKey, tt.channels, t0)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("err = %v, want %v", err, tt.want)
 			}
@@ -165,12 +167,12 @@ func TestAuthorizeOnlyTheTokensOwnChannel(t *testing.T) {
 				}
 				return
 			}
-			var want []string
+			var want []Ref
 			for _, ch := range tt.channels {
-				want = append(want, strings.TrimPrefix(ch, "session:"))
+				want = append(want, Ref{User: strings.TrimPrefix(ch, "session:")})
 			}
-			if d := cmp.Diff(want, users); d != "" {
-				t.Errorf("users (-want +got):\n%s", d)
+			if d := cmp.Diff(want, refs); d != "" {
+				t.Errorf("refs (-want +got):\n%s", d)
 			}
 		})
 	}
@@ -195,7 +197,7 @@ func TestIssueNeverOutlivesTheSession(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := s.Issue("u1", tt.notAfter, t0.Add(300*time.Millisecond))
+			got, err := s.Issue(Grant{UserID: "u1"}, tt.notAfter, t0.Add(300*time.Millisecond))
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
@@ -230,13 +232,13 @@ func TestReadSettings(t *testing.T) {
 		wantErr bool
 	}{
 		{"ably", map[string]string{"ABLY_API_KEY": "app.k:sec"},
-			Settings{Mode: ModeAbly, Key: Key{"app.k", "sec"}, URL: AblySSEURL, TTL: time.Hour}, false},
+			Settings{Mode: ModeAbly, Key: Key{"app.k", "sec"}, URL: AblySSEURL, TTL: time.Hour, PhoneTTL: DefaultPhoneTTL}, false},
 		{"sse", map[string]string{"REALTIME_SIGNING_KEY": "local:abc", "REALTIME_SSE_URL": "http://x/sse", "REALTIME_TOKEN_TTL": "10m"},
-			Settings{Mode: ModeSSE, Key: Key{"local", "abc"}, URL: "http://x/sse", TTL: 10 * time.Minute}, false},
-		{"sse without key", map[string]string{}, Settings{Mode: ModeSSE, URL: DefaultSSEURL, TTL: time.Hour}, true},
-		{"malformed key", map[string]string{"ABLY_API_KEY": "nocolon"}, Settings{Mode: ModeAbly, URL: AblySSEURL, TTL: time.Hour}, true},
+			Settings{Mode: ModeSSE, Key: Key{"local", "abc"}, URL: "http://x/sse", TTL: 10 * time.Minute, PhoneTTL: DefaultPhoneTTL}, false},
+		{"sse without key", map[string]string{}, Settings{Mode: ModeSSE, URL: DefaultSSEURL, TTL: time.Hour, PhoneTTL: DefaultPhoneTTL}, true},
+		{"malformed key", map[string]string{"ABLY_API_KEY": "nocolon"}, Settings{Mode: ModeAbly, URL: AblySSEURL, TTL: time.Hour, PhoneTTL: DefaultPhoneTTL}, true},
 		{"ttl too long", map[string]string{"REALTIME_SIGNING_KEY": "a:b", "REALTIME_TOKEN_TTL": "48h"},
-			Settings{Mode: ModeSSE, Key: Key{"a", "b"}, URL: DefaultSSEURL, TTL: 48 * time.Hour}, true},
+			Settings{Mode: ModeSSE, Key: Key{"a", "b"}, URL: DefaultSSEURL, TTL: 48 * time.Hour, PhoneTTL: DefaultPhoneTTL}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -314,10 +316,10 @@ func TestWriteErrorIsAblyShaped(t *testing.T) {
 	rec := httptest.NewRecorder()
 	WriteError(rec, ErrorFor(ErrNotPermitted))
 	got, ok := ReadError(rec.Body.Bytes())
-	if !ok || rec.Code != 403 {
+	if !ok || rec.Code != 401 {
 		t.Fatalf("status %d body %s", rec.Code, rec.Body)
 	}
-	if d := cmp.Diff(ErrorInfo{CodeNotPermitted, 403, "channel denied access based on given capability"}, got); d != "" {
+	if d := cmp.Diff(ErrorInfo{CodeNotPermitted, 401, "channel denied access based on given capability"}, got); d != "" {
 		t.Errorf("(-want +got):\n%s", d)
 	}
 }
@@ -342,4 +344,50 @@ func FuzzVerify(f *testing.F) {
 			t.Errorf("accepted %q with claims %+v", tok, c)
 		}
 	})
+}
+
+// A phone's token covers its one session's channel: not the user's channel
+// (every session), not another session of the same user, and it names the
+// phone so a relay can end its stream when the phone is removed.
+func TestPhoneGrantIsForOneSession(t *testing.T) {
+	s := Settings{Mode: ModeSSE, Key: testKey, URL: DefaultSSEURL, TTL: time.Hour, PhoneTTL: 5 * time.Minute}
+	g := Grant{UserID: "u1", SessionID: "sessA", PhoneID: "ph1"}
+	tok, err := s.Issue(g, t0.Add(2*time.Hour), t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.Channel != "session:u1:sessA" || tok.SessionID != "sessA" || !tok.ExpiresAt.Equal(t0.Add(5*time.Minute)) {
+		t.Fatalf("phone token = %+v", tok)
+	}
+	tests := []struct {
+		channel string
+		want    error
+	}{
+		{"session:u1:sessA", nil},
+		{"session:u1", ErrNotPermitted},
+		{"session:u1:sessC", ErrNotPermitted},
+		{"session:u2:sessA", ErrNotPermitted},
+	}
+	for _, tt := range tests {
+		c, refs, err := Authorize(tok.Token, testKey, []string{tt.channel}, t0)
+		if !errors.Is(err, tt.want) {
+			t.Errorf("%s: err = %v, want %v", tt.channel, err, tt.want)
+			continue
+		}
+		if err == nil && (c.PhoneID() != "ph1" || refs[0] != (Ref{User: "u1", Session: "sessA"})) {
+			t.Errorf("%s: phone %q refs %+v", tt.channel, c.PhoneID(), refs)
+		}
+	}
+	desk, _ := s.Issue(Grant{UserID: "u1"}, time.Time{}, t0)
+	if c, err := Verify(desk.Token, testKey, t0); err != nil || c.PhoneID() != "" || !desk.ExpiresAt.Equal(t0.Add(time.Hour)) {
+		t.Errorf("desktop token: %+v %v", c, err)
+	}
+	for _, bad := range []Grant{{UserID: "u1", SessionID: "s"}, {UserID: "u1", PhoneID: "p"}, {UserID: "u1", SessionID: "a:b", PhoneID: "p"}} {
+		if _, err := s.Issue(bad, time.Time{}, t0); !errors.Is(err, ErrBadUserID) {
+			t.Errorf("%+v: err = %v", bad, err)
+		}
+	}
+	if got := ErrorFor(ErrRevoked); got.Code != CodeTokenRevoked || got.StatusCode != 401 {
+		t.Errorf("revoked maps to %+v", got)
+	}
 }

@@ -31,14 +31,18 @@ import (
 // built-in relay it is the JetStream stream sequence, for Ably Ably's own);
 // `data:` is one Message whose Data is the event payload as a JSON string
 // (encoding "json": JSON.parse it); a line starting with ':' is a heartbeat
-// sent about every 15 s. A refused request answers 400/401/403 with an Ably
-// error body {"error":{"code","statusCode","message"}}. When the token
-// expires mid-stream the server sends
+// sent about every 15 s. A refused request answers 400/401 with an Ably
+// error body {"error":{"code","statusCode","message"}} (a channel outside
+// the token's capability: 40160, status 401). When the token expires
+// mid-stream the server sends
 //
 //	event: error
 //	data: {"code":40142,"statusCode":401,"message":"access token expired"}
 //
-// and closes: the page fetches a new token and reopens with lastEvent.
+// and closes: the page fetches a new token and reopens with lastEvent. A
+// phone's stream (a session's channel) ends the same way with 40141 once
+// its session is replaced or the phone is removed; the token request that
+// follows then fails with the API's reason.
 // A server may also close a stream that cannot keep up; the page reopens
 // with lastEvent and misses nothing.
 
@@ -179,6 +183,7 @@ const (
 	CodeBadMessageID     = 40031
 	CodeBadCredentials   = 40101
 	CodeTokenUnspecified = 40140
+	CodeTokenRevoked     = 40141
 	CodeTokenExpired     = 40142
 	CodeTokenInvalid     = 40144
 	CodeNotPermitted     = 40160
@@ -211,8 +216,11 @@ func ErrorFor(err error) ErrorInfo {
 		return ErrorInfo{CodeTokenExpired, http.StatusUnauthorized, "access token expired"}
 	case errors.Is(err, ErrTokenInvalid):
 		return ErrorInfo{CodeTokenInvalid, http.StatusUnauthorized, "access token invalid"}
+	case errors.Is(err, ErrRevoked):
+		return ErrorInfo{CodeTokenRevoked, http.StatusUnauthorized, "token revoked: the session ended or the phone was removed"}
 	case errors.Is(err, ErrNotPermitted):
-		return ErrorInfo{CodeNotPermitted, http.StatusForbidden, "channel denied access based on given capability"}
+		// Ably answers 401 here, not 403; pages handle one behaviour.
+		return ErrorInfo{CodeNotPermitted, http.StatusUnauthorized, "channel denied access based on given capability"}
 	case errors.Is(err, ErrBadChannel):
 		return ErrorInfo{CodeBadChannel, http.StatusBadRequest, "channels must be session channels"}
 	}

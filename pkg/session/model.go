@@ -80,7 +80,8 @@ type Session struct {
 	CommitStatus CommitStatus  `json:"commitStatus"`
 	CommitID     string        `json:"commitId,omitempty"`
 	Commit       *CommitResult `json:"commit,omitempty"`
-	Phone        *Phone        `json:"phone,omitempty"`
+	Phone        *Phone        `json:"phone,omitempty"` // the phone paired last of Phones
+	Phones       List[Phone]   `json:"phones"`          // every phone paired and not removed
 	// Pending is what each phone still holds and has not recorded yet
 	// (photos waiting for a connection), by phone id (PhoneID).
 	Pending      map[string]Pending `json:"pending,omitempty"`
@@ -221,8 +222,10 @@ type CommitWait struct {
 	GiveUpAt  time.Time `json:"giveUpAt"`  // when the retry budget (COMMIT_RETRY_BUDGET) runs out
 }
 
-// Phone is the phone paired with the session through its QR token.
+// Phone is a phone paired with the session through a QR token. ID names it
+// in GET/DELETE /api/users/:userId/phones and in its realtime token.
 type Phone struct {
+	ID        string    `json:"id"`
 	PairedAt  time.Time `json:"pairedAt"`
 	UserAgent string    `json:"userAgent,omitempty"`
 }
@@ -232,6 +235,16 @@ type Phone struct {
 type Pending struct {
 	Count     int       `json:"count"`
 	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// PhoneByID finds a paired phone.
+func (s Session) PhoneByID(id string) (Phone, bool) {
+	for _, p := range s.Phones {
+		if p.ID == id {
+			return p, true
+		}
+	}
+	return Phone{}, false
 }
 
 // SessionToken is what `session-token:{token}` holds: the seeds' fields plus
@@ -246,10 +259,12 @@ type SessionToken struct {
 }
 
 // PhoneCredential is what a phone holds after exchanging its QR token: access
-// to one user's one session, ending with it.
+// to one user's one session, ending with it or when the desktop removes the
+// phone.
 type PhoneCredential struct {
 	UserID    string `json:"userId"`
 	SessionID string `json:"sessionId"`
+	PhoneID   string `json:"phoneId"`
 }
 
 // List is a JSON array that also reads Redis cjson's encoding of an empty
@@ -299,13 +314,18 @@ type ImageRemovedEvent struct {
 	ImageID    string `json:"imageId"`
 }
 
-// SessionEvent is the data of session.started and session.paired.
+// SessionEvent is the data of session.started, session.paired and
+// session.unpaired. PreviousSessionID (session.started) is the session this
+// one replaced, whose phones lose their stream; PhoneID (paired, unpaired)
+// is the phone concerned.
 type SessionEvent struct {
-	SessionID   string `json:"sessionId"`
-	Version     int64  `json:"version"`
-	PatientID   string `json:"patientId"`
-	EncounterID string `json:"encounterId"`
-	ImageCount  int    `json:"imageCount"`
+	SessionID         string `json:"sessionId"`
+	Version           int64  `json:"version"`
+	PatientID         string `json:"patientId"`
+	EncounterID       string `json:"encounterId"`
+	ImageCount        int    `json:"imageCount"`
+	PreviousSessionID string `json:"previousSessionId,omitempty"`
+	PhoneID           string `json:"phoneId,omitempty"`
 }
 
 // PendingEvent is the data of session.pending: one phone's count changed.

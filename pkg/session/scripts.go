@@ -15,7 +15,7 @@ import "github.com/redis/go-redis/v9"
 const prelude = `
 local function enc(v)
   local s = cjson.encode(v)
-  for _, f in ipairs({'images', 'mediaResourceIds', 'orphans', 'errors', 'sentHashes'}) do
+  for _, f in ipairs({'images', 'mediaResourceIds', 'orphans', 'errors', 'sentHashes', 'phones'}) do
     s = string.gsub(s, '"' .. f .. '":{}', '"' .. f .. '":[]')
   end
   return s
@@ -25,6 +25,7 @@ local function load(key)
   if not raw then return nil end
   local s = cjson.decode(raw)
   if type(s.images) ~= 'table' then s.images = {} end
+  if type(s.phones) ~= 'table' then s.phones = {} end
   return s
 end
 local function fail(code, detail)
@@ -85,9 +86,10 @@ end
 
 func script(body string) *redis.Script { return redis.NewScript(prelude + body) }
 
-// start: KEYS[3] session-token:{t}. ARGV[5] new session, ARGV[6] token
-// record, ARGV[7] token TTL, ARGV[8] "1" to discard uncommitted photos.
-// Returns {session, discarded images, "new"|"reuse"}.
+// start: KEYS[3] session-token:{t}, KEYS[4] qr:{userId} (the user's one
+// live QR token: a new one revokes the earlier). ARGV[5] new session,
+// ARGV[6] token record, ARGV[7] token TTL, ARGV[8] "1" to discard
+// uncommitted photos. Returns {session, discarded images, "new"|"reuse"}.
 var startScript = script(`
 local cur = load(KEYS[1])
 local new = cjson.decode(ARGV[5])
@@ -113,33 +115,67 @@ if mode == 'reuse' then
   s.lastActivity = ARGV[1]
   save(s, ARGV[2])
 else
-  if cur then new.version = (cur.version or 0) end
+  local extra = {patientId = new.patientId, encounterId = new.encounterId}
+  if cur then
+    new.version = (cur.version or 0)
+    extra.previousSessionId = cur.sessionId
+  end
   bump(new)
   save(new, ARGV[2])
-  emit(new, {patientId = new.patientId, encounterId = new.encounterId})
+  emit(new, extra)
 end
 tok.sessionId = s.sessionId
 redis.call('SET', KEYS[3], cjson.encode(tok), 'EX', ARGV[7])
+redis.call('SET', KEYS[4], KEYS[3], 'EX', ARGV[7])
 return {enc(s), enc({images = discarded}), mode}
 `)
 
-// pair: KEYS[3] session-token:{t}, KEYS[4] phone:{hash}. ARGV[5] user agent,
-// ARGV[6] credential TTL. Returns the token record.
+// pair: KEYS[3] session-token:{t}, KEYS[4] phone:{hash}, KEYS[5]
+// qr:{userId}. ARGV[5] user agent, ARGV[6] credential TTL, ARGV[7] phone
+// id, ARGV[8] most phones per session. Returns the token record.
 var pairScript = script(`
 local raw = redis.call('GET', KEYS[3])
 if not raw then return fail('TOKEN_NOT_FOUND') end
 local tok = cjson.decode(raw)
 if tok.used then return fail('TOKEN_USED') end
+if redis.call('GET', KEYS[5]) ~= KEYS[3] then return fail('TOKEN_REVOKED') end
 local s = load(KEYS[1])
 if not s or s.sessionId ~= tok.sessionId then return fail('SESSION_CHANGED') end
+if #s.phones >= tonumber(ARGV[8]) then return fail('PHONE_LIMIT', ARGV[8]) end
 tok.used = true
 redis.call('SET', KEYS[3], cjson.encode(tok), 'KEEPTTL')
-redis.call('SET', KEYS[4], cjson.encode({userId = tok.userId, sessionId = tok.sessionId}), 'EX', ARGV[6])
-s.phone = {pairedAt = ARGV[1], userAgent = ARGV[5]}
+redis.call('SET', KEYS[4], cjson.encode({userId = tok.userId, sessionId = tok.sessionId, phoneId = ARGV[7]}), 'EX', ARGV[6])
+table.insert(s.phones, {id = ARGV[7], pairedAt = ARGV[1], userAgent = ARGV[5]})
+s.phone = {id = ARGV[7], pairedAt = ARGV[1], userAgent = ARGV[5]}
 bump(s)
 save(s, ARGV[2])
-emit(s, {patientId = s.patientId, encounterId = s.encounterId})
+emit(s, {patientId = s.patientId, encounterId = s.encounterId, phoneId = ARGV[7]})
 return cjson.encode(tok)
+`)
+
+// unpair: ARGV[5] phone id, ARGV[6] session id. The phone's credential
+// stops resolving at once (it is checked against the session's phones).
+var unpairScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+if ARGV[6] ~= '' and s.sessionId ~= ARGV[6] then return fail('SESSION_CHANGED') end
+local at = nil
+for i, p in ipairs(s.phones) do
+  if p.id == ARGV[5] then at = i end
+end
+if not at then return fail('PHONE_NOT_FOUND') end
+table.remove(s.phones, at)
+if type(s.pending) == 'table' then
+  s.pending[ARGV[5]] = nil
+  if next(s.pending) == nil then s.pending = nil end
+end
+s.phone = nil
+local last = s.phones[#s.phones]
+if last then s.phone = {id = last.id, pairedAt = last.pairedAt, userAgent = last.userAgent} end
+bump(s)
+save(s, ARGV[2])
+emit(s, {patientId = s.patientId, encounterId = s.encounterId, phoneId = ARGV[5]})
+return enc(s)
 `)
 
 // add: ARGV[5] image, ARGV[6] session id the caller is bound to ("" for

@@ -22,6 +22,10 @@ var (
 	ErrNotFound         = errors.New("session not found or expired")
 	ErrTokenNotFound    = errors.New("session token expired or invalid")
 	ErrTokenUsed        = errors.New("session token already used")
+	ErrTokenRevoked     = errors.New("this QR code was replaced by a newer one: scan the code the desktop shows now")
+	ErrPhoneLimit       = errors.New("this session already has its most phones: remove one on the desktop first")
+	ErrPhoneNotFound    = errors.New("no such paired phone")
+	ErrPhoneRemoved     = errors.New("this phone was removed from the session on the desktop")
 	ErrSessionChanged   = errors.New("the session this credential was issued for has ended")
 	ErrImageNotFound    = errors.New("image not found")
 	ErrImageIDConflict  = errors.New("image id already used for another object")
@@ -79,6 +83,8 @@ type Options struct {
 	CommittedTTL time.Duration
 	// MaxImages caps photos per session (default 50).
 	MaxImages int
+	// MaxPhones caps the phones paired with one session at once (default 2).
+	MaxPhones int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -117,6 +123,9 @@ func NewStore(rdb redis.Cmdable, opt Options) *Store {
 	if opt.MaxImages <= 0 {
 		opt.MaxImages = MaxImages
 	}
+	if opt.MaxPhones <= 0 {
+		opt.MaxPhones = DefaultMaxPhones
+	}
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
@@ -148,6 +157,9 @@ func credentialHash(credential string) string {
 // PhoneID names a phone on its session (its pending count) without
 // revealing its credential: the first 12 hex digits of the credential's hash.
 func PhoneID(credential string) string { return credentialHash(credential)[:12] }
+
+// QR names the user's one live QR token: a new code revokes the earlier.
+func (k Keys) QR(userID string) string { return string(k) + "qr:" + userID }
 
 // Outbox is the stream of events waiting to be published to JetStream.
 func (k Keys) Outbox() string { return string(k) + "outbox" }
@@ -192,7 +204,7 @@ func (s *Store) Start(ctx context.Context, p StartParams) (Started, error) {
 	if p.Discard {
 		discard = "1"
 	}
-	res, err := s.run(ctx, startScript, events.SessionStarted, p.UserID, []string{s.Keys.Token(p.Token)},
+	res, err := s.run(ctx, startScript, events.SessionStarted, p.UserID, []string{s.Keys.Token(p.Token), s.Keys.QR(p.UserID)},
 		mustJSON(sess), mustJSON(tok), secs(s.opt.TokenTTL), discard)
 	if err != nil {
 		return Started{}, err
@@ -246,8 +258,14 @@ func (s *Store) Token(ctx context.Context, token string) (SessionToken, error) {
 	return t, nil
 }
 
+// DefaultMaxPhones is how many phones one session takes at once unless
+// Options.MaxPhones says otherwise.
+const DefaultMaxPhones = 2
+
 // Pair uses a QR token once: it marks the token used, stores the phone
-// credential (only its hash) and records the pairing on the session.
+// credential (only its hash) and adds the phone, named PhoneID(credential),
+// to the session. Only the user's latest QR token pairs (ErrTokenRevoked),
+// and at most Options.MaxPhones phones at once (ErrPhoneLimit).
 func (s *Store) Pair(ctx context.Context, token, credential, userAgent string) (SessionToken, error) {
 	t, err := s.Token(ctx, token)
 	if err != nil {
@@ -257,7 +275,8 @@ func (s *Store) Pair(ctx context.Context, token, credential, userAgent string) (
 		return SessionToken{}, ErrTokenUsed
 	}
 	res, err := s.run(ctx, pairScript, events.PhonePaired, t.UserID,
-		[]string{s.Keys.Token(token), s.Keys.Phone(credential)}, userAgent, secs(s.opt.CredentialTTL))
+		[]string{s.Keys.Token(token), s.Keys.Phone(credential), s.Keys.QR(t.UserID)},
+		userAgent, secs(s.opt.CredentialTTL), PhoneID(credential), strconv.Itoa(s.opt.MaxPhones))
 	if err != nil {
 		return SessionToken{}, err
 	}
@@ -267,6 +286,18 @@ func (s *Store) Pair(ctx context.Context, token, credential, userAgent string) (
 		return SessionToken{}, fmt.Errorf("decode token: %w", err)
 	}
 	return out, nil
+}
+
+// RemovePhone ends a paired phone's access: its credential no longer
+// resolves and the session.unpaired event ends its realtime stream.
+// sessionID binds the call to one session ("" for the current one).
+func (s *Store) RemovePhone(ctx context.Context, userID, sessionID, phoneID string) (Session, error) {
+	res, err := s.run(ctx, unpairScript, events.PhoneRemoved, userID, nil, phoneID, sessionID)
+	if err != nil {
+		return Session{}, err
+	}
+	raw, _ := res.(string)
+	return decodeSession(raw, nil)
 }
 
 // Credential resolves a phone credential. It fails with ErrSessionChanged
@@ -558,6 +589,12 @@ func scriptError(t events.Type, err error) error {
 		return ErrTokenNotFound
 	case "CI_TOKEN_USED":
 		return ErrTokenUsed
+	case "CI_TOKEN_REVOKED":
+		return ErrTokenRevoked
+	case "CI_PHONE_LIMIT":
+		return ErrPhoneLimit
+	case "CI_PHONE_NOT_FOUND":
+		return ErrPhoneNotFound
 	case "CI_SESSION_CHANGED":
 		return ErrSessionChanged
 	case "CI_IMAGE_NOT_FOUND":
@@ -607,6 +644,9 @@ func decodeSession(raw string, err error) (Session, error) {
 	}
 	if s.Images == nil {
 		s.Images = List[Image]{}
+	}
+	if s.Phones == nil {
+		s.Phones = List[Phone]{}
 	}
 	return s, nil
 }

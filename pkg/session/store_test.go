@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -239,7 +240,7 @@ func TestPairIsSingleUse(t *testing.T) {
 			t.Fatalf("second pair: %v", err)
 		}
 		c, err := st.Credential(ctx, "cred-1")
-		if err != nil || c.UserID != "u1" || c.SessionID != s.SessionID {
+		if err != nil || c.UserID != "u1" || c.SessionID != s.SessionID || c.PhoneID != session.PhoneID("cred-1") {
 			t.Fatalf("credential: %+v %v", c, err)
 		}
 		if _, err := st.Credential(ctx, "cred-2"); err == nil {
@@ -549,4 +550,98 @@ func lastEvent(t *testing.T, rdb redis.Cmdable, st *session.Store) (events.Event
 		t.Fatal(err)
 	}
 	return ev, data
+}
+
+// Promise 6: a new QR code revokes the earlier unredeemed one (for the same
+// session or the next patient's), phones are listed, capped and removable,
+// and each refusal changes nothing.
+func TestQRCodesAndPhones(t *testing.T) {
+	eachBackend(t, func(t *testing.T, _ *session.Store, rdb redis.Cmdable) {
+		ctx := context.Background()
+		st := session.NewStore(rdb, session.Options{Prefix: "qr-" + testenv.ID() + ":", MaxPhones: 2})
+		begin := func(patient, token string, discard bool) session.Started {
+			t.Helper()
+			out, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: patient, EncounterID: "e1", Token: token, SessionID: "s-" + testenv.ID(), Discard: discard})
+			if err != nil {
+				t.Fatalf("start: %v", err)
+			}
+			return out
+		}
+		first := begin("p1", "tok-a", false)
+		begin("p1", "tok-b", false) // "New QR code" for the same patient
+		snapshot := func() string {
+			s, _ := st.Peek(ctx, "u1")
+			s.LastActivity = time.Time{}
+			b, _ := json.Marshal(s)
+			return string(b)
+		}
+		before := snapshot()
+		if _, err := st.Pair(ctx, "tok-a", "cred-a", "old code"); !errors.Is(err, session.ErrTokenRevoked) {
+			t.Fatalf("old QR code: %v", err)
+		}
+		if before != snapshot() {
+			t.Fatal("a revoked code changed the session")
+		}
+		if _, err := st.Credential(ctx, "cred-a"); !errors.Is(err, session.ErrTokenNotFound) {
+			t.Fatalf("revoked code stored a credential: %v", err)
+		}
+		if _, err := st.Pair(ctx, "tok-b", "cred-1", "phone one"); err != nil {
+			t.Fatal(err)
+		}
+		begin("p1", "tok-c", false)
+		if _, err := st.Pair(ctx, "tok-c", "cred-2", "phone two"); err != nil {
+			t.Fatal(err)
+		}
+		begin("p1", "tok-d", false)
+		before = snapshot()
+		if _, err := st.Pair(ctx, "tok-d", "cred-3", "phone three"); !errors.Is(err, session.ErrPhoneLimit) {
+			t.Fatalf("third phone: %v", err)
+		}
+		if before != snapshot() {
+			t.Fatal("a refused third phone changed the session")
+		}
+		s, _ := st.Peek(ctx, "u1")
+		ph1, ph2, ph3 := session.PhoneID("cred-1"), session.PhoneID("cred-2"), session.PhoneID("cred-3")
+		var ids []string
+		for _, p := range s.Phones {
+			ids = append(ids, p.ID+" "+p.UserAgent)
+		}
+		if d := cmp.Diff([]string{ph1 + " phone one", ph2 + " phone two"}, ids); d != "" || s.Phone == nil || s.Phone.ID != ph2 || s.SessionID != first.Session.SessionID {
+			t.Fatalf("phones (-want +got):\n%s\nlast %+v", d, s.Phone)
+		}
+		if _, err := st.RemovePhone(ctx, "u1", "", "nope"); !errors.Is(err, session.ErrPhoneNotFound) {
+			t.Fatalf("remove unknown phone: %v", err)
+		}
+		if _, err := st.RemovePhone(ctx, "u1", "another-session", ph1); !errors.Is(err, session.ErrSessionChanged) {
+			t.Fatalf("remove in another session: %v", err)
+		}
+		s, err := st.RemovePhone(ctx, "u1", "", ph2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(s.Phones) != 1 || s.Phone == nil || s.Phone.ID != ph1 {
+			t.Fatalf("after removing ph2: %+v %+v", s.Phones, s.Phone)
+		}
+		// The slot is free again: the latest code pairs.
+		if _, err := st.Pair(ctx, "tok-d", "cred-3", "phone three"); err != nil {
+			t.Fatalf("pair after a removal: %v", err)
+		}
+		st.RemovePhone(ctx, "u1", "", ph1)
+		s, _ = st.RemovePhone(ctx, "u1", "", ph3)
+		if b, _ := json.Marshal(s); len(s.Phones) != 0 || s.Phone != nil || !strings.Contains(string(b), `"phones":[]`) {
+			t.Fatalf("no phones left: %s", b)
+		}
+		// The next patient's code revokes this one's.
+		begin("p1", "tok-e", false)
+		next := begin("p2", "tok-f", true)
+		if _, err := st.Pair(ctx, "tok-e", "cred-e", "late"); !errors.Is(err, session.ErrTokenRevoked) {
+			t.Fatalf("previous patient's code: %v", err)
+		}
+		msgs, _ := rdb.XRange(ctx, st.Keys.Outbox(), "-", "+").Result()
+		ev, _ := events.Decode([]byte(msgs[len(msgs)-1].Values["event"].(string)))
+		var data session.SessionEvent
+		if err := ev.DataAs(&data); err != nil || ev.Type != events.SessionStarted || data.PreviousSessionID != first.Session.SessionID || data.SessionID != next.Session.SessionID {
+			t.Fatalf("session.started names the session it replaced: %+v %v", data, err)
+		}
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -53,14 +54,14 @@ func newHarnessTB(t testing.TB, tweak ...func(*Config)) *harness {
 	for _, f := range tweak {
 		f(&cfg)
 	}
-	store := session.NewStore(rdb, session.Options{Prefix: prefix, MaxImages: cfg.MaxImages})
+	store := session.NewStore(rdb, session.Options{Prefix: prefix, MaxImages: cfg.MaxImages, MaxPhones: cfg.MaxPhones})
 	log, _ := testenv.Logger(t)
 	waiter, err := NewWaiter(nc, events.DefaultNames, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(waiter.Close)
-	s := NewServer(cfg, Deps{Store: store, Objects: objects, Verifier: issuer.Verifier(), Waiter: waiter, Logger: log})
+	s := NewServer(cfg, Deps{Store: store, Redis: rdb, Objects: objects, Verifier: issuer.Verifier(), Waiter: waiter, Logger: log})
 	h := &harness{t: t, srv: httptest.NewServer(s.Router()), store: store, objects: objects, issuer: issuer, cfg: cfg}
 	t.Cleanup(h.srv.Close)
 	return h
@@ -527,19 +528,121 @@ func TestCommitWithoutCommitterAnswers202(t *testing.T) {
 	}
 }
 
+// Promise 6: the desktop's realtime token covers its user's channel, a
+// phone's only its session's channel, for minutes, and the phone gets no
+// more once removed or once its session is replaced.
 func TestRealtimeTokenIsForOneChannel(t *testing.T) {
 	h := newHarness(t)
 	phone := h.start("u1", "p1")
+	sess, _ := h.store.Peek(context.Background(), "u1")
 	r := h.do("GET", "/api/users/u1/realtime-token", phone, nil)
-	if r.status != 200 || r.body["channel"] != "session:u1" || r.body["mode"] != "sse" {
-		t.Fatalf("token: %d %s", r.status, r.raw)
+	if r.status != 200 || r.body["channel"] != "session:u1:"+sess.SessionID || r.body["mode"] != "sse" || r.body["sessionId"] != sess.SessionID {
+		t.Fatalf("phone token: %d %s", r.status, r.raw)
 	}
 	claims, err := realtime.Verify(r.body["token"].(string), h.cfg.Realtime.Key, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !claims.Allows("session:u1", "subscribe") || claims.Allows("session:u2", "subscribe") || claims.Allows("session:u1", "publish") {
-		t.Fatalf("capability too wide: %+v", claims)
+	if !claims.Allows("session:u1:"+sess.SessionID, "subscribe") || claims.Allows("session:u1", "subscribe") ||
+		claims.Allows("session:u2", "subscribe") || claims.Allows("session:u1:"+sess.SessionID, "publish") {
+		t.Fatalf("phone capability too wide: %+v", claims)
+	}
+	if claims.PhoneID() != sess.Phones[0].ID || claims.ExpiresAt.Sub(claims.IssuedAt) > realtime.DefaultPhoneTTL {
+		t.Fatalf("phone token names phone %q, lives %s", claims.PhoneID(), claims.ExpiresAt.Sub(claims.IssuedAt))
+	}
+	d := h.do("GET", "/api/users/u1/realtime-token", h.desktop("u1"), nil)
+	dc, err := realtime.Verify(d.body["token"].(string), h.cfg.Realtime.Key, time.Now())
+	if d.status != 200 || d.body["channel"] != "session:u1" || err != nil || !dc.Allows("session:u1", "subscribe") || dc.Allows("session:u2", "subscribe") {
+		t.Fatalf("desktop token: %d %s %v", d.status, d.raw, err)
+	}
+
+	// Removed: no renewal, no API access.
+	if rm := h.do("DELETE", "/api/users/u1/phones/"+sess.Phones[0].ID, h.desktop("u1"), nil); rm.status != 200 {
+		t.Fatalf("remove: %d %s", rm.status, rm.raw)
+	}
+	for _, path := range []string{"/api/users/u1/realtime-token", "/api/users/u1/session"} {
+		if g := h.do("GET", path, phone, nil); g.status != 410 || g.body["code"] != "phone_removed" {
+			t.Fatalf("removed phone %s: %d %s", path, g.status, g.raw)
+		}
+	}
+	// Replaced: the next patient's session ends the old phone's renewals.
+	phone2 := h.start("u1", "p1")
+	h.do("POST", "/api/session-tokens", h.desktop("u1"), map[string]any{"patientId": "p2", "encounterId": "e2", "discard": true})
+	if g := h.do("GET", "/api/users/u1/realtime-token", phone2, nil); g.status != 410 || g.body["code"] != "session_changed" {
+		t.Fatalf("phone of a replaced session: %d %s", g.status, g.raw)
+	}
+}
+
+// The desktop lists the paired phones and removes one; a phone can do
+// neither, a new QR code revokes the earlier one, and the phones per
+// session are capped.
+func TestPhonesListRemoveAndCap(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxPhones = 2 })
+	desk := h.desktop("u1")
+	qr := func() string {
+		r := h.do("POST", "/api/session-tokens", desk, map[string]any{"patientId": "p1", "encounterId": "e1"})
+		if r.status != 200 {
+			t.Fatalf("start: %d %s", r.status, r.raw)
+		}
+		return r.body["sessionToken"].(string)
+	}
+	stale := qr()
+	fresh := qr()
+	if r := h.do("GET", "/api/session-tokens/"+stale, "", nil); r.status != 410 || r.body["code"] != "token_revoked" || r.body["valid"] != false {
+		t.Fatalf("earlier QR code: %d %s", r.status, r.raw)
+	}
+	one := h.do("GET", "/api/session-tokens/"+fresh, "", nil, "User-Agent", "Phone One")
+	two := h.do("GET", "/api/session-tokens/"+qr(), "", nil, "User-Agent", "Phone Two")
+	if one.status != 200 || two.status != 200 || one.body["phoneId"] == "" || one.body["phoneId"] == two.body["phoneId"] {
+		t.Fatalf("pair: %s / %s", one.raw, two.raw)
+	}
+	before := h.snapshot("u1")
+	if r := h.do("GET", "/api/session-tokens/"+qr(), "", nil); r.status != 409 || r.body["code"] != "phone_limit" {
+		t.Fatalf("third phone: %d %s", r.status, r.raw)
+	}
+	_ = before
+	list := h.do("GET", "/api/users/u1/phones", desk, nil)
+	phones, _ := list.body["phones"].([]any)
+	if list.status != 200 || len(phones) != 2 || phones[0].(map[string]any)["userAgent"] != "Phone One" {
+		t.Fatalf("list: %d %s", list.status, list.raw)
+	}
+	phoneOne := one.body["phoneToken"].(string)
+	for _, r := range []response{
+		h.do("GET", "/api/users/u1/phones", phoneOne, nil),
+		h.do("DELETE", "/api/users/u1/phones/"+two.body["phoneId"].(string), phoneOne, nil),
+	} {
+		if r.status != 403 || r.body["code"] != "forbidden" {
+			t.Fatalf("phone managing phones: %d %s", r.status, r.raw)
+		}
+	}
+	if r := h.do("DELETE", "/api/users/u1/phones/nope", desk, nil); r.status != 404 || r.body["code"] != "phone_not_found" {
+		t.Fatalf("unknown phone: %d %s", r.status, r.raw)
+	}
+	rm := h.do("DELETE", "/api/users/u1/phones/"+one.body["phoneId"].(string), desk, nil)
+	if rm.status != 200 || len(rm.body["phones"].([]any)) != 1 {
+		t.Fatalf("remove: %d %s", rm.status, rm.raw)
+	}
+	if r := h.do("POST", "/api/users/u1/presigned-url", phoneOne, map[string]any{"contentType": "image/jpeg"}); r.status != 410 || r.body["code"] != "phone_removed" {
+		t.Fatalf("removed phone presigns: %d %s", r.status, r.raw)
+	}
+	if r := h.do("GET", "/api/users/u1/session", two.body["phoneToken"].(string), nil); r.status != 200 {
+		t.Fatalf("the other phone lost access: %d %s", r.status, r.raw)
+	}
+}
+
+// QR redemption is rate limited per client address, and X-Forwarded-For
+// from an untrusted peer does not make a new address.
+func TestQRRedemptionIsRateLimited(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.QRRedeemLimit = 3 })
+	for i := range 3 {
+		r := h.do("GET", "/api/session-tokens/"+strings.Repeat("a", 32), "", nil, "X-Forwarded-For", fmt.Sprintf("10.0.0.%d", i))
+		if r.status != 404 {
+			t.Fatalf("attempt %d: %d %s", i, r.status, r.raw)
+		}
+	}
+	r := h.do("GET", "/api/session-tokens/"+strings.Repeat("b", 32), "", nil, "X-Forwarded-For", "10.9.9.9")
+	if r.status != 429 || r.body["code"] != "rate_limited" || r.body["valid"] != false {
+		t.Fatalf("4th attempt: %d %s", r.status, r.raw)
 	}
 }
 

@@ -17,7 +17,7 @@ type caller struct {
 	userID    string
 	phone     bool
 	sessionID string // the phone's session; empty for the desktop
-	phoneID   string // the phone's name on its session (session.PhoneID)
+	phoneID   string // the phone's id in its session; empty for the desktop
 }
 
 const callerKey = "clinimg.caller"
@@ -50,8 +50,9 @@ func (s *Server) resolve(ctx context.Context, token string) (caller, error) {
 		if err != nil {
 			return caller{}, err
 		}
-		// The credential ends with its session: a replaced or expired
-		// session no longer admits the phone.
+		// The credential ends with its session (a replaced or expired
+		// session no longer admits the phone) and when the desktop removes
+		// the phone.
 		sess, err := s.store.Peek(ctx, cred.UserID)
 		if errors.Is(err, session.ErrNotFound) || (err == nil && sess.SessionID != cred.SessionID) {
 			return caller{}, session.ErrSessionChanged
@@ -59,7 +60,10 @@ func (s *Server) resolve(ctx context.Context, token string) (caller, error) {
 		if err != nil {
 			return caller{}, err
 		}
-		return caller{userID: cred.UserID, phone: true, sessionID: cred.SessionID, phoneID: session.PhoneID(token)}, nil
+		if _, ok := sess.PhoneByID(cred.PhoneID); !ok {
+			return caller{}, session.ErrPhoneRemoved
+		}
+		return caller{userID: cred.UserID, phone: true, sessionID: cred.SessionID, phoneID: cred.PhoneID}, nil
 	}
 	sub, err := s.verifier.Verify(ctx, token)
 	if err != nil {
@@ -81,7 +85,7 @@ func (s *Server) requireUser(c *gin.Context) {
 // requireDesktop admits only desktop callers.
 func (s *Server) requireDesktop(c *gin.Context) {
 	if callerOf(c).phone {
-		s.respondErr(c, clientErr(http.StatusForbidden, "forbidden", "only the desktop can start a session"))
+		s.respondErr(c, clientErr(http.StatusForbidden, "forbidden", "only the desktop can do this"))
 		return
 	}
 	c.Next()

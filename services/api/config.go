@@ -6,11 +6,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clinicalimages/clinimg/pkg/config"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
+	"github.com/clinicalimages/clinimg/pkg/session"
 )
 
 // Config is everything the API needs, read once at start-up.
@@ -43,6 +45,16 @@ type Config struct {
 	MaxImageBytes int64
 	// MaxImages caps photos per session (MAX_IMAGES, default 50).
 	MaxImages int
+	// MaxPhones caps the phones paired with one session at once (MAX_PHONES,
+	// default 2).
+	MaxPhones int
+	// QRRedeemLimit is how many QR codes one client address may try per
+	// minute (QR_REDEEM_LIMIT, default 10).
+	QRRedeemLimit int
+	// TrustedProxies are the proxies (addresses or CIDRs) whose
+	// X-Forwarded-For names the client (TRUSTED_PROXIES, comma separated,
+	// default none: the connection's address is the client's).
+	TrustedProxies []string
 	// CommitWait is how long POST commit waits for the outcome before
 	// answering 202 (COMMIT_WAIT, default 25s).
 	CommitWait time.Duration
@@ -59,22 +71,28 @@ type Config struct {
 	Ready chan<- string
 }
 
+// DefaultQRRedeemLimit is how many QR codes one address may try per minute.
+const DefaultQRRedeemLimit = 10
+
 // ConfigFromEnv reads the API's configuration, reporting every problem at once.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	r := config.New(getenv)
 	c := Config{
-		Common:        r.ReadCommon(":9091"),
-		Addr:          r.String("API_ADDR", ":8080"),
-		PublicURL:     strings.TrimRight(r.String("PUBLIC_URL", ""), "/"),
-		JWKSURL:       r.String("AUTH_JWKS_URL", ""),
-		Issuer:        r.String("AUTH_ISSUER", ""),
-		Audience:      r.String("AUTH_AUDIENCE", ""),
-		UploadExpiry:  r.Duration("UPLOAD_URL_EXPIRY", 10*time.Minute),
-		ViewExpiry:    r.Duration("VIEW_URL_EXPIRY", 15*time.Minute),
-		MaxImageBytes: int64(r.Int("MAX_IMAGE_BYTES", 20<<20)),
-		MaxImages:     r.Int("MAX_IMAGES", 50),
-		CommitWait:    r.Duration("COMMIT_WAIT", 25*time.Second),
-		Realtime:      realtime.ReadSettings(r),
+		Common:         r.ReadCommon(":9091"),
+		Addr:           r.String("API_ADDR", ":8080"),
+		PublicURL:      strings.TrimRight(r.String("PUBLIC_URL", ""), "/"),
+		JWKSURL:        r.String("AUTH_JWKS_URL", ""),
+		Issuer:         r.String("AUTH_ISSUER", ""),
+		Audience:       r.String("AUTH_AUDIENCE", ""),
+		UploadExpiry:   r.Duration("UPLOAD_URL_EXPIRY", 10*time.Minute),
+		ViewExpiry:     r.Duration("VIEW_URL_EXPIRY", 15*time.Minute),
+		MaxImageBytes:  int64(r.Int("MAX_IMAGE_BYTES", 20<<20)),
+		MaxImages:      r.Int("MAX_IMAGES", 50),
+		CommitWait:     r.Duration("COMMIT_WAIT", 25*time.Second),
+		MaxPhones:      r.Int("MAX_PHONES", session.DefaultMaxPhones),
+		QRRedeemLimit:  r.Int("QR_REDEEM_LIMIT", DefaultQRRedeemLimit),
+		TrustedProxies: splitList(r.String("TRUSTED_PROXIES", "")),
+		Realtime:       realtime.ReadSettings(r),
 	}
 	if _, err := url.ParseRequestURI(c.PublicURL); c.PublicURL != "" && err != nil {
 		r.Fail("PUBLIC_URL: %q is not a URL", c.PublicURL)
@@ -88,5 +106,24 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	if c.MaxImages < 1 || c.MaxImages > 500 {
 		r.Fail("MAX_IMAGES must be between 1 and 500")
 	}
+	if c.MaxPhones < 1 || c.MaxPhones > 10 {
+		r.Fail("MAX_PHONES must be between 1 and 10")
+	}
+	if c.QRRedeemLimit < 1 {
+		r.Fail("QR_REDEEM_LIMIT must be positive")
+	}
+	if err := gin.New().SetTrustedProxies(c.TrustedProxies); err != nil {
+		r.Fail("TRUSTED_PROXIES: %v", err)
+	}
 	return c, r.Err()
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }

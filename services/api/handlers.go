@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -77,13 +78,24 @@ func (s *Server) startSession(c *gin.Context) {
 // exchangeToken is the seeds' GET /api/session-tokens/:token, used once by
 // the phone: it answers the seeds' fields plus the phone credential.
 func (s *Server) exchangeToken(c *gin.Context) {
+	ctx := c.Request.Context()
+	ok, retry, err := s.redeemLimit.allow(ctx, c.ClientIP())
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	if !ok {
+		c.Header("Retry-After", strconv.Itoa(int(retry.Round(time.Second)/time.Second)+1))
+		c.JSON(http.StatusTooManyRequests, gin.H{"valid": false, "error": "too many QR codes tried from this address; wait a minute", "code": "rate_limited"})
+		return
+	}
 	token := c.Param("token")
 	if !qrToken.MatchString(token) {
 		c.JSON(http.StatusNotFound, gin.H{"valid": false, "error": session.ErrTokenNotFound.Error(), "code": "token_invalid"})
 		return
 	}
 	cred := phonePrefix + randomB64(32)
-	t, err := s.store.Pair(c.Request.Context(), token, cred, userAgentSummary(c.GetHeader("User-Agent")))
+	t, err := s.store.Pair(ctx, token, cred, userAgentSummary(c.GetHeader("User-Agent")))
 	if err != nil {
 		if ae := domainErr(err); ae != nil {
 			c.JSON(ae.status, gin.H{"valid": false, "error": ae.msg, "code": ae.code})
@@ -98,6 +110,7 @@ func (s *Server) exchangeToken(c *gin.Context) {
 		"patientId":   t.PatientID,
 		"encounterId": t.EncounterID,
 		"sessionId":   t.SessionID,
+		"phoneId":     session.PhoneID(cred),
 		"phoneToken":  cred,
 		"expiresAt":   s.now().Add(s.store.Options().CredentialTTL).UTC(),
 	})
@@ -432,17 +445,19 @@ func (s *Server) commitStatus(c *gin.Context) {
 }
 
 // realtimeToken gives the browser a token for its own channel only, never
-// outliving the session.
+// outliving the session: the desktop's covers the user's channel, a phone's
+// only its session's channel, for minutes, and only while the phone is
+// still paired (resolve checks that on every call).
 func (s *Server) realtimeToken(c *gin.Context) {
 	ctx := c.Request.Context()
-	userID := c.Param("userId")
-	left, err := s.store.ExpiresIn(ctx, userID)
+	who := callerOf(c)
+	left, err := s.store.ExpiresIn(ctx, who.userID)
 	if err != nil {
 		s.respondErr(c, err)
 		return
 	}
 	now := s.now()
-	tok, err := s.cfg.Realtime.Issue(userID, now.Add(left), now)
+	tok, err := s.cfg.Realtime.Issue(realtime.Grant{UserID: who.userID, SessionID: who.sessionID, PhoneID: who.phoneID}, now.Add(left), now)
 	if errors.Is(err, realtime.ErrSessionEnded) {
 		err = session.ErrNotFound
 	}
@@ -451,6 +466,31 @@ func (s *Server) realtimeToken(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, tok)
+}
+
+// listPhones is GET /api/users/:userId/phones: the phones paired with the
+// current session, for the desktop to show and remove.
+func (s *Server) listPhones(c *gin.Context) {
+	sess, err := s.store.Peek(c.Request.Context(), c.Param("userId"))
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"sessionId": sess.SessionID, "phones": sess.Phones})
+}
+
+// removePhone is DELETE /api/users/:userId/phones/:phoneId: the phone's
+// credential stops working at once, so do its token renewals, and its
+// built-in SSE stream ends.
+func (s *Server) removePhone(c *gin.Context) {
+	ctx := c.Request.Context()
+	sess, err := s.store.RemovePhone(ctx, c.Param("userId"), "", c.Param("phoneId"))
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	s.log.InfoContext(ctx, "phone.removed", "user_id", sess.UserID, "phone_id", c.Param("phoneId"))
+	c.JSON(http.StatusOK, gin.H{"success": true, "phoneId": c.Param("phoneId"), "phones": sess.Phones})
 }
 
 // devToken issues a desktop token for any user id (local stack only).

@@ -260,6 +260,10 @@ func TestOpenAPIMatchesLiveAnswers(t *testing.T) {
 	expect("GET", U+"/session", h.do("GET", u+"/session", h.desktop(other), nil), 403)
 	expect("GET", U+"/commit", h.do("GET", u+"/commit", desk, nil), 200)
 	expect("GET", U+"/realtime-token", h.do("GET", u+"/realtime-token", desk, nil), 200)
+	expect("GET", U+"/phones", h.do("GET", u+"/phones", desk, nil), 200)
+	expect("GET", U+"/phones", h.do("GET", u+"/phones", phone, nil), 403)
+	expect("DELETE", U+"/phones/{phoneId}", h.do("DELETE", u+"/phones/nope", desk, nil), 404)
+	expect("DELETE", U+"/phones/{phoneId}", h.do("DELETE", u+"/phones/"+pair.body["phoneId"].(string), phone, nil), 403)
 
 	expect("POST", U+"/commit", h.do("POST", u+"/commit", desk, nil, "Prefer", "respond-async"), 202)
 	expect("POST", U+"/commit", h.do("POST", u+"/commit", desk, nil, "Prefer", "respond-async"), 409)
@@ -268,6 +272,8 @@ func TestOpenAPIMatchesLiveAnswers(t *testing.T) {
 	expect("POST", U+"/commit/stop", h.do("POST", u+"/commit/stop", desk, nil), 200)
 	expect("POST", U+"/commit/stop", h.do("POST", u+"/commit/stop", phone, nil), 409)
 	expect("POST", U+"/commit", h.do("POST", u+"/commit", desk, map[string]any{"resend": []string{id}}, "Prefer", "respond-async"), 409)
+
+	expect("DELETE", U+"/phones/{phoneId}", h.do("DELETE", u+"/phones/"+pair.body["phoneId"].(string), desk, nil), 200)
 
 	// A new session for another patient would drop the uncommitted photo.
 	h2 := h.desktop("user_oa3")

@@ -47,6 +47,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	store := session.NewStore(rdb, session.Options{
 		Prefix: cfg.Common.RedisPrefix, Names: cfg.Common.Names, Source: "/clinimg/api", MaxImages: cfg.MaxImages,
+		MaxPhones: cfg.MaxPhones,
 	})
 	waiter, err := NewWaiter(nc, cfg.Common.Names, log)
 	if err != nil {
@@ -59,7 +60,7 @@ func Run(ctx context.Context, cfg Config) error {
 		checks["jwks"] = jwksCheck
 	}
 	srv := NewServer(cfg, Deps{
-		Store: store, Objects: objects, Verifier: verifier, Waiter: waiter,
+		Store: store, Redis: rdb, Objects: objects, Verifier: verifier, Waiter: waiter,
 		Checks: checks, Registry: reg, Logger: log,
 	})
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -5,6 +5,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
@@ -33,6 +35,7 @@ type objects interface {
 // Deps are the Server's collaborators, built by Run (or a test).
 type Deps struct {
 	Store    *session.Store
+	Redis    redis.Cmdable // rate limits, under the store's key prefix
 	Objects  objects
 	Verifier *jwtauth.Verifier
 	Waiter   *Waiter
@@ -54,6 +57,8 @@ type Server struct {
 	log      *slog.Logger
 	now      func() time.Time
 	metrics  *metrics
+
+	redeemLimit *rateLimiter // QR redemptions per client address
 }
 
 // NewServer wires the handlers to their collaborators.
@@ -67,9 +72,15 @@ func NewServer(cfg Config, d Deps) *Server {
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
+	keys := ""
+	if d.Store != nil {
+		keys = string(d.Store.Keys)
+	}
 	return &Server{
 		cfg: cfg, store: d.Store, objects: d.Objects, verifier: d.Verifier, waiter: d.Waiter,
 		checks: d.Checks, reg: d.Registry, log: d.Logger, now: d.Now, metrics: newMetrics(d.Registry),
+		redeemLimit: &rateLimiter{rdb: d.Redis, prefix: keys + "ratelimit:qr:",
+			limit: cmp.Or(cfg.QRRedeemLimit, DefaultQRRedeemLimit), window: time.Minute, now: d.Now},
 	}
 }
 
@@ -78,6 +89,10 @@ func (s *Server) Router() http.Handler {
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
+	// Client addresses (for rate limits) come from X-Forwarded-For only
+	// when the connection is from a configured proxy.
+	r.ForwardedByClientIP = len(s.cfg.TrustedProxies) > 0
+	_ = r.SetTrustedProxies(s.cfg.TrustedProxies) // checked in ConfigFromEnv
 	r.Use(s.recoverer, s.observe, s.trace)
 	r.NoRoute(func(c *gin.Context) { s.respondErr(c, clientErr(http.StatusNotFound, "not_found", "no such route")) })
 	r.NoMethod(func(c *gin.Context) {
@@ -116,6 +131,8 @@ func (s *Server) Router() http.Handler {
 	u.POST("/commit/stop", s.stopCommit)
 	u.GET("/realtime-token", s.realtimeToken)
 	u.PUT("/pending", s.setPending)
+	u.GET("/phones", s.requireDesktop, s.listPhones)
+	u.DELETE("/phones/:phoneId", s.requireDesktop, s.removePhone)
 	return r
 }
 

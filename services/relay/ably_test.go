@@ -452,7 +452,7 @@ func TestAblyTokenRefusedByCapability(t *testing.T) {
 	sim := startSim(t, ablysim.Options{})
 	s.start(t, s.ablyConfig(sim))
 	settings := realtime.Settings{Mode: realtime.ModeAbly, Key: ablyKey, URL: sim.URL() + "/sse", TTL: time.Hour}
-	tok, err := settings.Issue("userA", time.Now().Add(2*time.Hour), time.Now())
+	tok, err := settings.Issue(realtime.Grant{UserID: "userA"}, time.Now().Add(2*time.Hour), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -463,7 +463,7 @@ func TestAblyTokenRefusedByCapability(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if e, _ := realtime.ReadError(b); resp.StatusCode != 403 || e.Code != realtime.CodeNotPermitted {
+	if e, _ := realtime.ReadError(b); resp.StatusCode != 401 || e.Code != realtime.CodeNotPermitted {
 		t.Errorf("user B's channel: %d %s", resp.StatusCode, b)
 	}
 

@@ -44,24 +44,95 @@ import (
 // JetStream, then continues live, with no gap and no repeat. A stream whose
 // client falls more than RELAY_SUBSCRIBER_BUFFER events behind is closed;
 // EventSource reopens it with Last-Event-ID and loses nothing.
+//
+// A phone's token covers one session's channel, session:<userId>:<sessionId>:
+// its stream delivers and replays only the events of that session (by the
+// sessionId in each event), never another patient's. Once that session is
+// replaced (a session.started naming it as the previous one, or any later
+// session.started) or the phone is removed (session.unpaired naming it),
+// the stream ends with `event: error` 40141, and a new request with the
+// same token is refused with 40141 (status 401).
 const SSE = "/sse"
 
-// frame is one event encoded once for every subscriber of its channel.
+// frame is one event encoded once for every subscriber of its channel,
+// with what a phone's stream is scoped by.
 type frame struct {
-	seq uint64
-	b   []byte
+	seq      uint64
+	b        []byte // on the user's channel
+	bs       []byte // on the session's channel (nil without a session)
+	typ      events.Type
+	session  string // the session the event belongs to
+	previous string // session.started: the session it replaced
+	phone    string // session.paired/unpaired: the phone concerned
 }
 
 // subscriber is one open stream.
 type subscriber struct {
-	users []string
-	ch    chan frame
-	done  chan struct{}
-	once  sync.Once
-	slow  atomic.Bool
+	refs    []realtime.Ref
+	phone   string // the phone a session-channel token was issued to
+	ch      chan frame
+	done    chan struct{}
+	once    sync.Once
+	slow    atomic.Bool
+	revoked atomic.Bool
 }
 
 func (s *subscriber) end() { s.once.Do(func() { close(s.done) }) }
+
+// encoded is f as s receives it: on the session's channel for a phone.
+func (s *subscriber) encoded(f frame) []byte {
+	if f.bs != nil && len(s.refs) > 0 && s.refs[0].Session != "" {
+		return f.bs
+	}
+	return f.b
+}
+
+func (s *subscriber) users() []string {
+	out := make([]string, 0, len(s.refs))
+	for _, r := range s.refs {
+		if !slices.Contains(out, r.User) {
+			out = append(out, r.User)
+		}
+	}
+	return out
+}
+
+// verdict is what a subscriber does with one of its user's events.
+type verdict int
+
+const (
+	skip    verdict = iota // another session's event: never sent
+	deliver                // sent
+	revoke                 // the stream's session ended or its phone was removed
+)
+
+// judge decides f, an event of user, for s. A user's channel (the desktop)
+// gets every event of the user; a session's channel only that session's.
+// live is false for events read back from the stream (replay, the
+// revocation check), where an older session's start is not an end.
+func (s *subscriber) judge(user string, f frame, live bool) verdict {
+	out := skip
+	for _, r := range s.refs {
+		if r.User != user {
+			continue
+		}
+		if r.Session == "" {
+			return deliver
+		}
+		switch {
+		case f.typ == events.PhoneRemoved && f.phone != "" && f.phone == s.phone:
+			return revoke
+		case f.typ == events.SessionStarted && f.previous == r.Session:
+			return revoke
+		case f.session == r.Session:
+			out = deliver
+		case live && f.typ == events.SessionStarted:
+			// A session begun after this one, which expired unreplaced.
+			return revoke
+		}
+	}
+	return out
+}
 
 // hub reads the stream once per process and fans each event out to the
 // subscribers of its user.
@@ -118,39 +189,62 @@ func (h *hub) onMessage(msg jetstream.Msg) {
 	if err != nil {
 		return
 	}
-	f, user, typ, ok := h.frame(msg.Data(), meta.Sequence.Stream)
+	f, user, ok := h.frame(msg.Data(), meta.Sequence.Stream)
 	if !ok {
 		return
 	}
-	h.m.relayed.WithLabelValues(string(typ)).Inc()
+	h.m.relayed.WithLabelValues(string(f.typ)).Inc()
 	h.dispatch(user, f)
 }
 
 // frame encodes one stored event as its SSE frame; ok is false for events
 // browsers do not get.
-func (h *hub) frame(data []byte, seq uint64) (frame, string, events.Type, bool) {
+func (h *hub) frame(data []byte, seq uint64) (frame, string, bool) {
 	ev, err := events.Decode(data)
 	if err != nil {
 		h.log.Error("relay.bad_event", "seq", seq, "err", err)
-		return frame{}, "", "", false
+		return frame{}, "", false
 	}
 	bm, ok, err := toBrowser(ev)
 	if err != nil {
 		h.log.Error("relay.bad_data", "event_id", ev.ID, "event_type", string(ev.Type), "err", err)
-		return frame{}, "", "", false
+		return frame{}, "", false
 	}
 	if !ok {
-		return frame{}, "", "", false
+		return frame{}, "", false
 	}
+	var scope struct {
+		SessionID         string `json:"sessionId"`
+		PreviousSessionID string `json:"previousSessionId"`
+		PhoneID           string `json:"phoneId"`
+	}
+	_ = json.Unmarshal(ev.Data, &scope) // an event without them reaches desktops only
+	id := strconv.FormatUint(seq, 10)
 	env, _ := json.Marshal(bm.envelope())
+	f := frame{seq: seq, b: realtime.Frame("message", id, env), typ: ev.Type,
+		session: scope.SessionID, previous: scope.PreviousSessionID, phone: scope.PhoneID}
+	if events.ValidUserID(f.session) {
+		m := bm.envelope()
+		m.Channel = realtime.SessionChannel(ev.Subject, f.session)
+		env, _ := json.Marshal(m)
+		f.bs = realtime.Frame("message", id, env)
+	}
 	h.log.Debug("relay.event", ev.LogAttrs()...)
-	return frame{seq: seq, b: realtime.Frame("message", strconv.FormatUint(seq, 10), env)}, ev.Subject, ev.Type, true
+	return f, ev.Subject, true
 }
 
 func (h *hub) dispatch(user string, f frame) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for s := range h.subs[user] {
+		switch s.judge(user, f, true) {
+		case skip:
+			continue
+		case revoke:
+			s.revoked.Store(true)
+			s.end()
+			continue
+		}
 		select {
 		case s.ch <- f:
 		default:
@@ -167,7 +261,7 @@ func (h *hub) dispatch(user string, f frame) {
 func (h *hub) add(s *subscriber) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, u := range s.users {
+	for _, u := range s.users() {
 		if h.subs[u] == nil {
 			h.subs[u] = map[*subscriber]struct{}{}
 		}
@@ -179,7 +273,7 @@ func (h *hub) add(s *subscriber) {
 func (h *hub) remove(s *subscriber) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, u := range s.users {
+	for _, u := range s.users() {
 		delete(h.subs[u], s)
 		if len(h.subs[u]) == 0 {
 			delete(h.subs, u)
@@ -188,12 +282,12 @@ func (h *hub) remove(s *subscriber) {
 	h.m.subscribers.Dec()
 }
 
-// replay returns the frames of users' events after seq, in stream order,
+// replay returns the frames of s's events after seq, in stream order,
 // read straight from the stream, and the position the stream continues
 // from: after itself, or 0 when after is beyond the stream's end (an id
 // from a stream since recreated, which would otherwise hide every new
 // event).
-func (h *hub) replay(ctx context.Context, users []string, after uint64) ([]frame, uint64, error) {
+func (h *hub) replay(ctx context.Context, s *subscriber, after uint64) ([]frame, uint64, error) {
 	info, err := h.stream.Info(ctx)
 	if err != nil {
 		return nil, 0, fmt.Errorf("replay: %w", err)
@@ -202,26 +296,62 @@ func (h *hub) replay(ctx context.Context, users []string, after uint64) ([]frame
 		return nil, 0, nil
 	}
 	var out []frame
+	users := s.users()
 	for _, u := range users {
-		subject := h.names.Prefix + ".*.*." + u
-		for seq := after + 1; ; {
-			raw, err := h.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				break
-			}
-			if err != nil {
-				return nil, 0, fmt.Errorf("replay %s: %w", u, err)
-			}
-			if f, _, _, ok := h.frame(raw.Data, raw.Sequence); ok {
+		err := h.each(ctx, h.names.Prefix+".*.*."+u, after+1, func(f frame) bool {
+			if s.judge(u, f, false) == deliver {
 				out = append(out, f)
 			}
-			seq = raw.Sequence + 1
+			return true
+		})
+		if err != nil {
+			return nil, 0, fmt.Errorf("replay %s: %w", u, err)
 		}
 	}
 	if len(users) > 1 {
 		slices.SortFunc(out, func(a, b frame) int { return cmp.Compare(a.seq, b.seq) })
 	}
 	return out, after, nil
+}
+
+// revoked reports whether the stream already holds the end of a session
+// channel's access: its session replaced or its phone removed. Only the
+// few session.started and session.unpaired events of the user are read.
+func (h *hub) revoked(ctx context.Context, s *subscriber) (bool, error) {
+	found := false
+	for _, r := range s.refs {
+		if r.Session == "" {
+			continue
+		}
+		for _, t := range []events.Type{events.SessionStarted, events.PhoneRemoved} {
+			err := h.each(ctx, h.names.Subject(t, r.User), 1, func(f frame) bool {
+				found = s.judge(r.User, f, false) == revoke
+				return !found
+			})
+			if err != nil || found {
+				return found, err
+			}
+		}
+	}
+	return false, nil
+}
+
+// each calls f with every browser-facing event on subject from seq on, in
+// order, until f returns false.
+func (h *hub) each(ctx context.Context, subject string, seq uint64, f func(frame) bool) error {
+	for {
+		raw, err := h.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if fr, _, ok := h.frame(raw.Data, raw.Sequence); ok && !f(fr) {
+			return nil
+		}
+		seq = raw.Sequence + 1
+	}
 }
 
 // serve runs the SSE server on cfg.Addr until ctx is done, then ends every
@@ -275,6 +405,13 @@ func (h *hub) cors(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// refuse answers a request the relay will not stream, as Ably would.
+func (h *hub) refuse(w http.ResponseWriter, err error) {
+	e := realtime.ErrorFor(err)
+	h.m.refused.WithLabelValues(strconv.Itoa(e.Code)).Inc()
+	realtime.WriteError(w, e)
+}
+
 func (h *hub) handle(w http.ResponseWriter, r *http.Request) {
 	h.cors(w, r)
 	switch r.Method {
@@ -300,11 +437,9 @@ func (h *hub) handle(w http.ResponseWriter, r *http.Request) {
 		token, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	}
 	now := h.cfg.Now()
-	claims, users, err := realtime.Authorize(token, h.cfg.Realtime.Key, channels, now)
+	claims, refs, err := realtime.Authorize(token, h.cfg.Realtime.Key, channels, now)
 	if err != nil {
-		e := realtime.ErrorFor(err)
-		h.m.refused.WithLabelValues(strconv.Itoa(e.Code)).Inc()
-		realtime.WriteError(w, e)
+		h.refuse(w, err)
 		return
 	}
 	last := r.Header.Get("Last-Event-ID")
@@ -318,19 +453,29 @@ func (h *hub) handle(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	s := &subscriber{users: users, ch: make(chan frame, h.cfg.SubscriberBuffer), done: make(chan struct{})}
+	s := &subscriber{refs: refs, phone: claims.PhoneID(), ch: make(chan frame, h.cfg.SubscriberBuffer), done: make(chan struct{})}
 	h.add(s)
 	defer h.remove(s)
 
-	// Register first, then replay: whatever the replay misses is already
+	// Register first, then check and replay: whatever they miss is already
 	// queued live, and whatever both see is sent once (by sequence).
+	unavailable := func(err error) {
+		h.log.Warn("relay.replay", "err", err)
+		realtime.WriteError(w, realtime.ErrorInfo{Code: realtime.CodeInternal, StatusCode: http.StatusServiceUnavailable, Message: "stream unavailable"})
+	}
+	if gone, err := h.revoked(r.Context(), s); err != nil {
+		unavailable(err)
+		return
+	} else if gone {
+		h.refuse(w, realtime.ErrRevoked)
+		return
+	}
 	var backlog []frame
 	if resume {
 		h.m.resumes.Inc()
-		backlog, after, err = h.replay(r.Context(), users, after)
+		backlog, after, err = h.replay(r.Context(), s, after)
 		if err != nil {
-			h.log.Warn("relay.replay", "err", err)
-			realtime.WriteError(w, realtime.ErrorInfo{Code: realtime.CodeInternal, StatusCode: http.StatusServiceUnavailable, Message: "stream unavailable"})
+			unavailable(err)
 			return
 		}
 	}
@@ -353,7 +498,7 @@ func (h *hub) handle(w http.ResponseWriter, r *http.Request) {
 		if !ok {
 			return
 		}
-		ok = write(f.b)
+		ok = write(s.encoded(f))
 		sent = f.seq
 	}
 	if !ok || !flush() {
@@ -370,7 +515,7 @@ func (h *hub) handle(w http.ResponseWriter, r *http.Request) {
 			if f.seq <= sent {
 				continue
 			}
-			if !write(f.b) {
+			if !write(s.encoded(f)) {
 				return
 			}
 			sent = f.seq
@@ -379,7 +524,7 @@ func (h *hub) handle(w http.ResponseWriter, r *http.Request) {
 				select {
 				case f := <-s.ch:
 					if f.seq > sent {
-						if !write(f.b) {
+						if !write(s.encoded(f)) {
 							return
 						}
 						sent = f.seq
@@ -400,6 +545,10 @@ func (h *hub) handle(w http.ResponseWriter, r *http.Request) {
 			flush()
 			return
 		case <-s.done:
+			if s.revoked.Load() {
+				write(realtime.ErrorEvent(realtime.ErrorFor(realtime.ErrRevoked)))
+				flush()
+			}
 			return
 		case <-h.closing:
 			return

@@ -266,8 +266,8 @@ func TestSSETokenChecks(t *testing.T) {
 	}{
 		{"own channel", "channels=session%3AuserA&accessToken=" + tokA, "", 0, 200},
 		{"bearer header", "channels=session%3AuserA", "Bearer " + tokA, 0, 200},
-		{"user B's channel", "channels=session%3AuserB&accessToken=" + tokA, "", realtime.CodeNotPermitted, 403},
-		{"both channels", "channels=session%3AuserA,session%3AuserB&accessToken=" + tokA, "", realtime.CodeNotPermitted, 403},
+		{"user B's channel", "channels=session%3AuserB&accessToken=" + tokA, "", realtime.CodeNotPermitted, 401},
+		{"both channels", "channels=session%3AuserA,session%3AuserB&accessToken=" + tokA, "", realtime.CodeNotPermitted, 401},
 		{"no token", "channels=session%3AuserA", "", realtime.CodeBadCredentials, 401},
 		{"expired", "channels=session%3AuserA&accessToken=" + expired, "", realtime.CodeTokenExpired, 401},
 		{"other secret", "channels=session%3AuserA&accessToken=" + foreign, "", realtime.CodeTokenInvalid, 401},
