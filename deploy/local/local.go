@@ -258,6 +258,7 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 	acfg, err := api.ConfigFromEnv(env(map[string]string{
 		"API_ADDR": at(opt.APIPort), "OPS_ADDR": opsAddr(9091), "REALTIME_SSE_URL": st.RelayURL,
 		"AUTH_JWKS_URL": "http://unused.invalid/jwks.json", // the development issuer verifies instead
+		"AUTH_ISSUER":   "clinimg-local", "AUTH_AUDIENCE": "clinimg",
 	}))
 	if err != nil {
 		return nil, fmt.Errorf("api config: %w", err)

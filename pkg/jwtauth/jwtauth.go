@@ -28,6 +28,11 @@ import (
 // deliberately not told to the caller.
 var ErrInvalid = errors.New("invalid or expired token")
 
+// ErrKeysUnavailable is returned when the identity provider's keys cannot
+// be fetched: the token may well be good, so the caller answers 503, not
+// 401.
+var ErrKeysUnavailable = errors.New("identity provider keys unavailable")
+
 // KeySource finds the public key for a key id.
 type KeySource interface {
 	Key(ctx context.Context, kid string) (crypto.PublicKey, error)
@@ -41,30 +46,34 @@ type Verifier struct {
 	now      func() time.Time
 }
 
-// NewVerifier checks tokens whose keys come from keys. An empty issuer or
-// audience is not checked (development only).
+// NewVerifier checks tokens whose keys come from keys, issued by issuer for
+// audience. Both are required: with either empty every token is refused, so
+// a token the same identity provider issued for another application never
+// passes.
 func NewVerifier(keys KeySource, issuer, audience string) *Verifier {
 	return &Verifier{keys: keys, issuer: issuer, audience: audience, now: time.Now}
 }
 
-// Verify returns the token's subject (the user id).
+// Verify returns the token's subject (the user id). It fails with
+// ErrKeysUnavailable when the keys cannot be fetched, ErrInvalid otherwise.
 func (v *Verifier) Verify(ctx context.Context, token string) (string, error) {
-	opts := []jwt.ParserOption{
-		jwt.WithValidMethods([]string{"RS256", "ES256", "PS256"}),
-		jwt.WithExpirationRequired(),
-		jwt.WithLeeway(30 * time.Second),
-		jwt.WithTimeFunc(v.now),
-	}
-	if v.issuer != "" {
-		opts = append(opts, jwt.WithIssuer(v.issuer))
-	}
-	if v.audience != "" {
-		opts = append(opts, jwt.WithAudience(v.audience))
+	if v.issuer == "" || v.audience == "" {
+		return "", ErrInvalid
 	}
 	tok, err := jwt.ParseWithClaims(token, &jwt.RegisteredClaims{}, func(t *jwt.Token) (any, error) {
 		kid, _ := t.Header["kid"].(string)
 		return v.keys.Key(ctx, kid)
-	}, opts...)
+	},
+		jwt.WithValidMethods([]string{"RS256", "ES256", "PS256"}),
+		jwt.WithExpirationRequired(),
+		jwt.WithLeeway(30*time.Second),
+		jwt.WithTimeFunc(v.now),
+		jwt.WithIssuer(v.issuer),
+		jwt.WithAudience(v.audience),
+	)
+	if errors.Is(err, ErrKeysUnavailable) {
+		return "", ErrKeysUnavailable
+	}
 	if err != nil || !tok.Valid {
 		return "", ErrInvalid
 	}
@@ -77,13 +86,16 @@ func (v *Verifier) Verify(ctx context.Context, token string) (string, error) {
 
 // JWKS is a key source fetched from a URL, cached, and refetched (at most
 // every 30 s) when an unknown key id appears, so key rotation just works.
+// A fetch that fails is not retried for 2 s: during an outage requests get
+// ErrKeysUnavailable at once rather than each waiting on the fetch.
 type JWKS struct {
 	url    string
 	client *http.Client
 
-	mu      sync.Mutex
-	keys    map[string]crypto.PublicKey
-	fetched time.Time
+	mu       sync.Mutex
+	keys     map[string]crypto.PublicKey
+	fetched  time.Time
+	failedAt time.Time
 }
 
 // NewJWKS returns a key source for url; nothing is fetched until first use.
@@ -101,11 +113,15 @@ func (j *JWKS) Key(ctx context.Context, kid string) (crypto.PublicKey, error) {
 	if time.Since(j.fetched) < 30*time.Second && j.keys != nil {
 		return nil, fmt.Errorf("unknown key id %q", kid)
 	}
-	keys, err := j.fetch(ctx)
-	j.fetched = time.Now()
-	if err != nil {
-		return nil, err
+	if time.Since(j.failedAt) < 2*time.Second {
+		return nil, ErrKeysUnavailable
 	}
+	keys, err := j.fetch(ctx)
+	if err != nil {
+		j.failedAt = time.Now()
+		return nil, fmt.Errorf("%w: %w", ErrKeysUnavailable, err)
+	}
+	j.fetched = time.Now()
 	j.keys = keys
 	if k, ok := keys[kid]; ok {
 		return k, nil

@@ -36,6 +36,8 @@ type harness struct {
 
 func newHarness(t *testing.T, tweak ...func(*Config)) *harness { return newHarnessTB(t, tweak...) }
 
+
+
 func newHarnessTB(t testing.TB, tweak ...func(*Config)) *harness {
 	t.Helper()
 	rdb, prefix := testenv.Redis(t)
@@ -61,7 +63,11 @@ func newHarnessTB(t testing.TB, tweak ...func(*Config)) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(waiter.Close)
-	s := NewServer(cfg, Deps{Store: store, Redis: rdb, Objects: objects, Verifier: issuer.Verifier(), Waiter: waiter, Logger: log})
+	verifier := issuer.Verifier()
+	if cfg.JWKSURL != "" {
+		verifier = jwtauth.NewVerifier(jwtauth.NewJWKS(cfg.JWKSURL), cfg.Issuer, cfg.Audience)
+	}
+	s := NewServer(cfg, Deps{Store: store, Redis: rdb, Objects: objects, Verifier: verifier, Waiter: waiter, Logger: log})
 	h := &harness{t: t, srv: httptest.NewServer(s.Router()), store: store, objects: objects, issuer: issuer, cfg: cfg}
 	t.Cleanup(h.srv.Close)
 	return h
@@ -652,10 +658,27 @@ func TestConfigFromEnvReportsEveryProblem(t *testing.T) {
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{"UPLOAD_URL_EXPIRY", "MAX_IMAGES", "LOG_LEVEL", "AUTH_JWKS_URL", "REALTIME_SIGNING_KEY"} {
+	for _, want := range []string{"UPLOAD_URL_EXPIRY", "MAX_IMAGES", "LOG_LEVEL", "AUTH_JWKS_URL", "AUTH_ISSUER", "REALTIME_SIGNING_KEY"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s: %v", want, err)
 		}
 	}
 	var _ = config.New
+}
+
+// A JWKS that cannot be fetched is the identity provider's outage, 503,
+// not the GP's bad token.
+func TestJWKSOutageIs503(t *testing.T) {
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "down", http.StatusBadGateway)
+	}))
+	defer down.Close()
+	h := newHarness(t, func(c *Config) { c.JWKSURL, c.Issuer, c.Audience = down.URL, "https://idp.test", "clinimg" })
+	r := h.do("POST", "/api/session-tokens", h.desktop("u1"), map[string]any{"patientId": "p1", "encounterId": "e1"})
+	if r.status != 503 || r.body["code"] != "auth_unavailable" {
+		t.Fatalf("JWKS down: %d %s", r.status, r.raw)
+	}
+	if s := h.snapshot("u1"); !strings.HasPrefix(s, "no session") {
+		t.Fatalf("a refused start made a session: %s", s)
+	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
 
@@ -66,6 +67,10 @@ func (s *Server) resolve(ctx context.Context, token string) (caller, error) {
 		return caller{userID: cred.UserID, phone: true, sessionID: cred.SessionID, phoneID: cred.PhoneID}, nil
 	}
 	sub, err := s.verifier.Verify(ctx, token)
+	if errors.Is(err, jwtauth.ErrKeysUnavailable) {
+		s.log.WarnContext(ctx, "auth.keys_unavailable")
+		return caller{}, errAuthUnavailable
+	}
 	if err != nil {
 		return caller{}, errUnauthenticated
 	}

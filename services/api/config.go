@@ -28,7 +28,8 @@ type Config struct {
 	PublicURL string
 
 	// Desktop tokens: JWTs verified against AUTH_JWKS_URL, with AUTH_ISSUER
-	// and AUTH_AUDIENCE checked. Required unless DevIssuer is set.
+	// and AUTH_AUDIENCE checked. All three are required; DevIssuer (the
+	// local stack) replaces the JWKS but keeps the issuer and audience check.
 	JWKSURL  string
 	Issuer   string
 	Audience string
@@ -99,6 +100,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	if c.JWKSURL == "" {
 		r.Fail("AUTH_JWKS_URL is required: the JWKS of the identity provider that signs desktop tokens")
+	}
+	if c.Issuer == "" || c.Audience == "" {
+		r.Fail("AUTH_ISSUER and AUTH_AUDIENCE are required: a token the identity provider issued for another application must not pass")
 	}
 	if c.UploadExpiry < time.Minute || c.UploadExpiry > time.Hour {
 		r.Fail("UPLOAD_URL_EXPIRY must be between 1m and 1h")

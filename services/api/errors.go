@@ -28,6 +28,7 @@ func clientErr(status int, code, msg string) *apiError {
 // Client errors raised by the handlers themselves.
 var (
 	errUnauthenticated = clientErr(http.StatusUnauthorized, "unauthenticated", "a valid bearer token is required")
+	errAuthUnavailable = clientErr(http.StatusServiceUnavailable, "auth_unavailable", "the identity provider's keys cannot be fetched; try again shortly")
 	errForbidden       = clientErr(http.StatusForbidden, "forbidden", "this credential cannot act for that user")
 	errBodyTooLarge    = clientErr(http.StatusRequestEntityTooLarge, "body_too_large", "request body too large")
 	errContentType     = clientErr(http.StatusUnsupportedMediaType, "unsupported_media_type", "send application/json")
