@@ -46,7 +46,7 @@ func TestQRURLFollowsTheDesktopsOrigin(t *testing.T) {
 		})
 	}
 	if c, err := ConfigFromEnv(func(k string) string {
-		return map[string]string{"AUTH_JWKS_URL": "https://idp.test/jwks", "REALTIME_SIGNING_KEY": "test:" + strings.Repeat("k", 32)}[k]
+		return map[string]string{"AUTH_JWKS_URL": "https://idp.test/jwks", "AUTH_ISSUER": "https://idp.test", "AUTH_AUDIENCE": "clinimg", "REALTIME_SIGNING_KEY": "test:" + strings.Repeat("k", 32)}[k]
 	}); err != nil || c.PublicURL != "" {
 		t.Errorf("PUBLIC_URL default = %q (%v), want empty: the request's origin", c.PublicURL, err)
 	}
