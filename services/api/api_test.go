@@ -36,8 +36,6 @@ type harness struct {
 
 func newHarness(t *testing.T, tweak ...func(*Config)) *harness { return newHarnessTB(t, tweak...) }
 
-
-
 func newHarnessTB(t testing.TB, tweak ...func(*Config)) *harness {
 	t.Helper()
 	rdb, prefix := testenv.Redis(t)
