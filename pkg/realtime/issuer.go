@@ -41,7 +41,7 @@ const DefaultPhoneTTL = 5 * time.Minute
 //	REALTIME_SSE_URL      the SSE URL pages open (default Ably's, or
 //	                      http://127.0.0.1:8081/sse in SSE mode)
 //	REALTIME_TOKEN_TTL    desktop token lifetime, default 1h, at most 24h
-//	REALTIME_PHONE_TOKEN_TTL phone token lifetime, default 5m, at most REALTIME_TOKEN_TTL
+//	REALTIME_PHONE_TOKEN_TTL phone token lifetime, default 5m (never above REALTIME_TOKEN_TTL)
 type Settings struct {
 	Mode     Mode
 	Key      Key // the Ably API key (ModeAbly) or the shared signing key (ModeSSE)
@@ -71,9 +71,10 @@ func ReadSettings(r *config.Reader) Settings {
 	if s.TTL <= 0 || s.TTL > MaxTTL {
 		r.Fail("REALTIME_TOKEN_TTL must be between 1s and 24h")
 	}
-	if s.PhoneTTL <= 0 || s.PhoneTTL > s.TTL {
-		r.Fail("REALTIME_PHONE_TOKEN_TTL must be between 1s and REALTIME_TOKEN_TTL")
+	if s.PhoneTTL <= 0 {
+		r.Fail("REALTIME_PHONE_TOKEN_TTL must be positive")
 	}
+	s.PhoneTTL = min(s.PhoneTTL, s.TTL) // a phone's never outlives a desktop's
 	return s
 }
 

@@ -237,6 +237,8 @@ func TestReadSettings(t *testing.T) {
 			Settings{Mode: ModeSSE, Key: Key{"local", "abc"}, URL: "http://x/sse", TTL: 10 * time.Minute, PhoneTTL: DefaultPhoneTTL}, false},
 		{"sse without key", map[string]string{}, Settings{Mode: ModeSSE, URL: DefaultSSEURL, TTL: time.Hour, PhoneTTL: DefaultPhoneTTL}, true},
 		{"malformed key", map[string]string{"ABLY_API_KEY": "nocolon"}, Settings{Mode: ModeAbly, URL: AblySSEURL, TTL: time.Hour, PhoneTTL: DefaultPhoneTTL}, true},
+		{"short desktop ttl caps the phone's", map[string]string{"REALTIME_SIGNING_KEY": "a:b", "REALTIME_TOKEN_TTL": "10s"},
+			Settings{Mode: ModeSSE, Key: Key{"a", "b"}, URL: DefaultSSEURL, TTL: 10 * time.Second, PhoneTTL: 10 * time.Second}, false},
 		{"ttl too long", map[string]string{"REALTIME_SIGNING_KEY": "a:b", "REALTIME_TOKEN_TTL": "48h"},
 			Settings{Mode: ModeSSE, Key: Key{"a", "b"}, URL: DefaultSSEURL, TTL: 48 * time.Hour, PhoneTTL: DefaultPhoneTTL}, true},
 	}

@@ -50,7 +50,7 @@ type Config struct {
 	// default 2).
 	MaxPhones int
 	// QRRedeemLimit is how many QR codes one client address may try per
-	// minute (QR_REDEEM_LIMIT, default 10).
+	// minute (QR_REDEEM_LIMIT, default 30).
 	QRRedeemLimit int
 	// TrustedProxies are the proxies (addresses or CIDRs) whose
 	// X-Forwarded-For names the client (TRUSTED_PROXIES, comma separated,
@@ -73,7 +73,9 @@ type Config struct {
 }
 
 // DefaultQRRedeemLimit is how many QR codes one address may try per minute.
-const DefaultQRRedeemLimit = 10
+// It is generous because a practice's phones often share one public
+// address; guessing a 128-bit QR token needs far more than this allows.
+const DefaultQRRedeemLimit = 30
 
 // ConfigFromEnv reads the API's configuration, reporting every problem at once.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
