@@ -73,6 +73,7 @@ type Options struct {
 // Stack is a running system.
 type Stack struct {
 	URL      string // the API and the pages
+	APIOps   string // the API's operations server: /healthz, /readyz, /metrics
 	RelayURL string // the built-in SSE endpoint
 	ALEXURL  string
 
@@ -266,14 +267,20 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 	acfg.DevIssuer = st.Issuer
 	acfg.Logger = logger("api")
 	acfg.Registry = opt.Registries["api"]
-	apiAddr := make(chan string, 1)
-	acfg.Ready = apiAddr
+	apiAddr, opsReady := make(chan string, 1), make(chan string, 1)
+	acfg.Ready, acfg.OpsReady = apiAddr, opsReady
 	st.run(ctx, "api", func(ctx context.Context) error { return api.Run(ctx, acfg) })
 	select {
 	case a := <-apiAddr:
 		st.URL = "http://" + a
 	case <-time.After(30 * time.Second):
 		return nil, fmt.Errorf("api did not start: %w", st.Err())
+	}
+	select {
+	case a := <-opsReady:
+		st.APIOps = "http://" + a
+	case <-time.After(30 * time.Second):
+		return nil, fmt.Errorf("api ops server did not start: %w", st.Err())
 	}
 	return st, nil
 }

@@ -247,8 +247,14 @@ func (o *observed) checkMetrics(t *testing.T) {
 		t.Errorf("metrics after one session of three photos and a commit (-want +got):\n%s", diff)
 	}
 
-	// The same counters are what a scrape of the API's /metrics sees.
-	res, err := http.Get(o.st.URL + "/metrics")
+	// The same counters are what a scrape of the API's /metrics sees, on
+	// its operations port only.
+	if res, err := http.Get(o.st.URL + "/metrics"); err != nil || res.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /metrics on the public port: %v %v, want 404", err, res)
+	} else {
+		res.Body.Close()
+	}
+	res, err := http.Get(o.st.APIOps + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,11 +6,9 @@ package ops
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"time"
@@ -74,35 +72,11 @@ func Ready(ctx context.Context, checks map[string]Check) (int, map[string]string
 	return status, body
 }
 
-// Serve runs h on addr until ctx is done, then shuts it down gracefully.
-// An empty addr serves nothing. ready, if not nil, receives the bound
-// address (useful with port 0).
+// Serve runs h on addr under DefaultLimits until ctx is done, then shuts
+// it down gracefully. An empty addr serves nothing. ready, if not nil,
+// receives the bound address (useful with port 0).
 func Serve(ctx context.Context, addr string, h http.Handler, ready chan<- string) error {
-	if addr == "" {
-		<-ctx.Done()
-		return nil
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", addr, err)
-	}
-	if ready != nil {
-		ready <- ln.Addr().String()
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serve %s: %w", addr, err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("shutdown %s: %w", addr, err)
-	}
-	return nil
+	return Server{Addr: addr, Handler: h, Ready: ready}.Run(ctx)
 }
 
 // Redis opens a client from a redis:// or rediss:// URL and checks it.

@@ -680,3 +680,60 @@ func TestJWKSOutageIs503(t *testing.T) {
 		t.Fatalf("a refused start made a session: %s", s)
 	}
 }
+
+// The pages' CSP names exactly the bucket's and the realtime endpoint's
+// origins (no scheme wildcards) and who may frame them; every answer says
+// nosniff; /metrics and /readyz are not on the public port.
+func TestEdgeHeaders(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.FrameAncestors = "https://evolution.example" })
+	u, err := h.objects.PresignGet(context.Background(), "temp/x.jpg", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3 := origin(u)
+	for _, path := range []string{"/", "/mobile"} {
+		r := h.doRaw("GET", path)
+		csp := r.Header.Get("Content-Security-Policy")
+		for _, want := range []string{"img-src 'self' data: blob: " + s3 + ";", "connect-src 'self' " + s3 + " http://relay.test;",
+			"frame-ancestors https://evolution.example", "script-src 'self';"} {
+			if !strings.Contains(csp, want) {
+				t.Errorf("%s: CSP %q lacks %q", path, csp, want)
+			}
+		}
+		for _, wild := range []string{" http: ", " https: ", " http:;", " https:;", "*"} {
+			if strings.Contains(csp, wild) {
+				t.Errorf("%s: CSP %q allows any origin (%q)", path, csp, wild)
+			}
+		}
+	}
+	if r := h.doRaw("GET", "/api/body-sites"); r.Header.Get("X-Content-Type-Options") != "nosniff" || r.Header.Get("Cache-Control") != "no-store" {
+		t.Errorf("API answer headers: %v", r.Header)
+	}
+	for _, path := range []string{"/metrics", "/readyz"} {
+		if r := h.doRaw("GET", path); r.StatusCode != 404 {
+			t.Errorf("%s on the public port: %d", path, r.StatusCode)
+		}
+	}
+	if r := h.doRaw("GET", "/healthz"); r.StatusCode != 200 {
+		t.Errorf("/healthz on the public port: %d", r.StatusCode)
+	}
+	env := map[string]string{"AUTH_JWKS_URL": "https://idp.test/jwks", "AUTH_ISSUER": "https://idp.test", "AUTH_AUDIENCE": "clinimg",
+		"REALTIME_SIGNING_KEY": "k:s", "FRAME_ANCESTORS": "https://ok.example javascript:alert(1)", "HTTP_WRITE_TIMEOUT": "10s"}
+	_, err = ConfigFromEnv(func(k string) string { return env[k] })
+	if err == nil || !strings.Contains(err.Error(), "FRAME_ANCESTORS") || !strings.Contains(err.Error(), "HTTP_WRITE_TIMEOUT") {
+		t.Errorf("bad FRAME_ANCESTORS and a write timeout under COMMIT_WAIT: %v", err)
+	}
+}
+
+// doRaw is a GET whose headers the test reads.
+func (h *harness) doRaw(method, path string) *http.Response {
+	h.t.Helper()
+	req, _ := http.NewRequest(method, h.srv.URL+path, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}

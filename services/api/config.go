@@ -3,6 +3,7 @@ package api
 import (
 	"log/slog"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/clinicalimages/clinimg/pkg/config"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
+	"github.com/clinicalimages/clinimg/pkg/ops"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
@@ -60,6 +62,14 @@ type Config struct {
 	// answering 202 (COMMIT_WAIT, default 25s).
 	CommitWait time.Duration
 
+	// HTTP bounds what clients can hold of the API's server (HTTP_* in
+	// ops.ReadLimits). The write timeout must exceed CommitWait.
+	HTTP ops.Limits
+	// FrameAncestors is who may embed the pages (FRAME_ANCESTORS, a CSP
+	// frame-ancestors source list such as "https://evolution.example";
+	// default 'none').
+	FrameAncestors string
+
 	// Realtime is how browsers subscribe: Ably tokens when ABLY_API_KEY is
 	// set, else tokens for the relay's built-in SSE signed with
 	// REALTIME_SIGNING_KEY (see realtime.ReadSettings).
@@ -68,8 +78,10 @@ type Config struct {
 	// Logger and Registry may be injected by the local stack and tests.
 	Logger   *slog.Logger
 	Registry *prometheus.Registry
-	// Ready, if not nil, receives the API's bound address once it listens.
-	Ready chan<- string
+	// Ready, if not nil, receives the API's bound address once it listens;
+	// OpsReady the operations server's (/healthz, /readyz, /metrics).
+	Ready    chan<- string
+	OpsReady chan<- string
 }
 
 // DefaultQRRedeemLimit is how many QR codes one address may try per minute.
@@ -95,6 +107,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		MaxPhones:      r.Int("MAX_PHONES", session.DefaultMaxPhones),
 		QRRedeemLimit:  r.Int("QR_REDEEM_LIMIT", DefaultQRRedeemLimit),
 		TrustedProxies: splitList(r.String("TRUSTED_PROXIES", "")),
+		HTTP:           ops.ReadLimits(r, ops.DefaultLimits()),
+		FrameAncestors: r.String("FRAME_ANCESTORS", "'none'"),
 		Realtime:       realtime.ReadSettings(r),
 	}
 	if _, err := url.ParseRequestURI(c.PublicURL); c.PublicURL != "" && err != nil {
@@ -118,11 +132,22 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	if c.QRRedeemLimit < 1 {
 		r.Fail("QR_REDEEM_LIMIT must be positive")
 	}
+	if c.HTTP.WriteTimeout <= c.CommitWait {
+		r.Fail("HTTP_WRITE_TIMEOUT (%s) must be longer than COMMIT_WAIT (%s)", c.HTTP.WriteTimeout, c.CommitWait)
+	}
+	for _, src := range strings.Fields(c.FrameAncestors) {
+		if src != "'self'" && src != "'none'" && !frameSource.MatchString(src) {
+			r.Fail("FRAME_ANCESTORS: %q is not 'self', 'none' or an http(s) origin", src)
+		}
+	}
 	if err := gin.New().SetTrustedProxies(c.TrustedProxies); err != nil {
 		r.Fail("TRUSTED_PROXIES: %v", err)
 	}
 	return c, r.Err()
 }
+
+// frameSource is an origin a CSP source list may name.
+var frameSource = regexp.MustCompile(`^https?://(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?$`)
 
 func splitList(v string) []string {
 	var out []string

@@ -212,7 +212,6 @@ func TestOpenAPIMatchesLiveAnswers(t *testing.T) {
 	U := "/api/users/{userId}"
 
 	expect("GET", "/healthz", h.do("GET", "/healthz", "", nil), 200)
-	expect("GET", "/readyz", h.do("GET", "/readyz", "", nil), 200)
 	expect("GET", "/api/body-sites", h.do("GET", "/api/body-sites", "", nil), 200)
 	expect("GET", "/api/body-sites", h.do("GET", "/api/body-sites?q=forearm", "", nil), 200)
 	expect("GET", "/api/vocabulary", h.do("GET", "/api/vocabulary", "", nil), 200)
@@ -284,7 +283,7 @@ func TestOpenAPIMatchesLiveAnswers(t *testing.T) {
 	expect("POST", U+"/commit", h.do("POST", "/api/users/"+other+"/commit", h.desktop(other), nil), 404)
 
 	// The pages and operations routes answer as documented too.
-	for _, p := range []string{"/metrics", "/openapi.json", "/", "/mobile", "/static/desktop.js"} {
+	for _, p := range []string{"/openapi.json", "/", "/mobile", "/static/desktop.js"} {
 		route := p
 		if strings.HasPrefix(p, "/static/") {
 			route = "/static/{path}"

@@ -98,10 +98,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var httpWG sync.WaitGroup
 	httpWG.Add(2)
-	run(func() error { defer httpWG.Done(); return ops.Serve(httpCtx, cfg.Addr, srv.Router(), cfg.Ready) })
 	run(func() error {
 		defer httpWG.Done()
-		return ops.Serve(httpCtx, cfg.Common.OpsAddr, ops.Handler(reg, checks), nil)
+		return ops.Server{Addr: cfg.Addr, Handler: srv.Router(), Limits: cfg.HTTP, Ready: cfg.Ready}.Run(httpCtx)
+	})
+	run(func() error {
+		defer httpWG.Done()
+		return ops.Server{Addr: cfg.Common.OpsAddr, Handler: ops.Handler(reg, checks), Ready: cfg.OpsReady}.Run(httpCtx)
 	})
 	run(func() error { return pub.Run(pubCtx) })
 

@@ -9,7 +9,10 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -93,19 +96,18 @@ func (s *Server) Router() http.Handler {
 	// when the connection is from a configured proxy.
 	r.ForwardedByClientIP = len(s.cfg.TrustedProxies) > 0
 	_ = r.SetTrustedProxies(s.cfg.TrustedProxies) // checked in ConfigFromEnv
-	r.Use(s.recoverer, s.observe, s.trace)
+	r.Use(s.recoverer, s.observe, s.trace, s.secureHeaders)
 	r.NoRoute(func(c *gin.Context) { s.respondErr(c, clientErr(http.StatusNotFound, "not_found", "no such route")) })
 	r.NoMethod(func(c *gin.Context) {
 		s.respondErr(c, clientErr(http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed"))
 	})
 
-	opsH := ops.Handler(s.reg, s.checks)
-	r.GET("/healthz", gin.WrapH(opsH))
-	r.GET("/readyz", gin.WrapH(opsH))
-	r.GET("/metrics", gin.WrapH(opsH))
+	// /readyz and /metrics are on the operations port only (Run); a load
+	// balancer's liveness probe may use /healthz here.
+	r.GET("/healthz", gin.WrapH(ops.Handler(s.reg, s.checks)))
 	r.GET("/openapi.json", s.openAPI)
 
-	pages := web.Handler()
+	pages := web.Handler(web.CSP(s.pagePolicy()))
 	r.GET("/", gin.WrapH(pages))
 	r.GET("/mobile", gin.WrapH(pages))
 	r.GET("/static/*path", gin.WrapH(pages))
@@ -136,6 +138,44 @@ func (s *Server) Router() http.Handler {
 	return r
 }
 
+// secureHeaders keeps browsers from guessing content types, and API answers
+// (which may carry presigned URLs and patient ids) out of caches.
+func (s *Server) secureHeaders(c *gin.Context) {
+	c.Header("X-Content-Type-Options", "nosniff")
+	if strings.HasPrefix(c.Request.URL.Path, "/api/") {
+		c.Header("Cache-Control", "no-store")
+	}
+	c.Next()
+}
+
+// pagePolicy names the origins the pages reach: the bucket (presigned GETs
+// and PUTs, found by presigning a URL, so it is exactly the host the API
+// hands out) and the realtime SSE endpoint.
+func (s *Server) pagePolicy() web.Policy {
+	p := web.Policy{FrameAncestors: s.cfg.FrameAncestors}
+	if s.objects != nil {
+		if u, err := s.objects.PresignGet(context.Background(), "temp/csp", time.Minute); err == nil {
+			if o := origin(u); o != "" {
+				p.Images = append(p.Images, o)
+				p.Connect = append(p.Connect, o)
+			}
+		}
+	}
+	if o := origin(s.cfg.Realtime.URL); o != "" && !slices.Contains(p.Connect, o) {
+		p.Connect = append(p.Connect, o)
+	}
+	return p
+}
+
+// origin is scheme://host[:port] of u, or "" when u is not an absolute URL.
+func origin(u string) string {
+	pu, err := url.Parse(u)
+	if err != nil || pu.Scheme == "" || pu.Host == "" {
+		return ""
+	}
+	return pu.Scheme + "://" + pu.Host
+}
+
 // recoverer turns a panic into a logged 500 with the usual JSON body.
 func (s *Server) recoverer(c *gin.Context) {
 	defer func() {
@@ -159,7 +199,7 @@ func (s *Server) observe(c *gin.Context) {
 	status := strconv.Itoa(c.Writer.Status())
 	s.metrics.requests.WithLabelValues(c.Request.Method, route, status).Inc()
 	s.metrics.latency.WithLabelValues(c.Request.Method, route).Observe(time.Since(start).Seconds())
-	if route != "/healthz" && route != "/readyz" && route != "/metrics" {
+	if route != "/healthz" {
 		s.log.Debug("http.request", "method", c.Request.Method, "route", route, "status", c.Writer.Status(),
 			"ms", time.Since(start).Milliseconds(), "user_id", c.Param("userId"))
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clinicalimages/clinimg/pkg/config"
+	"github.com/clinicalimages/clinimg/pkg/ops"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 )
 
@@ -32,6 +33,8 @@ import (
 //	RELAY_HEARTBEAT        SSE mode: keep-alive comment interval, default 15s
 //	RELAY_SUBSCRIBER_BUFFER SSE mode: events queued per subscriber before it
 //	                       is dropped (it then resumes with Last-Event-ID), default 256
+//	HTTP_*                 SSE mode: the server's limits (ops.ReadLimits);
+//	                       HTTP_MAX_CONNS defaults to 10000 (one per open stream)
 type Config struct {
 	Common   config.Common
 	Realtime realtime.Settings // Mode, and the Ably key or the SSE signing key
@@ -46,6 +49,7 @@ type Config struct {
 	AllowedOrigins   []string
 	Heartbeat        time.Duration
 	SubscriberBuffer int
+	HTTP             ops.Limits // zero: sseLimits()
 
 	// Logger defaults to JSON on stderr at Common.LogLevel.
 	Logger *slog.Logger
@@ -73,6 +77,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		AllowedOrigins:   splitList(r.String("RELAY_ALLOWED_ORIGINS", "*")),
 		Heartbeat:        r.Duration("RELAY_HEARTBEAT", 15*time.Second),
 		SubscriberBuffer: r.Int("RELAY_SUBSCRIBER_BUFFER", 256),
+		HTTP:             ops.ReadLimits(r, sseLimits()),
 	}
 	if c.ChannelRate <= 0 {
 		r.Fail("ABLY_CHANNEL_RATE must be positive")
@@ -119,6 +124,17 @@ func (c *Config) defaults() {
 	if c.Realtime.Mode == "" {
 		c.Realtime.Mode = realtime.ModeSSE
 	}
+	if c.HTTP == (ops.Limits{}) {
+		c.HTTP = sseLimits()
+	}
+}
+
+// sseLimits are the SSE server's default limits: an open stream is a
+// connection, so many more of them than an API takes.
+func sseLimits() ops.Limits {
+	l := ops.DefaultLimits()
+	l.MaxConns = 10000
+	return l
 }
 
 // ablyEndpoint splits ABLY_ENDPOINT into ably-go's endpoint and TLS flag:

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/ops"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 )
 
@@ -357,34 +357,23 @@ func (h *hub) each(ctx context.Context, subject string, seq uint64, f func(frame
 // serve runs the SSE server on cfg.Addr until ctx is done, then ends every
 // stream and stops the hub's consumer.
 func (h *hub) serve(ctx context.Context) error {
-	ln, err := net.Listen("tcp", h.cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", h.cfg.Addr, err)
-	}
-	if h.cfg.Listening != nil {
-		h.cfg.Listening("sse", ln.Addr().String())
-	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(SSE, h.handle)
-	// No WriteTimeout: streams are long; each write has its own deadline.
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		h.stop()
-		return fmt.Errorf("serve %s: %w", h.cfg.Addr, err)
-	case <-ctx.Done():
-	}
-	close(h.closing)
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	err = srv.Shutdown(sctx)
-	h.stop()
-	if err != nil && !errors.Is(err, http.ErrServerClosed) {
-		_ = srv.Close()
-	}
-	return nil
+	ready := make(chan string, 1)
+	go func() {
+		select {
+		case addr := <-ready:
+			if h.cfg.Listening != nil {
+				h.cfg.Listening("sse", addr)
+			}
+		case <-ctx.Done():
+		}
+	}()
+	defer h.stop()
+	// Streams lift the server's read and write deadlines and set one per
+	// write (see handle); shutting down ends them first.
+	return ops.Server{Addr: h.cfg.Addr, Handler: mux, Limits: h.cfg.HTTP, Ready: ready,
+		OnShutdown: func() { close(h.closing) }}.Run(ctx)
 }
 
 func (h *hub) stop() {
@@ -484,7 +473,7 @@ func (h *hub) handle(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
+	rc := ops.StreamDeadlines(w)
 	write := func(b []byte) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		_, err := w.Write(b)

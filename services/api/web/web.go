@@ -44,8 +44,12 @@ func FS() fs.FS {
 //
 // Every answer carries headers that keep tokens where they are: the phone
 // URL holds its QR token in the query string, so no page sends a Referer;
-// pages are not cached, and scripts run only from this origin.
-func Handler() http.Handler {
+// pages are not cached, and scripts run only from this origin. Pages carry
+// csp as their Content-Security-Policy (CSP builds one; "" is CSP(Policy{})).
+func Handler(csp string) http.Handler {
+	if csp == "" {
+		csp = CSP(Policy{})
+	}
 	files := FS()
 	static := http.FileServer(http.FS(files))
 	page := func(name string) http.Handler {
@@ -84,9 +88,29 @@ func Handler() http.Handler {
 	})
 }
 
-// csp lets the pages run only their own scripts and styles, while images
-// (presigned previews, the QR data URL, local blobs) and connections (S3 PUT,
-// realtime SSE) may go to the origins the API hands out.
-const csp = "default-src 'self'; script-src 'self'; style-src 'self'; " +
-	"img-src 'self' data: blob: http: https:; connect-src 'self' http: https:; " +
-	"object-src 'none'; base-uri 'none'; form-action 'none'"
+// Policy is what the pages may reach beyond their own origin.
+type Policy struct {
+	// Images are origins images load from (the bucket's presigned GETs).
+	Images []string
+	// Connect are origins the pages connect to (the bucket's presigned
+	// PUTs, the realtime SSE endpoint).
+	Connect []string
+	// FrameAncestors is the CSP frame-ancestors value: who may embed the
+	// pages (the practice system showing the widget); default 'none'.
+	FrameAncestors string
+}
+
+// CSP is the pages' Content-Security-Policy for p: their own scripts and
+// styles only, images from this origin, data: and blob: URLs (the QR code,
+// local previews) and p.Images, connections to this origin and p.Connect,
+// and framing by p.FrameAncestors only.
+func CSP(p Policy) string {
+	fa := p.FrameAncestors
+	if fa == "" {
+		fa = "'none'"
+	}
+	img := strings.Join(append([]string{"'self'", "data:", "blob:"}, p.Images...), " ")
+	conn := strings.Join(append([]string{"'self'"}, p.Connect...), " ")
+	return "default-src 'self'; script-src 'self'; style-src 'self'; img-src " + img + "; connect-src " + conn +
+		"; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors " + fa
+}

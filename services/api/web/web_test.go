@@ -10,7 +10,7 @@ import (
 )
 
 func TestHandler(t *testing.T) {
-	h := Handler()
+	h := Handler("")
 	tests := []struct {
 		method, path string
 		status       int
@@ -50,7 +50,7 @@ func TestHandler(t *testing.T) {
 func TestPagesSetCSPAndNoExternalResources(t *testing.T) {
 	for _, path := range []string{"/", "/mobile"} {
 		rec := httptest.NewRecorder()
-		Handler().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		Handler("").ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
 		if csp := rec.Header().Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") {
 			t.Errorf("%s: Content-Security-Policy = %q, want script-src 'self'", path, csp)
 		}
