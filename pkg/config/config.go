@@ -46,6 +46,18 @@ func (r *Reader) Required(name string) string {
 	return v
 }
 
+// List is name's value split at commas, each item trimmed and empty ones
+// dropped; nil when unset.
+func (r *Reader) List(name string) []string {
+	var out []string
+	for _, s := range strings.Split(r.get(name), ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // Int is name's value as an integer, or def.
 func (r *Reader) Int(name string, def int) int {
 	v := strings.TrimSpace(r.get(name))

@@ -106,7 +106,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		CommitWait:     r.Duration("COMMIT_WAIT", 25*time.Second),
 		MaxPhones:      r.Int("MAX_PHONES", session.DefaultMaxPhones),
 		QRRedeemLimit:  r.Int("QR_REDEEM_LIMIT", DefaultQRRedeemLimit),
-		TrustedProxies: splitList(r.String("TRUSTED_PROXIES", "")),
+		TrustedProxies: r.List("TRUSTED_PROXIES"),
 		HTTP:           ops.ReadLimits(r, ops.DefaultLimits()),
 		FrameAncestors: r.String("FRAME_ANCESTORS", "'none'"),
 		Realtime:       realtime.ReadSettings(r),
@@ -148,13 +148,3 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 
 // frameSource is an origin a CSP source list may name.
 var frameSource = regexp.MustCompile(`^https?://(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?$`)
-
-func splitList(v string) []string {
-	var out []string
-	for _, s := range strings.Split(v, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			out = append(out, s)
-		}
-	}
-	return out
-}
