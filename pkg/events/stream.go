@@ -130,15 +130,22 @@ func Publish(ctx context.Context, js jetstream.JetStream, n Names, ev Event) (*j
 
 // PublishRaw publishes an already encoded envelope.
 func PublishRaw(ctx context.Context, js jetstream.JetStream, subject, id, traceparent string, raw []byte) (*jetstream.PubAck, error) {
+	ack, err := js.PublishMsg(ctx, Message(subject, id, traceparent, raw))
+	if err != nil {
+		return nil, fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return ack, nil
+}
+
+// Message is the NATS message of an encoded envelope: its id as
+// Nats-Msg-Id (the stream's dedupe), its content type, and the trace
+// context of the request that caused it.
+func Message(subject, id, traceparent string, raw []byte) *nats.Msg {
 	msg := &nats.Msg{Subject: subject, Data: raw, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgIDHeader, id)
 	msg.Header.Set("Content-Type", "application/cloudevents+json")
 	if traceparent != "" {
 		msg.Header.Set("traceparent", traceparent)
 	}
-	ack, err := js.PublishMsg(ctx, msg)
-	if err != nil {
-		return nil, fmt.Errorf("publish %s: %w", subject, err)
-	}
-	return ack, nil
+	return msg
 }

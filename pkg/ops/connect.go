@@ -113,6 +113,13 @@ type Worker struct {
 // move the last events (the outbox is shared, so it may never be empty),
 // stop it, stop the ops server, drain NATS.
 func (cs *Conns) Run(ctx context.Context, w Worker) error {
+	pub, err := outbox.New(cs.Redis, cs.NATS, w.Outbox, cs.Name, w.Logger, outbox.Options{})
+	if err != nil {
+		return err
+	}
+	if w.Instrument != nil {
+		w.Instrument(pub)
+	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
@@ -127,10 +134,6 @@ func (cs *Conns) Run(ctx context.Context, w Worker) error {
 			stop()
 		}
 	}()
-	pub := outbox.New(cs.Redis, cs.JS, w.Outbox, cs.Name, w.Logger)
-	if w.Instrument != nil {
-		w.Instrument(pub)
-	}
 	go func() {
 		defer wg.Done()
 		if err := pub.Run(pubCtx); err != nil {

@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/session"
@@ -45,6 +47,16 @@ func record(t *testing.T, st *session.Store, n int) {
 	}
 }
 
+func newPublisher(t *testing.T, rdb redis.Cmdable, nc *nats.Conn, stream, name string, opt Options) *Publisher {
+	t.Helper()
+	log, _ := testenv.Logger(t)
+	p, err := New(rdb, nc, stream, name, log, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func run(ctx context.Context, p *Publisher) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -57,14 +69,14 @@ func run(ctx context.Context, p *Publisher) (stop func()) {
 // starts, each exactly once.
 func TestEveryRecordedPhotoIsPublishedOnce(t *testing.T) {
 	rdb, prefix := testenv.Redis(t)
-	_, _, js := testenv.JetStream(t)
-	log, _ := testenv.Logger(t)
+	_, nc, js := testenv.JetStream(t)
 	st := session.NewStore(rdb, session.Options{Prefix: prefix})
 	record(t, st, 20) // the publisher is down: the events wait in the outbox
 	if got := streamCount(t, js, "clinimg.image.uploaded.u1"); got != 0 {
 		t.Fatalf("%d events in the stream before any publisher ran", got)
 	}
-	stop := run(context.Background(), New(rdb, js, st.Keys.Outbox(), "p1", log))
+	// Batches of 8: the 21 entries take three, the last one short.
+	stop := run(context.Background(), newPublisher(t, rdb, nc, st.Keys.Outbox(), "p1", Options{Batch: 8}))
 	defer stop()
 	testenv.Eventually(t, 10*time.Second, "20 events in the stream", func() bool {
 		return streamCount(t, js, "clinimg.image.uploaded.u1") == 20
@@ -78,36 +90,39 @@ func TestEveryRecordedPhotoIsPublishedOnce(t *testing.T) {
 	}
 }
 
-// A publisher that dies after JetStream acked but before it deleted the
-// entry: the next publisher publishes it again and the stream keeps one copy.
+// A publisher that dies after JetStream acked a batch but before it deleted
+// it: the next publisher publishes that batch again and the stream keeps
+// one copy of each.
 func TestPublisherCrashAfterPublishLeavesNoDuplicate(t *testing.T) {
 	rdb, prefix := testenv.Redis(t)
-	_, _, js := testenv.JetStream(t)
-	log, _ := testenv.Logger(t)
+	_, nc, js := testenv.JetStream(t)
 	st := session.NewStore(rdb, session.Options{Prefix: prefix})
-	record(t, st, 5)
+	record(t, st, 5) // session.started and 5 image.uploaded: 6 entries
 
-	ctx, crash := context.WithCancel(context.Background())
-	p := New(rdb, js, st.Keys.Outbox(), "p1", log)
-	published := 0
-	done := make(chan struct{})
-	p.afterPublish = func(string) {
-		published++
-		if published == 3 {
-			crash() // dies between the PubAck and the delete of the third entry
-			close(done)
+	p := newPublisher(t, rdb, nc, st.Keys.Outbox(), "p1", Options{Batch: 2, Window: 1})
+	batches := 0
+	died := make(chan struct{})
+	p.step = func(step string) bool {
+		if step != "acked" {
+			return true
 		}
+		batches++
+		if batches == 2 { // dies between the acks and the delete of entries 3 and 4
+			close(died)
+			return false
+		}
+		return true
 	}
-	stop := run(ctx, p)
-	<-done
+	stop := run(context.Background(), p)
+	<-died
 	stop()
-	if n, _ := Depth(context.Background(), rdb, st.Keys.Outbox()); n == 0 {
-		t.Fatal("the crashed publisher deleted everything; the test did not crash it mid-way")
+	if n, _ := Depth(context.Background(), rdb, st.Keys.Outbox()); n != 4 {
+		t.Fatalf("outbox depth %d after the crash, want 4 (the acked batch and the two never read)", n)
 	}
 
 	var dups int
 	var mu sync.Mutex
-	p2 := New(rdb, js, st.Keys.Outbox(), "p1", log) // same process name: it restarted
+	p2 := newPublisher(t, rdb, nc, st.Keys.Outbox(), "p1", Options{Batch: 2}) // same process name: it restarted
 	p2.OnPublished = func(_ events.Type, dup bool) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -126,32 +141,69 @@ func TestPublisherCrashAfterPublishLeavesNoDuplicate(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if dups != 1 {
-		t.Fatalf("JetStream dropped %d duplicates, want exactly the 1 republished entry", dups)
+	if dups != 2 {
+		t.Fatalf("JetStream dropped %d duplicates, want exactly the 2 republished entries", dups)
 	}
 }
 
 // A publisher that died for good: another process claims its pending entries.
 func TestStaleEntriesAreClaimedByAnotherPublisher(t *testing.T) {
 	rdb, prefix := testenv.Redis(t)
-	_, _, js := testenv.JetStream(t)
-	log, _ := testenv.Logger(t)
+	_, nc, js := testenv.JetStream(t)
 	st := session.NewStore(rdb, session.Options{Prefix: prefix})
 	record(t, st, 3)
 	// "dead" reads the entries (they become its pending) and never acks.
 	ctx := context.Background()
-	dead := New(rdb, js, st.Keys.Outbox(), "dead", log)
+	dead := newPublisher(t, rdb, nc, st.Keys.Outbox(), "dead", Options{})
 	if err := rdb.XGroupCreateMkStream(ctx, st.Keys.Outbox(), Group, "0").Err(); err != nil {
 		t.Fatal(err)
 	}
 	if msgs, err := dead.read(ctx, ">", 0); err != nil || len(msgs) != 4 {
 		t.Fatalf("dead read %d: %v", len(msgs), err)
 	}
-	live := New(rdb, js, st.Keys.Outbox(), "live", log)
-	live.ClaimIdle = 200 * time.Millisecond
+	live := newPublisher(t, rdb, nc, st.Keys.Outbox(), "live", Options{ClaimIdle: 200 * time.Millisecond})
 	stop := run(ctx, live)
 	defer stop()
 	testenv.Eventually(t, 10*time.Second, "the dead publisher's entries published", func() bool {
 		return streamCount(t, js, "clinimg.image.uploaded.u1") == 3
 	})
+}
+
+func TestMessageOfEntry(t *testing.T) {
+	tp := "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	tests := []struct {
+		name, subject, event string
+		wantType             events.Type
+		wantTrace            string
+	}{
+		{"traced", "clinimg.image.uploaded.u1", `{"id":"x","traceparent":"` + tp + `","data":{}}`, events.ImageUploaded, tp},
+		{"untraced", "t1a2.commit.succeeded.user_9", `{"id":"x","data":{"notes":"\"traceparent\":\"` + tp + `\""}}`, events.CommitSucceeded, ""},
+		{"prefix with dots", "a.b.session.started.u-1", `{"traceparent":"00-bad"}`, events.SessionStarted, ""},
+		{"unknown type", "clinimg.image.exploded.u1", `{}`, "", ""},
+		{"no user", "clinimg.image.uploaded.", `{}`, "", ""},
+		{"no prefix", "image.uploaded.u1", `{}`, "", ""},
+		{"not an envelope", "clinimg.image.uploaded.u1", `nope`, "", ""},
+	}
+	log, _ := testenv.Logger(t)
+	p := &Publisher{log: log}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			msg, typ, ok := p.message(redis.XMessage{ID: "1-0", Values: map[string]any{"id": "ev1", "subject": tc.subject, "event": tc.event}})
+			if typ != tc.wantType || ok != (tc.wantType != "") {
+				t.Fatalf("type %q ok %v, want %q", typ, ok, tc.wantType)
+			}
+			if !ok {
+				return
+			}
+			if got := msg.Header.Get("traceparent"); got != tc.wantTrace {
+				t.Errorf("traceparent %q, want %q", got, tc.wantTrace)
+			}
+			if got := msg.Header.Get(jetstream.MsgIDHeader); got != "ev1" {
+				t.Errorf("Nats-Msg-Id %q, want ev1", got)
+			}
+			if string(msg.Data) != tc.event || msg.Subject != tc.subject {
+				t.Errorf("message %s %q, want the entry unchanged", msg.Subject, msg.Data)
+			}
+		})
+	}
 }

@@ -84,8 +84,21 @@ type NATS struct {
 // StartNATS starts a JetStream server that lives as long as t.
 func StartNATS(t testing.TB) *NATS {
 	t.Helper()
-	dir := t.TempDir()
-	n, err := NewNATS(dir)
+	return startNATS(t, "always")
+}
+
+// StartNATSUnsynced is StartNATS with the server's default sync_interval
+// (stores are synced every 2 minutes, as a replicated cluster that relies
+// on its replicas may run), for benchmarks that look past the disk's fsync
+// rate.
+func StartNATSUnsynced(t testing.TB) *NATS {
+	t.Helper()
+	return startNATS(t, "")
+}
+
+func startNATS(t testing.TB, sync string) *NATS {
+	t.Helper()
+	n, err := newNATS(t.TempDir(), sync)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +108,9 @@ func StartNATS(t testing.TB) *NATS {
 
 // NewNATS starts a JetStream server storing its data under dir, for code
 // with no testing.TB (a TestMain); the caller calls Close.
-func NewNATS(dir string) (*NATS, error) {
+func NewNATS(dir string) (*NATS, error) { return newNATS(dir, "always") }
+
+func newNATS(dir, sync string) (*NATS, error) {
 	bin, err := natsServerBinary()
 	if err != nil {
 		return nil, fmt.Errorf("nats-server: %w", err)
@@ -108,7 +123,11 @@ func NewNATS(dir string) (*NATS, error) {
 		}
 		n.URL = fmt.Sprintf("nats://127.0.0.1:%d", port)
 		n.conf = filepath.Join(dir, "nats.conf")
-		conf := fmt.Sprintf("listen: 127.0.0.1:%d\njetstream {\n  store_dir: %q\n  sync_interval: always\n}\n", port, filepath.Join(dir, "js"))
+		conf := fmt.Sprintf("listen: 127.0.0.1:%d\njetstream {\n  store_dir: %q\n", port, filepath.Join(dir, "js"))
+		if sync != "" {
+			conf += "  sync_interval: " + sync + "\n"
+		}
+		conf += "}\n"
 		if err := os.WriteFile(n.conf, []byte(conf), 0o600); err != nil {
 			return nil, err
 		}

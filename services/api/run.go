@@ -70,7 +70,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return float64(n)
 	}))
 
-	pub := outbox.New(rdb, conns.JS, store.Keys.Outbox(), conns.Name, log)
+	pub, err := outbox.New(rdb, nc, store.Keys.Outbox(), conns.Name, log, outbox.Options{})
+	if err != nil {
+		return err
+	}
 	pub.OnPublished = func(t events.Type, dup bool) {
 		srv.metrics.published.WithLabelValues("api", string(t), strconv.FormatBool(dup)).Inc()
 	}

@@ -36,7 +36,7 @@ type stack struct {
 func newStack(t testing.TB) *stack {
 	t.Helper()
 	n := testenv.StartNATS(t)
-	_, js := n.Connect(t)
+	nc, js := n.Connect(t)
 	names := testenv.Names()
 	ctx := context.Background()
 	if _, err := events.Ensure(ctx, js, names, 1); err != nil {
@@ -47,8 +47,10 @@ func newStack(t testing.TB) *stack {
 	store := session.NewStore(rdb, session.Options{Prefix: prefix, Names: names, MaxImages: 1 << 20})
 	log, _ := testenv.Logger(t)
 	pctx, cancel := context.WithCancel(ctx)
-	pub := outbox.New(rdb, js, store.Keys.Outbox(), "test", log)
-	pub.Block = 100 * time.Millisecond
+	pub, err := outbox.New(rdb, nc, store.Keys.Outbox(), "test", log, outbox.Options{Block: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = pub.Run(pctx) }()
 	t.Cleanup(func() { cancel(); <-done })
