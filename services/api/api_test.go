@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/config"
@@ -27,6 +28,7 @@ import (
 // server and an embedded JetStream server.
 type harness struct {
 	t       testing.TB
+	rdb     *redis.Client
 	srv     *httptest.Server
 	store   *session.Store
 	objects *blob.Store
@@ -38,8 +40,15 @@ func newHarness(t *testing.T, tweak ...func(*Config)) *harness { return newHarne
 
 func newHarnessTB(t testing.TB, tweak ...func(*Config)) *harness {
 	t.Helper()
-	rdb, prefix := testenv.Redis(t)
 	objects, _ := testenv.S3(t)
+	rdb, prefix := testenv.Redis(t)
+	return newHarnessOn(t, rdb, prefix, objects, tweak...)
+}
+
+// newHarnessOn is the harness on the Redis rdb under prefix and the bucket
+// objects.
+func newHarnessOn(t testing.TB, rdb *redis.Client, prefix string, objects *blob.Store, tweak ...func(*Config)) *harness {
+	t.Helper()
 	_, nc, _ := testenv.JetStream(t)
 	issuer, err := jwtauth.NewIssuer("https://idp.test", "clinimg")
 	if err != nil {
@@ -66,7 +75,7 @@ func newHarnessTB(t testing.TB, tweak ...func(*Config)) *harness {
 		verifier = jwtauth.NewVerifier(jwtauth.NewJWKS(cfg.JWKSURL), cfg.Issuer, cfg.Audience)
 	}
 	s := NewServer(cfg, Deps{Store: store, Redis: rdb, Objects: objects, Verifier: verifier, Waiter: waiter, Logger: log})
-	h := &harness{t: t, srv: httptest.NewServer(s.Router()), store: store, objects: objects, issuer: issuer, cfg: cfg}
+	h := &harness{t: t, rdb: rdb, srv: httptest.NewServer(s.Router()), store: store, objects: objects, issuer: issuer, cfg: cfg}
 	t.Cleanup(h.srv.Close)
 	return h
 }

@@ -1,118 +1,290 @@
 package api
 
 import (
-	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gin-gonic/gin"
+
 	"github.com/clinicalimages/clinimg/pkg/session"
+	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
-const benchClients = 200
+func TestMain(m *testing.M) { testenv.ChildMain(m, map[string]testenv.Role{"load": loadRole}) }
+
+const (
+	benchClients = 200
+	perSession   = 10 // each client's session goes from 0 to 10 photos, then starts again
+)
 
 // BenchmarkRecordImage measures POST /api/users/:userId/images through the
-// whole API (auth, decode, S3 HEAD and magic-byte read, the Lua step with
-// its outbox append) under 200 concurrent clients on loopback, next to the
-// raw rate of the same Lua step called directly in the same run.
+// whole API (phone auth, decode, the S3 check of the object, the Lua step
+// with its outbox append, the session in the answer) with 200 clients, each
+// a phone whose session goes from 0 to 10 photos and starts again. The
+// clients run in a process of their own and so does the S3 server, so the
+// CPU this process uses is the API's. Beside it, in the same run and with
+// the same clients: a static Gin route (static), the reference for rate and
+// CPU per request, and the bare Lua step called 200 at a time
+// (redis-script). Each reports requests/s, p50-ms, p99-ms, api-cpu-us/op
+// (this process) and redis-cpu-us/op (a redis-server of the benchmark's
+// own); api reports cpu-x-static, its CPU per request over
+// the static route's.
 //
 //	go test -run '^$' -bench RecordImage ./services/api
 func BenchmarkRecordImage(b *testing.B) {
-	h := newBenchHarness(b)
-	ctx := context.Background()
+	objects, _ := testenv.S3Process(b)
+	rdb, redisProc := testenv.RedisProcess(b)
+	h := newHarnessOn(b, rdb, "", objects, func(c *Config) { c.MaxImages = 50; c.MaxImageBytes = 10 << 20 })
+	redisPid := redisProc.Cmd.Process.Pid
 
-	// Each client is its own user with one session and one uploaded photo.
-	type client struct{ user, phone, key string }
-	clients := make([]client, benchClients)
+	clients := make([]benchClient, benchClients)
 	for i := range clients {
 		u := fmt.Sprintf("bench%d", i)
 		p := h.start(u, "p1")
 		k, _ := h.upload(u, p, jpegBytes)
-		clients[i] = client{u, p, k}
+		clients[i] = benchClient{user: u, phone: p, key: k}
 	}
 
-	b.Run("api", func(b *testing.B) {
-		var next atomic.Int64
-		lat := make([][]time.Duration, benchClients)
-		b.ResetTimer()
-		start := time.Now()
-		var wg sync.WaitGroup
-		for i, c := range clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					n := next.Add(1)
-					if n > int64(b.N) {
-						return
-					}
-					body := fmt.Sprintf(`{"imageId":"i%d","s3Key":%q,"source":"mobile"}`, n, c.key)
-					req, _ := http.NewRequest("POST", h.srv.URL+"/api/users/"+c.user+"/images", bytes.NewBufferString(body))
-					req.Header.Set("Authorization", "Bearer "+c.phone)
-					req.Header.Set("Content-Type", "application/json")
-					t0 := time.Now()
-					resp, err := benchHTTP.Do(req)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					resp.Body.Close()
-					lat[i] = append(lat[i], time.Since(t0))
-					if resp.StatusCode != 200 {
-						b.Errorf("record: %d", resp.StatusCode)
-						return
-					}
-				}
-			}()
+	var staticCPU float64
+	b.Run("static", func(b *testing.B) {
+		r := gin.New()
+		r.GET("/static", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"ok": true}) })
+		srv := httptest.NewServer(r)
+		defer srv.Close()
+		load := loadConfig{Base: srv.URL}
+		for i := range benchClients {
+			load.Clients = append(load.Clients, loadClient{Method: "GET", Path: "/static", Count: share(b.N, i)})
 		}
-		wg.Wait()
-		elapsed := time.Since(start)
-		b.StopTimer()
-		all := slices.Concat(lat...)
-		slices.Sort(all)
-		if len(all) > 0 {
-			b.ReportMetric(float64(len(all))/elapsed.Seconds(), "records/s")
-			b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-ms")
-			b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
+		m := runLoad(b, load, redisPid)
+		m.report(b)
+		staticCPU = m.cpuPerOp()
+	})
+
+	b.Run("api", func(b *testing.B) {
+		var seq atomic.Int64
+		var m measured
+		for done := 0; done < b.N; {
+			b.StopTimer()
+			round := min(b.N-done, benchClients*perSession)
+			load := loadConfig{Base: h.srv.URL}
+			for i := range clients {
+				c := &clients[i]
+				c.restart(b, h)
+				lc := loadClient{Method: "POST", Path: "/api/users/" + c.user + "/images", Token: c.phone}
+				for range share(round, i) {
+					lc.Bodies = append(lc.Bodies, fmt.Sprintf(`{"imageId":"i%d","s3Key":%q,"source":"mobile"}`, seq.Add(1), c.key))
+				}
+				load.Clients = append(load.Clients, lc)
+			}
+			b.StartTimer()
+			m.add(runLoad(b, load, redisPid))
+			done += round
+		}
+		m.report(b)
+		if staticCPU > 0 {
+			b.ReportMetric(m.cpuPerOp()/staticCPU, "cpu-x-static")
 		}
 	})
 
 	b.Run("redis-script", func(b *testing.B) {
-		var next atomic.Int64
-		b.ResetTimer()
-		start := time.Now()
-		var wg sync.WaitGroup
-		for _, c := range clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					n := next.Add(1)
-					if n > int64(b.N) {
-						return
+		ctx := context.Background()
+		var seq atomic.Int64
+		var m measured
+		for done := 0; done < b.N; {
+			b.StopTimer()
+			round := min(b.N-done, benchClients*perSession)
+			for i := range clients {
+				clients[i].restart(b, h)
+			}
+			b.StartTimer()
+			cpu0, r0 := testenv.SelfCPUTime(), procCPU(b, redisPid)
+			lat := make([][]int64, len(clients))
+			start := time.Now()
+			var wg sync.WaitGroup
+			for i, c := range clients {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range share(round, i) {
+						img := session.Image{ID: fmt.Sprintf("r%d", seq.Add(1)), S3Key: c.key, ContentType: "image/jpeg", Size: 1}
+						t0 := time.Now()
+						if _, _, err := h.store.AddImage(ctx, c.user, "", img); err != nil {
+							b.Error(err)
+							return
+						}
+						lat[i] = append(lat[i], time.Since(t0).Microseconds())
 					}
-					img := session.Image{ID: fmt.Sprintf("r%d", n), S3Key: c.key, ContentType: "image/jpeg", Size: 1}
-					if _, _, err := h.store.AddImage(ctx, c.user, "", img); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			}()
+				}()
+			}
+			wg.Wait()
+			m.add(measured{lat: slices.Concat(lat...), seconds: time.Since(start).Seconds(),
+				cpu: testenv.SelfCPUTime() - cpu0, redis: procCPU(b, redisPid) - r0})
+			done += round
 		}
-		wg.Wait()
-		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "records/s")
+		m.report(b)
 	})
 }
 
-var benchHTTP = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: benchClients, MaxConnsPerHost: benchClients}}
+// benchClient is one phone with its session and one uploaded photo.
+type benchClient struct{ user, phone, key string }
 
-// newBenchHarness is the test harness with a cap high enough for a
-// benchmark's worth of records per session.
-func newBenchHarness(b *testing.B) *harness {
-	return newHarnessTB(b, func(c *Config) { c.MaxImages = 500; c.MaxImageBytes = 10 << 20 })
+// restart gives the client a new, empty session and a phone paired with it,
+// straight through the store (not part of what is measured).
+func (c *benchClient) restart(b *testing.B, h *harness) {
+	ctx := context.Background()
+	tok := "tok" + testenv.ID() + testenv.ID()
+	if _, err := h.store.Start(ctx, session.StartParams{UserID: c.user, PatientID: "p" + testenv.ID(), EncounterID: "e1",
+		Token: tok, SessionID: "s" + testenv.ID(), Discard: true}); err != nil {
+		b.Fatal(err)
+	}
+	c.phone = phonePrefix + testenv.ID() + testenv.ID()
+	if _, err := h.store.Pair(ctx, tok, c.phone, "bench"); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// share is client i's part of n requests spread over benchClients.
+func share(n, i int) int {
+	s := n / benchClients
+	if i < n%benchClients {
+		s++
+	}
+	return s
+}
+
+// loadConfig is what the load child sends: each client its requests, one
+// after another, all clients at once.
+type loadConfig struct {
+	Base    string       `json:"base"`
+	Clients []loadClient `json:"clients"`
+}
+
+type loadClient struct {
+	Method string   `json:"method"`
+	Path   string   `json:"path"`
+	Token  string   `json:"token,omitempty"`
+	Bodies []string `json:"bodies,omitempty"` // one request each
+	Count  int      `json:"count,omitempty"`  // or this many without a body
+}
+
+type loadResult struct {
+	LatencyUS []int64 `json:"latencyUs"`
+	Seconds   float64 `json:"seconds"`
+	Errors    []string
+}
+
+// loadRole is the child's side: it sends every client's requests and
+// times each.
+func loadRole(raw []byte, _ func(), _ <-chan struct{}) (any, error) {
+	var cfg loadConfig
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return nil, err
+	}
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: len(cfg.Clients), MaxConnsPerHost: len(cfg.Clients)}}
+	lat := make([][]int64, len(cfg.Clients))
+	errs := make([]string, len(cfg.Clients))
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i, c := range cfg.Clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := max(c.Count, len(c.Bodies))
+			for k := range n {
+				var body io.Reader
+				if k < len(c.Bodies) {
+					body = strings.NewReader(c.Bodies[k])
+				}
+				req, _ := http.NewRequest(c.Method, cfg.Base+c.Path, body)
+				if body != nil {
+					req.Header.Set("Content-Type", "application/json")
+				}
+				if c.Token != "" {
+					req.Header.Set("Authorization", "Bearer "+c.Token)
+				}
+				t0 := time.Now()
+				resp, err := hc.Do(req)
+				if err != nil {
+					errs[i] = err.Error()
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				lat[i] = append(lat[i], time.Since(t0).Microseconds())
+				if resp.StatusCode != http.StatusOK {
+					errs[i] = c.Method + " " + c.Path + ": " + strconv.Itoa(resp.StatusCode)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	out := loadResult{LatencyUS: slices.Concat(lat...), Seconds: time.Since(start).Seconds()}
+	for _, e := range errs {
+		if e != "" {
+			out.Errors = append(out.Errors, e)
+		}
+	}
+	return out, nil
+}
+
+// measured adds up rounds of load.
+type measured struct {
+	lat        []int64
+	seconds    float64
+	cpu, redis time.Duration
+}
+
+func (m *measured) add(o measured) {
+	m.lat = append(m.lat, o.lat...)
+	m.seconds += o.seconds
+	m.cpu += o.cpu
+	m.redis += o.redis
+}
+
+func (m *measured) cpuPerOp() float64 { return float64(m.cpu.Microseconds()) / float64(len(m.lat)) }
+
+func (m *measured) report(b *testing.B) {
+	if len(m.lat) == 0 {
+		return
+	}
+	slices.Sort(m.lat)
+	b.ReportMetric(float64(len(m.lat))/m.seconds, "requests/s")
+	b.ReportMetric(float64(m.lat[len(m.lat)/2])/1000, "p50-ms")
+	b.ReportMetric(float64(m.lat[len(m.lat)*99/100])/1000, "p99-ms")
+	b.ReportMetric(m.cpuPerOp(), "api-cpu-us/op")
+	b.ReportMetric(float64(m.redis.Microseconds())/float64(len(m.lat)), "redis-cpu-us/op")
+}
+
+// runLoad runs cfg in a child process and measures this process's CPU
+// and Redis's while it runs.
+func runLoad(b *testing.B, cfg loadConfig, redisPid int) measured {
+	cpu0, r0 := testenv.SelfCPUTime(), procCPU(b, redisPid)
+	child := testenv.StartChild(b, "load", cfg)
+	var res loadResult
+	child.Result(&res, 10*time.Minute)
+	m := measured{lat: res.LatencyUS, seconds: res.Seconds, cpu: testenv.SelfCPUTime() - cpu0, redis: procCPU(b, redisPid) - r0}
+	if len(res.Errors) > 0 {
+		b.Fatalf("%d clients failed, first: %s", len(res.Errors), res.Errors[0])
+	}
+	return m
+}
+
+func procCPU(b *testing.B, pid int) time.Duration {
+	d, err := testenv.CPUTime(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return d
 }

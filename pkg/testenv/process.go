@@ -1,0 +1,187 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/clinicalimages/clinimg/pkg/blob"
+)
+
+var builds sync.Map // import path -> *build
+
+type build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Build compiles a main package of the workspace (an import path such as
+// github.com/clinicalimages/clinimg/pkg/alexsim/cmd/alexsim) once per test
+// binary and returns the executable's path.
+func Build(t testing.TB, pkg string) string {
+	t.Helper()
+	v, _ := builds.LoadOrStore(pkg, &build{})
+	b := v.(*build)
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", "clinimg-bin-")
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.path = filepath.Join(dir, path.Base(pkg))
+		if out, err := exec.Command("go", "build", "-o", b.path, pkg).CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
+
+// Process is a program a test started; it is stopped (SIGTERM, then
+// SIGKILL after 10 s) when the test ends.
+type Process struct {
+	Cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// StartProcess runs bin with env added to this process's environment.
+// Its output goes to the test's log only if the test fails.
+func StartProcess(t testing.TB, bin string, env ...string) *Process {
+	t.Helper()
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), env...)
+	return start(t, cmd)
+}
+
+func startArgs(t testing.TB, bin string, args []string) *Process {
+	t.Helper()
+	return start(t, exec.Command(bin, args...))
+}
+
+func start(t testing.TB, cmd *exec.Cmd) *Process {
+	t.Helper()
+	bin := cmd.Path
+	logs := &Logs{t: t}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", bin, err)
+	}
+	p := &Process{Cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() {
+			for _, l := range logs.Lines() {
+				t.Log(filepath.Base(bin) + ": " + l)
+			}
+		}
+	})
+	return p
+}
+
+// Stop ends the process and waits for it.
+func (p *Process) Stop() {
+	_ = p.Cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.Cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// Exited is closed when the process has ended.
+func (p *Process) Exited() <-chan struct{} { return p.done }
+
+// WaitHTTP polls url until it answers (any status) or d passes.
+func WaitHTTP(t testing.TB, p *Process, url string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited before it served %s", p.Cmd.Path, url)
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		cancel()
+		if err == nil {
+			resp.Body.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not serving %s after %s: %v", p.Cmd.Path, url, d, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// FreeAddr is a loopback address with a port free right now.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", port)
+}
+
+// S3Process is S3 with the server in a process of its own (the s3local
+// command), for benchmarks that measure the process beside it.
+func S3Process(t testing.TB) (*blob.Store, *Process) {
+	t.Helper()
+	bin := Build(t, "github.com/clinicalimages/clinimg/pkg/s3local/cmd/s3local")
+	addr := FreeAddr(t)
+	cfg := blob.Config{Bucket: "clinimg-test", Region: "ap-southeast-2", Endpoint: "http://" + addr,
+		AccessKey: "AKIATESTKEY", SecretKey: "test-secret-" + ID(), PathStyle: true}
+	p := StartProcess(t, bin, "S3LOCAL_ADDR="+addr, "S3LOCAL_ACCESS_KEY="+cfg.AccessKey, "S3LOCAL_SECRET_KEY="+cfg.SecretKey)
+	WaitHTTP(t, p, cfg.Endpoint+"/", 30*time.Second)
+	ctx := context.Background()
+	st, err := blob.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.EnsureBucket(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return st, p
+}
+
+// RedisProcess is a redis-server of the benchmark's own (no persistence,
+// a free port), so the CPU it uses and its command statistics are the
+// benchmark's alone. It returns a client and the server's process.
+func RedisProcess(t testing.TB) (*redis.Client, *Process) {
+	t.Helper()
+	addr := FreeAddr(t)
+	_, port, _ := strings.Cut(addr, ":")
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server not installed (make deps installs it): %v", err)
+	}
+	p := startArgs(t, bin, []string{"--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no", "--dir", t.TempDir()})
+	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 256})
+	t.Cleanup(func() { rdb.Close() })
+	deadline := time.Now().Add(15 * time.Second)
+	for rdb.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server on %s not answering", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return rdb, p
+}
