@@ -11,6 +11,7 @@
 #   COUNT=1           go test -count
 #   PKGS="./a ./b"    packages (default: every package with a Benchmark func)
 #   OUT=path          also keep the raw `go test` output (default artifacts/bench.txt)
+#   SSE_BENCH_SECONDS=60  how long the relay benchmark records 300 photos/s
 #
 # Exits non-zero if any benchmark fails; the table still shows the others.
 set -uo pipefail
@@ -30,6 +31,7 @@ if [ -z "$PKGS" ]; then
   exit 1
 fi
 
+export SSE_BENCH_SECONDS=${SSE_BENCH_SECONDS:-60}
 args=(-run '^$' -bench "$bench" -benchmem -count "$count" -timeout 30m)
 [ -n "${BENCHTIME:-}" ] && args+=(-benchtime "$BENCHTIME")
 

@@ -2,9 +2,12 @@ package relay
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,142 +21,224 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
-// BenchmarkSSE measures, at 100 and 1,000 SSE subscribers (two per session:
-// a desktop and a phone), the latency from recording a photo in the session
+// BenchmarkSSE measures the time from recording a photo in the session
 // store (the API's AddImage: one Lua step writing the session and its
-// outbox entry) through the outbox publisher, JetStream and the relay's hub
-// to each of the session's two subscribers receiving the image-uploaded
-// event. Next to it, in the same run and on the same NATS server, the raw
-// JetStream latency from publish to an ordered consumer receiving it.
+// outbox entry) through the outbox publisher, JetStream and the relay to
+// each of the session's two SSE subscribers (a desktop and a phone)
+// receiving its image-uploaded event, with 1,000 subscribers (500 sessions)
+// held by a child process, so this process is the relay, the publisher and
+// the recording. Two phases in one run: idle, one photo every 100 ms (the
+// reference), then 300 photos/s for SSE_BENCH_SECONDS (default 10; make
+// bench runs 60). Beside them, on the same NATS server, raw JetStream from
+// publish to an ordered consumer. Reported: sse-p50-ms and sse-p99-ms under
+// load, idle-p99-ms, p99-x-idle, photos/s reached, js-p99-ms.
 //
-//	go test -run '^$' -bench BenchmarkSSE -benchtime 400x ./services/relay
-//
-// Reported per sub-benchmark: sse-p50-ms, sse-p99-ms, js-p50-ms, js-p99-ms.
+//	SSE_BENCH_SECONDS=60 go test -run '^$' -bench SSE -benchtime 1x ./services/relay
 func BenchmarkSSE(b *testing.B) {
-	for _, n := range []int{100, 1000} {
-		env := newBenchEnv(b, n)
-		b.Run(fmt.Sprintf("subscribers=%d", n), env.run)
+	seconds := 10
+	if v := os.Getenv("SSE_BENCH_SECONDS"); v != "" {
+		var err error
+		if seconds, err = strconv.Atoi(v); err != nil {
+			b.Fatalf("SSE_BENCH_SECONDS: %v", err)
+		}
 	}
+	b.Run(fmt.Sprintf("subscribers=1000/photos-per-s=300/%ds", seconds), func(b *testing.B) {
+		for range b.N {
+			benchSSE(b, 1000, 300, time.Duration(seconds)*time.Second)
+		}
+	})
 }
 
-type arrival struct {
-	id string
-	at time.Time
-}
+const idlePhotos = 40
 
-type benchEnv struct {
-	s        *stack
-	users    []string
-	arrivals chan arrival
-	next     atomic.Int64
-	photos   map[string]int
-	raw      *rawJS
-}
-
-func newBenchEnv(b *testing.B, subscribers int) *benchEnv {
+func benchSSE(b *testing.B, subscribers, rate int, d time.Duration) {
+	b.StopTimer()
 	s := newStack(b)
 	r := s.start(b, s.config())
-	e := &benchEnv{s: s, arrivals: make(chan arrival, 4*subscribers), photos: map[string]int{}}
-	client := streamingClient(b)
-	var wg sync.WaitGroup
-	for i := range subscribers / 2 {
-		user := fmt.Sprintf("bench_%d_%04d", subscribers, i)
-		e.users = append(e.users, user)
-		s.sessionFor(b, user)
-		tok := s.token(b, user, time.Hour)
-		for range 2 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				e.subscribe(b, client, r.sse, user, tok)
-			}()
-		}
+	sessions := subscribers / 2
+	users := make([]string, sessions)
+	cfg := subscribeConfig{URL: "http://" + r.sse + SSE}
+	for i := range users {
+		users[i] = fmt.Sprintf("bench_%04d", i)
+		s.sessionFor(b, users[i])
+		tok := s.token(b, users[i], time.Hour)
+		cfg.Subs = append(cfg.Subs, subscription{users[i], tok}, subscription{users[i], tok})
 	}
-	wg.Wait()
-	testenv.Eventually(b, 30*time.Second, "subscribers connected", func() bool {
+	load := rate * int(d/time.Second)
+	cfg.Expect = 2 * (idlePhotos + load)
+	child := testenv.StartChild(b, "subscribe", cfg)
+	child.Ready(2 * time.Minute)
+	testenv.Eventually(b, time.Minute, "subscribers connected", func() bool {
 		return r.metric(b, "relay_sse_subscribers") == float64(subscribers)
 	})
-	e.raw = newRawJS(b, s)
-	return e
-}
 
-// subscribe opens one stream whose image-uploaded events are timed as they
-// are read.
-func (e *benchEnv) subscribe(b *testing.B, client *http.Client, addr, user, tok string) {
-	resp, err := client.Get(realtime.SubscribeURL("http://"+addr+SSE, realtime.Channel(user), tok, ""))
-	if err != nil || resp.StatusCode != 200 {
-		b.Errorf("subscribe: %v %v", err, resp)
-		return
-	}
-	b.Cleanup(func() { resp.Body.Close() })
-	go func() {
-		rd := realtime.NewReader(resp.Body)
-		for {
-			ev, err := rd.Next()
-			if err != nil {
-				return
-			}
-			at := time.Now()
-			rc, err := parseReceived(ev)
-			if err != nil || rc.Name != "image-uploaded" {
-				continue
-			}
-			e.arrivals <- arrival{rc.ImageID, at}
-		}
-	}()
-}
-
-func (e *benchEnv) run(b *testing.B) {
-	ctx := context.Background()
-	sse := make([]time.Duration, 0, 2*b.N)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		user := e.users[i%len(e.users)]
-		// Sessions stay small (at most 10 photos), so the figures compare
-		// subscriber counts, not session sizes.
-		if e.photos[user] == 10 {
-			if _, err := e.s.store.Start(ctx, session.StartParams{UserID: user, PatientID: "p-" + testenv.ID(),
-				EncounterID: "enc-1", Token: "tok-" + testenv.ID(), SessionID: "s-" + testenv.ID(), Discard: true}); err != nil {
-				b.Fatal(err)
-			}
-			e.photos[user] = 0
-		}
-		e.photos[user]++
-		id := fmt.Sprintf("img-%d", e.next.Add(1))
+	started := map[string]time.Time{}
+	var mu sync.Mutex
+	var failed atomic.Int64
+	var seq atomic.Int64
+	record := func() {
+		n := seq.Add(1)
+		user := users[int(n)%len(users)]
+		id := fmt.Sprintf("img-%d", n)
 		img := session.Image{ID: id, S3Key: "temp/" + user + "/" + id + ".jpg", Uploaded: true, Source: "mobile",
 			ContentType: "image/jpeg", Size: 1000, CapturedAt: time.Now().UTC()}
-		start := time.Now()
-		if _, _, err := e.s.store.AddImage(ctx, user, "", img); err != nil {
-			b.Fatal(err)
+		t0 := time.Now()
+		if _, _, err := s.store.AddImage(context.Background(), user, "", img); err != nil {
+			failed.Add(1)
+			return
 		}
-		for got := 0; got < 2; {
-			select {
-			case a := <-e.arrivals:
-				if a.id == id {
-					sse = append(sse, a.at.Sub(start))
-					got++
-				}
-			case <-time.After(10 * time.Second):
-				b.Fatalf("event %s not delivered", id)
+		mu.Lock()
+		started[id] = t0
+		mu.Unlock()
+	}
+	b.StartTimer()
+	pace(10, idlePhotos, record)
+	loadStart := time.Now()
+	pace(rate, load, record)
+	loadTook := time.Since(loadStart)
+	idle, loaded := ids(0, idlePhotos), ids(idlePhotos, load)
+	b.StopTimer()
+
+	var got subscribeResult
+	child.Result(&got, 3*time.Minute)
+	if n := failed.Load(); n > 0 {
+		b.Fatalf("%d photos not recorded", n)
+	}
+	lat := func(ids []string) []time.Duration {
+		var out []time.Duration
+		for _, id := range ids {
+			for _, at := range got.Arrivals[id] {
+				out = append(out, time.Unix(0, at).Sub(started[id]))
 			}
 		}
+		return out
 	}
-	b.StopTimer()
-	js := e.raw.measure(b, b.N)
-	report(b, "sse", sse)
-	report(b, "js", js)
+	idleLat, loadLat := lat(idle), lat(loaded)
+	if missing := cfg.Expect - len(idleLat) - len(loadLat); missing != 0 {
+		b.Errorf("%d of %d deliveries missing", missing, cfg.Expect)
+	}
+	js := newRawJS(b, s).measure(b, 200)
+	p99 := report(b, "sse", loadLat)
+	idle99 := quantile(idleLat, 0.99)
+	b.ReportMetric(idle99, "idle-p99-ms")
+	b.ReportMetric(p99/idle99, "p99-x-idle")
+	b.ReportMetric(float64(len(loaded))/loadTook.Seconds(), "photos/s")
+	b.ReportMetric(quantile(js, 0.99), "js-p99-ms")
 }
 
-func report(b *testing.B, prefix string, d []time.Duration) {
+// pace calls f n times at rate per second, each in its own goroutine (an
+// open loop: a slow call does not slow the arrivals), and returns once
+// every call has returned.
+func pace(rate, n int, f func()) {
+	var wg sync.WaitGroup
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	for i := range n {
+		if i > 0 {
+			<-tick.C
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); f() }()
+	}
+	wg.Wait()
+}
+
+// ids are the image ids of photos first+1 .. first+n.
+func ids(first, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("img-%d", first+i+1)
+	}
+	return out
+}
+
+func report(b *testing.B, prefix string, d []time.Duration) float64 {
 	if len(d) == 0 {
-		return
+		return 0
+	}
+	b.ReportMetric(quantile(d, 0.50), prefix+"-p50-ms")
+	p99 := quantile(d, 0.99)
+	b.ReportMetric(p99, prefix+"-p99-ms")
+	return p99
+}
+
+func quantile(d []time.Duration, p float64) float64 {
+	if len(d) == 0 {
+		return 0
 	}
 	slices.Sort(d)
-	q := func(p float64) float64 {
-		return float64(d[min(len(d)-1, int(p*float64(len(d))))]) / float64(time.Millisecond)
+	return float64(d[min(len(d)-1, int(p*float64(len(d))))]) / float64(time.Millisecond)
+}
+
+type subscription struct {
+	User  string `json:"user"`
+	Token string `json:"token"`
+}
+
+type subscribeConfig struct {
+	URL    string         `json:"url"`
+	Subs   []subscription `json:"subs"`
+	Expect int            `json:"expect"` // image-uploaded deliveries to wait for at the end
+}
+
+type subscribeResult struct {
+	Arrivals map[string][]int64 `json:"arrivals"` // image id -> unix ns of each delivery
+}
+
+// subscribeRole is the child's side: it holds every subscription, times
+// each image-uploaded event as it is read, and when told to finish waits
+// (up to a minute) for the deliveries it expects.
+func subscribeRole(raw []byte, ready func(), done <-chan struct{}) (any, error) {
+	var cfg subscribeConfig
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return nil, err
 	}
-	b.ReportMetric(q(0.50), prefix+"-p50-ms")
-	b.ReportMetric(q(0.99), prefix+"-p99-ms")
+	tr := &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}
+	client := &http.Client{Transport: tr}
+	var mu sync.Mutex
+	out := subscribeResult{Arrivals: map[string][]int64{}}
+	var delivered atomic.Int64
+	var bodies []interface{ Close() error }
+	for _, sub := range cfg.Subs {
+		resp, err := client.Get(realtime.SubscribeURL(cfg.URL, realtime.Channel(sub.User), sub.Token, ""))
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("subscribe: %s", resp.Status)
+		}
+		bodies = append(bodies, resp.Body)
+		go func() {
+			rd := realtime.NewReader(resp.Body)
+			for {
+				ev, err := rd.Next()
+				if err != nil {
+					return
+				}
+				at := time.Now().UnixNano()
+				rc, err := parseReceived(ev)
+				if err != nil || rc.Name != "image-uploaded" {
+					continue
+				}
+				mu.Lock()
+				out.Arrivals[rc.ImageID] = append(out.Arrivals[rc.ImageID], at)
+				mu.Unlock()
+				delivered.Add(1)
+			}
+		}()
+	}
+	ready()
+	<-done
+	deadline := time.Now().Add(time.Minute)
+	for delivered.Load() < int64(cfg.Expect) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, body := range bodies {
+		body.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return out, nil
 }
 
 // rawJS is a stream of its own on the same server, read by an ordered
