@@ -151,15 +151,7 @@ func S3Process(t testing.TB) (*blob.Store, *Process) {
 		AccessKey: "AKIATESTKEY", SecretKey: "test-secret-" + ID(), PathStyle: true}
 	p := StartProcess(t, bin, "S3LOCAL_ADDR="+addr, "S3LOCAL_ACCESS_KEY="+cfg.AccessKey, "S3LOCAL_SECRET_KEY="+cfg.SecretKey)
 	WaitHTTP(t, p, cfg.Endpoint+"/", 30*time.Second)
-	ctx := context.Background()
-	st, err := blob.Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.EnsureBucket(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return st, p
+	return bucket(t, cfg), p
 }
 
 // RedisProcess is a redis-server of the benchmark's own (no persistence,

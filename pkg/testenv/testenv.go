@@ -270,15 +270,21 @@ func S3(t testing.TB) (*blob.Store, *s3local.Server) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
+	return bucket(t, srv.Config("clinimg-test")), srv
+}
+
+// bucket opens the store cfg names and makes its bucket.
+func bucket(t testing.TB, cfg blob.Config) *blob.Store {
+	t.Helper()
 	ctx := context.Background()
-	st, err := blob.Open(ctx, srv.Config("clinimg-test"))
+	st, err := blob.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := st.EnsureBucket(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return st, srv
+	return st
 }
 
 // Logger writes JSON logs to the test's output, and keeps them for tests
