@@ -5,7 +5,7 @@ PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 ARTIFACTS ?= $(CURDIR)/artifacts
 export CLINIMG_ARTIFACTS := $(ARTIFACTS)
 
-.PHONY: help run test test-go lint build tidy-check smoke bench deps deps-run
+.PHONY: help run test test-go test-js lint build tidy-check smoke bench deps deps-run
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -13,10 +13,13 @@ help: ## List the targets.
 run: deps-run ## Start the whole system on embedded parts and print the URL to open.
 	go run ./deploy/local/cmd/clinimg-local
 
-test: deps lint build test-go smoke ## Install what is missing, then lint, build every module alone, run every test with -race, and a newcomer's curl run.
+test: deps lint build test-js test-go smoke ## Install what is missing, then lint, build every module alone, run the pages' unit tests and every Go test with -race, and a newcomer's curl run.
 
 test-go: ## Run every Go test with the race detector.
 	go test -race -count=1 -p 1 -timeout 25m $(PKGS)
+
+test-js: ## The pages' unit tests (the shared session model) with Node's built-in runner.
+	cd services/api/web && node --test test/
 
 lint: ## gofmt, go vet and staticcheck on every module; go.mod files tidy.
 	@test -z "$$(gofmt -l pkg services deploy)" || { gofmt -l pkg services deploy; echo "gofmt: files above need formatting"; exit 1; }

@@ -1,0 +1,53 @@
+// words.js: the words both screens use, in one place, and the vocabulary
+// (views, sides, limits) as the API defines it (GET /api/vocabulary). Pure:
+// no DOM, no network.
+
+/** plural: plural(1, 'photo') -> "1 photo", plural(3, 'photo') -> "3 photos". */
+export function plural(n, word, many = `${word}s`) { return `${n} ${n === 1 ? word : many}`; }
+
+/** isAre: "is" for one, "are" for more. */
+export const isAre = (n) => (n === 1 ? 'is' : 'are');
+
+/**
+ * FALLBACK is the vocabulary a page uses until GET /api/vocabulary answers:
+ * no views or sides (the pickers stay empty rather than offer a word the API
+ * might refuse), the seeds' limits.
+ */
+export const FALLBACK = Object.freeze({
+  views: [], lateralities: [],
+  limits: { maxImages: 50, warnImages: 20, maxMessage: 'Maximum 50 photos reached. Please commit before adding more.', maxNotes: 2000 },
+});
+
+/** label is the display of code among terms ({code, display}), or the code itself. */
+export function label(terms, code) {
+  if (!code) return '';
+  const t = (terms || []).find((x) => x.code === code);
+  return t ? t.display : code;
+}
+
+/** coding sums up a photo's coding for a line of text: "Forearm · Left · Anterior". */
+export function coding(meta, vocab) {
+  const m = meta || {};
+  const site = (m.bodySiteDisplay || m.bodySite || '').replace(/ structure$/, '');
+  return [site, label(vocab.lateralities, m.laterality), label(vocab.views, m.viewType)].filter(Boolean).join(' · ');
+}
+
+/** limitText is the banner at n photos: the cap message, a nudge, or ''. */
+export function limitText(n, limits) {
+  if (n >= limits.maxImages) return { kind: 'error', text: limits.maxMessage };
+  if (n >= limits.warnImages) return { kind: 'warn', text: `You have ${plural(n, 'photo')}. Consider committing this batch.` };
+  return { kind: '', text: '' };
+}
+
+/** committedText is the outcome line of a finished commit. */
+export function committedText(n) { return `${plural(n, 'photo')} committed to the record`; }
+
+/** ago says how long ago an ISO time was, roughly, from now (ms). */
+export function ago(iso, now) {
+  const t = Date.parse(iso);
+  if (!t) return '';
+  const s = Math.max(0, Math.round((now - t) / 1000));
+  if (s < 60) return 'just now';
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  return `${Math.round(s / 3600)} h ago`;
+}
