@@ -232,6 +232,14 @@ func (p *page) evalAsync(expr string, out any) {
 	}))
 }
 
+// all lists the text of every element sel matches.
+func (p *page) all(sel string) []string {
+	p.t.Helper()
+	var out []string
+	p.eval(fmt.Sprintf(`[...document.querySelectorAll(%q)].map(e => e.innerText)`, sel), &out)
+	return out
+}
+
 func (p *page) text(sel string) string {
 	p.t.Helper()
 	var s string
@@ -264,12 +272,13 @@ func (p *page) dropFiles(sel string, paths ...string) {
 }
 
 // typeInto focuses the element, types text as keystrokes and tabs away.
+// The keys go to the focused element (chromedp's SendKeys would read the
+// node's attributes while the page changes them, a race in chromedp).
 func (p *page) typeInto(sel, text string) {
 	p.t.Helper()
 	p.run("type into "+sel,
-		chromedp.Evaluate(fmt.Sprintf(`document.querySelector(%q).scrollIntoView({block: 'center'})`, sel), nil),
-		chromedp.Focus(sel, chromedp.ByQuery),
-		chromedp.SendKeys(sel, text, chromedp.ByQuery),
+		chromedp.Evaluate(fmt.Sprintf(`(() => { const e = document.querySelector(%q); e.scrollIntoView({block: 'center'}); e.focus(); return document.activeElement === e; })()`, sel), nil),
+		chromedp.KeyEvent(text),
 		chromedp.KeyEvent(kb.Tab))
 }
 
@@ -387,6 +396,13 @@ func findUp(t *testing.T, rel string) string {
 		}
 		dir = parent
 	}
+}
+
+// failedCount is how many requests interceptFail has failed so far.
+func (p *page) failedCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failed
 }
 
 // interceptFail makes this tab's network fail every request rule picks (as

@@ -54,6 +54,27 @@ func TestHappyPath(t *testing.T) {
 	waitCards(d, 3, 30*time.Second)
 	r.shot("three-previews")
 
+	// Cards show each photo whole (a portrait is not cropped to the card),
+	// and a click opens it large in the viewer, named by its number.
+	var fits []string
+	d.eval(`[...document.querySelectorAll('[data-test=preview]')].map(i => getComputedStyle(i).objectFit)`, &fits)
+	if strings.Join(fits, ",") != "contain,contain,contain" {
+		t.Errorf("card images fit %v, want the whole photo (contain)", fits)
+	}
+	var zoomNames []string
+	d.eval(`[...document.querySelectorAll('[data-test=zoom]')].map(b => b.getAttribute('aria-label'))`, &zoomNames)
+	if strings.Join(zoomNames, "|") != "View photo 1 larger|View photo 2 larger|View photo 3 larger" {
+		t.Errorf("zoom buttons are named %q, want each with its photo's number", zoomNames)
+	}
+	d.click(`[data-test=image-card]:nth-child(2) [data-test=zoom]`)
+	d.waitJS(10*time.Second, "viewer open with the photo", `document.getElementById('viewer').open && document.querySelector('[data-test=viewer-img]').complete && document.querySelector('[data-test=viewer-img]').naturalWidth > 0`)
+	if c := d.text(`[data-test=viewer-caption]`); !strings.HasPrefix(c, "Photo 2") {
+		t.Errorf("viewer caption %q, want Photo 2", c)
+	}
+	r.shot("viewer")
+	d.click(`[data-test=viewer-close]`)
+	d.waitJS(5*time.Second, "viewer closed", `!document.getElementById('viewer').open`)
+
 	// What the phone sent: JPEG under 1 MB, longest side at most 1920, the
 	// 12 MP portrait photo upright (EXIF orientation applied before upload).
 	s := api.session()
@@ -104,7 +125,7 @@ func TestHappyPath(t *testing.T) {
 	r.shot("confirm")
 	d.run("confirm by keyboard", chromedp.KeyEvent(kb.Enter))
 	d.waitJS(60*time.Second, "committed", `document.getElementById('commitbar').dataset.phase === 'done'`)
-	if note := d.text(`[data-test=commit-note]`); !strings.Contains(note, "3 images committed successfully") {
+	if note := d.text(`[data-test=commit-note]`); note != "3 photos committed to the record" {
 		t.Errorf("desktop outcome %q", note)
 	}
 	r.shot("desktop-committed")
@@ -146,15 +167,15 @@ func TestPhoneCommits(t *testing.T) {
 	r.shot("confirm")
 	ph.click(`[data-test=confirm-ok]`)
 	ph.waitJS(60*time.Second, "phone outcome", `document.getElementById('outcome-icon').classList.contains('ok')`)
-	if got := ph.text(`[data-test=outcome-title]`); !strings.Contains(got, "2 images committed") {
+	if got := ph.text(`[data-test=outcome-title]`); got != "2 photos committed to the record" {
 		t.Errorf("phone outcome %q", got)
 	}
 	r.shot("phone-committed")
 	d.waitJS(15*time.Second, "desktop outcome", `document.getElementById('commitbar').dataset.phase === 'done'`)
-	if note := d.text(`[data-test=commit-note]`); !strings.Contains(note, "2 images committed") {
+	if note := d.text(`[data-test=commit-note]`); note != "2 photos committed to the record" {
 		t.Errorf("desktop outcome %q", note)
 	}
-	d.waitJS(10*time.Second, "cards committed", `[...document.querySelectorAll('[data-test=status]')].every(s => s.textContent === 'Committed')`)
+	d.waitJS(10*time.Second, "cards committed", `[...document.querySelectorAll('[data-test=status]')].every(s => s.textContent === 'In the record')`)
 	r.shot("desktop-committed")
 	var ids []string
 	for _, im := range r.api().session().Images {
@@ -232,18 +253,19 @@ func TestDesktopReload(t *testing.T) {
 
 	d.run("reload", chromedp.Reload())
 	waitCards(d, 2, 20*time.Second)
-	var site, notes string
+	var site, code, notes string
 	d.eval(`document.querySelector('[data-test=image-card]:nth-child(1) [data-test=body-site]').value`, &site)
+	d.eval(`document.querySelector('[data-test=image-card]:nth-child(1) [data-test=body-site-code]').textContent`, &code)
 	d.eval(`document.querySelector('[data-test=image-card]:nth-child(2) [data-test=notes]').value`, &notes)
-	if !strings.Contains(site, "368208006") || notes != "raised lesion, 4 mm" {
-		t.Errorf("after reload: body site %q, notes %q", site, notes)
+	if site != "Left upper arm structure" || code != "SNOMED CT 368208006" || notes != "raised lesion, 4 mm" {
+		t.Errorf("after reload: body site %q (%q), notes %q", site, code, notes)
 	}
 	d.waitJS(10*time.Second, "phone state", `document.querySelector('[data-test=paired-state]').textContent.includes('Phone connected')`)
 	r.shot("after-reload")
 
 	// Deleting a photo asks first, and the phone sees it gone.
 	d.click(`[data-test=image-card]:nth-child(2) [data-test=delete]`)
-	d.waitJS(5*time.Second, "delete dialog", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Delete photo?'`)
+	d.waitJS(5*time.Second, "delete dialog", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Delete photo 2?'`)
 	d.click(`[data-test=confirm-ok]`)
 	d.waitJS(10*time.Second, "one card left", `document.querySelectorAll('[data-test=image-card]').length === 1`)
 	ph.waitJS(15*time.Second, "phone shows one photo", `document.querySelectorAll('[data-test=server-row]').length === 1`)
@@ -255,7 +277,7 @@ func TestDesktopReload(t *testing.T) {
 // The first PUT to S3 drops; the phone retries and the photo lands once.
 // Then every PUT drops and the phone is reloaded: the photo waits in the
 // browser's storage and goes up when the network is back. Last, the network
-// stays down until the phone gives up, and a tap sends the photo.
+// stays down through five attempts: the photo still waits, and a tap sends it.
 func TestUploadRetry(t *testing.T) {
 	r := newRig(t)
 	d := r.openDesktop(desktopView, false)
@@ -295,15 +317,20 @@ func TestUploadRetry(t *testing.T) {
 	r.shot("resumed")
 	r.shot("two-photos")
 
-	// The network stays down through every automatic retry: the phone gives
-	// up, says so, and a tap sends the photo once the network is back.
+	// The network stays down past the old fixed give-up (1+2+4+8 s): the
+	// phone keeps waiting, says so, and a tap on "Try now" sends the photo
+	// once the network is back, without waiting for the next attempt.
 	ph.interceptFail(func(method, url string) bool { return method == "PUT" })
+	before := ph.failedCount()
 	ph.files(`[data-test=file]`, testdata(t, "exif-orientation/Landscape_7.jpg"))
-	ph.waitJS(45*time.Second, "gave up", `!!document.querySelector('[data-test=upload-row][data-state=failed] [data-test=retry]')`)
-	if msg := ph.text(`[data-test=upload-row][data-state=failed]`); !strings.Contains(msg, "Upload failed. Tap to retry.") {
-		t.Errorf("failed row says %q", msg)
+	testenv.Eventually(t, 60*time.Second, "five failed PUTs", func() bool { return ph.failedCount() >= before+5 })
+	if msg := ph.text(`[data-test=upload-row]`); !strings.Contains(msg, "Waiting for a connection") {
+		t.Errorf("waiting row says %q", msg)
 	}
-	r.shot("gave-up")
+	if q := ph.text(`[data-test=queue]`); !strings.Contains(q, "1 waiting for a connection") {
+		t.Errorf("queue line says %q", q)
+	}
+	r.shot("still-waiting")
 	ph.interceptFail(func(string, string) bool { return false })
 	ph.click(`[data-test=retry]`)
 	r.takePhotos(ph, 3)
@@ -322,14 +349,14 @@ func TestFiftyPhotoLimit(t *testing.T) {
 	api.seed(49)
 	d := r.openDesktop(desktopView, false)
 	d.waitJS(30*time.Second, "49 cards", `document.querySelectorAll('[data-test=image-card]').length === 49`)
-	if w := d.text(`[data-test=limit]`); w != "You have 49 images. Consider committing this batch." {
+	if w := d.text(`[data-test=limit]`); w != "You have 49 photos. Consider committing this batch." {
 		t.Errorf("desktop warning at 49: %q", w)
 	}
 	r.shot("desktop-warning-49")
 	ph := r.openPhone(link)
 	r.shot("phone-warning-49")
 	r.takePhotos(ph, 50, testdata(t, "photo-1920.jpg"))
-	const full = "Maximum 50 images reached. Please commit before adding more."
+	const full = "Maximum 50 photos reached. Please commit before adding more."
 	ph.waitJS(10*time.Second, "phone limit", fmt.Sprintf(`document.querySelector('[data-test=limit]').textContent === %q && document.querySelector('[data-test=file]').disabled`, full))
 	r.shot("phone-limit")
 	d.waitJS(15*time.Second, "desktop limit", fmt.Sprintf(`document.querySelector('[data-test=limit]').textContent === %q && document.querySelector('[data-test=file]').disabled`, full))
@@ -422,35 +449,98 @@ func TestPhoneTokenScreens(t *testing.T) {
 	again.checkConsole()
 }
 
-// The desktop opens on another patient while photos are uncommitted: it says
-// so, and starting a capture for the current patient asks before discarding.
-// Then photos added on the desktop itself, picked and dropped, go through the
-// same pipeline.
-func TestOtherPatientAndDesktopUpload(t *testing.T) {
+// The practice system moves to patient B while the session holds patient A's
+// uncommitted photo. The header shows B; nothing can be added, coded,
+// deleted, paired or committed as before; the only two actions name A (and
+// their confirmations name both); a photo dropped on the desktop, and one
+// recorded through the API for B, are refused. The GP commits A's photo to
+// A, then starts B's capture and adds photos from the desktop (picked and
+// dropped), which go to B.
+func TestPatientSwitch(t *testing.T) {
 	r := newRig(t)
-	link := r.api().start(r.patient, r.encounter)
+	api := r.api()
+	link := api.start(r.patient, r.encounter)
 	ph := r.openPhone(link)
 	r.takePhotos(ph, 1, testdata(t, "photo-1920.jpg"))
 
-	other := r.patient + "b"
+	a, b := r.patient, r.patient+"b"
 	d := r.page("desktop", desktopView, false)
-	d.navigate(fmt.Sprintf("%s/?userId=%s&patientId=%s&encounterId=%s", r.env.URL, r.user, other, r.encounter))
+	d.navigate(fmt.Sprintf("%s/?userId=%s&patientId=%s&encounterId=%s", r.env.URL, r.user, b, r.encounter))
+	waitCards(d, 1, 30*time.Second)
 	d.waitJS(15*time.Second, "mismatch warning", `!document.querySelector('[data-test=mismatch]').hidden`)
-	if w := d.text(`[data-test=mismatch]`); !strings.Contains(w, r.patient) || !strings.Contains(w, other) {
+	if h := d.text(`[data-test=patient]`); !strings.HasPrefix(h, "Patient "+b+" ") {
+		t.Errorf("header %q, want the open patient %s", h, b)
+	}
+	if w := d.text(`[data-test=mismatch-text]`); !strings.Contains(w, a) || !strings.Contains(w, b) {
 		t.Errorf("warning %q does not name both patients", w)
 	}
 	r.shot("other-patient")
-	d.click(`#mismatch-btn`)
-	d.waitJS(10*time.Second, "discard dialog", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Discard uncommitted photos?'`)
-	if body := d.text(`dialog[open]`); !strings.Contains(body, "1 photo") {
-		t.Errorf("discard dialog %q, want the count", body)
+
+	// Every action that adds, edits, pairs or commits is off; the viewer is not an edit.
+	var enabled []string
+	d.eval(`(() => {
+		const on = (e) => e && !e.disabled && !e.hidden && !e.closest('[hidden]') && e.offsetParent !== null;
+		const out = [];
+		for (const e of document.querySelectorAll('[data-test=image-card] input, [data-test=image-card] select, [data-test=image-card] textarea, [data-test=image-card] button:not(.zoom)')) if (on(e)) out.push(e.dataset.test || e.className);
+		for (const sel of ['[data-test=file]', '[data-test=commit]', '[data-test=qr-new]', '[data-test=qr-show]', '[data-test=start]']) if (on(document.querySelector(sel))) out.push(sel);
+		if (on(document.querySelector('[data-test=drop]'))) out.push('drop zone');
+		return out; })()`, &enabled)
+	if len(enabled) != 0 {
+		t.Errorf("with another patient's photos, still enabled: %v", enabled)
+	}
+	var actions []string
+	d.eval(`[...document.querySelectorAll('[data-test=mismatch] button')].filter(b => !b.disabled).map(b => b.textContent)`, &actions)
+	want := []string{"Commit 1 photo to patient " + a, "Discard patient " + a + "'s 1 photo"}
+	if strings.Join(actions, "|") != strings.Join(want, "|") {
+		t.Errorf("offered actions %q, want %q", actions, want)
+	}
+
+	// A photo dropped on the desktop goes nowhere; the API refuses one for B.
+	d.dropFiles(`[data-test=grid]`, testdata(t, "exif-orientation/Landscape_4.jpg"))
+	d.files(`[data-test=file]`, testdata(t, "exif-orientation/Landscape_8.jpg"))
+	d.waitJS(5*time.Second, "refusal shown", `!!document.querySelector('[data-test=banner-error]')`)
+	if n := len(d.all(`[data-test=upload-card]`)); n != 0 {
+		t.Errorf("%d uploads started for another patient's session", n)
+	}
+	id, key := api.put()
+	var refused struct {
+		Code string `json:"code"`
+	}
+	if st := api.do("POST", "/api/users/"+r.user+"/images", map[string]any{"imageId": id, "s3Key": key, "source": "desktop", "patientId": b}, &refused); st != 409 || refused.Code != "patient_mismatch" {
+		t.Errorf("record for %s into %s's session: %d %q, want 409 patient_mismatch", b, a, st, refused.Code)
+	}
+	if n := len(api.session().Images); n != 1 {
+		t.Errorf("session holds %d photos, want A's 1", n)
+	}
+	r.shot("refused")
+
+	// Each action names both patients before it does anything.
+	d.click(`[data-test=mismatch-discard]`)
+	d.waitJS(5*time.Second, "discard dialog", `!!document.querySelector('dialog[open]')`)
+	if body := d.text(`dialog[open]`); !strings.Contains(body, a) || !strings.Contains(body, b) || !strings.Contains(body, "1 photo") {
+		t.Errorf("discard dialog %q, want both patients and the count", body)
 	}
 	r.shot("discard-confirm")
+	d.click(`[data-test=confirm-cancel]`)
+	d.click(`[data-test=mismatch-commit]`)
+	d.waitJS(5*time.Second, "commit dialog", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Commit to patient ' + ` + fmt.Sprintf("%q", a) + ` + '?'`)
+	if body := d.text(`dialog[open]`); !strings.Contains(body, a) || !strings.Contains(body, b) {
+		t.Errorf("commit dialog %q, want both patients", body)
+	}
+	r.shot("commit-confirm")
 	d.click(`[data-test=confirm-ok]`)
-	d.waitJS(15*time.Second, "new session", fmt.Sprintf(`document.querySelector('[data-test=patient]').textContent.includes(%q) && document.querySelectorAll('[data-test=image-card]').length === 0 && !document.getElementById('qr').hidden`, other))
-	ph.waitJS(15*time.Second, "old phone told", `!document.getElementById('gone').hidden`)
-	r.shot("session-ended")
+	d.waitJS(60*time.Second, "committed", `document.getElementById('commitbar').dataset.phase === 'done'`)
+	s := api.session()
+	if media := r.env.MediaFor(s.Images[0].ID); len(media) != 1 || !strings.HasSuffix(media[0].PatientRef, "/"+a) {
+		t.Fatalf("A's photo: %d Media, want 1 in patient %s", len(media), a)
+	}
+	r.shot("committed-to-a")
 
+	// Now B's capture, with photos from the desktop, picked and dropped.
+	d.waitJS(10*time.Second, "start for B", fmt.Sprintf(`document.querySelector('[data-test=start]').textContent.includes(%q) && !document.getElementById('start').hidden`, b))
+	d.click(`[data-test=start]`)
+	d.waitJS(15*time.Second, "new session", `document.querySelectorAll('[data-test=image-card]').length === 0 && !document.getElementById('qr').hidden && document.querySelector('[data-test=mismatch]').hidden`)
+	ph.waitJS(15*time.Second, "old phone told", `!document.getElementById('gone').hidden || !document.getElementById('outcome').hidden`)
 	d.files(`[data-test=file]`, testdata(t, "exif-orientation/Landscape_8.jpg"))
 	waitCards(d, 1, 30*time.Second)
 	d.dropFiles(`[data-test=drop]`, testdata(t, "exif-orientation/Landscape_4.jpg"))
@@ -460,8 +550,8 @@ func TestOtherPatientAndDesktopUpload(t *testing.T) {
 	if strings.Join(sources, ",") != "Desktop,Desktop" {
 		t.Errorf("sources %v, want two from the desktop", sources)
 	}
-	if s := r.api().session(); s.PatientID != other || len(s.Images) != 2 || s.Images[0].Source != "desktop" || s.Images[1].Source != "desktop" {
-		t.Errorf("session for %s with %d photos, want %s with the two desktop photos", s.PatientID, len(s.Images), other)
+	if s := api.session(); s.PatientID != b || len(s.Images) != 2 || s.Images[0].Source != "desktop" || s.Images[1].Source != "desktop" {
+		t.Errorf("session for %s with %d photos, want %s with the two desktop photos", s.PatientID, len(s.Images), b)
 	}
 	r.shot("desktop-upload")
 	d.checkConsole()

@@ -85,8 +85,8 @@ func startStack(name string, settings map[string]string) (*env, error) {
 		f.Close()
 		return nil, err
 	}
-	// The QR code must open the phone page on this stack: PUBLIC_URL is
-	// its address, so the API port is chosen first.
+	// No PUBLIC_URL unless a test sets one: the QR code opens the phone
+	// page at the address the desktop used, as `make run` does.
 	port, err := freePort()
 	if err != nil {
 		f.Close()
@@ -94,7 +94,6 @@ func startStack(name string, settings map[string]string) (*env, error) {
 		return nil, err
 	}
 	envs := map[string]string{
-		"PUBLIC_URL":       fmt.Sprintf("http://127.0.0.1:%d", port),
 		"REALTIME_SSE_URL": "http://" + proxy.Addr() + "/sse",
 	}
 	for k, v := range settings {

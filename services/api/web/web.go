@@ -80,6 +80,10 @@ func Handler(csp string) http.Handler {
 			index.ServeHTTP(w, r)
 		case p == "/mobile" || p == "/mobile/":
 			mobile.ServeHTTP(w, r)
+		case p == "/static/sw.js":
+			// the phone page's service worker controls /mobile, above its own folder
+			h.Set("Service-Worker-Allowed", "/mobile")
+			static.ServeHTTP(w, r)
 		case strings.HasPrefix(p, "/static/") && !strings.HasSuffix(p, "/"):
 			static.ServeHTTP(w, r)
 		default:

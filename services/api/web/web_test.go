@@ -22,6 +22,7 @@ func TestHandler(t *testing.T) {
 		{"GET", "/mobile?token=abc", 200, "text/html; charset=utf-8", `src="/static/mobile.js"`},
 		{"GET", "/static/live.js", 200, "text/javascript; charset=utf-8", "new EventSource("},
 		{"GET", "/static/style.css", 200, "text/css; charset=utf-8", ".commitbar"},
+		{"GET", "/static/sw.js", 200, "text/javascript; charset=utf-8", "caches.match"},
 		{"HEAD", "/", 200, "text/html; charset=utf-8", ""},
 		{"GET", "/static/", 404, "text/plain; charset=utf-8", ""},
 		{"GET", "/static/nope.js", 404, "text/plain; charset=utf-8", ""},
@@ -39,6 +40,9 @@ func TestHandler(t *testing.T) {
 			}
 			if !strings.Contains(rec.Body.String(), tt.contains) {
 				t.Errorf("body does not contain %q", tt.contains)
+			}
+			if got := rec.Header().Get("Service-Worker-Allowed"); (tt.path == "/static/sw.js") != (got == "/mobile") {
+				t.Errorf("Service-Worker-Allowed = %q", got)
 			}
 			if got := rec.Header().Get("Referrer-Policy"); tt.status != 405 && got != "no-referrer" {
 				t.Errorf("Referrer-Policy = %q, want no-referrer (the phone URL holds a token)", got)

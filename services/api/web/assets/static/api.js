@@ -23,6 +23,14 @@ export class Api {
     this.tokenSource = tokenSource;
     this.onUnauthorized = onUnauthorized;
     this.userId = '';
+    this.reachable = true;
+    this.onBack = null; // called when the API answers again after a network failure
+  }
+
+  reached(ok) {
+    const was = this.reachable;
+    this.reachable = ok;
+    if (ok && !was && this.onBack) this.onBack();
   }
 
   async request(method, path, body, extraHeaders = {}, retried = false) {
@@ -38,8 +46,10 @@ export class Api {
     try {
       res = await fetch(path, init);
     } catch (e) {
+      this.reached(false);
       throw new ApiError(0, 'network', 'No connection to the server');
     }
+    this.reached(true);
     let data = {};
     const text = await res.text();
     if (text) {
@@ -62,11 +72,12 @@ export class Api {
   presign(contentType, contentLength, fileName) {
     return this.request('POST', this.user('/presigned-url'), { contentType, contentLength, fileName });
   }
-  addImage(imageId, s3Key, source, metadata) {
-    const body = { imageId, s3Key, source };
-    if (metadata) body.metadata = metadata;
-    return this.request('POST', this.user('/images'), body);
+  /** addImage records an uploaded photo; extra may name the open patient ({patientId}). */
+  addImage(imageId, s3Key, source, extra) {
+    return this.request('POST', this.user('/images'), { imageId, s3Key, source, ...(extra || {}) });
   }
+  /** setPending tells the session how many photos this phone still holds. */
+  setPending(count) { return this.request('PUT', this.user('/pending'), { count }); }
   patchImage(imageId, fields) {
     return this.request('PATCH', this.user(`/images/${encodeURIComponent(imageId)}`), fields);
   }
@@ -78,7 +89,8 @@ export class Api {
   }
   commitStatus() { return this.request('GET', this.user('/commit')); }
   realtimeToken() { return this.request('GET', this.user('/realtime-token')); }
-  bodySites() { return this.request('GET', '/api/body-sites'); }
+  bodySites(q = '') { return this.request('GET', `/api/body-sites${q ? `?q=${encodeURIComponent(q)}` : ''}`); }
+  vocabulary() { return this.request('GET', '/api/vocabulary'); }
   startSession(patientId, encounterId, discard) {
     const body = { patientId, encounterId };
     if (discard) body.discard = true;
@@ -88,10 +100,6 @@ export class Api {
     return this.request('GET', `/api/session-tokens/${encodeURIComponent(token)}`);
   }
 }
-
-/** MAX_IMAGES is the seeds' cap of photos per session; WARN_IMAGES the nudge to commit. */
-export const MAX_IMAGES = 50;
-export const WARN_IMAGES = 20;
 
 /** el builds a DOM element: el('div', {class: 'x', onclick: f}, child, 'text'). */
 export function el(tag, attrs = {}, ...children) {
@@ -111,17 +119,17 @@ export function el(tag, attrs = {}, ...children) {
   return n;
 }
 
-/** plural: plural(3, 'photo') -> "3 photos". */
-export function plural(n, word) { return `${n} ${word}${n === 1 ? '' : 's'}`; }
-
-/** confirmDialog shows a modal <dialog> and resolves true when the GP confirms. */
+/**
+ * confirmDialog shows a modal <dialog> and resolves true when the GP confirms.
+ * body is a paragraph, or a list of them.
+ */
 export function confirmDialog({ title, body, ok = 'OK', cancel = 'Cancel', danger = false }) {
   return new Promise((resolve) => {
     const okBtn = el('button', { type: 'button', class: danger ? 'btn danger' : 'btn primary', 'data-test': 'confirm-ok' }, ok);
     const cancelBtn = el('button', { type: 'button', class: 'btn', 'data-test': 'confirm-cancel' }, cancel);
     const d = el('dialog', { class: 'confirm', 'aria-labelledby': 'confirm-title' },
       el('h2', { id: 'confirm-title' }, title),
-      el('p', {}, body),
+      [].concat(body).map((p) => el('p', {}, p)),
       el('div', { class: 'actions' }, cancelBtn, okBtn));
     let answered = false;
     const done = (v) => {

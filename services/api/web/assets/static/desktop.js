@@ -1,40 +1,34 @@
-// desktop.js: the desktop widget. It starts a capture for a patient, shows
-// the QR code for the phone, shows every photo live (realtime events applied
-// by version, a GET of the session after any gap), lets the GP code each photo
-// and commit them, and says honestly whether it is live.
+// desktop.js: the desktop widget. It starts a capture for the patient the
+// practice system has open, shows the QR code for the phone, shows every
+// photo live (the shared session model, model.js), lets the GP code each
+// photo and commit them, and says honestly whether it is live.
+//
+// Never the wrong patient: the header shows the practice system's patient.
+// While the session holds another patient's photos, nothing can be added,
+// edited or paired; the two ways out each name the patient they affect:
+// commit those photos to their own patient, or discard them.
 
-import { Api, ApiError, MAX_IMAGES, WARN_IMAGES, confirmDialog, el, plural } from './api.js';
+import { Api, ApiError, confirmDialog, el } from './api.js';
+import { renderGrid, setCardNote, openViewer } from './desktop-view.js';
 import { Live } from './live.js';
+import * as M from './model.js';
 import { UploadQueue } from './upload.js';
+import { FALLBACK, ago, committedText, coding, isAre, limitText, plural } from './words.js';
 
 const $ = (id) => document.getElementById(id);
 
-const LATERALITY = [['', '—'], ['left', 'Left'], ['right', 'Right'], ['bilateral', 'Both']];
-const VIEWS = [['', '—'], ['anterior', 'Anterior'], ['posterior', 'Posterior'], ['lateral', 'Lateral'],
-  ['medial', 'Medial'], ['close-up', 'Close-up'], ['other', 'Other']];
-const STATUS_TEXT = {
-  compressing: 'Preparing', waiting: 'Waiting', uploading: 'Uploading', recording: 'Uploading',
-  retrying: 'Retrying', failed: 'Upload failed', blocked: 'Not uploaded',
-  processing: 'Processing', ready: 'Ready', rejected: 'Rejected', committed: 'Committed',
-  failedcommit: 'Failed',
-};
-const SOURCE_TEXT = { mobile: 'Phone', desktop: 'Desktop' };
-
-// state is everything the screen shows.
+// state is everything the screen shows besides the session model.
 const state = {
-  token: '', dev: false, userId: '', patientId: '', encounterId: '',
-  session: null,        // the last session (without trusting its images: see images)
-  noSession: false,     // GET session answered 404
-  version: 0,           // highest session version applied
-  images: new Map(),    // id -> image, each with _v (version it reflects)
-  removed: new Map(),   // id -> version it was removed at
+  token: '', dev: false, userId: '',
+  patientId: '',        // the patient the practice system has open
+  encounterId: '',
+  model: M.empty(),
+  vocab: FALLBACK,
   qr: null,             // {image, url, expiresAt, sessionId}
   showQr: false,
-  commit: { phase: 'idle', done: 0, total: 0, message: '', errors: [], commitId: '' },
-  commitVersion: 0,     // session version the commit panel reflects
-  sites: [],
+  requesting: false,    // a commit request is on its way
+  failure: null,        // {message, errors} the last commit request answered, until the session says more
   conn: '',
-  lastUpdate: 0,
 };
 
 const api = new Api(async () => state.token, async () => (state.dev ? refreshDevToken() : ''));
@@ -75,24 +69,21 @@ async function main() {
   $('qr-new').addEventListener('click', () => startCapture(false, true));
   $('qr-show').addEventListener('click', () => startCapture(false, true));
   $('commit-btn').addEventListener('click', () => commit());
-  $('mismatch-btn').addEventListener('click', () => startCapture());
+  $('mismatch-commit').addEventListener('click', () => commit());
+  $('mismatch-discard').addEventListener('click', () => discardOther());
   $('viewer-close').addEventListener('click', () => $('viewer').close());
   $('viewer').addEventListener('click', (e) => { if (e.target === $('viewer')) $('viewer').close(); });
   setInterval(renderClock, 1000);
 
-  api.bodySites().then((sites) => {
-    state.sites = Array.isArray(sites) ? sites : [];
-    const dl = $('body-sites');
-    dl.replaceChildren(...state.sites.map((s) => el('option', { value: siteLabel(s.display, s.code) })));
-    for (const card of document.querySelectorAll('.card')) syncBodySite(card);
-  }).catch(() => { /* the picker then only accepts what is already set */ });
+  api.vocabulary().then((v) => { state.vocab = v; render(); }).catch(() => { /* pickers stay empty until a reload */ });
 
   live = new Live(api, {
     onEvent,
-    onSession: applySnapshot,
+    onSession: (s) => apply(M.applySnapshot(state.model, s)),
     onSessionError,
     onState: (s) => { state.conn = s; render(); },
   });
+  api.onBack = () => uploads.retryAll();
   live.start();
   render();
 }
@@ -116,19 +107,16 @@ function jwtSubject(token) {
 }
 
 function setupDemo() {
-  const d = $('demo');
-  d.hidden = false;
+  $('demo').hidden = false;
   const f = $('demo-form');
   f.userId.value = state.userId;
   f.patientId.value = state.patientId;
   f.encounterId.value = state.encounterId;
   f.addEventListener('submit', (e) => {
     e.preventDefault();
-    localStorage.setItem('clinimg.demo', JSON.stringify({
-      userId: f.userId.value.trim(), patientId: f.patientId.value.trim(), encounterId: f.encounterId.value.trim(),
-    }));
-    const q = new URLSearchParams({ userId: f.userId.value.trim(), patientId: f.patientId.value.trim(), encounterId: f.encounterId.value.trim() });
-    location.search = q.toString();
+    const ctx = { userId: f.userId.value.trim(), patientId: f.patientId.value.trim(), encounterId: f.encounterId.value.trim() };
+    localStorage.setItem('clinimg.demo', JSON.stringify(ctx));
+    location.search = new URLSearchParams(ctx).toString();
   });
 }
 
@@ -140,60 +128,18 @@ function fatal(text) {
 
 // ---------- applying what the server says ----------
 
-// applySnapshot takes a fresh GET of the session. A snapshot older than what
-// live events already showed is ignored (the next poll or event fixes it).
-function applySnapshot(s) {
-  state.lastUpdate = Date.now();
-  if (state.session && s.sessionId === state.session.sessionId && s.version < state.version) return;
-  if (!state.session || s.sessionId !== state.session.sessionId) {
-    state.removed.clear();
-    state.commitVersion = 0; // versions count per session
-  }
-  state.noSession = false;
-  state.session = s;
-  state.version = s.version;
-  const next = new Map();
-  for (const im of s.images || []) {
-    im._v = s.version;
-    next.set(im.id, im);
-  }
-  state.images = next;
-  if (s.version >= state.commitVersion) {
-    state.commitVersion = s.version;
-    commitFromSession(s);
-  }
+function apply(next) {
+  const changedSession = next.sessionId !== state.model.sessionId;
+  state.model = next;
+  if (changedSession || M.commitPhase(next).phase !== 'idle') state.failure = null;
   render();
 }
 
 function onSessionError(e) {
   if (e.status === 404 && e.code === 'session_not_found') {
-    state.session = null;
-    state.noSession = true;
-    state.images = new Map();
-    state.lastUpdate = Date.now();
-    render();
+    apply(M.noSession());
   } else if (e.status === 401 || e.status === 403) {
     fatal('Your sign-in has expired. Reopen the widget from the practice system.');
-  }
-}
-
-// commitFromSession derives the commit panel from the session's own record,
-// so a reload or a missed event still shows the right outcome.
-function commitFromSession(s) {
-  const c = s.commit;
-  const cm = state.commit;
-  if (s.commitStatus === 'in_progress') {
-    Object.assign(cm, { phase: 'running', done: c ? c.done : 0, total: c ? c.total : s.images.length, commitId: s.commitId || '' });
-  } else if (s.commitStatus === 'committed') {
-    Object.assign(cm, {
-      phase: 'done', done: c ? c.total : 0, total: c ? c.total : 0,
-      message: (c && c.message) || `${plural(c ? c.total : s.images.length, 'image')} committed successfully`,
-    });
-  } else if (c && c.finishedAt && !c.success && cm.phase !== 'confirm') {
-    const errors = (s.images || []).filter((im) => im.error).map((im) => ({ imageId: im.id, error: im.error }));
-    Object.assign(cm, { phase: 'failed', message: c.message || 'The commit failed; nothing was saved.', errors });
-  } else if (cm.phase === 'running' || cm.phase === 'done') {
-    cm.phase = 'idle';
   }
 }
 
@@ -204,164 +150,89 @@ function reconcileSoon(ms = 200) {
 }
 
 function onEvent(name, d) {
-  state.lastUpdate = Date.now();
-  const v = Number(d.version || 0);
-  if (state.session && d.sessionId && d.sessionId !== state.session.sessionId) {
-    reconcileSoon(0); // another session started for this user
-    return;
-  }
-  if (!state.session) {
-    reconcileSoon(0);
-    return;
-  }
-  if (v && v > state.version + 1) reconcileSoon(); // we missed something
-  if (name.startsWith('commit-') || name === 'session-committed') {
-    if (v && v <= state.commitVersion) return; // a duplicate, or older than what is shown
-    state.commitVersion = Math.max(state.commitVersion, v);
-  }
-  switch (name) {
-    case 'image-uploaded':
-    case 'image-updated':
-    case 'image-processed':
-    case 'image-rejected': {
-      const im = d.image;
-      if (!im || !im.id) break;
-      const known = state.images.get(im.id);
-      const seen = known ? known._v : (state.removed.get(im.id) || 0);
-      if (v && v <= seen) break; // duplicate or older than what we show
-      if (known && !im.previewUrl && known.previewUrl && known.previewKey === im.previewKey) {
-        im.previewUrl = known.previewUrl;
-        im.viewerUrl = known.viewerUrl;
-      }
-      im._v = v || seen + 1;
-      state.images.set(im.id, im);
-      if (im.status === 'ready' && !im.previewUrl) reconcileSoon(); // presigned URLs come with a GET
-      break;
-    }
-    case 'image-removed': {
-      const known = state.images.get(d.imageId);
-      if (known && v && v <= known._v) break;
-      state.images.delete(d.imageId);
-      state.removed.set(d.imageId, v);
-      break;
-    }
-    case 'phone-paired':
-    case 'session-started':
-      reconcileSoon(0);
-      break;
-    case 'commit-started':
-      Object.assign(state.commit, { phase: 'running', done: d.done || 0, total: d.total || d.imageCount || state.images.size, commitId: d.commitId, errors: [] });
-      break;
-    case 'commit-progress':
-      if (state.commit.phase !== 'done') {
-        state.commit.phase = 'running';
-        state.commit.done = Math.max(state.commit.done, d.done || 0);
-        state.commit.total = d.total || state.commit.total;
-      }
-      if (d.imageId && d.mediaId) {
-        const im = state.images.get(d.imageId);
-        if (im) { im.status = 'committed'; im.mediaId = d.mediaId; }
-      }
-      break;
-    case 'session-committed':
-      Object.assign(state.commit, {
-        phase: 'done', done: d.total || d.imageCount, total: d.total || d.imageCount,
-        message: d.message || `${plural(d.imageCount || 0, 'image')} committed successfully`, errors: [],
-      });
-      reconcileSoon(0);
-      break;
-    case 'commit-failed':
-      Object.assign(state.commit, { phase: 'failed', message: d.message || 'The commit failed; nothing was saved.', errors: d.errors || [] });
-      reconcileSoon(0);
-      break;
-    default:
-      break;
-  }
-  if (v > state.version) state.version = v;
-  render();
+  const r = M.applyEvent(state.model, name, d);
+  apply(r.model);
+  if (r.reconcile) reconcileSoon(0);
 }
 
 // ---------- actions ----------
+
+const other = () => M.otherPatient(state.model, state.patientId);
 
 async function startCapture(discard = false, again = false) {
   const btns = [$('start-btn'), $('qr-new'), $('qr-show')];
   btns.forEach((b) => { b.disabled = true; });
   try {
-    const patient = state.patientId || (state.session && state.session.patientId);
-    const encounter = state.encounterId || (state.session && state.session.encounterId);
-    const r = await api.startSession(patient, encounter, discard);
+    const r = await api.startSession(state.patientId, state.encounterId, discard);
     state.qr = { image: r.qrCodeImage, url: r.qrCodeUrl, expiresAt: Date.parse(r.expiresAt), sessionId: r.sessionId };
     state.showQr = again; // after a phone pairs the QR folds away unless asked for again
-    if (state.commit.phase === 'done' || state.commit.phase === 'failed') state.commit.phase = 'idle';
+    state.failure = null;
     await live.reconcile();
   } catch (e) {
     if (e.code === 'uncommitted_images') {
-      const n = e.body.count || 0;
-      const ok = await confirmDialog({
-        title: 'Discard uncommitted photos?',
-        body: `${plural(n, 'photo')} of another patient ${n === 1 ? 'has' : 'have'} not been committed. Starting a capture for patient ${state.patientId} discards ${n === 1 ? 'it' : 'them'}.`,
-        ok: `Discard ${plural(n, 'photo')}`, danger: true,
-      });
-      if (ok) return startCapture(true, again);
+      await discardOther();
     } else {
-      banner('error', e.code === 'commit_in_progress' ? 'A commit is in progress; wait for it to finish.' : `Could not start: ${e.message}`);
+      banner('error', e.code === 'commit_in_progress' ? 'A commit is running; wait for it to finish.' : `Could not start: ${e.message}`);
     }
   } finally {
-    btns.forEach((b) => { b.disabled = false; });
     render();
   }
 }
 
-async function commit() {
-  const n = state.images.size;
-  const patient = state.session ? state.session.patientId : '';
+// discardOther is the one way to start for the open patient while another
+// patient's photos are uncommitted: it names both patients and asks.
+async function discardOther() {
+  const m = state.model;
+  const n = m.images.length;
   const ok = await confirmDialog({
-    title: 'Commit photos?',
-    body: `Commit ${plural(n, 'photo')} to the record of patient ${patient}?`,
-    ok: `Commit ${plural(n, 'photo')}`,
+    title: `Discard patient ${m.patientId}'s photos?`,
+    body: [`${plural(n, 'photo')} of patient ${m.patientId} ${n === 1 ? 'has' : 'have'} not been committed and will be deleted, never reaching any record.`,
+      `A new capture then starts for patient ${state.patientId}, who is open in the practice system.`],
+    ok: `Discard ${plural(n, 'photo')} of patient ${m.patientId}`, danger: true,
   });
-  if (!ok) return;
-  Object.assign(state.commit, { phase: 'running', done: 0, total: n, message: '', errors: [] });
-  render();
-  try {
-    const r = await api.commit();
-    if (r.__status === 202) {
-      waitForCommit();
-      return;
-    }
-    Object.assign(state.commit, {
-      phase: 'done', done: r.imageCount, total: r.imageCount,
-      message: r.message || `${plural(r.imageCount, 'image')} committed successfully`,
-    });
-  } catch (e) {
-    if (e.code === 'commit_in_progress') {
-      waitForCommit();
-      return;
-    }
-    Object.assign(state.commit, {
-      phase: 'failed',
-      message: e.network ? 'No answer from the server; checking the outcome…' : (e.message || 'The commit failed.'),
-      errors: e.body.errors || [],
-    });
-    if (e.network) waitForCommit();
-  }
-  live.reconcile();
-  render();
+  if (ok) await startCapture(true);
 }
 
-// waitForCommit polls the commit until it ends, for when the answer did not
-// come back in time or the stream is down.
-async function waitForCommit() {
-  for (let i = 0; i < 150; i++) {
-    await new Promise((r) => setTimeout(r, 2000));
-    try {
-      const c = await api.commitStatus();
-      if (c.commitStatus !== 'in_progress') break;
-      if (c.commit) Object.assign(state.commit, { done: Math.max(state.commit.done, c.commit.done), total: c.commit.total });
-      render();
-    } catch { /* keep polling */ }
+async function commit() {
+  const m = state.model;
+  const n = m.images.length;
+  const pending = M.pendingPhotos(m);
+  const body = [];
+  let title = 'Commit photos?';
+  if (other()) {
+    title = `Commit to patient ${m.patientId}?`;
+    body.push(`These ${plural(n, 'photo')} were taken for patient ${m.patientId}. The practice system has patient ${state.patientId} open.`,
+      `Commit them to the record of patient ${m.patientId}, not ${state.patientId}?`);
+  } else {
+    body.push(`Commit ${plural(n, 'photo')} to the record of patient ${m.patientId}?`);
   }
-  live.reconcile();
+  if (pending) {
+    body.push(`The phone still holds ${plural(pending, 'photo')} that ${isAre(pending)} not here yet. ${pending === 1 ? 'It' : 'They'} will not be in this commit.`);
+  }
+  const ok = await confirmDialog({
+    title, body,
+    ok: `Commit ${plural(n, 'photo')} to patient ${m.patientId}${pending ? ` without the ${plural(pending, 'photo')} still on the phone` : ''}`,
+    cancel: pending ? 'Wait for them' : 'Cancel',
+  });
+  if (!ok) return;
+  state.requesting = true;
+  state.failure = null;
+  render();
+  try {
+    const r = await api.commit(true);
+    if (r.__status !== 202) live.reconcile();
+  } catch (e) {
+    if (e.code !== 'commit_in_progress') {
+      state.failure = {
+        message: e.network ? 'No answer from the server; checking the outcome…' : (e.message || 'The commit failed.'),
+        errors: e.body.errors || [],
+      };
+    }
+  } finally {
+    state.requesting = false;
+  }
+  await live.reconcile();
+  render();
 }
 
 async function patch(id, fields, card) {
@@ -369,15 +240,7 @@ async function patch(id, fields, card) {
   setCardNote(card, 'Saving…');
   try {
     const r = await api.patchImage(id, fields);
-    const im = r.image;
-    if (im && r.session) {
-      const known = state.images.get(id);
-      if (!known || r.session.version > known._v) {
-        if (known && !im.previewUrl) { im.previewUrl = known.previewUrl; im.viewerUrl = known.viewerUrl; }
-        im._v = r.session.version;
-        state.images.set(id, im);
-      }
-    }
+    if (r.session) state.model = M.applySnapshot(state.model, r.session);
     setCardNote(card, 'Saved');
   } catch (e) {
     setCardNote(card, e.code === 'invalid_metadata' ? e.message : `Not saved: ${e.message}`, true);
@@ -388,17 +251,27 @@ async function patch(id, fields, card) {
 }
 
 async function remove(id) {
-  const ok = await confirmDialog({ title: 'Delete photo?', body: 'The photo is removed from this session and never committed.', ok: 'Delete', danger: true });
+  const n = M.photoNumber(state.model, id);
+  const ok = await confirmDialog({
+    title: `Delete photo ${n}?`, body: 'The photo is removed from this session and never committed.', ok: `Delete photo ${n}`, danger: true,
+  });
   if (!ok) return;
   try {
     await api.deleteImage(id);
-    const known = state.images.get(id);
-    state.images.delete(id);
-    state.removed.set(id, known ? known._v : state.version);
   } catch (e) {
-    banner('error', `Could not delete: ${e.message}`);
+    banner('error', `Could not delete photo ${n}: ${e.message}`);
   }
-  render();
+  await live.reconcile();
+}
+
+function view(id) {
+  const im = M.image(state.model, id);
+  if (!im) return;
+  const src = im.viewerUrl || im.previewUrl || localThumbs.get(id);
+  if (!src) return;
+  const n = M.photoNumber(state.model, id);
+  const what = coding(im.metadata, state.vocab);
+  openViewer(src, `Photo ${n}${what ? ` · ${what}` : ''}`);
 }
 
 // ---------- desktop upload ----------
@@ -406,10 +279,13 @@ async function remove(id) {
 function setupCapture() {
   uploads = new UploadQueue(api, {
     source: 'desktop',
+    // the photo is for the patient the practice system has open: the API
+    // refuses it if the session belongs to another
+    extra: () => ({ patientId: state.patientId }),
     onChange: () => render(),
     onRecorded: (it, r) => {
       if (it.thumb) localThumbs.set(it.imageId, it.thumb);
-      if (r.session) applySnapshot(r.session);
+      if (r.session) state.model = M.applySnapshot(state.model, r.session);
       setTimeout(() => { uploads.items.delete(it.localId); render(); }, 0);
     },
   });
@@ -419,107 +295,127 @@ function setupCapture() {
   });
   const drop = $('drop');
   for (const ev of ['dragenter', 'dragover']) {
-    drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add('over'); });
+    drop.addEventListener(ev, () => { if (canAdd()) drop.classList.add('over'); });
   }
   for (const ev of ['dragleave', 'drop']) {
     drop.addEventListener(ev, () => drop.classList.remove('over'));
   }
-  drop.addEventListener('drop', (e) => {
+  // a photo dropped anywhere on the widget is taken (or refused, saying
+  // why), never opened by the browser in place of the widget
+  document.addEventListener('dragover', (e) => e.preventDefault());
+  document.addEventListener('drop', (e) => {
     e.preventDefault();
     addFiles([...e.dataTransfer.files].filter((f) => f.type.startsWith('image/')));
   });
 }
 
+function canAdd() {
+  const m = state.model;
+  return !!m.sessionId && m.commitStatus === 'none' && !other() && !state.requesting && count() < state.vocab.limits.maxImages;
+}
+
 function addFiles(files) {
-  const room = MAX_IMAGES - state.images.size - uploads.active;
-  const list = [...files];
-  if (list.length > room) {
-    banner('warn', `Only ${plural(Math.max(0, room), 'more photo')} fit in this session. Maximum 50 images reached. Please commit before adding more.`);
+  if (!canAdd()) {
+    if (other()) banner('error', `Not added: these photos would go to patient ${state.model.patientId}, not ${state.patientId}.`);
+    return;
   }
+  const room = state.vocab.limits.maxImages - count();
+  const list = [...files];
+  if (list.length > room) banner('warn', `Only ${plural(Math.max(0, room), 'more photo')} fit in this session. ${state.vocab.limits.maxMessage}`);
   if (room > 0) uploads.add(list.slice(0, room));
 }
 
+function count() { return state.model.images.length + uploads.active; }
+
 // ---------- rendering ----------
 
-let bannerSeq = 0;
 function banner(kind, text) {
-  const id = `b${++bannerSeq}`;
-  const b = el('p', { class: `banner ${kind}`, role: 'alert', id, 'data-test': `banner-${kind}` }, text,
+  const b = el('p', { class: `banner ${kind}`, role: 'alert', 'data-test': `banner-${kind}` }, text,
     el('button', { type: 'button', class: 'close', 'aria-label': 'Dismiss', onclick: () => b.remove() }, '×'));
-  $('banners').append(b);
+  $('banners').replaceChildren(b); // one message at a time, the latest
   setTimeout(() => b.remove(), 10000);
 }
 
-function siteLabel(display, code) { return display ? `${display} (${code})` : code; }
-
-function findSite(text) {
-  const t = text.trim().toLowerCase();
-  if (!t) return { code: '', display: '' };
-  return state.sites.find((s) => siteLabel(s.display, s.code).toLowerCase() === t
-    || s.display.toLowerCase() === t || s.code === t) || null;
-}
-
-function countImages() { return state.images.size + uploads.active; }
-
 function render() {
-  const s = state.session;
-  const committed = s && s.commitStatus === 'committed';
-  const active = s && !committed;
+  const m = state.model;
+  const committed = m.commitStatus === 'committed';
+  const active = !!m.sessionId && !committed;
+  const mismatch = other();
+  const phase = M.commitPhase(m);
+  const busy = phase.phase === 'running' || phase.phase === 'stuck' || state.requesting;
 
-  // header
-  const pid = s ? s.patientId : state.patientId;
-  $('patient').textContent = pid ? `Patient ${pid}${s && s.encounterId ? ` · encounter ${s.encounterId}` : ''}` : '';
+  // header: always the practice system's patient
+  $('patient').textContent = state.patientId
+    ? `Patient ${state.patientId}${state.encounterId ? ` · encounter ${state.encounterId}` : ''}`
+    : (m.patientId ? `Patient ${m.patientId}` : '');
   const conn = $('conn');
   conn.dataset.state = state.conn;
-  conn.textContent = {
-    live: 'Live', connecting: 'Connecting…', reconnecting: 'Reconnecting… checking every 3 s',
-  }[state.conn] || '';
+  conn.textContent = { live: 'Live', connecting: 'Connecting…', reconnecting: 'Reconnecting… checking every 3 s' }[state.conn] || '';
 
   // start panel
-  const start = $('start');
-  start.hidden = !(state.noSession || committed) || !state.patientId;
-  $('start-btn').textContent = committed ? `Start next capture for patient ${state.patientId}` : `Start capture for patient ${state.patientId}`;
+  $('start').hidden = !((m.ended || committed) && state.patientId);
+  $('start-btn').textContent = `Start ${committed ? 'next ' : ''}capture for patient ${state.patientId}`;
   $('start-text').textContent = committed ? 'This session is committed.' : 'No capture in progress.';
 
-  // the practice system's patient is not the session's: say so before anything is coded
-  const mismatch = active && state.patientId && s.patientId !== state.patientId;
+  // another patient's photos: say so, and offer only the two ways out
   $('mismatch').hidden = !mismatch;
   if (mismatch) {
-    $('mismatch-text').textContent = `These photos are for patient ${s.patientId}, not the current patient ${state.patientId}.`;
-    $('mismatch-btn').textContent = `Start capture for ${state.patientId}`;
+    const n = m.images.length;
+    $('mismatch-text').textContent = `${n ? `These ${plural(n, 'photo')} are` : 'This session is'} for patient ${m.patientId}, not patient ${state.patientId} who is open in the practice system. Nothing can be added or changed until you commit or discard them.`;
+    const mc = $('mismatch-commit');
+    mc.textContent = `Commit ${plural(n, 'photo')} to patient ${m.patientId}`;
+    mc.disabled = busy || n === 0 || m.images.some((im) => im.status === 'processing' || im.status === 'rejected');
+    const md = $('mismatch-discard');
+    md.textContent = `Discard patient ${m.patientId}'s ${plural(n, 'photo')}`;
+    md.disabled = busy;
   }
 
-  // QR and phone
-  const paired = s && s.phone;
-  const qrVisible = active && state.qr && state.qr.sessionId === s.sessionId && (state.showQr || !paired);
+  // QR and phone: pairing adds photos, so never for another patient's session
+  const paired = m.phone;
+  const qrVisible = active && !mismatch && state.qr && state.qr.sessionId === m.sessionId && (state.showQr || !paired);
   $('qr').hidden = !qrVisible;
   if (qrVisible) {
     const img = $('qr-img');
     if (img.getAttribute('src') !== state.qr.image) img.src = state.qr.image;
     $('qr-link').href = state.qr.url;
-    $('phone-state').textContent = paired ? phoneText(s.phone) : 'Waiting for the phone…';
+    $('phone-state').textContent = paired ? phoneText(paired) : 'Waiting for the phone…';
     $('phone-state').classList.toggle('ok', !!paired);
   }
   $('paired').hidden = !(active && !qrVisible);
   if (active && !qrVisible) {
-    $('paired-state').textContent = paired ? phoneText(s.phone) : 'No phone connected yet.';
+    $('paired-state').textContent = paired ? phoneText(paired) : 'No phone connected yet.';
     $('paired-state').classList.toggle('ok', !!paired);
     $('qr-show').textContent = paired ? 'Pair another phone' : 'Show QR code';
+    $('qr-show').disabled = mismatch;
   }
+  $('qr-new').disabled = mismatch;
   renderClock();
 
-  // capture area
-  const n = countImages();
-  $('capture').hidden = !s;
-  const full = n >= MAX_IMAGES;
-  $('drop').hidden = !active;
-  $('file').disabled = full || state.commit.phase === 'running';
-  $('drop').classList.toggle('disabled', full);
-  renderGrid(!active || state.commit.phase === 'running');
-  $('empty').hidden = n > 0;
-  renderLimit(n, active);
+  // photos still on the phone
+  const pending = active ? M.pendingPhotos(m) : 0;
+  const coming = $('coming');
+  coming.hidden = !pending;
+  if (pending) {
+    const heard = Object.values(m.pending).map((p) => p.updatedAt).sort().pop();
+    coming.textContent = `${plural(pending, 'more photo')} coming from the phone${heard ? ` (last heard ${ago(heard, Date.now())})` : ''}`;
+  }
 
-  renderCommit();
+  // capture area
+  const n = count();
+  $('capture').hidden = !m.sessionId;
+  $('drop').hidden = !active || mismatch;
+  const full = n >= state.vocab.limits.maxImages;
+  $('file').disabled = full || busy || mismatch || !active;
+  $('drop').classList.toggle('disabled', full);
+  renderGrid({
+    api, model: m, uploads, vocab: state.vocab, localThumbs,
+    readOnly: !active || busy || mismatch,
+    patch, remove, view,
+    retry: (id) => uploads.retry(id), discard: (id) => uploads.discard(id), reconcile: () => reconcileSoon(0),
+  });
+  $('empty').hidden = n > 0;
+  renderLimit(n, active && !mismatch);
+  renderCommit(phase, mismatch, pending);
 }
 
 function phoneText(p) {
@@ -553,270 +449,76 @@ function renderLimit(n, active) {
     w = el('p', { id: 'limit', class: 'banner', role: 'status', 'data-test': 'limit' });
     $('capture').prepend(w);
   }
-  if (active && n >= MAX_IMAGES) {
-    w.className = 'banner error';
-    w.textContent = 'Maximum 50 images reached. Please commit before adding more.';
-    w.hidden = false;
-  } else if (active && n >= WARN_IMAGES) {
-    w.className = 'banner warn';
-    w.textContent = `You have ${n} images. Consider committing this batch.`;
-    w.hidden = false;
-  } else {
-    w.hidden = true;
-  }
+  const l = limitText(n, state.vocab.limits);
+  w.hidden = !active || !l.kind;
+  w.className = `banner ${l.kind}`;
+  w.textContent = l.text;
 }
 
 let commitPoll;
-function renderCommit() {
-  const s = state.session;
-  const c = state.commit;
+function renderCommit(c, mismatch, pending) {
+  const m = state.model;
+  const running = c.phase === 'running' || c.phase === 'stuck';
   // while a commit runs, read the session every few seconds as well: the
   // outcome must show even if its event is lost
-  if (c.phase === 'running' && !commitPoll) commitPoll = setInterval(() => live.reconcile(), 3000);
-  if (c.phase !== 'running' && commitPoll) { clearInterval(commitPoll); commitPoll = null; }
+  if (running && !commitPoll) commitPoll = setInterval(() => live.reconcile(), 3000);
+  if (!running && commitPoll) { clearInterval(commitPoll); commitPoll = null; }
   const bar = $('commitbar');
   const btn = $('commit-btn');
   const note = $('commit-note');
   const prog = $('progress');
-  const n = state.images.size;
-  bar.hidden = !s || (n === 0 && c.phase === 'idle');
-  bar.dataset.phase = c.phase;
-  prog.hidden = c.phase !== 'running';
-  if (c.phase === 'running') {
+  const n = m.images.length;
+  const phase = state.requesting ? 'running' : state.failure && c.phase === 'idle' ? 'failed' : c.phase;
+  bar.hidden = !m.sessionId || (n === 0 && phase === 'idle');
+  bar.dataset.phase = phase;
+  prog.hidden = !running;
+  if (running) {
     const pct = c.total ? Math.round((100 * c.done) / c.total) : 0;
     prog.firstElementChild.style.width = `${Math.max(4, pct)}%`;
     prog.setAttribute('aria-valuemax', String(c.total));
     prog.setAttribute('aria-valuenow', String(c.done));
   }
-  const processing = [...state.images.values()].filter((im) => im.status === 'processing').length;
-  const rejected = [...state.images.values()].filter((im) => im.status === 'rejected').length;
+  const tally = M.counts(m);
   const uploading = uploads.active;
   note.className = 'muted';
-  btn.hidden = false;
-  switch (c.phase) {
+  // another patient's photos are committed from the banner, which names them
+  btn.hidden = mismatch;
+  switch (phase) {
     case 'running':
-      note.textContent = `Committing… ${c.done} of ${c.total}`;
+      note.textContent = state.requesting ? 'Sending the commit…' : `Committing… ${c.done} of ${c.total} in the record`;
+      btn.disabled = true;
+      btn.textContent = 'Committing…';
+      break;
+    case 'stuck':
+      note.className = 'warn';
+      note.textContent = `Still committing (${c.done} of ${c.total}): ${c.reason || 'waiting for the practice system'}${c.attempt ? `, attempt ${c.attempt}` : ''}${c.nextTryAt ? `, next try ${new Date(c.nextTryAt).toLocaleTimeString()}` : ''}`;
       btn.disabled = true;
       btn.textContent = 'Committing…';
       break;
     case 'done':
       note.className = 'ok';
-      note.textContent = c.message;
+      note.textContent = committedText(c.total);
       btn.hidden = true;
       break;
     case 'failed': {
+      const f = state.failure && c.phase === 'idle' ? state.failure : c;
       note.className = 'error';
-      note.replaceChildren(el('strong', {}, /^commit failed/i.test(c.message) ? c.message : `Commit failed: ${c.message}`),
-        c.errors.length ? el('ul', { class: 'errors' }, c.errors.map((x) => el('li', {}, `Photo ${photoIndex(x.imageId)}: ${x.error}`))) : '');
-      btn.disabled = n === 0 || processing > 0;
+      note.replaceChildren(el('strong', {}, `Commit failed: ${(f.message || '').replace(/^commit failed:?\s*/i, '') || 'nothing was saved.'}`),
+        f.errors.length ? el('ul', { class: 'errors' }, f.errors.map((x) => el('li', {}, `Photo ${M.photoNumber(m, x.imageId) || '?'}: ${x.error}`))) : '');
+      btn.disabled = n === 0 || tally.processing > 0 || mismatch;
       btn.textContent = 'Retry commit';
       break;
     }
     default: {
       btn.textContent = `Commit ${plural(n, 'photo')}`;
-      btn.disabled = n === 0 || processing > 0 || rejected > 0 || uploading > 0 || state.session.commitStatus === 'committed';
+      btn.disabled = n === 0 || tally.processing > 0 || tally.rejected > 0 || uploading > 0 || m.commitStatus === 'committed' || mismatch;
       if (uploading) note.textContent = `Waiting for ${plural(uploading, 'upload')}…`;
-      else if (processing) note.textContent = `Preparing ${plural(processing, 'photo')}…`;
-      else if (rejected) note.textContent = `Delete ${plural(rejected, 'rejected photo')} to commit.`;
-      else note.textContent = n ? `To patient ${s.patientId}` : '';
+      else if (tally.processing) note.textContent = `Preparing ${plural(tally.processing, 'photo')}…`;
+      else if (tally.rejected) note.textContent = `Delete ${plural(tally.rejected, 'rejected photo')} to commit.`;
+      else if (pending) note.textContent = `To patient ${m.patientId}. ${plural(pending, 'more photo')} still on the phone.`;
+      else note.textContent = n ? `To patient ${m.patientId}` : '';
     }
   }
-}
-
-function photoIndex(id) {
-  let i = 0;
-  for (const k of state.images.keys()) {
-    i++;
-    if (k === id) return i;
-  }
-  return '?';
-}
-
-function renderGrid(readOnly) {
-  const grid = $('grid');
-  const want = [];
-  for (const it of uploads.items.values()) {
-    if (it.state !== 'done') want.push(`u:${it.localId}`);
-  }
-  for (const id of state.images.keys()) want.push(`i:${id}`);
-  const have = new Map([...grid.children].map((c) => [c.dataset.key, c]));
-  for (const [k, c] of have) if (!want.includes(k)) c.remove();
-  let prev = null;
-  let idx = 0;
-  for (const k of want) {
-    let card = have.get(k);
-    if (!card) card = k.startsWith('u:') ? uploadCard(k) : imageCard(k);
-    if (k.startsWith('u:')) updateUploadCard(card, uploads.items.get(k.slice(2)));
-    else updateImageCard(card, state.images.get(k.slice(2)), readOnly, ++idx);
-    if (prev ? prev.nextSibling !== card : grid.firstChild !== card) {
-      if (prev) prev.after(card); else grid.prepend(card);
-    }
-    prev = card;
-  }
-}
-
-function uploadCard(key) {
-  return el('li', { class: 'card uploading', dataset: { key, test: 'upload-card' } },
-    el('div', { class: 'thumb' }, el('img', { alt: 'Photo being uploaded' }),
-      el('span', { class: 'chip' })),
-    el('div', { class: 'fields' },
-      el('div', { class: 'bar-track' }, el('span')),
-      el('p', { class: 'note' }),
-      el('p', { class: 'row' },
-        el('button', { type: 'button', class: 'btn small retry', hidden: true }, 'Retry'),
-        el('button', { type: 'button', class: 'btn small discard', hidden: true }, 'Remove'))));
-}
-
-function updateUploadCard(card, it) {
-  const img = card.querySelector('img');
-  if (it.thumb && img.getAttribute('src') !== it.thumb) img.src = it.thumb;
-  const chip = card.querySelector('.chip');
-  chip.textContent = STATUS_TEXT[it.state] || it.state;
-  chip.className = `chip st-${it.state}`;
-  card.querySelector('.bar-track span').style.width = `${Math.round((it.progress || 0) * 100)}%`;
-  card.querySelector('.note').textContent = it.error || '';
-  const retry = card.querySelector('.retry');
-  retry.hidden = it.state !== 'failed';
-  retry.onclick = () => uploads.retry(it.localId);
-  const discard = card.querySelector('.discard');
-  discard.hidden = it.state !== 'failed' && it.state !== 'blocked';
-  discard.onclick = () => uploads.discard(it.localId);
-}
-
-function imageCard(key) {
-  const id = key.slice(2);
-  const uid = `f-${id.slice(0, 8)}`;
-  const site = el('input', { id: `${uid}-site`, class: 'site', list: 'body-sites', autocomplete: 'off', placeholder: 'Search body sites', 'data-test': 'body-site' });
-  const lat = el('select', { id: `${uid}-lat`, class: 'lat', 'data-test': 'laterality' }, LATERALITY.map(([v, t]) => el('option', { value: v }, t)));
-  const view = el('select', { id: `${uid}-view`, class: 'view', 'data-test': 'view' }, VIEWS.map(([v, t]) => el('option', { value: v }, t)));
-  const notes = el('textarea', { id: `${uid}-notes`, class: 'notes', rows: 2, maxlength: 1000, 'data-test': 'notes' });
-  const del = el('button', { type: 'button', class: 'btn small danger', 'data-test': 'delete' }, 'Delete');
-  const card = el('li', { class: 'card', dataset: { key, id, test: 'image-card' } },
-    el('div', { class: 'thumb' },
-      el('button', { type: 'button', class: 'zoom', 'aria-label': 'View larger', 'data-test': 'zoom', onclick: () => view(id) },
-        el('img', { alt: '', loading: 'lazy', 'data-test': 'preview', hidden: true })),
-      el('span', { class: 'placeholder spin' }),
-      el('span', { class: 'chip', 'data-test': 'status' }),
-      el('span', { class: 'src', 'data-test': 'source' })),
-    el('div', { class: 'fields' },
-      el('label', { for: site.id }, 'Body site'), site,
-      el('div', { class: 'row two' },
-        el('span', {}, el('label', { for: lat.id }, 'Side'), lat),
-        el('span', {}, el('label', { for: view.id }, 'View'), view)),
-      el('label', { for: notes.id }, 'Notes'), notes,
-      el('p', { class: 'row' }, el('span', { class: 'note', 'aria-live': 'polite', 'data-test': 'card-note' }), del)));
-
-  site.addEventListener('change', () => {
-    const found = findSite(site.value);
-    if (!found) {
-      setCardNote(card, 'Pick a body site from the list', true);
-      site.setAttribute('aria-invalid', 'true');
-      return;
-    }
-    site.removeAttribute('aria-invalid');
-    site.value = found.code ? siteLabel(found.display, found.code) : '';
-    patch(id, { bodySite: found.code, bodySiteDisplay: found.display }, card);
-  });
-  lat.addEventListener('change', () => patch(id, { laterality: lat.value }, card));
-  view.addEventListener('change', () => patch(id, { viewType: view.value }, card));
-  let t;
-  const flush = () => {
-    if (!card.dataset.notesDirty) return;
-    clearTimeout(t);
-    delete card.dataset.notesDirty;
-    patch(id, { notes: notes.value }, card);
-  };
-  notes.addEventListener('input', () => {
-    card.dataset.notesDirty = '1';
-    clearTimeout(t);
-    t = setTimeout(flush, 800);
-  });
-  notes.addEventListener('blur', flush);
-  del.addEventListener('click', () => remove(id));
-  card.querySelector('img').addEventListener('error', (e) => {
-    // a presigned URL expired, or the temporary copy is gone after a commit:
-    // show the placeholder, and fetch fresh URLs at most once a minute
-    const img = e.target;
-    card.dataset.broken = img.getAttribute('src') || '';
-    img.hidden = true;
-    card.querySelector('.placeholder').hidden = false;
-    const now = Date.now();
-    if (now - Number(img.dataset.retried || 0) > 60000 && card.dataset.status !== 'committed') {
-      img.dataset.retried = String(now);
-      reconcileSoon(0);
-    }
-  });
-  return card;
-}
-
-function updateImageCard(card, im, readOnly, idx) {
-  const img = card.querySelector('img');
-  let src = im.previewUrl || localThumbs.get(im.id) || '';
-  if (src && src === card.dataset.broken) src = '';
-  if (src && img.getAttribute('src') !== src) img.src = src;
-  img.hidden = !src;
-  img.alt = `Photo ${idx}${im.metadata && im.metadata.bodySiteDisplay ? `, ${im.metadata.bodySiteDisplay}` : ''}`;
-  const ph = card.querySelector('.placeholder');
-  ph.hidden = !!src;
-  const waiting = im.status === 'processing' || im.status === 'ready';
-  ph.classList.toggle('spin', waiting);
-  ph.textContent = waiting ? '' : im.status === 'committed' ? 'In the patient record' : 'No preview';
-  const st = im.status === 'failed' ? 'failedcommit' : im.status;
-  const chip = card.querySelector('.chip');
-  chip.textContent = STATUS_TEXT[st] || im.status;
-  chip.className = `chip st-${st}`;
-  card.dataset.status = im.status;
-  const source = card.querySelector('.src');
-  source.textContent = SOURCE_TEXT[im.source] || im.source || '';
-  const m = im.metadata || {};
-  const focused = card.contains(document.activeElement);
-  const saving = Number(card.dataset.saving || 0) > 0;
-  const site = card.querySelector('.site');
-  if (!(focused && document.activeElement === site) && !saving) {
-    card.dataset.siteCode = m.bodySite || '';
-    card.dataset.siteDisplay = m.bodySiteDisplay || '';
-    syncBodySite(card);
-  }
-  const lat = card.querySelector('.lat');
-  if (document.activeElement !== lat && !saving) lat.value = m.laterality || '';
-  const view = card.querySelector('.view');
-  if (document.activeElement !== view && !saving) view.value = m.viewType || '';
-  const notes = card.querySelector('.notes');
-  if (document.activeElement !== notes && !card.dataset.notesDirty && !saving) notes.value = m.notes || '';
-  const locked = readOnly || im.status === 'committed';
-  for (const f of card.querySelectorAll('input, select, textarea, button:not(.zoom)')) f.disabled = locked;
-  card.querySelector('.zoom').disabled = !src;
-  const note = card.querySelector('.note');
-  if (im.status === 'rejected') setCardNote(card, im.rejectReason || 'Not an acceptable photo', true);
-  else if (im.error) setCardNote(card, im.error, true);
-  else if (note.classList.contains('error') && !saving && note.textContent === (im.rejectReason || '')) setCardNote(card, '');
-}
-
-function view(id) {
-  const im = state.images.get(id);
-  if (!im) return;
-  const src = im.viewerUrl || im.previewUrl || localThumbs.get(id);
-  if (!src) return;
-  $('viewer-img').src = src;
-  const m = im.metadata || {};
-  $('viewer-caption').textContent = [m.bodySiteDisplay, m.laterality, m.viewType].filter(Boolean).join(' · ') || `Photo ${photoIndex(id)}`;
-  $('viewer').showModal();
-}
-
-function syncBodySite(card) {
-  const site = card.querySelector('.site');
-  const code = card.dataset.siteCode || '';
-  if (!code) { site.value = ''; site.title = ''; return; }
-  const known = state.sites.find((s) => s.code === code);
-  site.value = siteLabel((known && known.display) || card.dataset.siteDisplay || '', code);
-  site.title = site.value;
-}
-
-function setCardNote(card, text, error = false) {
-  const n = card.querySelector('.note');
-  if (!n) return;
-  n.textContent = text;
-  n.classList.toggle('error', error);
 }
 
 main();

@@ -1,23 +1,34 @@
 // mobile.js: the phone capture page. It exchanges the QR token for a phone
 // credential (kept in sessionStorage for this tab only), shows whose record
-// the photos go to, and uploads each photo through the shared pipeline. Photos
-// not yet confirmed by the server wait in IndexedDB so a reload resumes them.
+// the photos go to, and uploads each photo through the shared pipeline.
+//
+// No photo left behind: a photo not yet confirmed by the server waits in
+// IndexedDB and keeps trying, however long the connection is gone; the page
+// says honestly how many are waiting, tells the session how many it holds
+// (the desktop shows them as coming), and a service worker serves the page
+// itself offline so a reload shows the queue rather than a browser error.
 
-import { Api, MAX_IMAGES, confirmDialog, el, plural } from './api.js';
+import { Api, confirmDialog, el } from './api.js';
+import { bodySitePicker } from './bodysite.js';
 import { Live } from './live.js';
+import * as M from './model.js';
 import { PendingStore } from './store.js';
 import { UploadQueue } from './upload.js';
+import { FALLBACK, coding, committedText, limitText, plural } from './words.js';
 
 const $ = (id) => document.getElementById(id);
 const KEY = 'clinimg.phone';
+const SNAPSHOT = 'clinimg.phone.session';
 
 const state = {
   cred: null,          // {phoneToken, userId, patientId, encounterId, sessionId, expiresAt}
-  session: null,
-  version: 0,
-  outcome: null,       // {phase: running|done|failed, message, errors, done, total}
-  outcomeVersion: 0,   // session version the outcome reflects
+  model: M.empty(),
+  vocab: FALLBACK,
+  requesting: false,   // a commit request is on its way
+  failure: null,       // what the last commit request answered, until the session says more
+  dismissed: '',       // commit id whose failure screen the GP left
   conn: '',
+  ended: false,
 };
 
 const api = new Api(async () => (state.cred ? state.cred.phoneToken : ''));
@@ -26,11 +37,11 @@ let live;
 const localThumbs = new Map(); // imageId -> object URL of the photo this phone sent
 
 const STATE_TEXT = {
-  compressing: 'Preparing…', waiting: 'Waiting…', uploading: 'Uploading…', recording: 'Saving…',
-  retrying: 'Retrying…', failed: 'Not sent', blocked: 'Not sent', done: 'Sent',
+  compressing: 'Preparing…', waiting: 'Waiting to send', uploading: 'Sending…', recording: 'Sending…',
+  retrying: 'Waiting for a connection', blocked: 'Not sent', done: 'Sent',
 };
 const SERVER_TEXT = {
-  processing: 'Sent', ready: 'Sent', rejected: 'Rejected', committed: 'Committed', failed: 'Commit failed',
+  processing: 'Sent', ready: 'Sent', rejected: 'Rejected', committed: 'In the record', failed: 'Not committed',
 };
 
 function show(id) {
@@ -44,6 +55,10 @@ function gone(title, text) {
 }
 
 async function main() {
+  if ('serviceWorker' in navigator) {
+    // the page and its scripts, for a reload without a connection
+    navigator.serviceWorker.register('/static/sw.js', { scope: '/mobile' }).catch(() => { /* then a reload needs the network */ });
+  }
   const params = new URLSearchParams(location.search);
   const token = params.get('token');
   if (token) {
@@ -56,7 +71,7 @@ async function main() {
       };
       sessionStorage.setItem(KEY, JSON.stringify(state.cred));
     } catch (e) {
-      const saved = loadSaved();
+      const saved = loadSaved(KEY);
       if (e.status === 410 && saved) {
         state.cred = saved; // this tab already used it: carry on with what it got
       } else if (e.status === 410) {
@@ -71,23 +86,27 @@ async function main() {
       }
     }
   } else {
-    state.cred = loadSaved();
+    state.cred = loadSaved(KEY);
     if (!state.cred) {
       gone('Scan the QR code', 'Open this page by scanning the QR code shown on the desktop.');
       return;
     }
   }
   api.userId = state.cred.userId;
+  // what the session looked like when last seen, until it answers again
+  const last = loadSaved(SNAPSHOT);
+  if (last && last.sessionId === state.cred.sessionId) state.model = M.applySnapshot(state.model, last);
 
   const store = await PendingStore.open().catch(() => null);
   uploads = new UploadQueue(api, {
     source: 'mobile', store, sessionId: state.cred.sessionId,
-    onChange: render,
+    onChange: () => { render(); reportPending(); },
     onRecorded: (it, r) => {
       if (it.thumb) localThumbs.set(it.imageId, it.thumb);
       if (r.session) applySession(r.session);
     },
   });
+  api.onBack = () => { uploads.retryAll(); reportPending(true); };
   if (store) {
     const recs = await store.all();
     const mine = recs.filter((r) => r.sessionId === state.cred.sessionId);
@@ -104,7 +123,12 @@ async function main() {
   });
   $('commit').addEventListener('click', () => commit());
   $('outcome-retry').addEventListener('click', () => commit(true));
-  $('outcome-back').addEventListener('click', () => { state.outcome = null; render(); });
+  $('outcome-back').addEventListener('click', () => {
+    state.dismissed = (state.model.commit && state.model.commit.commitId) || 'request';
+    state.failure = null;
+    render();
+  });
+  api.vocabulary().then((v) => { state.vocab = v; rows.clear(); render(); }).catch(() => { /* coding waits for a reload */ });
 
   live = new Live(api, {
     onEvent,
@@ -115,11 +139,12 @@ async function main() {
   show('capture');
   render();
   live.start();
+  reportPending(true);
 }
 
-function loadSaved() {
+function loadSaved(key) {
   try {
-    return JSON.parse(sessionStorage.getItem(KEY) || 'null');
+    return JSON.parse(sessionStorage.getItem(key) || 'null');
   } catch {
     return null;
   }
@@ -128,7 +153,29 @@ function loadSaved() {
 function notice(text) {
   const n = $('notice');
   n.textContent = text;
-  n.hidden = false;
+  n.hidden = !text;
+}
+
+// reportPending tells the session how many photos this phone holds that it
+// has not recorded, whenever that changes (and again once the API answers
+// after a gap), so the desktop can say they are coming.
+let reported = -1;
+let reporting = false;
+async function reportPending(force = false) {
+  if (!uploads || state.ended) return;
+  if (force) reported = -1;
+  if (reporting || uploads.active === reported) return;
+  reporting = true;
+  const n = uploads.active;
+  try {
+    await api.setPending(n);
+    reported = n;
+  } catch (e) {
+    if (e.status === 410 || e.code === 'session_changed') ended();
+  } finally {
+    reporting = false;
+  }
+  if (uploads.active !== reported && api.reachable) reportPending();
 }
 
 function applySession(s) {
@@ -136,23 +183,13 @@ function applySession(s) {
     ended();
     return;
   }
-  if (state.session && s.version < state.version) return;
-  state.session = s;
-  state.version = s.version;
-  if (s.version < state.outcomeVersion) {
-    render(); // the commit outcome shown came from a later event
-    return;
-  }
-  state.outcomeVersion = s.version;
-  if (s.commitStatus === 'committed') {
-    const c = s.commit || {};
-    state.outcome = { phase: 'done', message: c.message || `${plural(c.total || s.images.length, 'photo')} committed`, errors: [] };
-  } else if (s.commitStatus === 'in_progress') {
-    const c = s.commit || {};
-    state.outcome = { phase: 'running', done: c.done || 0, total: c.total || s.images.length, errors: [] };
-  } else if (state.outcome && state.outcome.phase !== 'failed') {
-    state.outcome = null;
-  }
+  const next = M.applySnapshot(state.model, s);
+  if (next === state.model) return;
+  state.model = next;
+  try {
+    // without its signed URLs, which are no use later
+    sessionStorage.setItem(SNAPSHOT, JSON.stringify({ ...s, images: s.images.map(({ s3Url, previewUrl, viewerUrl, ...im }) => im) }));
+  } catch { /* storage full: the next answer will do */ }
   render();
 }
 
@@ -170,50 +207,29 @@ function ended() {
   state.ended = true;
   if (live) live.stop();
   sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem(SNAPSHOT);
   gone('This capture session has ended', 'A new capture was started on the desktop. Scan its QR code to add photos.');
 }
 
 function onEvent(name, d) {
-  if (d.sessionId && d.sessionId !== state.cred.sessionId) {
-    live.reconcile();
-    return;
+  const r = M.applyEvent(state.model, name, d);
+  if (r.model !== state.model) {
+    state.model = r.model;
+    render();
   }
-  const v = Number(d.version || 0);
-  if (name.startsWith('commit-') || name === 'session-committed') {
-    if (v && v <= state.outcomeVersion) return; // a duplicate, or older than what is shown
-    state.outcomeVersion = Math.max(state.outcomeVersion, v);
-  }
-  switch (name) {
-    case 'commit-started':
-    case 'commit-progress':
-      state.outcome = { phase: 'running', done: d.done || 0, total: d.total || d.imageCount || 0, errors: [] };
-      render();
-      return;
-    case 'session-committed':
-      state.outcome = { phase: 'done', message: d.message || `${plural(d.imageCount || 0, 'photo')} committed`, errors: [] };
-      render();
-      live.reconcile();
-      return;
-    case 'commit-failed':
-      state.outcome = { phase: 'failed', message: d.message || 'The commit failed; nothing was saved.', errors: d.errors || [] };
-      render();
-      live.reconcile();
-      return;
-    default:
-      if (v > state.version) live.reconcile(); // the page shows the session as the server has it
-  }
+  if (r.reconcile || name.startsWith('image-')) live.reconcile(); // previews come signed with a GET
 }
 
 function addFiles(files) {
-  const have = (state.session ? state.session.images.length : 0) + uploads.active;
-  const room = MAX_IMAGES - have;
+  const max = state.vocab.limits.maxImages;
+  const room = max - state.model.images.length - uploads.active;
   const list = [...files];
-  if (list.length > room) notice(`Maximum 50 images reached. Please commit before adding more. ${room > 0 ? `Only ${plural(room, 'photo')} will be sent.` : ''}`);
+  if (list.length > room && room > 0) notice(`Only ${plural(room, 'more photo')} fit in this session; the first ${plural(room, 'photo')} will be sent.`);
   if (room > 0) uploads.add(list.slice(0, room));
 }
 
 async function commit(retry = false) {
-  const n = state.session ? state.session.images.length : 0;
+  const n = state.model.images.length;
   if (!retry) {
     const ok = await confirmDialog({
       title: 'Commit photos?',
@@ -222,74 +238,114 @@ async function commit(retry = false) {
     });
     if (!ok) return;
   }
-  state.outcome = { phase: 'running', done: 0, total: n, errors: [] };
+  state.requesting = true;
+  state.failure = null;
+  state.dismissed = '';
   render();
   try {
-    const r = await api.commit();
-    if (r.__status !== 202) {
-      state.outcome = { phase: 'done', message: r.message || `${plural(r.imageCount, 'photo')} committed`, errors: [] };
-    }
+    await api.commit(true);
   } catch (e) {
     if (e.code !== 'commit_in_progress') {
-      state.outcome = { phase: 'failed', message: e.message || 'The commit failed.', errors: e.body.errors || [] };
+      state.failure = { phase: 'failed', message: e.message || 'The commit failed.', errors: e.body.errors || [] };
     }
+  } finally {
+    state.requesting = false;
   }
+  await live.reconcile();
   render();
+}
+
+async function patch(id, fields, row) {
+  row.querySelector('.pnote').textContent = 'Saving…';
+  try {
+    const r = await api.patchImage(id, fields);
+    if (r.session) applySession(r.session);
+    row.querySelector('.pnote').textContent = 'Saved';
+  } catch (e) {
+    row.querySelector('.pnote').textContent = `Not saved: ${e.message}`;
+  }
+}
+
+async function remove(id) {
+  const n = M.photoNumber(state.model, id);
+  const ok = await confirmDialog({ title: `Delete photo ${n}?`, body: 'It is removed from this session and never committed.', ok: `Delete photo ${n}`, danger: true });
+  if (!ok) return;
+  try {
+    await api.deleteImage(id);
+  } catch (e) {
+    notice(`Could not delete photo ${n}: ${e.message}`);
+  }
   live.reconcile();
+}
+
+// outcome is the commit screen to show, or null for the capture screen.
+function outcome() {
+  if (state.requesting) return { phase: 'running', done: 0, total: state.model.images.length, errors: [] };
+  const c = M.commitPhase(state.model);
+  const id = (state.model.commit && state.model.commit.commitId) || '';
+  if (c.phase === 'failed' && state.dismissed && state.dismissed === id) return null;
+  if (c.phase !== 'idle') return c;
+  if (state.failure && state.dismissed !== 'request') return state.failure;
+  return null;
 }
 
 function render() {
   if (!state.cred || !uploads || state.ended) return;
-  const o = state.outcome;
-  pollWhileCommitting(!!o && o.phase === 'running');
+  const o = outcome();
+  pollWhileCommitting(!!o && (o.phase === 'running' || o.phase === 'stuck'));
   if (o) {
     show('outcome');
     renderOutcome(o);
     return;
   }
   show('capture');
-  const s = state.session;
-  const server = s ? s.images : [];
-  const total = server.length + uploads.active;
-  $('count').textContent = s ? `${plural(server.length, 'photo')} in this session${uploads.active ? `, ${uploads.active} not sent yet` : ''}` : 'Loading the session…';
+  const m = state.model;
+  const server = m.images;
+  $('count').textContent = m.known ? `${plural(server.length, 'photo')} in this session` : 'Waiting for the session…';
   $('conn').dataset.state = state.conn;
-  $('conn').textContent = { live: 'Connected', reconnecting: 'Reconnecting…', connecting: 'Connecting…' }[state.conn] || '';
+  $('conn').textContent = { live: 'Connected', reconnecting: 'No connection to the server, retrying…', connecting: 'Connecting…' }[state.conn] || '';
 
-  const full = total >= MAX_IMAGES;
+  // an honest count of what this phone still holds
+  const sending = uploads.active - uploads.waiting;
+  const parts = [];
+  if (uploads.waiting) parts.push(`${uploads.waiting} waiting for a connection`);
+  if (sending > 0) parts.push(`${sending} sending`);
+  const q = $('queue');
+  q.hidden = parts.length === 0;
+  q.textContent = parts.length ? `On this phone: ${parts.join(', ')}. They are sent on their own; keep this page open.` : '';
+
+  const total = server.length + uploads.active;
+  const l = limitText(total, state.vocab.limits);
   const limit = $('limit');
-  if (full) {
-    limit.className = 'banner error';
-    limit.textContent = 'Maximum 50 images reached. Please commit before adding more.';
-    limit.hidden = false;
-  } else if (total >= 20) {
-    limit.className = 'banner warn';
-    limit.textContent = `You have ${total} images. Consider committing this batch.`;
-    limit.hidden = false;
-  } else {
-    limit.hidden = true;
-  }
+  limit.className = `banner ${l.kind}`;
+  limit.textContent = l.text;
+  limit.hidden = !l.kind;
+  if (l.kind === 'error' && $('notice').textContent.startsWith('Only ')) notice(''); // the cap banner says it
+  const full = total >= state.vocab.limits.maxImages;
   $('file').disabled = full;
   $('camera').classList.toggle('disabled', full);
   $('camera').setAttribute('aria-disabled', String(full));
 
   renderList(server);
 
-  const processing = server.filter((im) => im.status === 'processing').length;
+  const processing = M.counts(m).processing;
   const btn = $('commit');
   btn.textContent = server.length ? `Commit ${plural(server.length, 'photo')} now` : 'Commit now';
-  btn.disabled = !server.length || uploads.active > 0 || processing > 0;
-  $('commit-note').textContent = uploads.active ? 'Wait for the photos to finish sending.'
+  btn.disabled = !server.length || uploads.active > 0 || processing > 0 || m.commitStatus !== 'none';
+  $('commit-note').textContent = uploads.active
+    ? `${plural(uploads.active, 'photo')} still on this phone: commit once ${uploads.active === 1 ? 'it has' : 'they have'} been sent.`
     : processing ? `Preparing ${plural(processing, 'photo')}…` : 'You can also commit from the desktop.';
 }
 
 // rows are kept by key and rebuilt only when what they show changes, so
-// their images are not reloaded on every progress tick
+// their images are not reloaded and an open editor stays open
 const rows = new Map(); // key -> {el, sig}
 
 function keyed(key, sig, build) {
   const c = rows.get(key);
   if (c && c.sig === sig) return c.el;
   const e = build();
+  if (c && c.el.querySelector('details[open]') && e.querySelector('details')) e.querySelector('details').open = true;
   rows.set(key, { el: e, sig });
   return e;
 }
@@ -299,6 +355,7 @@ function renderList(server) {
   const out = [];
   const keep = new Set();
   const confirmed = new Set(server.map((im) => im.id));
+  const editable = state.model.commitStatus === 'none';
   server.forEach((im, i) => {
     const key = `i:${im.id}`;
     keep.add(key);
@@ -306,8 +363,8 @@ function renderList(server) {
     const src = im.previewUrl || localThumbs.get(im.id) || '';
     // a presigned URL changes on every read; the same preview key is the same picture
     const pic = im.previewKey || src.split('?')[0];
-    const sig = JSON.stringify([i, im.status, pic, m.bodySiteDisplay, m.laterality, m.viewType, im.rejectReason, im.error]);
-    out.push(keyed(key, sig, () => serverRow(im, i + 1)));
+    const sig = JSON.stringify([i, im.status, pic, m.bodySite, m.laterality, m.viewType, im.rejectReason, im.error, editable]);
+    out.push(keyed(key, sig, () => serverRow(im, i + 1, editable)));
   });
   for (const it of uploads.items.values()) {
     if (it.state === 'done' && confirmed.has(it.imageId)) continue;
@@ -323,28 +380,58 @@ function renderList(server) {
 }
 
 function uploadRow(it) {
-  const failed = it.state === 'failed';
-  return el('li', { class: `prow ${failed ? 'failed' : ''}`, 'data-test': 'upload-row', 'data-state': it.state },
-    it.thumb ? el('img', { src: it.thumb, alt: '' }) : el('span', { class: 'placeholder' }),
+  const waiting = it.state === 'retrying';
+  return el('li', { class: `prow ${it.state === 'blocked' ? 'failed' : ''} ${waiting ? 'waiting' : ''}`, 'data-test': 'upload-row', 'data-state': it.state },
+    it.thumb ? el('img', { src: it.thumb, alt: 'Photo not sent yet' }) : el('span', { class: 'placeholder' }),
     el('div', { class: 'pinfo' },
       el('p', { class: 'pstate' }, STATE_TEXT[it.state] || it.state),
       el('div', { class: 'bar-track' }, el('span')),
-      it.error ? el('p', { class: failed || it.state === 'blocked' ? 'error' : 'muted' }, it.error) : ''),
-    failed ? el('button', { type: 'button', class: 'btn primary', 'data-test': 'retry', onclick: () => uploads.retry(it.localId) }, 'Retry') : '',
-    it.state === 'blocked' ? el('button', { type: 'button', class: 'btn', onclick: () => uploads.discard(it.localId) }, 'Remove') : '');
+      it.error && it.error !== STATE_TEXT[it.state] ? el('p', { class: it.state === 'blocked' ? 'error' : 'muted' }, it.error) : ''),
+    waiting ? el('button', { type: 'button', class: 'btn', 'data-test': 'retry', onclick: () => uploads.retry(it.localId) }, 'Try now') : '',
+    it.state === 'blocked' ? el('button', { type: 'button', class: 'btn', 'data-test': 'remove-upload', onclick: () => uploads.discard(it.localId) }, 'Remove') : '');
 }
 
-function serverRow(im, n) {
+function serverRow(im, n, editable) {
   const m = im.metadata || {};
-  const coded = [m.bodySiteDisplay, m.laterality, m.viewType].filter(Boolean).join(' · ');
+  const coded = coding(m, state.vocab);
   const src = im.previewUrl || localThumbs.get(im.id);
-  return el('li', { class: 'prow', 'data-test': 'server-row', 'data-status': im.status },
-    src ? el('img', { src, alt: `Photo ${n}` }) : el('span', { class: 'placeholder' }),
-    el('div', { class: 'pinfo' },
-      el('p', { class: 'pstate' }, `Photo ${n} · ${SERVER_TEXT[im.status] || im.status}`),
-      el('p', { class: 'muted', 'data-test': 'coding' }, coded || 'Body site not set yet'),
-      im.rejectReason ? el('p', { class: 'error' }, im.rejectReason) : '',
-      im.error ? el('p', { class: 'error' }, im.error) : ''));
+  const row = el('li', { class: 'prow', 'data-test': 'server-row', 'data-status': im.status, 'aria-label': `Photo ${n}` });
+  const info = el('div', { class: 'pinfo' },
+    el('p', { class: 'pstate' }, `Photo ${n} · ${SERVER_TEXT[im.status] || im.status}`),
+    el('p', { class: 'muted', 'data-test': 'coding' }, coded || 'Body site not set yet'),
+    im.rejectReason ? el('p', { class: 'error' }, im.rejectReason) : '',
+    im.error ? el('p', { class: 'error' }, im.error) : '');
+  row.append(src ? el('img', { src, alt: `Photo ${n}` }) : el('span', { class: 'placeholder' }), info);
+  if (editable && im.status !== 'committed') info.append(editor(im, n, row));
+  return row;
+}
+
+// editor codes one photo on the phone: body site, side, view; or deletes it.
+function editor(im, n, row) {
+  const m = im.metadata || {};
+  const site = bodySitePicker(api, {
+    label: 'Body site',
+    onPick: (code, display) => patch(im.id, { bodySite: code, bodySiteDisplay: display }, row),
+    onInvalid: (msg) => { row.querySelector('.pnote').textContent = msg; },
+  });
+  site.set(m.bodySite || '', m.bodySiteDisplay || '');
+  site.input.setAttribute('aria-label', `Body site of photo ${n}`);
+  const select = (name, terms, value, field) => {
+    const s = el('select', { 'aria-label': `${name} of photo ${n}`, 'data-test': name.toLowerCase() },
+      el('option', { value: '' }, '—'), terms.map((t) => el('option', { value: t.code }, t.display)));
+    s.value = value || '';
+    s.addEventListener('change', () => patch(im.id, { [field]: s.value }, row));
+    return el('label', { class: 'pfield' }, name, s);
+  };
+  return el('details', { class: 'pedit' },
+    el('summary', { 'data-test': 'edit' }, `Code or delete photo ${n}`),
+    site.root,
+    el('div', { class: 'row two' },
+      select('Side', state.vocab.lateralities, m.laterality, 'laterality'),
+      select('View', state.vocab.views, m.viewType, 'viewType')),
+    el('p', { class: 'row' },
+      el('span', { class: 'pnote note', 'aria-live': 'polite', 'data-test': 'row-note' }),
+      el('button', { type: 'button', class: 'btn danger', 'data-test': 'delete', onclick: () => remove(im.id) }, `Delete photo ${n}`)));
 }
 
 // While a commit runs, read the session every few seconds as well: the
@@ -356,34 +443,38 @@ function pollWhileCommitting(running) {
 }
 
 function renderOutcome(o) {
+  const running = o.phase === 'running' || o.phase === 'stuck';
   const prog = $('outcome-progress');
-  prog.hidden = o.phase !== 'running';
+  prog.hidden = !running;
   $('outcome-retry').hidden = o.phase !== 'failed';
   $('outcome-back').hidden = o.phase !== 'failed';
   const errs = $('outcome-errors');
   errs.replaceChildren();
   const icon = $('outcome-icon');
-  if (o.phase === 'running') {
+  if (running) {
     icon.textContent = '…';
-    icon.className = 'big-icon';
+    icon.className = 'big-icon busy';
     $('outcome-title').textContent = 'Committing…';
-    $('outcome-text').textContent = o.total ? `${o.done} of ${o.total} saved` : '';
+    $('outcome-text').textContent = o.phase === 'stuck'
+      ? `${o.done} of ${o.total} in the record. ${o.reason || 'Waiting for the practice system'}${o.attempt ? `, attempt ${o.attempt}` : ''}.`
+      : o.total ? `${o.done} of ${o.total} in the record` : '';
     prog.firstElementChild.style.width = `${o.total ? Math.max(4, Math.round((100 * o.done) / o.total)) : 4}%`;
   } else if (o.phase === 'done') {
     icon.textContent = '✓';
     icon.className = 'big-icon ok';
-    $('outcome-title').textContent = o.message;
-    $('outcome-text').textContent = `Saved to the record of patient ${state.cred.patientId}. You can close this page.`;
-    if (uploads && uploads.store) uploads.store.all().then((rs) => rs.forEach((r) => uploads.store.delete(r.localId)));
+    $('outcome-title').textContent = committedText(o.total);
+    const left = uploads.held;
+    $('outcome-text').textContent = left
+      ? `Saved to the record of patient ${state.cred.patientId}. ${plural(left, 'photo')} on this phone ${left === 1 ? 'was' : 'were'} not part of it.`
+      : `Saved to the record of patient ${state.cred.patientId}. You can close this page.`;
   } else {
     icon.textContent = '!';
     icon.className = 'big-icon error';
     $('outcome-title').textContent = 'Commit failed';
     $('outcome-text').textContent = (o.message || '').replace(/^commit failed:?\s*/i, '');
-    const ids = state.session ? state.session.images.map((im) => im.id) : [];
     errs.replaceChildren(...(o.errors || []).map((x) => {
-      const n = ids.indexOf(x.imageId);
-      return el('li', {}, n >= 0 ? `Photo ${n + 1}: ${x.error}` : x.error);
+      const n = M.photoNumber(state.model, x.imageId);
+      return el('li', {}, n ? `Photo ${n}: ${x.error}` : x.error);
     }));
   }
 }

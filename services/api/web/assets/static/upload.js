@@ -1,10 +1,13 @@
 // upload.js: the one upload pipeline both pages use. A photo is compressed in
 // the browser (orientation applied, longest side <= 1920 px, JPEG < 1 MB, no
 // metadata left since the canvas re-encodes only pixels), then presigned, PUT
-// to S3 with progress, and recorded in the session. Network failures retry
-// with backoff; after the last attempt the photo waits for a tap to retry.
+// to S3 with progress, and recorded in the session. A photo never gives up on
+// its own: network failures retry with a backoff capped at two minutes, at
+// once when the browser comes back online or the API answers again, and at a
+// tap. Only the server refusing it for good (the cap, another patient, a
+// committed session) stops it, and then the GP decides.
 
-import { ApiError, sleep } from './api.js';
+import { ApiError } from './api.js';
 
 export const MAX_SIDE = 1920;
 export const MAX_BYTES = 1000 * 1000;
@@ -63,39 +66,72 @@ export function putBlob(url, blob, headers, onProgress) {
 const transient = (e) => e.network || e.code === 'object_missing' || e.status >= 500 || e.status === 408 || e.status === 429;
 
 const PERMANENT_TEXT = {
-  image_limit: 'Maximum 50 images reached. Please commit before adding more.',
   committed: 'This session is already committed. Start a new capture from the desktop.',
-  commit_in_progress: 'A commit is in progress; wait for it to finish.',
+  commit_in_progress: 'A commit is running. This photo was not added; send it again once the commit ends.',
   session_changed: 'This capture session has ended.',
+  patient_mismatch: 'Not added: the session belongs to another patient.',
   not_an_image: 'The server could not read this file as a photo.',
   too_large: 'This photo is too large.',
 };
 
+/** DELAYS are the waits between attempts (ms): doubling, then two minutes for as long as it takes. */
+export const DELAYS = [1000, 2000, 4000, 8000, 15000, 30000, 60000, 120000];
+
+/** newId is a random UUID, also where crypto.randomUUID is missing (plain http on a LAN). */
+export function newId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
 /**
  * UploadQueue runs uploads two at a time. Each item is
- * {localId, name, blob, thumb (object URL), state, progress, error, imageId, s3Key, putDone}
- * with state one of compressing | waiting | uploading | recording | retrying | failed | done.
+ * {localId, name, blob, thumb (object URL), state, progress, error, imageId, s3Key, putDone, nextTryAt}
+ * with state one of compressing | waiting | uploading | recording | retrying |
+ * blocked (refused for good, the GP decides) | done.
  * onChange(item) is called after every change; onRecorded(item, response) when the
  * server confirmed the photo. store (optional) keeps items across reloads.
+ * extra() (optional) returns fields added to each record request.
  */
 export class UploadQueue {
-  constructor(api, { source, store, sessionId, onChange, onRecorded, delays = [1000, 2000, 4000, 8000] }) {
+  constructor(api, { source, store, sessionId, onChange, onRecorded, extra, delays = DELAYS }) {
     this.api = api;
     this.source = source;
     this.store = store;
     this.sessionId = sessionId;
     this.onChange = onChange || (() => {});
     this.onRecorded = onRecorded || (() => {});
+    this.extra = extra || (() => ({}));
     this.delays = delays;
     this.items = new Map();
     this.running = 0;
     this.concurrency = 2;
+    this.offline = typeof navigator !== 'undefined' && navigator.onLine === false;
+    addEventListener('online', () => { this.offline = false; this.retryAll(); });
+    addEventListener('offline', () => { this.offline = true; this.onChange(null); });
   }
 
-  /** active counts photos not yet confirmed and not given up. */
+  /** active counts photos on their way: neither confirmed nor refused. */
   get active() {
     let n = 0;
     for (const it of this.items.values()) if (it.state !== 'done' && it.state !== 'blocked') n++;
+    return n;
+  }
+
+  /** held counts photos this page holds that the server has not confirmed, refused ones included. */
+  get held() {
+    let n = 0;
+    for (const it of this.items.values()) if (it.state !== 'done') n++;
+    return n;
+  }
+
+  /** waiting counts photos waiting for a connection (between attempts). */
+  get waiting() {
+    let n = 0;
+    for (const it of this.items.values()) if (it.state === 'retrying') n++;
     return n;
   }
 
@@ -104,9 +140,11 @@ export class UploadQueue {
     const list = [...files];
     const pending = list.map((f) => {
       const it = {
-        localId: crypto.randomUUID(), name: f.name || 'photo.jpg', state: 'compressing',
+        localId: newId(), name: f.name || 'photo.jpg', state: 'compressing',
         progress: 0, error: '', attempts: 0, createdAt: Date.now(),
       };
+      // an instant thumbnail straight from the file, until the compressed copy exists
+      try { it.thumb = URL.createObjectURL(f); } catch { /* no preview then */ }
       this.items.set(it.localId, it);
       this.onChange(it);
       return [it, f];
@@ -115,6 +153,7 @@ export class UploadQueue {
       try {
         const { blob } = await compress(f);
         it.blob = blob;
+        if (it.thumb) URL.revokeObjectURL(it.thumb);
         it.thumb = URL.createObjectURL(blob);
         it.state = 'waiting';
         await this.persist(it);
@@ -138,10 +177,15 @@ export class UploadQueue {
     this.pump();
   }
 
-  /** retry puts a failed item back in the queue (the GP tapped it). */
+  /** retry sends one item now (the GP tapped it). */
   retry(localId) {
     const it = this.items.get(localId);
-    if (!it || (it.state !== 'failed' && it.state !== 'blocked') || !it.blob) return;
+    if (!it || !it.blob) return;
+    if (it.state === 'retrying') {
+      it.wake();
+      return;
+    }
+    if (it.state !== 'blocked') return;
     it.state = 'waiting';
     it.error = '';
     it.attempts = 0;
@@ -149,10 +193,17 @@ export class UploadQueue {
     this.pump();
   }
 
+  /** retryAll cuts every wait short: the connection is back. */
+  retryAll() {
+    for (const it of this.items.values()) if (it.state === 'retrying' && it.wake) it.wake();
+  }
+
   /** discard forgets an item that will not be uploaded. */
   async discard(localId) {
     const it = this.items.get(localId);
-    if (!it) return;
+    if (!it || (it.state !== 'blocked' && it.state !== 'retrying')) return;
+    it.discarded = true;
+    if (it.wake) it.wake();
     this.items.delete(localId);
     if (it.thumb) URL.revokeObjectURL(it.thumb);
     if (this.store) await this.store.delete(localId);
@@ -189,6 +240,7 @@ export class UploadQueue {
         this.onChange(it);
         return;
       } catch (e) {
+        if (it.discarded) return;
         const err = e instanceof ApiError ? e : new ApiError(0, 'network', String(e && e.message));
         if (err.code === 'object_missing') it.putDone = false; // the bytes never landed: PUT again
         if (!transient(err)) {
@@ -198,19 +250,21 @@ export class UploadQueue {
           this.onChange(it);
           return;
         }
-        if (it.attempts >= this.delays.length) {
-          it.state = 'failed';
-          it.error = 'Upload failed. Tap to retry.';
-          this.onChange(it);
-          return;
-        }
-        const delay = this.delays[it.attempts] * (0.8 + Math.random() * 0.4);
+        const delay = Math.round(this.delays[Math.min(it.attempts, this.delays.length - 1)] * (0.8 + Math.random() * 0.4));
         it.attempts++;
         it.state = 'retrying';
-        it.error = `Connection problem, retrying (${it.attempts}/${this.delays.length})…`;
+        it.network = err.network;
+        it.nextTryAt = Date.now() + delay;
+        it.error = err.network ? 'Waiting for a connection' : `The server is busy (${err.status || err.code})`;
         this.onChange(it);
-        await sleep(delay);
+        await new Promise((res) => {
+          const t = setTimeout(res, delay);
+          it.wake = () => { clearTimeout(t); res(); };
+        });
+        it.wake = null;
+        if (it.discarded) return;
         it.state = 'uploading';
+        it.error = '';
         this.onChange(it);
       }
     }
@@ -222,7 +276,7 @@ export class UploadQueue {
   async once(it) {
     if (!it.putDone) {
       const p = await this.api.presign('image/jpeg', it.blob.size, it.name.replace(/\.[^.]*$/, '') + '.jpg');
-      it.imageId = p.imageId || crypto.randomUUID();
+      it.imageId = p.imageId || newId();
       it.s3Key = p.s3Key;
       await this.persist(it);
       it.progress = 0;
@@ -235,7 +289,7 @@ export class UploadQueue {
     }
     it.state = 'recording';
     this.onChange(it);
-    const res = await this.api.addImage(it.imageId, it.s3Key, this.source);
+    const res = await this.api.addImage(it.imageId, it.s3Key, this.source, this.extra());
     this.onRecorded(it, res);
   }
 }
