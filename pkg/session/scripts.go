@@ -405,10 +405,10 @@ var pendingScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 if ARGV[5] ~= '' and s.sessionId ~= ARGV[5] then return fail('SESSION_CHANGED') end
-if type(s.pending) ~= 'table' then s.pending = {} end
 local n = tonumber(ARGV[7])
-local cur = s.pending[ARGV[6]]
+local cur = type(s.pending) == 'table' and s.pending[ARGV[6]] or nil
 if (cur and cur.count == n) or (not cur and n == 0) then return {enc(s), 'unchanged'} end
+if type(s.pending) ~= 'table' then s.pending = {} end
 if n == 0 then
   s.pending[ARGV[6]] = nil
 else

@@ -364,6 +364,7 @@ func TestSetPending(t *testing.T) {
 			changed bool
 			total   int
 		}{
+			{"aaa", 0, false, 0}, // a phone that holds nothing, before anything was reported
 			{"aaa", 2, true, 2},
 			{"aaa", 2, false, 2},
 			{"bbb", 1, true, 3},

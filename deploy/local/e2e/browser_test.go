@@ -302,6 +302,10 @@ func nextShot(t *testing.T) int {
 		shotSeq.n = map[string]int{}
 	}
 	shotSeq.n[t.Name()]++
+	if shotSeq.n[t.Name()] == 1 {
+		// the test's screenshots are this run's only, none left from an earlier one
+		os.RemoveAll(filepath.Join(artifactsDir(), slug(t.Name())))
+	}
 	return shotSeq.n[t.Name()]
 }
 

@@ -90,6 +90,13 @@ func (r *rig) openPhone(link string) *page {
 	if !strings.HasPrefix(link, r.env.URL+"/mobile?token=") {
 		r.t.Fatalf("QR link %q does not open this stack's phone page (%s)", link, r.env.URL)
 	}
+	return r.openPhoneAt(link)
+}
+
+// openPhoneAt opens the phone page at link as given (a test may route the
+// phone through a proxy of its own) and waits for the camera.
+func (r *rig) openPhoneAt(link string) *page {
+	r.t.Helper()
 	ph := r.page("phone", phoneView, true)
 	ph.navigate(link)
 	ph.waitJS(15*time.Second, "capture screen with the session", `!document.getElementById('capture').hidden && document.querySelector('[data-test=count]').textContent.includes('in this session')`)
@@ -280,3 +287,16 @@ func (c apiClient) record(imageID, s3Key string, out any) int {
 	c.t.Helper()
 	return c.do("POST", "/api/users/"+c.user+"/images", map[string]any{"imageId": imageID, "s3Key": s3Key, "source": "desktop"}, out)
 }
+
+// phoneStored counts the photos waiting in the phone's IndexedDB.
+func phoneStored(ph *page) int {
+	ph.t.Helper()
+	var n int
+	ph.evalAsync(`new Promise(res => { const o = indexedDB.open('clinimg-phone'); o.onsuccess = () => {
+		const q = o.result.transaction('pending').objectStore('pending').count(); q.onsuccess = () => res(q.result); }; })`, &n)
+	return n
+}
+
+// s3PUT picks the uploads to S3 (the phone's PUT of its pending count to
+// the API is not one).
+func s3PUT(method, url string) bool { return method == "PUT" && !strings.Contains(url, "/api/") }

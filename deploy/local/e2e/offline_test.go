@@ -25,19 +25,30 @@ const offlineFor = 60 * time.Second
 // through but every upload to S3 fails, so it says what it holds and the
 // desktop shows those photos as coming, and asks before committing without
 // them. Then the phone loses its connection for a minute and is reloaded
-// meanwhile: the page comes from its service worker and shows the queue.
+// meanwhile: the page comes from its service worker (the server is out of
+// reach, not only the tab) and shows the queue.
 // When the connection returns, every photo arrives by itself.
 func TestPhoneOffline(t *testing.T) {
 	t.Parallel() // a minute of waiting: it runs beside the other long tests
 	r := newRig(t)
 	d := r.openDesktop(desktopView, false)
 	link := r.startCapture(d)
-	ph := r.openPhone(link)
+	// The phone reaches the server through a link of its own that the test
+	// can cut: DevTools' offline mode does not stop a service worker's own
+	// requests, so without the cut the offline reload would prove nothing.
+	signal, err := startCutProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { signal.Close() })
+	api := strings.TrimPrefix(r.env.URL, "http://")
+	signal.SetBackend(api)
+	ph := r.openPhoneAt(strings.Replace(link, api, signal.Addr(), 1))
 	r.takePhotos(ph, 1, testdata(t, "photo-1920.jpg"))
 	waitCards(d, 1, 30*time.Second)
 	ph.waitJS(10*time.Second, "service worker in control", `!!navigator.serviceWorker.controller`)
 
-	ph.interceptFail(func(method, url string) bool { return method == "PUT" })
+	ph.interceptFail(s3PUT)
 	ph.files(`[data-test=file]`, testdata(t, "exif-orientation/Landscape_3.jpg"), testdata(t, "exif-orientation/Landscape_6.jpg"))
 	ph.waitJS(30*time.Second, "two waiting on the phone", `document.querySelectorAll('[data-test=upload-row][data-state=retrying]').length === 2 &&
 		document.querySelector('[data-test=queue]').textContent.includes('2 waiting for a connection')`)
@@ -50,13 +61,16 @@ func TestPhoneOffline(t *testing.T) {
 	if body := d.text(`dialog[open]`); !strings.Contains(body, "The phone still holds 2 photos") {
 		t.Errorf("commit dialog %q does not mention the 2 photos on the phone", body)
 	}
-	if c := d.text(`[data-test=confirm-cancel]`); c != "Wait for them" {
-		t.Errorf("cancel button %q, want Wait for them", c)
+	var focused, cancel string
+	d.eval(`document.activeElement.dataset.test || ''`, &focused)
+	if cancel = d.text(`[data-test=confirm-cancel]`); cancel != "Wait for them" || focused != "confirm-cancel" {
+		t.Errorf("cancel button %q (focused: %q), want Wait for them, focused so that Enter waits", cancel, focused)
 	}
 	r.shot("commit-asks")
 	d.click(`[data-test=confirm-cancel]`)
 
 	// A minute without any connection, with a reload in the middle.
+	signal.Cut()
 	ph.offline(true)
 	gone := time.Now()
 	ph.waitJS(5*time.Second, "phone knows it is offline", `navigator.onLine === false`)
@@ -82,15 +96,13 @@ func TestPhoneOffline(t *testing.T) {
 	}
 
 	ph.interceptFail(func(string, string) bool { return false })
+	signal.Restore()
 	ph.offline(false)
 	ph.waitJS(60*time.Second, "every photo sent by itself",
 		`document.querySelectorAll('[data-test=server-row]').length === 3 && !document.querySelector('[data-test=upload-row]')`)
 	waitCards(d, 3, 30*time.Second)
 	d.waitJS(15*time.Second, "nothing coming any more", `document.querySelector('[data-test=coming]').hidden`)
-	var left int
-	ph.evalAsync(`new Promise(res => { const o = indexedDB.open('clinimg-phone'); o.onsuccess = () => {
-		const q = o.result.transaction('pending').objectStore('pending').count(); q.onsuccess = () => res(q.result); }; })`, &left)
-	if left != 0 {
+	if left := phoneStored(ph); left != 0 {
 		t.Errorf("%d photos left in the phone's storage after the server confirmed them", left)
 	}
 	r.shot("all-arrived")

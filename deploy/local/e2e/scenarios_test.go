@@ -286,7 +286,7 @@ func TestUploadRetry(t *testing.T) {
 
 	var puts atomic.Int32
 	ph.interceptFail(func(method, url string) bool {
-		return method == "PUT" && puts.Add(1) == 1
+		return s3PUT(method, url) && puts.Add(1) == 1
 	})
 	ph.files(`[data-test=file]`, testdata(t, "photo-1920.jpg"))
 	ph.waitJS(10*time.Second, "retrying shown", `!!document.querySelector('[data-test=upload-row][data-state=retrying]')`)
@@ -298,7 +298,7 @@ func TestUploadRetry(t *testing.T) {
 		t.Errorf("%d photos after %d PUTs, want 1 photo after 2 PUTs", n, puts.Load())
 	}
 
-	ph.interceptFail(func(method, url string) bool { return method == "PUT" })
+	ph.interceptFail(s3PUT)
 	ph.files(`[data-test=file]`, testdata(t, "exif-orientation/Landscape_4.jpg"))
 	ph.waitJS(10*time.Second, "retrying", `!!document.querySelector('[data-test=upload-row][data-state=retrying]')`)
 	ph.run("reload", chromedp.Reload())
@@ -307,10 +307,7 @@ func TestUploadRetry(t *testing.T) {
 	ph.interceptFail(func(string, string) bool { return false })
 	ph.waitJS(30*time.Second, "resumed upload confirmed",
 		`document.querySelectorAll('[data-test=server-row]').length === 2 && !document.querySelector('[data-test=upload-row]')`)
-	var left int
-	ph.evalAsync(`new Promise(res => { const o = indexedDB.open('clinimg-phone'); o.onsuccess = () => {
-		const q = o.result.transaction('pending').objectStore('pending').count(); q.onsuccess = () => res(q.result); }; })`, &left)
-	if left != 0 {
+	if left := phoneStored(ph); left != 0 {
 		t.Errorf("%d photos left in the phone's storage after the server confirmed them", left)
 	}
 	waitCards(d, 2, 30*time.Second)
@@ -320,7 +317,7 @@ func TestUploadRetry(t *testing.T) {
 	// The network stays down past the old fixed give-up (1+2+4+8 s): the
 	// phone keeps waiting, says so, and a tap on "Try now" sends the photo
 	// once the network is back, without waiting for the next attempt.
-	ph.interceptFail(func(method, url string) bool { return method == "PUT" })
+	ph.interceptFail(s3PUT)
 	before := ph.failedCount()
 	ph.files(`[data-test=file]`, testdata(t, "exif-orientation/Landscape_7.jpg"))
 	testenv.Eventually(t, 60*time.Second, "five failed PUTs", func() bool { return ph.failedCount() >= before+5 })

@@ -92,11 +92,21 @@ test('the commit phase follows the session and its events, whatever arrives firs
 
 test('a failed commit names its photos; a stuck one says why; unknown commit events ask for the session', () => {
   let m = M.applySnapshot(M.empty(), snap(3, [img('a', 2), img('b', 3)], { commitStatus: 'in_progress', commit: { commitId: 'c1', done: 0, total: 2 } }));
-  const stuck = M.applyEvent(m, 'commit-progress', ev(4, { commitId: 'c1', done: 0, total: 2, reason: 'ALEX is not answering', attempt: 3, nextTryAt: '2026-01-01T00:00:10Z' })).model;
+  const waiting = { reason: 'alex_unavailable', message: 'ALEX is unavailable (503)', attempt: 3, nextTryAt: '2026-01-01T00:00:10Z', giveUpAt: '2026-01-01T00:10:00Z' };
+  const stuck = M.applyEvent(m, 'commit-progress', ev(4, { commitId: 'c1', done: 0, total: 2, attempt: 3, waiting })).model;
   const p = M.commitPhase(stuck);
-  assert.deepEqual([p.phase, p.reason, p.attempt], ['stuck', 'ALEX is not answering', 3]);
+  assert.deepEqual([p.phase, p.reason, p.attempt, p.nextTryAt], ['stuck', 'ALEX is unavailable (503)', 3, waiting.nextTryAt]);
+  // the next attempt runs: no longer waiting; one photo is now in the record
+  const trying = M.applyEvent(stuck, 'commit-progress', ev(5, { commitId: 'c1', done: 1, total: 2, attempt: 4, imageId: 'a', state: 'in_record', mediaId: 'm1' })).model;
+  assert.equal(M.commitPhase(trying).phase, 'running');
+  assert.deepEqual([M.image(trying, 'a').commitState, M.image(trying, 'a').mediaId], ['in_record', 'm1']);
+  // a reload while it waits shows the same, from the session alone
+  const reloaded = M.applySnapshot(M.empty(), snap(4, [img('a', 2), img('b', 3)], { commitStatus: 'in_progress', commit: { commitId: 'c1', done: 0, total: 2, attempt: 3, waiting } }));
+  assert.equal(M.commitPhase(reloaded).reason, 'ALEX is unavailable (503)');
   const r = M.applyEvent(m, 'commit-waiting', ev(4, { reason: 'x' }));
   assert.equal(r.reconcile, true);
+  const stopped = M.commitPhase(M.applyEvent(stuck, 'commit-failed', ev(5, { commitId: 'c1', stopped: true, message: 'stopped' })).model);
+  assert.deepEqual([stopped.phase, stopped.stopped], ['failed', true]);
   m = M.applyEvent(m, 'commit-failed', ev(4, { commitId: 'c1', message: 'refused', errors: [{ imageId: 'b', error: 'Body site not accepted' }] })).model;
   const f = M.commitPhase(m);
   assert.equal(f.phase, 'failed');

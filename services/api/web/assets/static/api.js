@@ -121,9 +121,9 @@ export function el(tag, attrs = {}, ...children) {
 
 /**
  * confirmDialog shows a modal <dialog> and resolves true when the GP confirms.
- * body is a paragraph, or a list of them.
+ * body is a paragraph, or a list of them; safeFirst focuses Cancel.
  */
-export function confirmDialog({ title, body, ok = 'OK', cancel = 'Cancel', danger = false }) {
+export function confirmDialog({ title, body, ok = 'OK', cancel = 'Cancel', danger = false, safeFirst = false }) {
   return new Promise((resolve) => {
     const okBtn = el('button', { type: 'button', class: danger ? 'btn danger' : 'btn primary', 'data-test': 'confirm-ok' }, ok);
     const cancelBtn = el('button', { type: 'button', class: 'btn', 'data-test': 'confirm-cancel' }, cancel);
@@ -144,7 +144,7 @@ export function confirmDialog({ title, body, ok = 'OK', cancel = 'Cancel', dange
     d.addEventListener('cancel', (e) => { e.preventDefault(); done(false); });
     document.body.append(d);
     d.showModal();
-    okBtn.focus();
+    (safeFirst ? cancelBtn : okBtn).focus(); // when waiting is the wiser answer, Enter waits
   });
 }
 

@@ -209,10 +209,12 @@ async function commit() {
   if (pending) {
     body.push(`The phone still holds ${plural(pending, 'photo')} that ${isAre(pending)} not here yet. ${pending === 1 ? 'It' : 'They'} will not be in this commit.`);
   }
+  if (pending) title = `Commit without the ${plural(pending, 'photo')} still on the phone?`;
   const ok = await confirmDialog({
     title, body,
-    ok: `Commit ${plural(n, 'photo')} to patient ${m.patientId}${pending ? ` without the ${plural(pending, 'photo')} still on the phone` : ''}`,
+    ok: pending ? `Commit ${plural(n, 'photo')} without them` : `Commit ${plural(n, 'photo')} to patient ${m.patientId}`,
     cancel: pending ? 'Wait for them' : 'Cancel',
+    safeFirst: pending > 0,
   });
   if (!ok) return;
   state.requesting = true;
@@ -361,7 +363,8 @@ function render() {
   $('mismatch').hidden = !mismatch;
   if (mismatch) {
     const n = m.images.length;
-    $('mismatch-text').textContent = `${n ? `These ${plural(n, 'photo')} are` : 'This session is'} for patient ${m.patientId}, not patient ${state.patientId} who is open in the practice system. Nothing can be added or changed until you commit or discard them.`;
+    const these = n === 0 ? 'This session is' : n === 1 ? 'This photo is' : `These ${plural(n, 'photo')} are`;
+    $('mismatch-text').textContent = `${these} for patient ${m.patientId}, not patient ${state.patientId} who is open in the practice system. Nothing can be added or changed until you commit or discard ${n === 1 ? 'it' : 'them'}.`;
     const mc = $('mismatch-commit');
     mc.textContent = `Commit ${plural(n, 'photo')} to patient ${m.patientId}`;
     mc.disabled = busy || n === 0 || m.images.some((im) => im.status === 'processing' || im.status === 'rejected');
@@ -469,7 +472,8 @@ function renderCommit(c, mismatch, pending) {
   const prog = $('progress');
   const n = m.images.length;
   const phase = state.requesting ? 'running' : state.failure && c.phase === 'idle' ? 'failed' : c.phase;
-  bar.hidden = !m.sessionId || (n === 0 && phase === 'idle');
+  // another patient's photos are committed from the banner, which names them
+  bar.hidden = !m.sessionId || (n === 0 && phase === 'idle') || (mismatch && phase === 'idle');
   bar.dataset.phase = phase;
   prog.hidden = !running;
   if (running) {
@@ -481,7 +485,6 @@ function renderCommit(c, mismatch, pending) {
   const tally = M.counts(m);
   const uploading = uploads.active;
   note.className = 'muted';
-  // another patient's photos are committed from the banner, which names them
   btn.hidden = mismatch;
   switch (phase) {
     case 'running':

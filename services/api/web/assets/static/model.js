@@ -126,34 +126,47 @@ function applyImage(m, im, v) {
 function applyCommit(m, name, d, v) {
   const c = { ...(m.commit || {}) };
   let status = m.commitStatus;
+  // the commit-level fields of the event; imageId, mediaId, state and error are one photo's
   for (const [k, val] of Object.entries(d)) {
-    if (!['sessionId', 'version', 'imageCount', 'image', 'imageId', 'mediaId', 'success'].includes(k)) c[k] = val;
+    if (!['sessionId', 'version', 'imageCount', 'image', 'imageId', 'mediaId', 'state', 'error', 'success'].includes(k)) c[k] = val;
   }
   let images = m.images;
+  if (d.imageId) {
+    images = m.images.map((im) => {
+      if (im.id !== d.imageId) return im;
+      const next = { ...im };
+      if (d.mediaId) next.mediaId = d.mediaId;
+      if (d.state) next.commitState = d.state;
+      if (d.state || d.error !== undefined) next.error = d.error || '';
+      return next;
+    });
+  }
   switch (name) {
     case 'commit-started':
       status = 'in_progress';
-      for (const k of ['message', 'errors', 'orphans', 'reason', 'attempt', 'nextTryAt', 'finishedAt']) if (d[k] === undefined) delete c[k];
+      for (const k of ['message', 'errors', 'orphans', 'waiting', 'stopped', 'finishedAt']) if (d[k] === undefined) delete c[k];
       c.success = false;
       if (c.total === undefined) c.total = d.imageCount || m.images.length;
-      images = m.images.map((im) => (im.error ? { ...im, error: '' } : im));
+      images = images.map((im) => (im.error ? { ...im, error: '' } : im));
       break;
     case 'commit-progress':
       status = 'in_progress';
-      if (d.imageId && d.mediaId) images = m.images.map((im) => (im.id === d.imageId ? { ...im, mediaId: d.mediaId } : im));
+      if (d.waiting === undefined) delete c.waiting; // an attempt runs: no longer waiting
       break;
     case 'session-committed':
       status = 'committed';
       c.success = true;
       c.finishedAt = c.finishedAt || d.finishedAt || 'now';
-      images = m.images.map((im) => ({ ...im, status: 'committed' }));
+      delete c.waiting;
+      images = images.map((im) => ({ ...im, status: 'committed' }));
       break;
     case 'commit-failed': {
       status = 'none';
       c.success = false;
       c.finishedAt = c.finishedAt || d.finishedAt || 'now';
+      delete c.waiting;
       const byId = new Map((d.errors || []).map((e) => [e.imageId, e.error]));
-      images = m.images.map((im) => (byId.has(im.id) ? { ...im, status: 'failed', error: byId.get(im.id) } : im));
+      images = images.map((im) => (byId.has(im.id) ? { ...im, status: 'failed', error: byId.get(im.id) } : im));
       break;
     }
     default: // a commit event this page does not know: its fields, and the status as it was
@@ -164,15 +177,22 @@ function applyCommit(m, name, d, v) {
 /**
  * commitPhase is where the commit stands, from the session's own fields so a
  * reload or a missed event shows the same:
- * idle | running | stuck (running, and the committer says why it waits) |
- * done | failed. It carries done, total, message, errors and, when stuck,
- * reason, attempt and nextTryAt.
+ * idle | running | stuck (running, and the committer waits to try again:
+ * commit.waiting) | done | failed (stopped too when the GP stopped waiting).
+ * It carries done, total, message, errors and, when stuck, reason (what the
+ * GP reads), attempt, nextTryAt and giveUpAt.
  */
 export function commitPhase(m) {
   const c = m.commit || {};
   const base = { done: Number(c.done || 0), total: Number(c.total || m.images.length), message: c.message || '', errors: [] };
   if (m.commitStatus === 'in_progress') {
-    if (c.reason || c.nextTryAt) return { ...base, phase: 'stuck', reason: c.reason || '', attempt: Number(c.attempt || 0), nextTryAt: c.nextTryAt || '' };
+    const w = c.waiting;
+    if (w) {
+      return {
+        ...base, phase: 'stuck', reason: w.message || w.reason || '', attempt: Number(w.attempt || c.attempt || 0),
+        nextTryAt: w.nextTryAt || '', giveUpAt: w.giveUpAt || '',
+      };
+    }
     return { ...base, phase: 'running' };
   }
   if (m.commitStatus === 'committed') {
@@ -182,7 +202,7 @@ export function commitPhase(m) {
   if (c.finishedAt && !c.success) {
     const errors = m.images.filter((im) => im.error).map((im) => ({ imageId: im.id, error: im.error }));
     for (const e of c.errors || []) if (!errors.some((x) => x.imageId === e.imageId)) errors.push(e);
-    return { ...base, phase: 'failed', errors };
+    return { ...base, phase: 'failed', errors, stopped: !!c.stopped };
   }
   return { ...base, phase: 'idle' };
 }
