@@ -321,12 +321,8 @@ func TestUploadRetry(t *testing.T) {
 	before := ph.failedCount()
 	ph.files(`[data-test=file]`, testdata(t, "exif-orientation/Landscape_7.jpg"))
 	testenv.Eventually(t, 60*time.Second, "five failed PUTs", func() bool { return ph.failedCount() >= before+5 })
-	if msg := ph.text(`[data-test=upload-row]`); !strings.Contains(msg, "Waiting for a connection") {
-		t.Errorf("waiting row says %q", msg)
-	}
-	if q := ph.text(`[data-test=queue]`); !strings.Contains(q, "1 waiting for a connection") {
-		t.Errorf("queue line says %q", q)
-	}
+	ph.waitJS(10*time.Second, "still waiting, and saying so", `(document.querySelector('[data-test=upload-row][data-state=retrying]') || {innerText: ''}).innerText.includes('Waiting for a connection') &&
+		document.querySelector('[data-test=queue]').textContent.includes('1 waiting for a connection')`)
 	r.shot("still-waiting")
 	ph.interceptFail(func(string, string) bool { return false })
 	ph.click(`[data-test=retry]`)
