@@ -516,7 +516,7 @@ func TestPatientSwitch(t *testing.T) {
 	r.shot("discard-confirm")
 	d.click(`[data-test=confirm-cancel]`)
 	d.click(`[data-test=mismatch-commit]`)
-	d.waitJS(5*time.Second, "commit dialog", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Commit to patient ' + ` + fmt.Sprintf("%q", a) + ` + '?'`)
+	d.waitJS(5*time.Second, "commit dialog", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Commit to patient ' + `+fmt.Sprintf("%q", a)+` + '?'`)
 	if body := d.text(`dialog[open]`); !strings.Contains(body, a) || !strings.Contains(body, b) {
 		t.Errorf("commit dialog %q, want both patients", body)
 	}
