@@ -3,6 +3,7 @@ package web
 import (
 	"io/fs"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -77,5 +78,42 @@ func TestPagesSetCSPAndNoExternalResources(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The phone page's service worker keeps every script the page loads, so a
+// reload without a connection finds them all: every module mobile.js
+// imports, directly or not, is in its list.
+func TestServiceWorkerKeepsThePhonePage(t *testing.T) {
+	sw, err := fs.ReadFile(FS(), "static/sw.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	imports := regexp.MustCompile(`from '\./([a-z-]+\.js)'`)
+	need := []string{"/mobile", "/static/style.css", "/static/mobile.js"}
+	seen := map[string]bool{}
+	queue := []string{"mobile.js"}
+	for len(queue) > 0 {
+		name := queue[0]
+		queue = queue[1:]
+		src, err := fs.ReadFile(FS(), "static/"+name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range imports.FindAllStringSubmatch(string(src), -1) {
+			if !seen[m[1]] {
+				seen[m[1]] = true
+				queue = append(queue, m[1])
+				need = append(need, "/static/"+m[1])
+			}
+		}
+	}
+	if len(seen) < 5 {
+		t.Fatalf("found only %d modules behind mobile.js: %v", len(seen), seen)
+	}
+	for _, p := range need {
+		if !strings.Contains(string(sw), "'"+p+"'") {
+			t.Errorf("sw.js does not keep %s, which the phone page loads", p)
+		}
 	}
 }
