@@ -556,6 +556,7 @@ func TestPatientSwitch(t *testing.T) {
 // the stream from where it was, never dropping to "reconnecting", and
 // photos keep arriving live.
 func TestRealtimeTokenRenewal(t *testing.T) {
+	t.Parallel() // mostly waiting for renewals: it runs beside the minute offline
 	r := newRig(t)
 	e := r.env
 	d := r.openDesktop(desktopView, false)
