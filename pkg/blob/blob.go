@@ -39,6 +39,7 @@ type Store struct {
 	c       *s3.Client
 	presign *s3.PresignClient
 	bucket  string
+	direct  *direct
 }
 
 // Open builds the S3 client for cfg. Nothing is contacted until first use.
@@ -68,7 +69,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
 		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 	})
-	return &Store{c: c, presign: s3.NewPresignClient(c), bucket: cfg.Bucket}, nil
+	d, err := newDirect(cfg, ac.Credentials)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{c: c, presign: s3.NewPresignClient(c), bucket: cfg.Bucket, direct: d}, nil
 }
 
 // Bucket is the bucket name.
@@ -93,13 +98,11 @@ func (s *Store) PresignPut(ctx context.Context, key, contentType string, length 
 	return req.URL, nil
 }
 
-// PresignGet returns a URL that reads key until it expires.
+// PresignGet returns a URL that reads key until it expires. It is signed
+// directly (SigV4, no SDK middleware), and a URL signed for the same key
+// and lifetime is handed out again while two thirds of its life are left.
 func (s *Store) PresignGet(ctx context.Context, key string, expires time.Duration) (string, error) {
-	req, err := s.presign.PresignGetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key}, s3.WithPresignExpires(expires))
-	if err != nil {
-		return "", fmt.Errorf("presign get: %w", err)
-	}
-	return req.URL, nil
+	return s.direct.presignGet(ctx, key, expires, time.Now())
 }
 
 // Info is what Head tells of an object.
@@ -118,19 +121,11 @@ func (s *Store) Head(ctx context.Context, key string) (Info, error) {
 	return Info{Size: aws.ToInt64(out.ContentLength), ContentType: aws.ToString(out.ContentType), ETag: aws.ToString(out.ETag)}, nil
 }
 
-// Prefix reads the first n bytes of key.
-func (s *Store) Prefix(ctx context.Context, key string, n int) ([]byte, error) {
-	rng := fmt.Sprintf("bytes=0-%d", n-1)
-	out, err := s.c.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key, Range: &rng})
-	if err != nil {
-		return nil, mapErr("get", err)
-	}
-	defer out.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(out.Body, int64(n)))
-	if err != nil {
-		return nil, fmt.Errorf("read %d bytes: %w", n, err)
-	}
-	return b, nil
+// Sniff reads the first n bytes of key and what it is (its whole size) in
+// one ranged GET: ErrNotFound if there is no such object, an empty head
+// for an empty object, a *StatusError for any other refusal.
+func (s *Store) Sniff(ctx context.Context, key string, n int) (Info, []byte, error) {
+	return s.direct.head(ctx, key, n)
 }
 
 // Open streams key; the caller closes the reader. size is the object's length.

@@ -45,7 +45,9 @@ const (
 func BenchmarkRecordImage(b *testing.B) {
 	objects, _ := testenv.S3Process(b)
 	rdb, redisProc := testenv.RedisProcess(b)
-	h := newHarnessOn(b, rdb, "", objects, func(c *Config) { c.MaxImages = 50; c.MaxImageBytes = 10 << 20 })
+	h := newHarnessOn(b, rdb, "", objects, func(c *Config) {
+		c.MaxImages, c.MaxImageBytes, c.QRRedeemLimit = 50, 10<<20, 10*benchClients
+	})
 	redisPid := redisProc.Cmd.Process.Pid
 
 	clients := make([]benchClient, benchClients)

@@ -223,23 +223,27 @@ func (s *Server) recordImage(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"success": true, "imageId": req.ImageID, "session": s.view(ctx, sess)})
 }
 
+// verifyObject checks the uploaded object in one ranged GET, which
+// carries both its first bytes and its size.
 func (s *Server) verifyObject(ctx context.Context, key, contentType string) (blob.Info, error) {
-	info, err := s.objects.Head(ctx, key)
-	if errors.Is(err, blob.ErrNotFound) {
+	info, head, err := s.objects.Sniff(ctx, key, 16)
+	var refused interface{ HTTPStatusCode() int }
+	switch {
+	case errors.Is(err, blob.ErrNotFound):
 		return blob.Info{}, clientErr(http.StatusUnprocessableEntity, "object_missing", "no uploaded object at s3Key: upload it with the presigned URL first")
-	}
-	if err != nil {
+	case errors.As(err, &refused) && refused.HTTPStatusCode() >= 400 && refused.HTTPStatusCode() < 500:
+		// S3 will not hand the bytes over (a key it cannot decrypt, say):
+		// the object is unusable, not the API broken.
+		return blob.Info{}, clientErr(http.StatusUnprocessableEntity, "object_unreadable", "the uploaded object cannot be read: upload the photo again")
+	case err != nil:
 		return blob.Info{}, err
-	}
-	if info.Size > s.cfg.MaxImageBytes {
+	case info.Size == 0:
+		return blob.Info{}, clientErr(http.StatusUnprocessableEntity, "empty_object", "the uploaded object is empty: upload the photo again")
+	case info.Size > s.cfg.MaxImageBytes:
 		if derr := s.objects.Delete(ctx, key); derr != nil {
 			s.log.WarnContext(ctx, "image.oversize_delete", "err", derr)
 		}
 		return blob.Info{}, clientErr(http.StatusUnprocessableEntity, "too_large", "the uploaded photo is over the size limit and was deleted")
-	}
-	head, err := s.objects.Prefix(ctx, key, 16)
-	if err != nil {
-		return blob.Info{}, err
 	}
 	if got := sniff(head); got != contentType {
 		return blob.Info{}, clientErr(http.StatusUnprocessableEntity, "not_an_image", "the uploaded object is not a "+strings.TrimPrefix(contentType, "image/")+" image")

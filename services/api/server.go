@@ -30,8 +30,7 @@ import (
 type objects interface {
 	PresignPut(ctx context.Context, key, contentType string, length int64, expires time.Duration) (string, error)
 	PresignGet(ctx context.Context, key string, expires time.Duration) (string, error)
-	Head(ctx context.Context, key string) (blob.Info, error)
-	Prefix(ctx context.Context, key string, n int) ([]byte, error)
+	Sniff(ctx context.Context, key string, n int) (blob.Info, []byte, error)
 	Delete(ctx context.Context, keys ...string) error
 }
 
