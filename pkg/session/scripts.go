@@ -11,14 +11,26 @@ import "github.com/redis/go-redis/v9"
 // A script either fails with an error reply "CI_<CODE> [detail]" and changes
 // nothing, or changes the session, appends the event to the outbox, and
 // returns the new session. cjson writes an empty table as {}, so enc()
-// restores [] for the fields that are arrays.
+// restores [] for the fields that are arrays: a plain find (a memchr scan)
+// guards each substitution, which runs only when that field is empty, so
+// the cost does not grow with the photos. save() keeps what it wrote and
+// encoded() hands it back, so a session is encoded once per change.
 const prelude = `
+local arrays = {'images', 'mediaResourceIds', 'orphans', 'errors', 'sentHashes', 'phones'}
 local function enc(v)
   local s = cjson.encode(v)
-  for _, f in ipairs({'images', 'mediaResourceIds', 'orphans', 'errors', 'sentHashes', 'phones'}) do
-    s = string.gsub(s, '"' .. f .. '":{}', '"' .. f .. '":[]')
+  if not string.find(s, ':{}', 1, true) then return s end
+  for _, f in ipairs(arrays) do
+    local empty = '"' .. f .. '":{}'
+    if string.find(s, empty, 1, true) then
+      s = string.gsub(s, empty, '"' .. f .. '":[]')
+    end
   end
   return s
+end
+local saved = nil
+local function encoded(s)
+  return saved or enc(s)
 end
 local function load(key)
   local raw = redis.call('GET', key)
@@ -33,10 +45,11 @@ local function fail(code, detail)
   return redis.error_reply('CI_' .. code)
 end
 local function save(s, ttl)
+  saved = enc(s)
   if ttl == 'keep' then
-    redis.call('SET', KEYS[1], enc(s), 'KEEPTTL')
+    redis.call('SET', KEYS[1], saved, 'KEEPTTL')
   else
-    redis.call('SET', KEYS[1], enc(s), 'EX', ttl)
+    redis.call('SET', KEYS[1], saved, 'EX', ttl)
   end
 end
 local function bump(s)
@@ -127,7 +140,7 @@ end
 tok.sessionId = s.sessionId
 redis.call('SET', KEYS[3], cjson.encode(tok), 'EX', ARGV[7])
 redis.call('SET', KEYS[4], KEYS[3], 'EX', ARGV[7])
-return {enc(s), enc({images = discarded}), mode}
+return {encoded(s), enc({images = discarded}), mode}
 `)
 
 // pair: KEYS[3] session-token:{t}, KEYS[4] phone:{hash}, KEYS[5]
@@ -175,21 +188,27 @@ if last then s.phone = {id = last.id, pairedAt = last.pairedAt, userAgent = last
 bump(s)
 save(s, ARGV[2])
 emit(s, {patientId = s.patientId, encounterId = s.encounterId, phoneId = ARGV[5]})
-return enc(s)
+return encoded(s)
 `)
 
 // add: ARGV[5] image, ARGV[6] session id the caller is bound to ("" for
-// any), ARGV[7] cap, ARGV[8] patient the desktop has open ("" for any).
-// Returns {session, "added"|"duplicate"}.
+// any), ARGV[7] cap, ARGV[8] patient the desktop has open ("" for any),
+// ARGV[9] the phone the caller is ("" for the desktop), which must still be
+// paired. Returns {session, "added"|"duplicate"}.
 var addScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 if ARGV[6] ~= '' and s.sessionId ~= ARGV[6] then return fail('SESSION_CHANGED') end
+if ARGV[9] ~= '' then
+  local paired = false
+  for _, p in ipairs(s.phones) do paired = paired or p.id == ARGV[9] end
+  if not paired then return fail('PHONE_REMOVED') end
+end
 local img = cjson.decode(ARGV[5])
 local _, old = find(s, img.id)
 if old then
   if old.s3Key ~= img.s3Key then return fail('IMAGE_ID_CONFLICT') end
-  return {enc(s), 'duplicate'}
+  return {encoded(s), 'duplicate'}
 end
 if ARGV[8] ~= '' and s.patientId ~= ARGV[8] then return fail('PATIENT_MISMATCH') end
 local bad = editable(s)
@@ -200,7 +219,7 @@ img.version = s.version
 table.insert(s.images, img)
 save(s, ARGV[2])
 emit(s, {image = img})
-return {enc(s), 'added'}
+return {encoded(s), 'added'}
 `)
 
 // update: ARGV[5] image id, ARGV[6] metadata patch, ARGV[7] session id.
@@ -222,7 +241,7 @@ bump(s)
 img.version = s.version
 save(s, ARGV[2])
 emit(s, {image = img})
-return enc(s)
+return encoded(s)
 `)
 
 // remove: ARGV[5] image id, ARGV[6] session id. Returns {session, image}.
@@ -240,7 +259,7 @@ table.remove(s.images, i)
 bump(s)
 save(s, ARGV[2])
 emit(s, {imageId = img.id})
-return {enc(s), cjson.encode(img)}
+return {encoded(s), cjson.encode(img)}
 `)
 
 // processed: ARGV[5] image id, ARGV[6] fields to set (status, keys,
@@ -251,13 +270,13 @@ local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 local _, img = find(s, ARGV[5])
 if not img then return fail('IMAGE_NOT_FOUND') end
-if img.status ~= 'processing' then return {enc(s), 'unchanged'} end
+if img.status ~= 'processing' then return {encoded(s), 'unchanged'} end
 for k, v in pairs(cjson.decode(ARGV[6])) do img[k] = v end
 bump(s)
 img.version = s.version
 save(s, 'keep')
 emit(s, {image = img})
-return {enc(s), 'changed'}
+return {encoded(s), 'changed'}
 `)
 
 // begin: ARGV[5] commit id, ARGV[6] session id, ARGV[7] {imageId: new
@@ -313,7 +332,7 @@ s.commit = {commitId = ARGV[5], requestedAt = ARGV[1], done = done, total = #s.i
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = ARGV[5], done = done, total = #s.images})
-return enc(s)
+return encoded(s)
 `)
 
 // progress: ARGV[5] commit id, ARGV[6] image id, ARGV[7] media id.
@@ -324,7 +343,7 @@ if not s then return fail('SESSION_NOT_FOUND') end
 if s.commitId ~= ARGV[5] or s.commitStatus ~= 'in_progress' then return fail('STALE') end
 local _, img = find(s, ARGV[6])
 if not img then return fail('IMAGE_NOT_FOUND') end
-if img.mediaId == ARGV[7] then return {enc(s), 'unchanged'} end
+if img.mediaId == ARGV[7] then return {encoded(s), 'unchanged'} end
 img.mediaId = ARGV[7]
 local done = 0
 for _, im in ipairs(s.images) do
@@ -334,7 +353,7 @@ s.commit.done = done
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = ARGV[5], done = done, total = #s.images, imageId = img.id, mediaId = ARGV[7]})
-return {enc(s), 'changed'}
+return {encoded(s), 'changed'}
 `)
 
 // finish: ARGV[5] commit id, ARGV[6] {imageId: mediaId}. ARGV[2] is the
@@ -343,7 +362,7 @@ var finishScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 if s.commitId ~= ARGV[5] then return fail('STALE') end
-if s.commitStatus == 'committed' then return {enc(s), 'unchanged'} end
+if s.commitStatus == 'committed' then return {encoded(s), 'unchanged'} end
 if s.commitStatus ~= 'in_progress' then return fail('STALE') end
 local media = cjson.decode(ARGV[6])
 local ids = {}
@@ -365,7 +384,7 @@ s.commit.message = #ids .. ' images committed successfully'
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = ARGV[5], success = true, done = #ids, total = #ids, mediaResourceIds = ids, message = s.commit.message})
-return {enc(s), 'changed'}
+return {encoded(s), 'changed'}
 `)
 
 // fail: ARGV[5] commit id, ARGV[6] [{imageId, error}], ARGV[7] orphan Media
@@ -374,7 +393,7 @@ var failScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 if s.commitId ~= ARGV[5] then return fail('STALE') end
-if s.commitStatus ~= 'in_progress' then return {enc(s), 'unchanged'} end
+if s.commitStatus ~= 'in_progress' then return {encoded(s), 'unchanged'} end
 local errs = cjson.decode(ARGV[6])
 local orphans = cjson.decode(ARGV[7])
 local byId = {}
@@ -395,7 +414,7 @@ s.commit.mediaResourceIds = {}
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = ARGV[5], success = false, message = ARGV[8], errors = errs, orphans = orphans, mediaResourceIds = {}})
-return {enc(s), 'changed'}
+return {encoded(s), 'changed'}
 `)
 
 // pending: ARGV[5] session id, ARGV[6] phone id, ARGV[7] count. A phone's
@@ -407,7 +426,7 @@ if not s then return fail('SESSION_NOT_FOUND') end
 if ARGV[5] ~= '' and s.sessionId ~= ARGV[5] then return fail('SESSION_CHANGED') end
 local n = tonumber(ARGV[7])
 local cur = type(s.pending) == 'table' and s.pending[ARGV[6]] or nil
-if (cur and cur.count == n) or (not cur and n == 0) then return {enc(s), 'unchanged'} end
+if (cur and cur.count == n) or (not cur and n == 0) then return {encoded(s), 'unchanged'} end
 if type(s.pending) ~= 'table' then s.pending = {} end
 if n == 0 then
   s.pending[ARGV[6]] = nil
@@ -421,7 +440,7 @@ if total == 0 then s.pending = nil end
 bump(s)
 save(s, ARGV[2])
 emit(s, {pending = s.pending, pendingPhotos = total})
-return {enc(s), 'changed'}
+return {encoded(s), 'changed'}
 `)
 
 // photo: ARGV[5] commit id, ARGV[6] image id, ARGV[7] its media
@@ -442,7 +461,7 @@ local cur = state(img)
 local tries = img.tries or 0
 if want == 'in_record' then
   if cur == 'in_record' then
-    if img.mediaId == ARGV[10] then return {enc(s), 'unchanged'} end
+    if img.mediaId == ARGV[10] then return {encoded(s), 'unchanged'} end
     return fail('DUPLICATE', img.mediaId)
   end
   img.mediaId = ARGV[10]
@@ -459,10 +478,10 @@ elseif want == 'sending' then
   if not known then table.insert(img.sentHashes, ARGV[11]) end
   -- Not shown on the screens: saved without a new version or event.
   save(s, 'keep')
-  return {enc(s), 'changed'}
+  return {encoded(s), 'changed'}
 else
   if cur == 'in_record' or tonumber(ARGV[9]) ~= tries then return fail('STALE') end
-  if cur == want and (img.error or '') == ARGV[12] then return {enc(s), 'unchanged'} end
+  if cur == want and (img.error or '') == ARGV[12] then return {encoded(s), 'unchanged'} end
   if ARGV[12] == '' then img.error = nil else img.error = ARGV[12] end
   if want == 'refused' or want == 'conflict' or want == 'needs_checking' then img.status = 'failed' end
 end
@@ -473,7 +492,7 @@ bump(s)
 img.version = s.version
 save(s, ARGV[2])
 emit(s, {commitId = s.commitId, done = done, total = #s.images, imageId = img.id, mediaId = img.mediaId, state = want, error = img.error})
-return {enc(s), 'changed'}
+return {encoded(s), 'changed'}
 `)
 
 // attempt: ARGV[5] commit id, ARGV[6] attempt number, ARGV[7] the wait
@@ -486,7 +505,7 @@ if s.commitId ~= ARGV[5] or s.commitStatus ~= 'in_progress' then return fail('ST
 local n = tonumber(ARGV[6])
 local waiting = nil
 if ARGV[7] ~= '' then waiting = cjson.decode(ARGV[7]) end
-if (s.commit.attempt or 0) == n and waiting == nil and s.commit.waiting == nil then return {enc(s), 'unchanged'} end
+if (s.commit.attempt or 0) == n and waiting == nil and s.commit.waiting == nil then return {encoded(s), 'unchanged'} end
 s.commit.attempt = n
 s.commit.waiting = waiting
 local done = inRecord(s)
@@ -494,7 +513,7 @@ s.commit.done = done
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = ARGV[5], done = done, total = #s.images, attempt = n, waiting = waiting})
-return {enc(s), 'changed'}
+return {encoded(s), 'changed'}
 `)
 
 // stop: ARGV[5] session id. The GP stops waiting: the session is editable
@@ -526,5 +545,5 @@ s.commit.message = string.format('Stopped waiting for ALEX. %d of %d %s in the p
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = s.commitId, success = false, stopped = true, done = done, total = #s.images, message = s.commit.message, errors = {}, mediaResourceIds = {}})
-return enc(s)
+return encoded(s)
 `)

@@ -332,6 +332,9 @@ type Binding struct {
 	// PatientID is the patient the practice system has open on the desktop:
 	// nothing is added to another patient's session (ErrPatientMismatch).
 	PatientID string
+	// PhoneID is the phone making the change, which must still be paired
+	// with the session (ErrPhoneRemoved).
+	PhoneID string
 }
 
 // AddImageBound is AddImage with every check of b.
@@ -344,7 +347,7 @@ func (s *Store) AddImageBound(ctx context.Context, userID string, b Binding, img
 	img.MediaIdentifier = rand.Text()
 	img.CommitState = PhotoPending
 	img.MediaID, img.Error, img.SentHashes, img.Tries = "", "", nil, 0
-	res, err := s.run(ctx, addScript, events.ImageUploaded, userID, nil, mustJSON(img), b.SessionID, strconv.Itoa(s.opt.MaxImages), b.PatientID)
+	res, err := s.run(ctx, addScript, events.ImageUploaded, userID, nil, mustJSON(img), b.SessionID, strconv.Itoa(s.opt.MaxImages), b.PatientID, b.PhoneID)
 	if err != nil {
 		return Session{}, false, err
 	}
@@ -597,6 +600,8 @@ func scriptError(t events.Type, err error) error {
 		return ErrPhoneNotFound
 	case "CI_SESSION_CHANGED":
 		return ErrSessionChanged
+	case "CI_PHONE_REMOVED":
+		return ErrPhoneRemoved
 	case "CI_IMAGE_NOT_FOUND":
 		return ErrImageNotFound
 	case "CI_IMAGE_ID_CONFLICT":

@@ -623,6 +623,22 @@ func TestQRCodesAndPhones(t *testing.T) {
 		if len(s.Phones) != 1 || s.Phone == nil || s.Phone.ID != ph1 {
 			t.Fatalf("after removing ph2: %+v %+v", s.Phones, s.Phone)
 		}
+		// The add script checks the pairing itself (the API asks nothing
+		// else first): a removed phone records nothing, a paired one does.
+		before = snapshot()
+		img := session.Image{ID: "from-phone", S3Key: "temp/u1/p.jpg", ContentType: "image/jpeg"}
+		if _, _, err := st.AddImageBound(ctx, "u1", session.Binding{SessionID: s.SessionID, PhoneID: ph2}, img); !errors.Is(err, session.ErrPhoneRemoved) {
+			t.Fatalf("add from a removed phone: %v", err)
+		}
+		if before != snapshot() {
+			t.Fatal("a removed phone changed the session")
+		}
+		if _, added, err := st.AddImageBound(ctx, "u1", session.Binding{SessionID: s.SessionID, PhoneID: ph1}, img); err != nil || !added {
+			t.Fatalf("add from a paired phone: %v %v", added, err)
+		}
+		if _, _, err := st.RemoveImage(ctx, "u1", "", "from-phone"); err != nil {
+			t.Fatal(err)
+		}
 		// The slot is free again: the latest code pairs.
 		if _, err := st.Pair(ctx, "tok-d", "cred-3", "phone three"); err != nil {
 			t.Fatalf("pair after a removal: %v", err)

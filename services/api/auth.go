@@ -51,19 +51,6 @@ func (s *Server) resolve(ctx context.Context, token string) (caller, error) {
 		if err != nil {
 			return caller{}, err
 		}
-		// The credential ends with its session (a replaced or expired
-		// session no longer admits the phone) and when the desktop removes
-		// the phone.
-		sess, err := s.store.Peek(ctx, cred.UserID)
-		if errors.Is(err, session.ErrNotFound) || (err == nil && sess.SessionID != cred.SessionID) {
-			return caller{}, session.ErrSessionChanged
-		}
-		if err != nil {
-			return caller{}, err
-		}
-		if _, ok := sess.PhoneByID(cred.PhoneID); !ok {
-			return caller{}, session.ErrPhoneRemoved
-		}
 		return caller{userID: cred.UserID, phone: true, sessionID: cred.SessionID, phoneID: cred.PhoneID}, nil
 	}
 	sub, err := s.verifier.Verify(ctx, token)
@@ -75,6 +62,31 @@ func (s *Server) resolve(ctx context.Context, token string) (caller, error) {
 		return caller{}, errUnauthenticated
 	}
 	return caller{userID: sub}, nil
+}
+
+// requirePaired admits a phone only while its credential's session is the
+// user's current one and the desktop has not removed the phone: the
+// credential ends with its session. Desktop callers pass.
+func (s *Server) requirePaired(c *gin.Context) {
+	who := callerOf(c)
+	if !who.phone {
+		c.Next()
+		return
+	}
+	sess, err := s.store.Peek(c.Request.Context(), who.userID)
+	switch {
+	case errors.Is(err, session.ErrNotFound) || (err == nil && sess.SessionID != who.sessionID):
+		s.respondErr(c, session.ErrSessionChanged)
+		return
+	case err != nil:
+		s.respondErr(c, err)
+		return
+	}
+	if _, ok := sess.PhoneByID(who.phoneID); !ok {
+		s.respondErr(c, session.ErrPhoneRemoved)
+		return
+	}
+	c.Next()
 }
 
 // requireUser checks the :userId of the path against the caller: no one acts

@@ -208,8 +208,12 @@ func (s *Server) recordImage(c *gin.Context) {
 		ID: req.ImageID, S3Key: req.S3Key, Uploaded: true, Source: req.Source, CapturedAt: s.now().UTC(),
 		Metadata: meta, ContentType: contentType, Size: info.Size, Status: session.ImageProcessing,
 	}
-	bind := session.Binding{SessionID: callerOf(c).sessionID, PatientID: req.PatientID}
+	who := callerOf(c)
+	bind := session.Binding{SessionID: who.sessionID, PatientID: req.PatientID, PhoneID: who.phoneID}
 	sess, added, err := s.store.AddImageBound(ctx, userID, bind, img)
+	if who.phone && errors.Is(err, session.ErrNotFound) {
+		err = session.ErrSessionChanged // the phone's session has ended
+	}
 	if err != nil {
 		s.respondErr(c, err)
 		return

@@ -121,9 +121,11 @@ func (s *Server) Router() http.Handler {
 	a.GET("/session-tokens/:token", s.exchangeToken)
 	a.POST("/session-tokens", s.authenticate, s.requireDesktop, s.startSession)
 
-	u := a.Group("/users/:userId", s.authenticate, s.requireUser)
+	// Recording a photo checks the phone's session and pairing in its own
+	// script; every other route checks them first (requirePaired).
+	a.POST("/users/:userId/images", s.authenticate, s.requireUser, s.recordImage)
+	u := a.Group("/users/:userId", s.authenticate, s.requireUser, s.requirePaired)
 	u.POST("/presigned-url", s.presign)
-	u.POST("/images", s.recordImage)
 	u.PATCH("/images/:imageId", s.updateImage)
 	u.DELETE("/images/:imageId", s.deleteImage)
 	u.GET("/session", s.getSession)
