@@ -5,7 +5,7 @@ PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 ARTIFACTS ?= $(CURDIR)/artifacts
 export CLINIMG_ARTIFACTS := $(ARTIFACTS)
 
-.PHONY: help run test test-go test-js lint build tidy-check smoke bench deps deps-run
+.PHONY: help run test test-go test-js property lint build tidy-check smoke bench deps deps-run
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -20,6 +20,10 @@ test-go: ## Run every Go test with the race detector.
 
 test-js: ## The pages' unit tests (the shared session model) with Node's built-in runner.
 	cd services/api/web && node --test test/
+
+N ?= 5000
+property: ## Run the commit property test longer: N schedules (default 5000; PROPERTY_SEED=s replays one), and N/50 with killed committer processes.
+	PROPERTY_N=$(N) PROPERTY_KILL_N=$$(( $(N) / 50 > 4 ? $(N) / 50 : 4 )) go test -race -count=1 -timeout 0 -v -run 'TestCommitProperty' ./services/committer
 
 lint: ## gofmt, go vet and staticcheck on every module; go.mod files tidy.
 	@test -z "$$(gofmt -l pkg services deploy)" || { gofmt -l pkg services deploy; echo "gofmt: files above need formatting"; exit 1; }

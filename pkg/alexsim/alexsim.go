@@ -120,6 +120,12 @@ type Hooks struct {
 	MediaReceived func(identifier string) error
 	// MediaStored runs after the Media is stored, before the answer is sent.
 	MediaStored func(identifier, id string) error
+	// Fault, if set, picks the fault of every FHIR request (path below the
+	// base, the identifier of a POSTed Media) instead of the Rules; nil
+	// lets the request through. A fault with AfterStore on POST /Media
+	// strikes after the Media is stored. It lets a test draw each
+	// request's fate from a seeded schedule.
+	Fault func(method, path, identifier string) *Fault
 }
 
 // Server is the simulator. Its methods are safe for concurrent use.

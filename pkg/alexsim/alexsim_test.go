@@ -351,6 +351,9 @@ func TestFaultsAndClient(t *testing.T) {
 		{"timeout", alexsim.Fault{Kind: alexsim.FaultTimeout}, result{0, true, 0, 0}},
 		{"500 after the write", alexsim.Fault{Status: 500, AfterStore: true}, result{500, true, 0, 1}},
 		{"reset after the write", alexsim.Fault{Kind: alexsim.FaultReset, AfterStore: true}, result{0, true, 0, 1}},
+		{"timeout after the write", alexsim.Fault{Kind: alexsim.FaultTimeout, AfterStore: true}, result{0, true, 0, 1}},
+		{"empty 200", alexsim.Fault{Kind: alexsim.FaultEmpty}, result{200, false, 0, 0}},
+		{"empty 200 after the write", alexsim.Fault{Kind: alexsim.FaultEmpty, AfterStore: true}, result{200, false, 0, 1}},
 		{"expired token: one retry with a new one", alexsim.Fault{Kind: alexsim.FaultExpireToken}, result{0, false, 0, 1}},
 	}
 	for _, tt := range tests {
@@ -371,6 +374,28 @@ func TestFaultsAndClient(t *testing.T) {
 			}
 		})
 	}
+	// A Fault hook decides instead of the rules, for every FHIR request.
+	var seen []string
+	sim.SetHooks(alexsim.Hooks{Fault: func(method, path, identifier string) *alexsim.Fault {
+		seen = append(seen, method+" "+path+" "+identifier)
+		if identifier == "hooked" {
+			return &alexsim.Fault{Kind: alexsim.FaultEmpty, AfterStore: true}
+		}
+		return nil
+	}})
+	sim.Inject(alexsim.Rule{Method: "POST", Path: "/Media", Identifier: "free", Fault: alexsim.Fault{Status: 500}})
+	if err := create("hooked"); err == nil || len(sim.ByIdentifier(fhir.DefaultImageIDNS, "hooked")) != 1 {
+		t.Errorf("hooked empty 200 after store: %v, %d stored", err, len(sim.ByIdentifier(fhir.DefaultImageIDNS, "hooked")))
+	}
+	if err := create("free"); err != nil {
+		t.Errorf("a rule struck while the hook decides: %v", err)
+	}
+	if diff := cmp.Diff([]string{"POST /Media hooked", "POST /Media free"}, seen); diff != "" {
+		t.Errorf("hook saw (-want +got):\n%s", diff)
+	}
+	sim.SetHooks(alexsim.Hooks{})
+	sim.ClearFaults()
+
 	// Nth and Times pick which matching requests fail.
 	sim.Inject(alexsim.Rule{Method: "POST", Path: "/Media", Identifier: "nth", Nth: 2, Times: 2, Fault: alexsim.Fault{Status: 500}})
 	var outcomes []bool

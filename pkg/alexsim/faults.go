@@ -23,6 +23,9 @@ const (
 	// FaultExpireToken expires every token just before the request is
 	// checked, so it gets 401 as a token expiring mid-commit would.
 	FaultExpireToken FaultKind = "expire-token"
+	// FaultEmpty answers 200 with no body and no Location: a success that
+	// does not say what, if anything, was stored.
+	FaultEmpty FaultKind = "empty"
 )
 
 // Fault is what happens to a matching request.
@@ -127,6 +130,9 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request, f *Fault) (done b
 	case FaultReset:
 		reset(w)
 		return true, 0
+	case FaultEmpty:
+		w.WriteHeader(http.StatusOK)
+		return true, http.StatusOK
 	case FaultTimeout:
 		hold := f.Hold
 		if hold <= 0 {

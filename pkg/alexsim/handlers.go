@@ -154,7 +154,20 @@ func (s *Server) fhirAPI(w *statusWriter, r *http.Request, rec *Request) {
 		v.m, v.status, v.code, v.msg = validateMedia(body)
 		rec.Identifier = firstIdentifier(v.m).Value
 	}
-	if f := s.match(r.Method, path, rec.Identifier, false); f != nil {
+	s.mu.Lock()
+	pick := s.hooks.Fault
+	s.mu.Unlock()
+	var after *Fault // strikes once the Media is stored
+	var f *Fault
+	if pick != nil {
+		f = pick(r.Method, path, rec.Identifier)
+	} else {
+		f = s.match(r.Method, path, rec.Identifier, false)
+	}
+	if f != nil && f.AfterStore && r.Method == http.MethodPost && path == "/Media" {
+		after, f = f, nil
+	}
+	if f != nil {
 		rec.Fault = string(f.Kind)
 		if done, _ := s.apply(w, r, f); done {
 			return
@@ -175,7 +188,7 @@ func (s *Server) fhirAPI(w *statusWriter, r *http.Request, rec *Request) {
 	base := baseURL(r)
 	switch {
 	case r.Method == http.MethodPost && path == "/Media":
-		s.createMedia(w, r, body, v, caps, base, rec)
+		s.createMedia(w, r, body, v, caps, base, rec, after)
 	case r.Method == http.MethodGet && path == "/Media":
 		s.searchMedia(w, r, caps, base)
 	case strings.HasPrefix(path, "/Media/") && !strings.Contains(path[len("/Media/"):], "/"):
@@ -273,7 +286,7 @@ type validated struct {
 	code, msg string
 }
 
-func (s *Server) createMedia(w *statusWriter, r *http.Request, body []byte, v validated, caps fhir.Capabilities, base string, rec *Request) {
+func (s *Server) createMedia(w *statusWriter, r *http.Request, body []byte, v validated, caps fhir.Capabilities, base string, rec *Request, after *Fault) {
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/fhir+json" {
 		writeOutcome(w, http.StatusUnsupportedMediaType, "not-supported", "Content-Type must be application/fhir+json")
 		return
@@ -320,7 +333,10 @@ func (s *Server) createMedia(w *statusWriter, r *http.Request, body []byte, v va
 			return
 		}
 	}
-	if f := s.match(r.Method, "/Media", ident.Value, true); f != nil {
+	if after == nil && hooks.Fault == nil {
+		after = s.match(r.Method, "/Media", ident.Value, true)
+	}
+	if f := after; f != nil {
 		rec.Fault = string(f.Kind) + " after store"
 		if done, _ := s.apply(w, r, f); done {
 			return

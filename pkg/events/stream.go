@@ -66,9 +66,11 @@ func (n Names) ConsumerConfig(name string, ackWait time.Duration) jetstream.Cons
 	case ConsumerCommitter:
 		c.FilterSubject = n.Filter(CommitRequested)
 		// A commit of 50 photos takes a while: the worker sends InProgress
-		// to hold its claim; AckWait is how long a crashed worker's claim lasts.
+		// to hold its claim; AckWait is how long a crashed worker's claim
+		// lasts (NATS_ACK_WAIT overrides it). A commit ends
+		// when its retry budget runs out, not after a number of deliveries.
 		c.AckWait = 30 * time.Second
-		c.MaxDeliver = 20
+		c.MaxDeliver = -1
 		c.MaxAckPending = 64
 	case ConsumerRelay:
 		c.FilterSubject = n.All()

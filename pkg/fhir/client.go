@@ -116,6 +116,9 @@ type Error struct {
 	RetryAfter    time.Duration
 	CorrelationID string
 	Err           error // the transport error, if any
+	// NotSent is true when the request never left: no token, or no
+	// connection. Whatever it was, it changed nothing on the server.
+	NotSent bool
 }
 
 func (e *Error) Error() string {
@@ -147,24 +150,15 @@ func (e *Error) Transient() bool {
 	return transientCodes[e.Code]
 }
 
-// IsTransient reports whether err is worth retrying: an Error that says so,
-// or any failure that is not an ALEX answer (a photo read, a context).
-func IsTransient(err error) bool {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Transient()
-	}
-	return !errors.Is(err, context.Canceled)
-}
-
 // Created is the outcome of a create.
 type Created struct {
 	ID        string
 	VersionID string
 	// Existing is true when a conditional create found the Media already
-	// there (200) rather than creating it (201).
+	// there (200) rather than creating it (201): Ref then says whose it is.
 	Existing bool
-	Status   string // the resource's status as returned, if returned
+	// Ref is the resource as the server returned it, when it did.
+	Ref MediaRef
 }
 
 // Source opens the photo for one attempt: the reader and its exact length.
@@ -199,33 +193,57 @@ func (c *Client) CreateMedia(ctx context.Context, m Media, src Source, ifNoneExi
 		}
 		out.Existing = resp.StatusCode == http.StatusOK
 		out.ID, out.VersionID = parseLocation(resp.Header.Get("Location"))
-		var r struct {
-			ID     string `json:"id"`
-			Status string `json:"status"`
-			Meta   *Meta  `json:"meta"`
-		}
-		if json.Unmarshal(raw, &r) == nil {
+		var r mediaResource
+		if json.Unmarshal(raw, &r) == nil && r.ResourceType == "Media" {
+			out.Ref = r.ref()
 			if out.ID == "" {
 				out.ID = r.ID
 			}
 			if out.VersionID == "" && r.Meta != nil {
 				out.VersionID = r.Meta.VersionID
 			}
-			out.Status = r.Status
 		}
 		if out.ID == "" {
+			// A 2xx that does not say what was stored: the write may or may
+			// not have happened.
 			return Created{}, &Error{Op: "create", Status: resp.StatusCode, Message: "no Location or id in the answer"}
 		}
 		return out, nil
 	}
 }
 
-// MediaRef is what a search tells of one Media.
+// MediaRef is what a search tells of one Media: enough to decide whether
+// it is a given photo's.
 type MediaRef struct {
 	ID         string
 	Status     string
 	Identifier []Identifier
-	Subject    string
+	Subject    string // "Patient/{id}"
+	Hash       string // content.hash: base64 SHA-1 of the photo
+}
+
+// mediaResource is the part of a Media read back from the server.
+type mediaResource struct {
+	ResourceType string       `json:"resourceType"`
+	ID           string       `json:"id"`
+	Meta         *Meta        `json:"meta"`
+	Status       string       `json:"status"`
+	Identifier   []Identifier `json:"identifier"`
+	Subject      *Reference   `json:"subject"`
+	Content      *struct {
+		Hash string `json:"hash"`
+	} `json:"content"`
+}
+
+func (r mediaResource) ref() MediaRef {
+	m := MediaRef{ID: r.ID, Status: r.Status, Identifier: r.Identifier}
+	if r.Subject != nil {
+		m.Subject = r.Subject.Reference
+	}
+	if r.Content != nil {
+		m.Hash = r.Content.Hash
+	}
+	return m
 }
 
 // SearchMedia runs GET /Media with query and returns the Media entries of
@@ -239,28 +257,16 @@ func (c *Client) SearchMedia(ctx context.Context, query url.Values) ([]MediaRef,
 		var b struct {
 			Link  []BundleLink `json:"link"`
 			Entry []struct {
-				Resource struct {
-					ResourceType string       `json:"resourceType"`
-					ID           string       `json:"id"`
-					Status       string       `json:"status"`
-					Identifier   []Identifier `json:"identifier"`
-					Subject      *Reference   `json:"subject"`
-				} `json:"resource"`
+				Resource mediaResource `json:"resource"`
 			} `json:"entry"`
 		}
 		if err := c.getJSON(ctx, "search", next, &b); err != nil {
 			return nil, err
 		}
 		for _, e := range b.Entry {
-			r := e.Resource
-			if r.ResourceType != "Media" {
-				continue
+			if e.Resource.ResourceType == "Media" {
+				out = append(out, e.Resource.ref())
 			}
-			ref := MediaRef{ID: r.ID, Status: r.Status, Identifier: r.Identifier}
-			if r.Subject != nil {
-				ref.Subject = r.Subject.Reference
-			}
-			out = append(out, ref)
 		}
 		next = ""
 		for _, l := range b.Link {
@@ -356,7 +362,7 @@ func (c *Client) do(ctx context.Context, op, method, ref string, hdr http.Header
 		if body != nil {
 			body.Close()
 		}
-		return nil, nil, &Error{Op: op + " token", Err: err}
+		return nil, nil, &Error{Op: op + " token", Err: err, NotSent: true}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
@@ -392,7 +398,7 @@ func (c *Client) do(ctx context.Context, op, method, ref string, hdr http.Header
 		d := time.Since(start)
 		c.observe(op, 0, d)
 		c.log.Warn("alex.request", "op", op, "method", method, "path", logPath, "status", 0, "duration_ms", d.Milliseconds(), "mt_correlationid", cid, "err", err.Error())
-		return nil, nil, &Error{Op: op, Err: err, CorrelationID: cid}
+		return nil, nil, &Error{Op: op, Err: err, CorrelationID: cid, NotSent: notSent(err)}
 	}
 	defer resp.Body.Close()
 	raw, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -414,6 +420,13 @@ func (c *Client) do(ctx context.Context, op, method, ref string, hdr http.Header
 		return resp, raw, &Error{Op: op, Err: fmt.Errorf("read answer: %w", rerr), CorrelationID: cid}
 	}
 	return resp, raw, nil
+}
+
+// notSent reports whether a transport error happened before any of the
+// request could reach the server: the connection was never made.
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // redactPath keeps patient ids out of logs: .../Patient/{id} is logged

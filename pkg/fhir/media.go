@@ -135,7 +135,7 @@ func (m Media) IdentifierValue(system string) string {
 // Photo is what one clinical photo's Media is built from.
 type Photo struct {
 	IdentifierSystem string // URI of the image id namespace (default DefaultImageIDNS)
-	ImageID          string // the identifier's value; stable per photo
+	ImageID          string // the identifier's value: the photo's server-assigned MediaIdentifier, never the client's id
 	PatientID        string
 	EncounterID      string
 	CapturedAt       time.Time

@@ -210,6 +210,7 @@ const (
 	WaitALEXUnavailable = "alex_unavailable" // 5xx, timeouts, connections refused or reset
 	WaitALEXThrottled   = "alex_throttled"   // 429 (Retry-After honoured)
 	WaitALEXUnclear     = "alex_unclear"     // an answer that does not say whether the photo was stored
+	WaitALEXSlow        = "alex_slow"        // an attempt still runs: ALEX is slow to answer (nextTryAt: when we stop waiting for it)
 	WaitInternal        = "internal"         // our own storage (S3, Redis) failed
 )
 

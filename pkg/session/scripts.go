@@ -316,7 +316,7 @@ for _, im in ipairs(s.images) do
   end
   im.commitState = st
   if st == 'in_record' then
-    im.status = 'committed'
+    if im.status ~= 'processing' then im.status = 'committed' end
   else
     im.mediaId = nil
     if st == 'pending' then im.error = nil end
@@ -335,49 +335,25 @@ emit(s, {commitId = ARGV[5], done = done, total = #s.images})
 return encoded(s)
 `)
 
-// progress: ARGV[5] commit id, ARGV[6] image id, ARGV[7] media id.
-// Returns {session, "changed"|"unchanged"}.
-var progressScript = script(`
-local s = load(KEYS[1])
-if not s then return fail('SESSION_NOT_FOUND') end
-if s.commitId ~= ARGV[5] or s.commitStatus ~= 'in_progress' then return fail('STALE') end
-local _, img = find(s, ARGV[6])
-if not img then return fail('IMAGE_NOT_FOUND') end
-if img.mediaId == ARGV[7] then return {encoded(s), 'unchanged'} end
-img.mediaId = ARGV[7]
-local done = 0
-for _, im in ipairs(s.images) do
-  if im.mediaId and im.mediaId ~= '' then done = done + 1 end
-end
-s.commit.done = done
-bump(s)
-save(s, ARGV[2])
-emit(s, {commitId = ARGV[5], done = done, total = #s.images, imageId = img.id, mediaId = ARGV[7]})
-return {encoded(s), 'changed'}
-`)
-
-// finish: ARGV[5] commit id, ARGV[6] {imageId: mediaId}. ARGV[2] is the
-// short TTL a committed session is kept for.
+// finish: ARGV[5] commit id. Every photo must be in the record. ARGV[2] is
+// the short TTL a committed session is kept for.
 var finishScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 if s.commitId ~= ARGV[5] then return fail('STALE') end
 if s.commitStatus == 'committed' then return {encoded(s), 'unchanged'} end
 if s.commitStatus ~= 'in_progress' then return fail('STALE') end
-local media = cjson.decode(ARGV[6])
 local ids = {}
 for _, im in ipairs(s.images) do
-  local m = media[im.id]
-  if not m then return fail('MISSING_MEDIA', im.id) end
-  im.mediaId = m
+  if state(im) ~= 'in_record' or not im.mediaId then return fail('NOT_IN_RECORD', im.id) end
   im.status = 'committed'
-  im.error = nil
-  table.insert(ids, m)
+  table.insert(ids, im.mediaId)
 end
 s.commitStatus = 'committed'
 s.commit.success = true
 s.commit.done = #s.images
 s.commit.total = #s.images
+s.commit.waiting = nil
 s.commit.finishedAt = ARGV[1]
 s.commit.mediaResourceIds = ids
 s.commit.message = #ids .. ' images committed successfully'
@@ -387,33 +363,35 @@ emit(s, {commitId = ARGV[5], success = true, done = #ids, total = #ids, mediaRes
 return {encoded(s), 'changed'}
 `)
 
-// fail: ARGV[5] commit id, ARGV[6] [{imageId, error}], ARGV[7] orphan Media
-// ids, ARGV[8] message.
+// fail: ARGV[5] commit id, ARGV[6] message, ARGV[7] orphan Media ids. The
+// commit ends without every photo in the record; every photo keeps its
+// state (those in the record stay in it) and the session is editable again.
+// The event's errors are the photos the GP must act on.
 var failScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 if s.commitId ~= ARGV[5] then return fail('STALE') end
 if s.commitStatus ~= 'in_progress' then return {encoded(s), 'unchanged'} end
-local errs = cjson.decode(ARGV[6])
-local orphans = cjson.decode(ARGV[7])
-local byId = {}
-for _, e in ipairs(errs) do byId[e.imageId] = e.error end
+local errs = {}
 for _, im in ipairs(s.images) do
-  im.mediaId = nil
-  if byId[im.id] then
-    im.status = 'failed'
-    im.error = byId[im.id]
+  local st = state(im)
+  if st == 'sending' then im.commitState = 'unknown' end
+  if st == 'refused' or st == 'conflict' or st == 'needs_checking' then
+    table.insert(errs, {imageId = im.id, error = im.error or st})
   end
 end
+local done = inRecord(s)
 s.commitStatus = 'none'
 s.commit.success = false
+s.commit.done = done
+s.commit.waiting = nil
 s.commit.finishedAt = ARGV[1]
-s.commit.message = ARGV[8]
-s.commit.orphans = orphans
+s.commit.message = ARGV[6]
+s.commit.orphans = cjson.decode(ARGV[7])
 s.commit.mediaResourceIds = {}
 bump(s)
 save(s, ARGV[2])
-emit(s, {commitId = ARGV[5], success = false, message = ARGV[8], errors = errs, orphans = orphans, mediaResourceIds = {}})
+emit(s, {commitId = ARGV[5], success = false, message = ARGV[6], errors = errs, orphans = s.commit.orphans, done = done, total = #s.images, mediaResourceIds = {}})
 return {encoded(s), 'changed'}
 `)
 
@@ -465,7 +443,8 @@ if want == 'in_record' then
     return fail('DUPLICATE', img.mediaId)
   end
   img.mediaId = ARGV[10]
-  img.status = 'committed'
+  -- A photo still being processed keeps that status so its previews land.
+  if img.status ~= 'processing' then img.status = 'committed' end
   img.error = nil
 elseif want == 'sending' then
   if s.commitId ~= ARGV[5] or s.commitStatus ~= 'in_progress' then return fail('STALE') end

@@ -39,6 +39,7 @@ var (
 	ErrMaybeInRecord    = errors.New("this photo may already be in the patient record; commit again so it is looked up before it changes")
 	ErrNoCommit         = errors.New("no commit is in progress")
 	ErrNotResendable    = errors.New("only a photo that needs checking or is in conflict can be sent again")
+	ErrNotInRecord      = errors.New("not every photo is in the record")
 )
 
 // DuplicateError means a photo already in the record as MediaID was
@@ -163,11 +164,6 @@ func (k Keys) QR(userID string) string { return string(k) + "qr:" + userID }
 
 // Outbox is the stream of events waiting to be published to JetStream.
 func (k Keys) Outbox() string { return string(k) + "outbox" }
-
-// Ledger holds what a commit has written: image id to Media id.
-func (k Keys) Ledger(userID, commitID string) string {
-	return string(k) + "ledger:" + userID + ":" + commitID
-}
 
 // CommitLock is held by the one committer working on a user's commit.
 func (k Keys) CommitLock(userID string) string { return string(k) + "commit-lock:" + userID }
@@ -457,34 +453,25 @@ func (s *Store) BeginCommit(ctx context.Context, userID, sessionID, commitID str
 	return decodeSession(raw, nil)
 }
 
-// CommitProgress records that imageID landed as mediaID and emits
-// commit.progress; recording it again changes nothing.
-func (s *Store) CommitProgress(ctx context.Context, userID, commitID, imageID, mediaID string) (Session, bool, error) {
-	res, err := s.run(ctx, progressScript, events.CommitProgress, userID, nil, commitID, imageID, mediaID)
+// FinishCommit marks the session committed once every photo is in the
+// record (ErrNotInRecord otherwise), keeps it for CommittedTTL so late
+// screens see the outcome, and emits commit.succeeded. Calling it again
+// changes nothing.
+func (s *Store) FinishCommit(ctx context.Context, userID, commitID string) (Session, bool, error) {
+	res, err := s.runTTL(ctx, finishScript, events.CommitSucceeded, userID, nil, s.opt.CommittedTTL, commitID)
 	if err != nil {
 		return Session{}, false, err
 	}
 	return decodeChanged(res, "changed")
 }
 
-// FinishCommit marks the session committed with each photo's Media id, keeps
-// it for CommittedTTL so late screens see the outcome, and emits
-// commit.succeeded. Calling it again changes nothing.
-func (s *Store) FinishCommit(ctx context.Context, userID, commitID string, media map[string]string) (Session, bool, error) {
-	res, err := s.runTTL(ctx, finishScript, events.CommitSucceeded, userID, nil, s.opt.CommittedTTL, commitID, mustJSON(media))
-	if err != nil {
-		return Session{}, false, err
-	}
-	return decodeChanged(res, "changed")
-}
-
-// FailCommit returns the session to none with per-photo errors and the Media
-// that could not be removed, and emits commit.failed.
-func (s *Store) FailCommit(ctx context.Context, userID, commitID, message string, errs []ImageError, orphans []string) (Session, bool, error) {
-	if errs == nil {
-		errs = []ImageError{}
-	}
-	res, err := s.run(ctx, failScript, events.CommitFailed, userID, nil, commitID, mustJSON(errs), mustJSON(List[string](orphans)), message)
+// FailCommit ends the commit without every photo in the record: the
+// session is editable again, every photo keeps its state (what is in the
+// record stays so), and commit.failed carries message, the photos the GP
+// must act on, and orphans (Media written for photos no longer in the
+// session that could not be withdrawn).
+func (s *Store) FailCommit(ctx context.Context, userID, commitID, message string, orphans []string) (Session, bool, error) {
+	res, err := s.run(ctx, failScript, events.CommitFailed, userID, nil, commitID, message, mustJSON(List[string](orphans)))
 	if err != nil {
 		return Session{}, false, err
 	}
@@ -630,6 +617,8 @@ func scriptError(t events.Type, err error) error {
 		return ErrNoCommit
 	case "CI_NOT_RESENDABLE":
 		return ErrNotResendable
+	case "CI_NOT_IN_RECORD":
+		return ErrNotInRecord
 	case "CI_DUPLICATE":
 		return &DuplicateError{MediaID: detail}
 	}

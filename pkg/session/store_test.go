@@ -257,7 +257,7 @@ func TestCommitLifecycle(t *testing.T) {
 			t.Fatalf("empty commit: %v", err)
 		}
 		st.AddImage(ctx, "u1", "", image("a"))
-		st.AddImage(ctx, "u1", "", image("b"))
+		s, _, _ := st.AddImage(ctx, "u1", "", image("b"))
 		if _, err := st.BeginCommit(ctx, "u1", "", "c1"); err != nil {
 			t.Fatal(err)
 		}
@@ -267,42 +267,64 @@ func TestCommitLifecycle(t *testing.T) {
 		if _, _, err := st.AddImage(ctx, "u1", "", image("c")); !errors.Is(err, session.ErrCommitInProgress) {
 			t.Fatalf("add during commit: %v", err)
 		}
-		if _, _, err := st.CommitProgress(ctx, "u1", "c2", "a", "m1"); !errors.Is(err, session.ErrStale) {
-			t.Fatalf("progress of another commit: %v", err)
+		inRecord := func(im session.Image, media string) session.Session {
+			t.Helper()
+			s, changed, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: im.ID, Identifier: im.MediaIdentifier, State: session.PhotoInRecord, MediaID: media})
+			if err != nil || !changed {
+				t.Fatalf("in record: %v changed=%v", err, changed)
+			}
+			return s
 		}
-		s, changed, err := st.CommitProgress(ctx, "u1", "c1", "a", "m1")
-		if err != nil || !changed || s.Commit.Done != 1 {
-			t.Fatalf("progress: %v changed=%v", err, changed)
+		if s := inRecord(s.Images[0], "m1"); s.Commit.Done != 1 {
+			t.Fatalf("done %d after one photo", s.Commit.Done)
 		}
-		s, changed, err = st.FinishCommit(ctx, "u1", "c1", map[string]string{"a": "m1", "b": "m2"})
+		if _, _, err := st.FinishCommit(ctx, "u1", "c1"); !errors.Is(err, session.ErrNotInRecord) {
+			t.Fatalf("finish with a photo missing: %v", err)
+		}
+		inRecord(s.Images[1], "m2")
+		if _, _, err := st.FinishCommit(ctx, "u1", "c2"); !errors.Is(err, session.ErrStale) {
+			t.Fatalf("finish of another commit: %v", err)
+		}
+		got, changed, err := st.FinishCommit(ctx, "u1", "c1")
 		if err != nil || !changed {
 			t.Fatalf("finish: %v %v", err, changed)
 		}
-		if diff := cmp.Diff(session.List[string]{"m1", "m2"}, s.Commit.MediaResourceIDs); diff != "" || s.CommitStatus != session.CommitCommitted {
-			t.Fatalf("finish: status %s, ids diff %s", s.CommitStatus, diff)
+		if diff := cmp.Diff(session.List[string]{"m1", "m2"}, got.Commit.MediaResourceIDs); diff != "" || got.CommitStatus != session.CommitCommitted {
+			t.Fatalf("finish: status %s, ids diff %s", got.CommitStatus, diff)
 		}
-		if _, changed, _ := st.FinishCommit(ctx, "u1", "c1", map[string]string{"a": "m1", "b": "m2"}); changed {
+		if _, changed, _ := st.FinishCommit(ctx, "u1", "c1"); changed {
 			t.Fatal("second finish changed the session")
 		}
 	})
 }
 
-func TestFailCommitReturnsToNone(t *testing.T) {
-	eachBackend(t, func(t *testing.T, st *session.Store, _ redis.Cmdable) {
+// A failed commit keeps what is in the record and names the photos the GP
+// must act on; the next commit starts from there.
+func TestFailCommitKeepsTheRecord(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *session.Store, rdb redis.Cmdable) {
 		ctx := context.Background()
 		start(t, st, "u1", "p1")
 		st.AddImage(ctx, "u1", "", image("a"))
+		s, _, _ := st.AddImage(ctx, "u1", "", image("b"))
 		st.BeginCommit(ctx, "u1", "", "c1")
-		s, _, err := st.FailCommit(ctx, "u1", "c1", "ALEX refused photo a", []session.ImageError{{ImageID: "a", Error: "invalid body site"}}, nil)
+		a, b := s.Images[0], s.Images[1]
+		st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: a.ID, Identifier: a.MediaIdentifier, State: session.PhotoInRecord, MediaID: "m1"})
+		st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: b.ID, Identifier: b.MediaIdentifier, State: session.PhotoRefused, Error: "invalid body site"})
+		got, _, err := st.FailCommit(ctx, "u1", "c1", "ALEX refused photo b", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s.CommitStatus != session.CommitNone || s.Images[0].Status != session.ImageFailed || s.Images[0].Error == "" {
-			t.Fatalf("after fail: %+v", s)
+		if got.CommitStatus != session.CommitNone || got.Commit.Done != 1 || got.Images[0].MediaID != "m1" || got.Images[1].Status != session.ImageFailed || got.Images[1].Error == "" {
+			t.Fatalf("after fail: %+v", got)
 		}
-		// A retry may begin again.
-		if _, err := st.BeginCommit(ctx, "u1", "", "c2"); err != nil {
-			t.Fatalf("retry commit: %v", err)
+		ev, data := lastEvent(t, rdb, st)
+		if ev.Type != events.CommitFailed || data.Done != 1 || len(data.Errors) != 1 || data.Errors[0].ImageID != "b" || data.Message != "ALEX refused photo b" {
+			t.Fatalf("failed event %+v", data)
+		}
+		// A retry may begin again, with photo a still in the record.
+		got, err = st.BeginCommit(ctx, "u1", "", "c2")
+		if err != nil || got.Commit.Done != 1 || got.Images[1].State() != session.PhotoPending {
+			t.Fatalf("retry commit: %v %+v", err, got.Commit)
 		}
 	})
 }
@@ -427,7 +449,8 @@ func TestPhotoLedger(t *testing.T) {
 			t.Fatal("sending emitted an event")
 		}
 		s, changed, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: "a", Identifier: ia.MediaIdentifier, State: session.PhotoInRecord, MediaID: "m1"})
-		if err != nil || !changed || s.Commit.Done != 1 || s.Images[0].Status != session.ImageCommitted || s.Images[0].Tries != 1 {
+		// Still being processed: the status stays so its previews land.
+		if err != nil || !changed || s.Commit.Done != 1 || s.Images[0].State() != session.PhotoInRecord || s.Images[0].Status != session.ImageProcessing || s.Images[0].Tries != 1 {
 			t.Fatalf("in record: %v changed=%v %+v", err, changed, s.Images[0])
 		}
 		if diff := cmp.Diff(session.List[string]{"h-a"}, s.Images[0].SentHashes); diff != "" {

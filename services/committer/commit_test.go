@@ -22,6 +22,7 @@ import (
 // Must show 1: every Media the committer sends is valid R4 according to
 // both offline validators, and carries what the session said.
 func TestMediaIsValidR4(t *testing.T) {
+	t.Parallel()
 	dir, err := filepath.Abs("testdata/fhirvalidate")
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +43,7 @@ func TestMediaIsValidR4(t *testing.T) {
 	userID, sess := e.seed(sp)
 	cid := e.commit(userID, sess)
 	sess = e.outcome(userID, cid, 30*time.Second)
-	checkExactlyOnce(t, e.sim, sess)
+	e.checkExactlyOnce(t, sess)
 
 	var bodies []json.RawMessage
 	for _, m := range e.sim.Media() {
@@ -54,7 +55,13 @@ func TestMediaIsValidR4(t *testing.T) {
 		if strings.Contains(string(m.Body), `"context"`) {
 			t.Errorf("%s: STU3 context sent", m.ID)
 		}
-		img, _ := sess.Image(got.IdentifierValue(fhir.DefaultImageIDNS))
+		img, ok := imageByIdentifier(sess, got.IdentifierValue(fhir.DefaultImageIDNS))
+		if !ok {
+			t.Fatalf("%s: identifier %q is no photo's", m.ID, got.IdentifierValue(fhir.DefaultImageIDNS))
+		}
+		if got.IdentifierValue(fhir.DefaultImageIDNS) == img.ID {
+			t.Errorf("%s: the client's image id is the Media identifier", img.ID)
+		}
 		if got.Subject == nil || got.Subject.Reference != "Patient/"+testPatient || got.Encounter == nil || got.Encounter.Reference != "Encounter/enc-1" {
 			t.Errorf("%s: subject %v encounter %v", img.ID, got.Subject, got.Encounter)
 		}
@@ -130,6 +137,7 @@ func TestMediaIsValidR4(t *testing.T) {
 // The validators themselves catch what the seeds' Media got wrong, so a
 // pass above means something.
 func TestValidatorsRejectSeedMedia(t *testing.T) {
+	t.Parallel()
 	dir, _ := filepath.Abs("testdata/fhirvalidate")
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "fhir")); err != nil {
 		t.Fatalf("the FHIR validators are not installed: run `npm ci --prefix services/committer/testdata/fhirvalidate` (%v)", err)
@@ -157,6 +165,15 @@ func TestValidatorsRejectSeedMedia(t *testing.T) {
 			t.Errorf("resource %d passed both validators", i)
 		}
 	}
+}
+
+func imageByIdentifier(sess session.Session, value string) (session.Image, bool) {
+	for _, im := range sess.Images {
+		if im.MediaIdentifier == value {
+			return im, true
+		}
+	}
+	return session.Image{}, false
 }
 
 func containsCoding(cs []fhir.Coding, c fhir.Coding) bool {

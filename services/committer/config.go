@@ -1,11 +1,26 @@
 // Package committer writes every photo of a session to Medtech's ALEX FHIR
-// R4 API as one Media resource each, all or nothing and each photo exactly
-// once. It takes commit.requested from a durable JetStream pull consumer
-// (several committers may share it), keeps a ledger of what is written in
-// Redis, finds again a photo whose POST may have landed before a crash,
-// retries transient faults, and on a permanent fault compensates what was
-// written. Session changes (progress, success, failure) go through the
-// session store's outbox, which this service also publishes.
+// R4 API as one Media resource each, exactly once, in the session's
+// patient, with its own bytes. It takes commit.requested from a durable
+// JetStream pull consumer (several committers may share it; a lock keeps
+// one per session at work).
+//
+// Each photo's state is its ledger entry, kept on the session until the
+// session ends (pkg/session: pending, sending, in_record, refused, unknown,
+// needs_checking, conflict). A write is recorded as sending before it
+// leaves; its answer makes the photo in_record (201 and an id), refused
+// (ALEX stored nothing), or unknown (timeout, reset, 5xx, a 2xx without an
+// id), and an unknown photo is looked up before anything is sent again. A
+// Media found is claimed only when its identifier, patient and SHA-1 are
+// this photo's (decide.go). ALEX offers no delete, so a commit completes
+// only when every photo is in the record, and a failed or stopped one
+// keeps every photo's state: the next commit sends only the rest.
+//
+// One attempt writes each photo once. Transient faults end the attempt
+// and the commit waits (the session says why and until when) by going
+// back to JetStream with a delay, until COMMIT_RETRY_BUDGET from the GP's
+// request runs out; a crash is JetStream redelivering after NATS_ACK_WAIT. Session
+// changes go through the session store's outbox, which this service also
+// publishes.
 package committer
 
 import (
@@ -39,10 +54,15 @@ type Config struct {
 	// Workers is how many commits this process runs at once
 	// (COMMIT_WORKERS, default 2).
 	Workers int
-	// RetryBudget is how long transient faults are retried inside one
-	// delivery before the message goes back to JetStream with a delay
-	// (COMMIT_RETRY_BUDGET, default 30s).
+	// RetryBudget is how long a commit keeps trying through ALEX's
+	// transient faults, from the GP's request, before it fails with
+	// nothing lost (COMMIT_RETRY_BUDGET, default 10m).
 	RetryBudget time.Duration
+	// RetryInitial and RetryMax bound the wait between attempts: it
+	// doubles from RetryInitial to RetryMax, with jitter, and is never
+	// shorter than ALEX's Retry-After (COMMIT_RETRY_INITIAL, default 1s;
+	// COMMIT_RETRY_MAX, default 30s).
+	RetryInitial, RetryMax time.Duration
 	// LockTTL is how long a commit lock outlives a dead committer
 	// (COMMIT_LOCK_TTL, default 20s; renewed every third of it).
 	LockTTL time.Duration
@@ -74,7 +94,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		IdentifierSystem: r.String("ALEX_IDENTIFIER_SYSTEM", fhir.DefaultImageIDNS),
 		Parallelism:      r.Int("COMMIT_PARALLELISM", 4),
 		Workers:          r.Int("COMMIT_WORKERS", 2),
-		RetryBudget:      r.Duration("COMMIT_RETRY_BUDGET", 30*time.Second),
+		RetryBudget:      r.Duration("COMMIT_RETRY_BUDGET", 10*time.Minute),
+		RetryInitial:     r.Duration("COMMIT_RETRY_INITIAL", time.Second),
+		RetryMax:         r.Duration("COMMIT_RETRY_MAX", 30*time.Second),
 		LockTTL:          r.Duration("COMMIT_LOCK_TTL", 20*time.Second),
 		TempDir:          r.String("TMPDIR", ""),
 	}
@@ -91,6 +113,12 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	if c.LockTTL < 3*time.Second {
 		r.Fail("COMMIT_LOCK_TTL: %s is shorter than 3s", c.LockTTL)
+	}
+	if c.RetryBudget < time.Second {
+		r.Fail("COMMIT_RETRY_BUDGET: %s is shorter than 1s", c.RetryBudget)
+	}
+	if c.RetryInitial <= 0 || c.RetryMax < c.RetryInitial {
+		r.Fail("COMMIT_RETRY_INITIAL %s and COMMIT_RETRY_MAX %s: want 0 < initial <= max", c.RetryInitial, c.RetryMax)
 	}
 	if err := r.Err(); err != nil {
 		return Config{}, err

@@ -1,10 +1,7 @@
 package committer
 
 import (
-	"bytes"
 	"context"
-	"io"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -12,34 +9,25 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/clinicalimages/clinimg/pkg/alexsim"
 	"github.com/clinicalimages/clinimg/pkg/events"
-	"github.com/clinicalimages/clinimg/pkg/fhir"
 	"github.com/clinicalimages/clinimg/pkg/session"
 	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
-// After the last delivery fails, the work item goes to the dead-letter
-// subject, what the commit wrote is withdrawn, and the session is told.
+// A work item that cannot be handled at all goes to the dead-letter
+// subject, and its commit, if still running, fails with every photo's
+// state kept: the one in the record stays in it.
 func TestDeadLetter(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	rdb, prefix := testenv.Redis(t)
 	_, nc, js := testenv.JetStream(t)
 	photos, _ := testenv.S3(t)
-	sim := alexsim.New(alexsim.Options{Capabilities: fhir.Capabilities{Delete: true}})
-	ts := httptest.NewServer(sim)
-	t.Cleanup(ts.Close)
-	env := sim.Env(ts.URL)
-	alex, err := fhir.NewClient(fhir.Config{BaseURL: env["ALEX_API_URL"], TokenURL: env["ALEX_OAUTH_TOKEN_URL"],
-		ClientID: env["ALEX_CLIENT_ID"], ClientSecret: env["ALEX_CLIENT_SECRET"], Scope: env["ALEX_SCOPE"], FacilityID: env["ALEX_FACILITY_ID"]})
-	if err != nil {
-		t.Fatal(err)
-	}
 	store := session.NewStore(rdb, session.Options{Prefix: prefix})
 	log, _ := testenv.Logger(t)
-	reg := prometheus.NewRegistry()
-	w := &worker{cfg: Config{Capabilities: fhir.Capabilities{Delete: true}, IdentifierSystem: fhir.DefaultImageIDNS, Parallelism: 2, LockTTL: 3 * time.Second},
-		store: store, rdb: rdb, photos: photos, alex: alex, js: js, nc: nc, names: events.DefaultNames, log: log, m: newMetrics(reg)}
+	w := &worker{cfg: Config{Parallelism: 2, LockTTL: 3 * time.Second}, store: store, rdb: rdb, photos: photos,
+		js: js, nc: nc, names: events.DefaultNames, log: log, m: newMetrics(prometheus.NewRegistry())}
+	w.init()
 
 	userID := "u" + testenv.ID()
 	st, err := store.Start(ctx, session.StartParams{UserID: userID, PatientID: "p1", EncounterID: "e1", Token: testenv.ID(), SessionID: "s1"})
@@ -51,19 +39,13 @@ func TestDeadLetter(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := store.BeginCommit(ctx, userID, "s1", "c1"); err != nil {
+	sess, err := store.BeginCommit(ctx, userID, "s1", "c1")
+	if err != nil {
 		t.Fatal(err)
 	}
-	// Two photos landed before ALEX started failing for good.
-	for _, id := range []string{"a", "b"} {
-		src := func(context.Context) (io.ReadCloser, int64, error) {
-			return io.NopCloser(bytes.NewReader([]byte("jpeg"))), 4, nil
-		}
-		c, err := alex.CreateMedia(ctx, fhir.NewMedia(fhir.Photo{ImageID: id, PatientID: "p1", ContentType: "image/jpeg"}), src, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		rdb.HSet(ctx, store.Keys.Ledger(userID, "c1"), id, c.ID)
+	a := sess.Images[0]
+	if _, _, err := store.RecordPhoto(ctx, userID, session.PhotoUpdate{CommitID: "c1", ImageID: a.ID, Identifier: a.MediaIdentifier, State: session.PhotoInRecord, MediaID: "m1"}); err != nil {
+		t.Fatal(err)
 	}
 	sub, err := nc.SubscribeSync(events.DefaultNames.DeadLetterSubject(events.ConsumerCommitter))
 	if err != nil {
@@ -73,7 +55,7 @@ func TestDeadLetter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.deadLetter(ctx, ev, "alex create: 503"); err != nil {
+	if err := w.deadLetter(ctx, ev, "delivery limit"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -82,21 +64,16 @@ func TestDeadLetter(t *testing.T) {
 		t.Fatalf("no dead letter: %v", err)
 	}
 	got, err := events.Decode(msg.Data)
-	if err != nil || got.ID != ev.ID || msg.Header.Get("Clinimg-Reason") != "alex create: 503" {
+	if err != nil || got.ID != ev.ID || msg.Header.Get("Clinimg-Reason") != "delivery limit" {
 		t.Errorf("dead letter %s reason %q: %v", got.ID, msg.Header.Get("Clinimg-Reason"), err)
 	}
-	sess, err := store.Peek(ctx, userID)
+	after, err := store.Peek(ctx, userID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sess.CommitStatus != session.CommitNone || !strings.Contains(sess.Commit.Message, "Nothing was saved") {
-		t.Errorf("session %s, message %q", sess.CommitStatus, sess.Commit.Message)
-	}
-	if n := sim.Live(); n != 0 {
-		t.Errorf("%d Media left live", n)
-	}
-	if n, _ := rdb.Exists(ctx, store.Keys.Ledger(userID, "c1")).Result(); n != 0 {
-		t.Error("ledger kept after the commit failed")
+	if after.CommitStatus != session.CommitNone || !strings.Contains(after.Commit.Message, "1 of 3 photos are in the patient record") ||
+		after.Images[0].MediaID != "m1" || after.Images[0].State() != session.PhotoInRecord {
+		t.Errorf("session %s, message %q, first photo %+v", after.CommitStatus, after.Commit.Message, after.Images[0])
 	}
 	if v := testutil.ToFloat64(w.m.commits.WithLabelValues("dead_lettered")); v != 1 {
 		t.Errorf("dead_lettered = %v", v)

@@ -3,6 +3,8 @@ package committer_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha1"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -51,6 +53,9 @@ type env struct {
 	simURL string
 	store  *session.Store
 	vars   map[string]string
+
+	mu    sync.Mutex
+	bytes map[string][]byte // image id -> the bytes its Media must carry (its clean copy)
 }
 
 func newEnv(t testing.TB, opt alexsim.Options) *env {
@@ -70,7 +75,7 @@ func newEnv(t testing.TB, opt alexsim.Options) *env {
 	ts := httptest.NewServer(sim)
 	t.Cleanup(ts.Close)
 	e := &env{t: t, rdb: rdb, prefix: prefix, nats: n, nc: nc, js: js, blobs: blobs, s3: s3srv, sim: sim, simURL: ts.URL,
-		store: session.NewStore(rdb, session.Options{Prefix: prefix, Source: "/test"})}
+		store: session.NewStore(rdb, session.Options{Prefix: prefix, Source: "/test"}), bytes: map[string][]byte{}}
 	s3c := s3srv.Config(blobs.Bucket())
 	e.vars = map[string]string{
 		"REDIS_URL":             testenv.RedisURL(),
@@ -85,7 +90,10 @@ func newEnv(t testing.TB, opt alexsim.Options) *env {
 		"OPS_ADDR":              "127.0.0.1:0",
 		"LOG_LEVEL":             "debug",
 		"ALEX_REQUEST_TIMEOUT":  "2s",
-		"COMMIT_RETRY_BUDGET":   "10s",
+		"COMMIT_RETRY_BUDGET":   "2m",
+		"COMMIT_RETRY_INITIAL":  "100ms",
+		"COMMIT_RETRY_MAX":      "1s",
+		"NATS_ACK_WAIT":         "2s",
 		"COMMIT_LOCK_TTL":       "3s",
 	}
 	for k, v := range sim.Env(ts.URL) {
@@ -204,6 +212,9 @@ func (e *env) seed(specs []photoSpec) (string, session.Session) {
 		if err := e.blobs.Put(ctx, ck, "image/jpeg", bytes.NewReader(clean), int64(len(clean))); err != nil {
 			e.t.Fatal(err)
 		}
+		e.mu.Lock()
+		e.bytes[im.ID] = clean
+		e.mu.Unlock()
 		if _, _, err := e.store.SetProcessed(ctx, userID, im.ID, session.Processed{Status: session.ImageReady,
 			PreviewKey: "temp/" + userID + "/" + im.ID + "-p.jpg", CleanKey: ck, CleanSize: int64(len(clean)), Width: 64, Height: 48}); err != nil {
 			e.t.Fatal(err)
@@ -292,7 +303,8 @@ func withEXIF(j []byte, orientation uint16) []byte {
 	return append(out, j[2:]...)
 }
 
-// liveIDs returns the Media ids the simulator holds live for each image.
+// liveIDs returns the Media ids the simulator holds live for each
+// identifier value.
 func liveIDs(sim *alexsim.Server) map[string][]string {
 	out := map[string][]string{}
 	for _, m := range sim.Media() {
@@ -303,27 +315,16 @@ func liveIDs(sim *alexsim.Server) map[string][]string {
 	return out
 }
 
-// checkExactlyOnce fails unless every image of sess has exactly one live
-// Media and the session's Media ids are those. Media of other sessions in
-// the same simulator are ignored.
-func checkExactlyOnce(t testing.TB, sim *alexsim.Server, sess session.Session) {
+// checkExactlyOnce fails unless the session is committed and every image
+// of it has exactly one live Media, under its own identifier, in the
+// session's patient, with the SHA-1 of its own bytes, and the session's
+// Media ids are those. Media of other sessions are ignored.
+func (e *env) checkExactlyOnce(t testing.TB, sess session.Session) {
 	t.Helper()
 	if sess.CommitStatus != session.CommitCommitted {
 		t.Fatalf("commitStatus = %s, want committed (message %q)", sess.CommitStatus, sess.Commit.Message)
 	}
-	live := liveIDs(sim)
-	var problems []string
-	for _, im := range sess.Images {
-		ids := live[im.ID]
-		if len(ids) != 1 {
-			problems = append(problems, fmt.Sprintf("%s: %d live Media", im.ID, len(ids)))
-			continue
-		}
-		if im.MediaID != ids[0] {
-			problems = append(problems, fmt.Sprintf("%s: session says %s, ALEX has %s", im.ID, im.MediaID, ids[0]))
-		}
-	}
-	if len(problems) > 0 {
+	if problems := e.inRecord(sess, sess.Images); len(problems) > 0 {
 		t.Fatalf("not exactly once:\n%s", strings.Join(problems, "\n"))
 	}
 	if len(sess.Commit.MediaResourceIDs) != len(sess.Images) {
@@ -331,12 +332,46 @@ func checkExactlyOnce(t testing.TB, sim *alexsim.Server, sess session.Session) {
 	}
 }
 
-// liveFor counts the live Media of sess's images, and how many of those
-// are still "completed".
+// inRecord lists what is wrong with imgs being in the record exactly
+// once, as their own photo.
+func (e *env) inRecord(sess session.Session, imgs []session.Image) []string {
+	byID := map[string]alexsim.Stored{}
+	for _, m := range e.sim.Media() {
+		byID[m.ID] = m
+	}
+	live := liveIDs(e.sim)
+	var problems []string
+	for _, im := range imgs {
+		ids := live[im.MediaIdentifier]
+		if len(ids) != 1 {
+			problems = append(problems, fmt.Sprintf("%s: %d live Media", im.ID, len(ids)))
+			continue
+		}
+		m := byID[ids[0]]
+		if im.MediaID != m.ID || im.State() != session.PhotoInRecord {
+			problems = append(problems, fmt.Sprintf("%s: session says %s %s, ALEX has %s", im.ID, im.State(), im.MediaID, m.ID))
+		}
+		if m.PatientRef != "Patient/"+sess.PatientID {
+			problems = append(problems, fmt.Sprintf("%s: Media %s is %s's, not %s's", im.ID, m.ID, m.PatientRef, sess.PatientID))
+		}
+		e.mu.Lock()
+		want, ok := e.bytes[im.ID]
+		e.mu.Unlock()
+		if ok {
+			sum := sha1.Sum(want)
+			if m.Hash != base64.StdEncoding.EncodeToString(sum[:]) {
+				problems = append(problems, fmt.Sprintf("%s: Media %s carries other bytes", im.ID, m.ID))
+			}
+		}
+	}
+	return problems
+}
+
+// liveFor counts the live Media of sess's images.
 func liveFor(sim *alexsim.Server, sess session.Session) int {
 	ids := map[string]bool{}
 	for _, im := range sess.Images {
-		ids[im.ID] = true
+		ids[im.MediaIdentifier] = true
 	}
 	n := 0
 	for _, m := range sim.Media() {

@@ -9,12 +9,12 @@ import (
 
 // metrics are the committer's Prometheus series.
 type metrics struct {
-	commits       *prometheus.CounterVec   // outcome: succeeded, failed, dead_lettered, retried, stale
+	commits       *prometheus.CounterVec   // outcome: succeeded, failed, gave_up, dead_lettered, retried, stale
 	duration      *prometheus.HistogramVec // outcome; from commit request to outcome
-	photos        *prometheus.CounterVec   // how: created, found (already there after a crash)
+	photos        *prometheus.CounterVec   // how: created, found (already there after a crash or lost answer)
 	requests      *prometheus.CounterVec   // op, status
 	reqDuration   *prometheus.HistogramVec // op
-	retries       *prometheus.CounterVec   // reason: transient, retry_after, token
+	retries       *prometheus.CounterVec   // reason: a session.Wait* code
 	compensations *prometheus.CounterVec   // action: deleted, entered_in_error, orphaned
 }
 
@@ -22,7 +22,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		commits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clinimg_committer_commits_total",
-			Help: "Commit deliveries by outcome: succeeded, failed (compensated), dead_lettered, retried (back to JetStream), stale.",
+			Help: "Commit deliveries by outcome: succeeded, failed (a photo needs the GP), gave_up (retry budget spent), dead_lettered, retried (waits to try again), stale.",
 		}, []string{"outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "clinimg_committer_commit_duration_seconds",
@@ -44,11 +44,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"op"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clinimg_committer_retries_total",
-			Help: "Retries of a photo inside one delivery, by reason.",
+			Help: "Attempts that ended waiting to try again, by reason (alex_unavailable, alex_throttled, alex_unclear, internal), and attempts still waiting on ALEX after 8 s (alex_slow).",
 		}, []string{"reason"}),
 		compensations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clinimg_committer_compensations_total",
-			Help: "Media written by a failed commit: deleted, marked entered-in-error, or left as orphans for manual clean-up.",
+			Help: "Media of ours that must not stay (photo discarded while its write was on the way, or a duplicate): deleted, marked entered-in-error, or left as orphans for manual clean-up.",
 		}, []string{"action"}),
 	}
 	reg.MustRegister(m.commits, m.duration, m.photos, m.requests, m.reqDuration, m.retries, m.compensations)

@@ -34,7 +34,16 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Workers = 2
 	}
 	if cfg.RetryBudget <= 0 {
-		cfg.RetryBudget = 30 * time.Second
+		cfg.RetryBudget = 10 * time.Minute
+	}
+	if cfg.RetryInitial <= 0 {
+		cfg.RetryInitial = time.Second
+	}
+	if cfg.RetryMax < cfg.RetryInitial {
+		cfg.RetryMax = max(30*time.Second, cfg.RetryInitial)
+	}
+	if cfg.ALEX.Timeout <= 0 {
+		cfg.ALEX.Timeout = 2 * time.Minute
 	}
 	if cfg.LockTTL <= 0 {
 		cfg.LockTTL = 20 * time.Second
@@ -64,6 +73,7 @@ func Run(ctx context.Context, cfg Config) error {
 	store := session.NewStore(rdb, session.Options{Prefix: cfg.Common.RedisPrefix, Names: cfg.Common.Names, Source: "/clinimg/committer"})
 	w := &worker{cfg: cfg, store: store, rdb: rdb, photos: photos, alex: alex, js: js, nc: nc,
 		names: cfg.Common.Names, log: log, m: m}
+	w.init()
 
 	log.Info("committer.start", "parallelism", cfg.Parallelism, "workers", cfg.Workers, "capabilities", cfg.Capabilities.String())
 	return conns.Run(ctx, ops.Worker{
@@ -74,8 +84,12 @@ func Run(ctx context.Context, cfg Config) error {
 		},
 		Work: func(ctx context.Context) error {
 			return consume.Run(ctx, cons, w.handle, consume.Options{
-				Workers:    cfg.Workers,
-				Logger:     log,
+				Workers: cfg.Workers,
+				Logger:  log,
+				// A commit that waits says when it tries again
+				// (consume.RetryAfter); anything else (Redis, a lost lock)
+				// is tried again soon.
+				Backoff:    func(uint64) time.Duration { return cfg.RetryInitial },
 				DeadLetter: w.deadLetter,
 				OnResult:   consume.Instrument(reg, "committer", cons),
 			})

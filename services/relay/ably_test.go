@@ -124,13 +124,15 @@ func (s *stack) lifecycle(t *testing.T, userID string) {
 	if _, _, err := st.RemoveImage(ctx, userID, "", "b"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.BeginCommit(ctx, userID, "", "c1"); err != nil {
+	sess, err := st.BeginCommit(ctx, userID, "", "c1")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := st.CommitProgress(ctx, userID, "c1", "a", "m1"); err != nil {
+	a := sess.Images[0]
+	if _, _, err := st.RecordPhoto(ctx, userID, session.PhotoUpdate{CommitID: "c1", ImageID: a.ID, Identifier: a.MediaIdentifier, State: session.PhotoInRecord, MediaID: "m1"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := st.FinishCommit(ctx, userID, "c1", map[string]string{"a": "m1"}); err != nil {
+	if _, _, err := st.FinishCommit(ctx, userID, "c1"); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -192,14 +192,15 @@ type sessionView struct {
 	PatientID    string `json:"patientId"`
 	CommitStatus string `json:"commitStatus"`
 	Images       []struct {
-		ID       string `json:"id"`
-		S3URL    string `json:"s3Url"`
-		Source   string `json:"source"`
-		Status   string `json:"status"`
-		Size     int64  `json:"size"`
-		Width    int    `json:"width"`
-		Height   int    `json:"height"`
-		Metadata struct {
+		ID              string `json:"id"`
+		MediaIdentifier string `json:"mediaIdentifier"`
+		S3URL           string `json:"s3Url"`
+		Source          string `json:"source"`
+		Status          string `json:"status"`
+		Size            int64  `json:"size"`
+		Width           int    `json:"width"`
+		Height          int    `json:"height"`
+		Metadata        struct {
 			BodySite   string `json:"bodySite"`
 			Laterality string `json:"laterality"`
 			Notes      string `json:"notes"`

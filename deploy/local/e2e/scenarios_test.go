@@ -134,7 +134,7 @@ func TestHappyPath(t *testing.T) {
 
 	ids := []string{}
 	for _, im := range s.Images {
-		ids = append(ids, im.ID)
+		ids = append(ids, im.MediaIdentifier)
 	}
 	media := r.env.MediaFor(ids...)
 	if len(media) != 3 {
@@ -179,7 +179,7 @@ func TestPhoneCommits(t *testing.T) {
 	r.shot("desktop-committed")
 	var ids []string
 	for _, im := range r.api().session().Images {
-		ids = append(ids, im.ID)
+		ids = append(ids, im.MediaIdentifier)
 	}
 	if n := len(r.env.MediaFor(ids...)); n != 2 {
 		t.Errorf("ALEX holds %d Media, want 2", n)
@@ -372,8 +372,8 @@ func TestFiftyPhotoLimit(t *testing.T) {
 }
 
 // ALEX refuses one photo: the desktop names the photo and the reason, and a
-// retry commits both. (What the failed commit had already written is the
-// committer's to withdraw or report; its own tests cover that.)
+// retry commits both, each once. (The photo already in the record stays
+// there; the retry sends only the refused one.)
 func TestCommitFailureAndRetry(t *testing.T) {
 	r := newRig(t)
 	d := r.openDesktop(desktopView, false)
@@ -382,7 +382,7 @@ func TestCommitFailureAndRetry(t *testing.T) {
 	r.takePhotos(ph, 2, testdata(t, "photo-1920.jpg"), testdata(t, "exif-orientation/Landscape_2.jpg"))
 	waitCards(d, 2, 30*time.Second)
 	s := r.api().session()
-	r.env.ALEX.Inject(alexsim.Rule{Method: "POST", Path: "/Media", Identifier: s.Images[1].ID, Times: 1,
+	r.env.ALEX.Inject(alexsim.Rule{Method: "POST", Path: "/Media", Identifier: s.Images[1].MediaIdentifier, Times: 1,
 		Fault: alexsim.Fault{Kind: alexsim.FaultStatus, Status: 400, Code: "business-rule", Message: "Body site not accepted"}})
 
 	d.click(`[data-test=commit]`)
@@ -397,7 +397,7 @@ func TestCommitFailureAndRetry(t *testing.T) {
 		t.Errorf("commit button %q, want Retry commit", btn)
 	}
 	r.shot("failed")
-	if n := len(r.env.MediaFor(s.Images[1].ID)); n != 0 {
+	if n := len(r.env.MediaFor(s.Images[1].MediaIdentifier)); n != 0 {
 		t.Errorf("%d Media in ALEX for the refused photo, want 0", n)
 	}
 
@@ -407,8 +407,8 @@ func TestCommitFailureAndRetry(t *testing.T) {
 	r.shot("committed-on-retry")
 	ph.waitJS(15*time.Second, "phone outcome", `document.getElementById('outcome-icon').classList.contains('ok')`)
 	for i, im := range s.Images {
-		if n := len(r.env.MediaFor(im.ID)); n == 0 {
-			t.Errorf("photo %d has no Media in ALEX after the retry", i+1)
+		if n := len(r.env.MediaFor(im.MediaIdentifier)); n != 1 {
+			t.Errorf("photo %d has %d Media in ALEX after the retry, want 1", i+1, n)
 		}
 	}
 	d.checkConsole()

@@ -27,12 +27,12 @@ type env struct {
 	natsDir string
 }
 
-// MediaFor lists the live Media in the ALEX simulator for these photos (the
-// committer puts the image id in each Media's identifier): neither deleted
-// nor withdrawn (entered-in-error) by a commit's compensation.
-func (e *env) MediaFor(imageIDs ...string) []alexsim.Stored {
+// MediaFor lists the live Media in the ALEX simulator for these photos, by
+// the Media identifier the server gave each (session mediaIdentifier):
+// neither deleted nor withdrawn (entered-in-error).
+func (e *env) MediaFor(identifiers ...string) []alexsim.Stored {
 	want := map[string]bool{}
-	for _, id := range imageIDs {
+	for _, id := range identifiers {
 		want[id] = true
 	}
 	var out []alexsim.Stored
