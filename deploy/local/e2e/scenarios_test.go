@@ -524,7 +524,7 @@ func TestPatientSwitch(t *testing.T) {
 	d.click(`[data-test=confirm-ok]`)
 	d.waitJS(60*time.Second, "committed", `document.getElementById('commitbar').dataset.phase === 'done'`)
 	s := api.session()
-	if media := r.env.MediaFor(s.Images[0].ID); len(media) != 1 || !strings.HasSuffix(media[0].PatientRef, "/"+a) {
+	if media := r.env.MediaFor(s.Images[0].MediaIdentifier); len(media) != 1 || !strings.HasSuffix(media[0].PatientRef, "/"+a) {
 		t.Fatalf("A's photo: %d Media, want 1 in patient %s", len(media), a)
 	}
 	r.shot("committed-to-a")
