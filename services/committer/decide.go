@@ -199,10 +199,10 @@ func describe(err error) (reason, message string) {
 	return session.WaitALEXUnavailable, "ALEX did not answer"
 }
 
-// worstWait picks the fault the screens show when several photos failed:
-// a throttle first (it sets the pace), then an unclear answer, then the
-// rest.
-func worstWait(errs []error) (error, time.Duration) {
+// worstWait picks the fault the screens show when several photos failed
+// (a throttle first, as it sets the pace, then an unclear answer, then the
+// rest) and the longest Retry-After among them.
+func worstWait(errs []error) (retryAfter time.Duration, worst error) {
 	rank := func(err error) int {
 		switch r, _ := describe(err); r {
 		case session.WaitALEXThrottled:
@@ -214,8 +214,6 @@ func worstWait(errs []error) (error, time.Duration) {
 		}
 		return 0
 	}
-	var worst error
-	var retryAfter time.Duration
 	for _, err := range errs {
 		if worst == nil || rank(err) > rank(worst) {
 			worst = err
@@ -225,7 +223,7 @@ func worstWait(errs []error) (error, time.Duration) {
 			retryAfter = max(retryAfter, e.RetryAfter)
 		}
 	}
-	return worst, retryAfter
+	return retryAfter, worst
 }
 
 // refusal is what the GP reads about a photo ALEX refused.

@@ -161,7 +161,7 @@ func TestWorstWait(t *testing.T) {
 		&fhir.Error{Status: 200},
 		errors.New("s3 down"),
 	}
-	worst, ra := worstWait(errs)
+	ra, worst := worstWait(errs)
 	reason, msg := describe(worst)
 	if reason != session.WaitALEXThrottled || ra != 3*time.Second || msg == "" {
 		t.Errorf("worst %v (%s %q), retry-after %s", worst, reason, msg, ra)

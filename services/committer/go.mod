@@ -3,7 +3,6 @@ module github.com/clinicalimages/clinimg/services/committer
 go 1.26.8
 
 require (
-	github.com/cenkalti/backoff/v4 v4.3.0
 	github.com/clinicalimages/clinimg/pkg v0.0.0
 	github.com/google/go-cmp v0.7.0
 	github.com/nats-io/nats.go v1.55.0

@@ -185,7 +185,7 @@ func (w *worker) attempt(ctx context.Context, log *slog.Logger, sess session.Ses
 			needsGP(needGP), inRecord, len(results))
 		return w.fail(ctx, log, led, msg, a.orphans, "failed")
 	}
-	worst, retryAfter := worstWait(waitOn)
+	retryAfter, worst := worstWait(waitOn)
 	delay := retryDelay(n, w.cfg.RetryInitial, w.cfg.RetryMax, retryAfter, w.jitter())
 	next := now.Add(delay)
 	if next.After(deadline) {

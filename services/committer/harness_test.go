@@ -367,21 +367,6 @@ func (e *env) inRecord(sess session.Session, imgs []session.Image) []string {
 	return problems
 }
 
-// liveFor counts the live Media of sess's images.
-func liveFor(sim *alexsim.Server, sess session.Session) int {
-	ids := map[string]bool{}
-	for _, im := range sess.Images {
-		ids[im.MediaIdentifier] = true
-	}
-	n := 0
-	for _, m := range sim.Media() {
-		if ids[m.Identifier.Value] && !m.Deleted && m.Status != "entered-in-error" {
-			n++
-		}
-	}
-	return n
-}
-
 var errKilled = errors.New("killed")
 
 func specs(n int) []photoSpec {
