@@ -82,6 +82,13 @@ type Session struct {
 	Commit       *CommitResult `json:"commit,omitempty"`
 	Phone        *Phone        `json:"phone,omitempty"` // the phone paired last of Phones
 	Phones       List[Phone]   `json:"phones"`          // every phone paired and not removed
+	// OpenPatientID is the patient the practice system has open, as the
+	// desktop last said, when it is not this session's: then nothing is added
+	// to the session, from the desktop or a phone (ErrPatientMismatch).
+	OpenPatientID string `json:"openPatientId,omitempty"`
+	// Held is true while OpenPatientID is set: what a phone is shown (it is
+	// not told the other patient's id).
+	Held bool `json:"held,omitempty"`
 	// Pending is what each phone still holds and has not recorded yet
 	// (photos waiting for a connection), by phone id (PhoneID).
 	Pending      map[string]Pending `json:"pending,omitempty"`

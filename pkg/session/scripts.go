@@ -194,7 +194,8 @@ return encoded(s)
 // add: ARGV[5] image, ARGV[6] session id the caller is bound to ("" for
 // any), ARGV[7] cap, ARGV[8] patient the desktop has open ("" for any),
 // ARGV[9] the phone the caller is ("" for the desktop), which must still be
-// paired. Returns {session, "added"|"duplicate"}.
+// paired. A session whose openPatientId names another patient takes
+// nothing either. Returns {session, "added"|"duplicate"}.
 var addScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
@@ -211,6 +212,7 @@ if old then
   return {encoded(s), 'duplicate'}
 end
 if ARGV[8] ~= '' and s.patientId ~= ARGV[8] then return fail('PATIENT_MISMATCH') end
+if s.openPatientId and s.openPatientId ~= '' and s.openPatientId ~= s.patientId then return fail('PATIENT_MISMATCH') end
 local bad = editable(s)
 if bad then return bad end
 if #s.images >= tonumber(ARGV[7]) then return fail('CAP', ARGV[7]) end
@@ -525,4 +527,21 @@ bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = s.commitId, success = false, stopped = true, done = done, total = #s.images, message = s.commit.message, errors = {}, mediaResourceIds = {}})
 return encoded(s)
+`)
+
+// opened: ARGV[5] the patient the practice system has open. Another patient
+// than the session's holds the session (nothing is added); the session's own
+// lifts the hold. Returns {session, "changed"|"unchanged"}.
+var openedScript = script(`
+local s = load(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+local open = ARGV[5]
+if open == s.patientId then open = nil end
+if (s.openPatientId or nil) == open or (s.openPatientId == '' and open == nil) then return {encoded(s), 'unchanged'} end
+s.openPatientId = open
+s.held = open ~= nil or nil
+bump(s)
+save(s, ARGV[2])
+emit(s, {held = open ~= nil})
+return {encoded(s), 'changed'}
 `)

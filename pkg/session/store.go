@@ -350,6 +350,18 @@ func (s *Store) AddImageBound(ctx context.Context, userID string, b Binding, img
 	return decodeChanged(res, "added")
 }
 
+// SetOpenPatient records which patient the practice system has open, as the
+// desktop sees it. While it is another patient than the session's, nothing
+// is added to the session (ErrPatientMismatch), from a phone either; the
+// session's own patient lifts that. Saying the same again changes nothing.
+func (s *Store) SetOpenPatient(ctx context.Context, userID, patientID string) (Session, bool, error) {
+	res, err := s.run(ctx, openedScript, events.PatientOpened, userID, nil, patientID)
+	if err != nil {
+		return Session{}, false, err
+	}
+	return decodeChanged(res, "changed")
+}
+
 // SetPending records how many photos one phone still holds unrecorded, so
 // the desktop can say they are coming and ask before a commit leaves them
 // behind. A count of 0 removes the phone's entry; the same count again

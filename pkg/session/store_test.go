@@ -685,3 +685,37 @@ func TestQRCodesAndPhones(t *testing.T) {
 		}
 	})
 }
+
+// While the desktop says another patient is open, nothing is added to the
+// session, from a phone either; the session's own patient lifts the hold.
+func TestOpenPatientHoldsTheSession(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *session.Store, rdb redis.Cmdable) {
+		ctx := context.Background()
+		sid := start(t, st, "u1", "p1").Session.SessionID
+		steps := []struct {
+			open    string
+			changed bool
+			held    bool
+		}{
+			{"p1", false, false}, // the session's own patient: nothing to hold
+			{"p2", true, true},
+			{"p2", false, true},
+			{"p3", true, true},
+			{"p1", true, false},
+		}
+		for i, s := range steps {
+			before := outboxLen(t, rdb, st)
+			got, changed, err := st.SetOpenPatient(ctx, "u1", s.open)
+			if err != nil {
+				t.Fatalf("step %d: %v", i, err)
+			}
+			if changed != s.changed || (got.OpenPatientID != "") != s.held || got.Held != s.held || (outboxLen(t, rdb, st)-before == 1) != s.changed {
+				t.Fatalf("step %d (%s open): changed=%v openPatientId=%q", i, s.open, changed, got.OpenPatientID)
+			}
+			_, added, err := st.AddImage(ctx, "u1", sid, image(fmt.Sprintf("img%d", i)))
+			if s.held != errors.Is(err, session.ErrPatientMismatch) || (err == nil) != added {
+				t.Fatalf("step %d (%s open): phone add: added=%v err=%v", i, s.open, added, err)
+			}
+		}
+	})
+}

@@ -314,6 +314,35 @@ func (s *Server) getSession(c *gin.Context) {
 	c.JSON(http.StatusOK, s.view(ctx, sess))
 }
 
+type openPatientRequest struct {
+	PatientID string `json:"patientId"`
+}
+
+// setOpenPatient is PUT open-patient: the desktop says which patient the
+// practice system has open. While that is not the session's patient, the
+// session takes no photo from anyone, phones included.
+func (s *Server) setOpenPatient(c *gin.Context) {
+	var req openPatientRequest
+	if err := decodeJSON(c, &req, false); err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	if callerOf(c).phone {
+		s.respondErr(c, clientErr(http.StatusForbidden, "forbidden", "only the desktop knows which patient is open"))
+		return
+	}
+	if !fhirID.MatchString(req.PatientID) {
+		s.respondErr(c, invalid("patient_id", "patientId must be 1-64 letters, digits, '.', '_' or '-'"))
+		return
+	}
+	sess, _, err := s.store.SetOpenPatient(c.Request.Context(), c.Param("userId"), req.PatientID)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"patientId": sess.PatientID, "held": sess.Held, "version": sess.Version})
+}
+
 type pendingRequest struct {
 	Count *int `json:"count"`
 }
@@ -516,8 +545,10 @@ func (s *Server) devToken(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"token": tok, "userId": userID})
 }
 
-// view is the session as a browser sees it, with short-lived read URLs.
+// view is the session as a browser sees it, with short-lived read URLs, and
+// held rather than which other patient is open (a phone is not told).
 func (s *Server) view(ctx context.Context, sess session.Session) session.Session {
+	sess.OpenPatientID = ""
 	imgs := make(session.List[session.Image], len(sess.Images))
 	for i, im := range sess.Images {
 		im.S3URL = s.presignGet(ctx, im.S3Key)

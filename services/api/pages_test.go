@@ -259,3 +259,36 @@ func TestOpenAPIEnumsAreTheVocabulary(t *testing.T) {
 		}
 	}
 }
+
+// The desktop says another patient is open: the session takes nothing, not
+// from the phone either, and the phone is told it is held, not who is open.
+// The session's own patient lifts the hold.
+func TestOpenPatientHoldsTheSession(t *testing.T) {
+	h := newHarness(t)
+	phone := h.start("u1", "p1")
+	desk := h.desktop("u1")
+	if r := h.do("PUT", "/api/users/u1/open-patient", phone, map[string]any{"patientId": "p2"}); r.status != 403 {
+		t.Fatalf("phone sets the open patient: %d", r.status)
+	}
+	if r := h.do("PUT", "/api/users/u1/open-patient", desk, map[string]any{"patientId": "p 2"}); r.status != 400 {
+		t.Fatalf("bad patient id: %d", r.status)
+	}
+	if r := h.do("PUT", "/api/users/u1/open-patient", desk, map[string]any{"patientId": "p2"}); r.status != 200 || r.body["held"] != true {
+		t.Fatalf("open p2: %d %s", r.status, r.raw)
+	}
+	key, id := h.upload("u1", phone, jpegBytes)
+	r := h.do("POST", "/api/users/u1/images", phone, map[string]any{"imageId": id, "s3Key": key, "source": "mobile"})
+	if r.status != 409 || r.body["code"] != "patient_mismatch" {
+		t.Fatalf("phone adds to a held session: %d %s", r.status, r.raw)
+	}
+	g := h.do("GET", "/api/users/u1/session", phone, nil)
+	if g.body["held"] != true || strings.Contains(string(g.raw), "p2") {
+		t.Fatalf("phone's view of a held session: %s", g.raw)
+	}
+	if r := h.do("PUT", "/api/users/u1/open-patient", desk, map[string]any{"patientId": "p1"}); r.status != 200 || r.body["held"] != false {
+		t.Fatalf("open p1 again: %d %s", r.status, r.raw)
+	}
+	if r := h.do("POST", "/api/users/u1/images", phone, map[string]any{"imageId": id, "s3Key": key, "source": "mobile"}); r.status != 200 {
+		t.Fatalf("phone adds once the session's patient is open again: %d %s", r.status, r.raw)
+	}
+}

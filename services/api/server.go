@@ -134,6 +134,7 @@ func (s *Server) Router() http.Handler {
 	u.POST("/commit/stop", s.stopCommit)
 	u.GET("/realtime-token", s.realtimeToken)
 	u.PUT("/pending", s.setPending)
+	u.PUT("/open-patient", s.setOpenPatient)
 	u.GET("/phones", s.requireDesktop, s.listPhones)
 	u.DELETE("/phones/:phoneId", s.requireDesktop, s.removePhone)
 	return r

@@ -445,8 +445,9 @@ func TestPhoneTokenScreens(t *testing.T) {
 // The practice system moves to patient B while the session holds patient A's
 // uncommitted photo. The header shows B; nothing can be added, coded,
 // deleted, paired or committed as before; the only two actions name A (and
-// their confirmations name both); a photo dropped on the desktop, and one
-// recorded through the API for B, are refused. The GP commits A's photo to
+// their confirmations name both); a photo dropped on the desktop, one
+// recorded through the API for B, and one sent by A's phone are refused,
+// and the phone says it is on hold. The GP commits A's photo to
 // A, then starts B's capture and adds photos from the desktop (picked and
 // dropped), which go to B.
 func TestPatientSwitch(t *testing.T) {
@@ -501,6 +502,20 @@ func TestPatientSwitch(t *testing.T) {
 	}
 	if st := api.do("POST", "/api/users/"+r.user+"/images", map[string]any{"imageId": id, "s3Key": key, "source": "desktop", "patientId": b}, &refused); st != 409 || refused.Code != "patient_mismatch" {
 		t.Errorf("record for %s into %s's session: %d %q, want 409 patient_mismatch", b, a, st, refused.Code)
+	}
+	// The phone in hand is still A's: it is told the session is on hold, its
+	// camera is off, and the API refuses what it sends.
+	ph.waitJS(15*time.Second, "phone on hold", `!document.querySelector('[data-test=held]').hidden && document.querySelector('[data-test=file]').disabled`)
+	if h := ph.text(`[data-test=held]`); strings.Contains(h, b) {
+		t.Errorf("the phone for %s is told the other patient's id: %q", a, h)
+	}
+	var phoneToken string
+	ph.eval(`JSON.parse(sessionStorage.getItem('clinimg.phone')).phoneToken`, &phoneToken)
+	phoneAPI := api
+	phoneAPI.token = phoneToken
+	pid, pkey := phoneAPI.put()
+	if st := phoneAPI.do("POST", "/api/users/"+r.user+"/images", map[string]any{"imageId": pid, "s3Key": pkey, "source": "mobile"}, &refused); st != 409 || refused.Code != "patient_mismatch" {
+		t.Errorf("phone records into %s's session while %s is open: %d %q, want 409 patient_mismatch", a, b, st, refused.Code)
 	}
 	if n := len(api.session().Images); n != 1 {
 		t.Errorf("session holds %d photos, want A's 1", n)

@@ -76,6 +76,8 @@ export class Api {
   addImage(imageId, s3Key, source, extra) {
     return this.request('POST', this.user('/images'), { imageId, s3Key, source, ...(extra || {}) });
   }
+  /** setOpenPatient tells the session which patient the practice system has open (desktop). */
+  setOpenPatient(patientId) { return this.request('PUT', this.user('/open-patient'), { patientId }); }
   /** setPending tells the session how many photos this phone still holds. */
   setPending(count) { return this.request('PUT', this.user('/pending'), { count }); }
   patchImage(imageId, fields) {

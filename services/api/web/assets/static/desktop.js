@@ -132,7 +132,24 @@ function apply(next) {
   const changedSession = next.sessionId !== state.model.sessionId;
   state.model = next;
   if (changedSession || M.commitPhase(next).phase !== 'idle') state.failure = null;
+  holdIfOther();
   render();
+}
+
+// holdIfOther tells the session which patient is open whenever that changes
+// whether it is held: another patient's session then takes no photo from the
+// phone either, and the session's own patient releases it.
+let holding = '';
+function holdIfOther() {
+  const m = state.model;
+  if (!m.sessionId || m.commitStatus === 'committed' || !state.patientId || !m.session) return;
+  const want = other();
+  const key = `${m.sessionId}:${want}`;
+  if (want === !!m.session.held || holding === key) return;
+  holding = key;
+  api.setOpenPatient(state.patientId)
+    .then(() => live.reconcile())
+    .catch(() => { holding = ''; }); // the next snapshot tries again
 }
 
 function onSessionError(e) {
@@ -201,8 +218,8 @@ async function commit() {
   let title = 'Commit photos?';
   if (other()) {
     title = `Commit to patient ${m.patientId}?`;
-    body.push(`These ${plural(n, 'photo')} were taken for patient ${m.patientId}. The practice system has patient ${state.patientId} open.`,
-      `Commit them to the record of patient ${m.patientId}, not ${state.patientId}?`);
+    body.push(`${n === 1 ? 'This photo was' : `These ${plural(n, 'photo')} were`} taken for patient ${m.patientId}. The practice system has patient ${state.patientId} open.`,
+      `Commit ${n === 1 ? 'it' : 'them'} to the record of patient ${m.patientId}, not ${state.patientId}?`);
   } else {
     body.push(`Commit ${plural(n, 'photo')} to the record of patient ${m.patientId}?`);
   }
@@ -214,7 +231,7 @@ async function commit() {
     title, body,
     ok: pending ? `Commit ${plural(n, 'photo')} without them` : `Commit ${plural(n, 'photo')} to patient ${m.patientId}`,
     cancel: pending ? 'Wait for them' : 'Cancel',
-    safeFirst: pending > 0,
+    safeFirst: pending > 0 || other(),
   });
   if (!ok) return;
   state.requesting = true;

@@ -185,13 +185,19 @@ function applySession(s) {
   }
   const next = M.applySnapshot(state.model, s);
   if (next === state.model) return;
+  const released = held() && !(next.session && next.session.held);
   state.model = next;
+  if (released) uploads.retryAll(); // the session takes photos again
   try {
     // without its signed URLs, which are no use later
     sessionStorage.setItem(SNAPSHOT, JSON.stringify({ ...s, images: s.images.map(({ s3Url, previewUrl, viewerUrl, ...im }) => im) }));
   } catch { /* storage full: the next answer will do */ }
   render();
 }
+
+// held is true while the desktop says the practice system has another
+// patient open: this session takes no photo until it is this patient again.
+const held = () => !!(state.model.session && state.model.session.held);
 
 function onSessionError(e) {
   if (e.status === 410 || e.code === 'session_changed' || e.status === 404) ended();
@@ -309,6 +315,7 @@ function render() {
   const sending = uploads.active - uploads.waiting;
   const parts = [];
   if (uploads.waiting) parts.push(`${uploads.waiting} waiting for a connection`);
+  if (uploads.onHold) parts.push(`${uploads.onHold} on hold`);
   if (sending > 0) parts.push(`${sending} sending`);
   const q = $('queue');
   q.hidden = parts.length === 0;
@@ -321,17 +328,22 @@ function render() {
   limit.textContent = l.text;
   limit.hidden = !l.kind;
   if (l.kind === 'error' && $('notice').textContent.startsWith('Only ')) notice(''); // the cap banner says it
+  const hold = held();
+  const h = $('held');
+  h.hidden = !hold;
+  h.textContent = hold ? `On hold: the practice system has another patient open, not patient ${state.cred.patientId}. Photos are added again once patient ${state.cred.patientId} is open on the desktop.` : '';
   const full = total >= state.vocab.limits.maxImages;
-  $('file').disabled = full;
-  $('camera').classList.toggle('disabled', full);
-  $('camera').setAttribute('aria-disabled', String(full));
+  $('file').disabled = full || hold;
+  $('camera').classList.toggle('disabled', full || hold);
+  $('camera').setAttribute('aria-disabled', String(full || hold));
 
   renderList(server);
 
   const processing = M.counts(m).processing;
   const btn = $('commit');
   btn.textContent = server.length ? `Commit ${plural(server.length, 'photo')} now` : 'Commit now';
-  btn.disabled = !server.length || uploads.active > 0 || processing > 0 || m.commitStatus !== 'none';
+  // on hold, the desktop decides (it names both patients); the phone waits
+  btn.disabled = !server.length || uploads.active > 0 || processing > 0 || m.commitStatus !== 'none' || hold;
   $('commit-note').textContent = uploads.active
     ? `${plural(uploads.active, 'photo')} still on this phone: commit once ${uploads.active === 1 ? 'it has' : 'they have'} been sent.`
     : processing ? `Preparing ${plural(processing, 'photo')}…` : 'You can also commit from the desktop.';
@@ -355,7 +367,7 @@ function renderList(server) {
   const out = [];
   const keep = new Set();
   const confirmed = new Set(server.map((im) => im.id));
-  const editable = state.model.commitStatus === 'none';
+  const editable = state.model.commitStatus === 'none' && !held();
   server.forEach((im, i) => {
     const key = `i:${im.id}`;
     keep.add(key);

@@ -63,13 +63,14 @@ export function putBlob(url, blob, headers, onProgress) {
   });
 }
 
-const transient = (e) => e.network || e.code === 'object_missing' || e.status >= 500 || e.status === 408 || e.status === 429;
+// A photo waits and tries again on these; a session held for another
+// patient (patient_mismatch) may be released, so its photos wait too.
+const transient = (e) => e.network || e.code === 'object_missing' || e.code === 'patient_mismatch' || e.status >= 500 || e.status === 408 || e.status === 429;
 
 const PERMANENT_TEXT = {
   committed: 'This session is already committed. Start a new capture from the desktop.',
   commit_in_progress: 'A commit is running. This photo was not added; send it again once the commit ends.',
   session_changed: 'This capture session has ended.',
-  patient_mismatch: 'Not added: the session belongs to another patient.',
   not_an_image: 'The server could not read this file as a photo.',
   too_large: 'This photo is too large.',
 };
@@ -131,7 +132,14 @@ export class UploadQueue {
   /** waiting counts photos waiting for a connection (between attempts). */
   get waiting() {
     let n = 0;
-    for (const it of this.items.values()) if (it.state === 'retrying') n++;
+    for (const it of this.items.values()) if (it.state === 'retrying' && !it.held) n++;
+    return n;
+  }
+
+  /** onHold counts photos waiting because the session is held for another patient. */
+  get onHold() {
+    let n = 0;
+    for (const it of this.items.values()) if (it.state === 'retrying' && it.held) n++;
     return n;
   }
 
@@ -255,7 +263,9 @@ export class UploadQueue {
         it.state = 'retrying';
         it.network = err.network;
         it.nextTryAt = Date.now() + delay;
-        it.error = err.network ? 'Waiting for a connection' : `The server is busy (${err.status || err.code})`;
+        it.held = err.code === 'patient_mismatch';
+        it.error = err.network ? 'Waiting for a connection'
+          : it.held ? 'On hold: another patient is open in the practice system' : `The server is busy (${err.status || err.code})`;
         this.onChange(it);
         await new Promise((res) => {
           const t = setTimeout(res, delay);
