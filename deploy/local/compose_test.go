@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/clinicalimages/clinimg/pkg/config"
+	"github.com/clinicalimages/clinimg/pkg/realtime"
 	"github.com/clinicalimages/clinimg/services/api"
 	"github.com/clinicalimages/clinimg/services/committer"
 	"github.com/clinicalimages/clinimg/services/relay"
@@ -48,9 +49,16 @@ func repoRoot(t *testing.T) string {
 // every default is what is tested) and the given profiles.
 func loadCompose(t *testing.T, profiles ...string) *types.Project {
 	t.Helper()
+	return loadComposeEnv(t, nil, profiles...)
+}
+
+// loadComposeEnv loads compose.yaml as an operator's environment (or
+// deploy/.env) of env ("NAME=value") would have it.
+func loadComposeEnv(t *testing.T, env []string, profiles ...string) *types.Project {
+	t.Helper()
 	opts, err := cli.NewProjectOptions([]string{composeFile},
 		cli.WithName("clinimg"),
-		cli.WithEnv([]string{}),
+		cli.WithEnv(env),
 		cli.WithProfiles(profiles),
 		cli.WithResolvedPaths(true),
 	)
@@ -343,6 +351,41 @@ func TestComposeEnvironment(t *testing.T) {
 	wantALEX := []string{sim("ALEXSIM_CLIENT_ID"), sim("ALEXSIM_CLIENT_SECRET"), sim("ALEXSIM_SCOPE"), sim("ALEXSIM_FACILITY_ID")}
 	if diff := cmp.Diff(wantALEX, gotALEX); diff != "" {
 		t.Errorf("committer's ALEX credentials differ from the simulator's (-sim +committer):\n%s", diff)
+	}
+}
+
+// With an Ably key, browsers are sent to Ably's SSE endpoint (or the one
+// named), never to the relay's, which does not serve SSE in that mode; the
+// relay publishes where ABLY_ENDPOINT says.
+func TestComposeAbly(t *testing.T) {
+	tests := []struct {
+		name         string
+		env          []string
+		wantURL      string
+		wantEndpoint string
+	}{
+		{"ably", []string{"ABLY_API_KEY=app.key:secret"}, realtime.AblySSEURL, ""},
+		{"ably stand-in", []string{"ABLY_API_KEY=app.key:secret", "ABLY_SSE_URL=http://127.0.0.1:7000/sse", "ABLY_ENDPOINT=http://127.0.0.1:7000"},
+			"http://127.0.0.1:7000/sse", "http://127.0.0.1:7000"},
+		{"built-in sse", nil, "http://localhost:8081/sse", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := loadComposeEnv(t, tt.env, "sim")
+			acfg, err := api.ConfigFromEnv(env(p.Services["api"]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rcfg, err := relay.ConfigFromEnv(env(p.Services["relay"]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := []string{acfg.Realtime.URL, rcfg.AblyEndpoint, string(rcfg.Realtime.Mode)}
+			want := []string{tt.wantURL, tt.wantEndpoint, string(acfg.Realtime.Mode)}
+			if d := cmp.Diff(want, got); d != "" {
+				t.Errorf("[browsers' SSE URL, relay's Ably endpoint, relay's mode] (-want +got):\n%s", d)
+			}
+		})
 	}
 }
 

@@ -1,19 +1,37 @@
-// Package local runs the whole Clinical Images system in one process on
-// embedded parts: a real NATS server with JetStream, an S3 server that checks
-// SigV4 signatures, an in-process Redis-compatible server (unless REDIS_URL
-// points at a real one), the ALEX simulator, and a development token issuer.
-// The four services run the same Run functions production runs. It is for
-// `make run`, demos and end-to-end tests; nothing in it is for production.
+// Package local runs the whole Clinical Images system in one process. The
+// four services run the same Run functions production runs, configured by
+// the same environment variables; each outside part is embedded unless its
+// variables say where the real one is:
+//
+//	Redis  REDIS_URL set: that Redis; else an in-process Redis-compatible server
+//	NATS   NATS_URL set: that NATS (JetStream); else an embedded nats-server
+//	S3     S3_BUCKET_NAME set: that bucket (S3_ENDPOINT, AWS_*); else an
+//	       in-process S3 server that checks SigV4 signatures
+//	Ably   ABLY_API_KEY set: Ably (ABLY_ENDPOINT, ABLY_SSE_URL); else the
+//	       relay's built-in SSE
+//	ALEX   ALEX_API_URL set: that ALEX (every ALEX_* variable); else the
+//	       ALEX simulator
+//	Auth   AUTH_JWKS_URL set: that identity provider; else a development
+//	       token issuer (GET /dev/token)
+//
+// Every other service variable (LOG_LEVEL, COMMIT_WORKERS, PUBLIC_URL, ...)
+// is taken from the environment as the services would take it. It is for
+// `make run`, demos and end-to-end tests; nothing embedded is for
+// production.
 package local
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +41,7 @@ import (
 
 	"github.com/clinicalimages/clinimg/pkg/alexsim"
 	"github.com/clinicalimages/clinimg/pkg/blob"
+	"github.com/clinicalimages/clinimg/pkg/config"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/natsembed"
 	"github.com/clinicalimages/clinimg/pkg/ops"
@@ -52,9 +71,11 @@ type Options struct {
 	DataDir string
 	// NATSURL uses a running NATS server with JetStream instead of the
 	// embedded one (tests use a server process of their own, so the race
-	// detector watches our code rather than the server's).
+	// detector watches our code rather than the server's), as NATS_URL in
+	// Env does.
 	NATSURL string
-	// RedisURL uses a real Redis instead of the in-process one.
+	// RedisURL uses a real Redis instead of the in-process one, as
+	// REDIS_URL in Env does.
 	RedisURL string
 	// RedisPrefix prefixes every key (useful on a shared Redis).
 	RedisPrefix string
@@ -62,7 +83,10 @@ type Options struct {
 	ALEXLatency time.Duration
 	// Logger receives every service's logs (default JSON on stderr at info).
 	Logger *slog.Logger
-	// Env overrides any service setting by its environment name.
+	// Env is the services' environment (`make run` passes its own): it
+	// names the real parts (see the package comment) and overrides any
+	// other service setting. Listen addresses are the stack's (Host and
+	// the ports above).
 	Env map[string]string
 	// Registries, keyed by service name (api, relay, committer,
 	// thumbnailer), receive that service's metrics instead of a registry of
@@ -70,20 +94,28 @@ type Options struct {
 	Registries map[string]*prometheus.Registry
 }
 
+// Part is one outside system and which one the stack uses.
+type Part struct {
+	Name     string // Redis, NATS, S3, Ably, ALEX, Auth
+	Embedded bool
+	Where    string // an address or name, never a secret
+}
+
 // Stack is a running system.
 type Stack struct {
 	URL      string // the API and the pages
 	APIOps   string // the API's operations server: /healthz, /readyz, /metrics
-	RelayURL string // the built-in SSE endpoint
-	ALEXURL  string
+	RelayURL string // the built-in SSE endpoint ("" with Ably)
+	ALEXURL  string // the simulator's or the real ALEX's base URL
+	Parts    []Part
 
-	ALEX    *alexsim.Server
-	S3      *s3local.Server
+	ALEX    *alexsim.Server // nil when ALEX is real
+	S3      *s3local.Server // nil when S3 is real
 	Blob    *blob.Store
 	Redis   *redis.Client
 	Store   *session.Store
 	NATSURL string
-	Issuer  *jwtauth.Issuer
+	Issuer  *jwtauth.Issuer // nil when Auth is real
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -122,7 +154,7 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 		opt.Host = "127.0.0.1"
 	}
 	if opt.Logger == nil {
-		opt.Logger = ops.Logger(os.Stderr, "local", "info")
+		opt.Logger = ops.Logger(os.Stderr, "", "info")
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	st := &Stack{cancel: cancel}
@@ -132,9 +164,40 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 		}
 	}()
 	at := func(port int) string { return net.JoinHostPort(opt.Host, strconv.Itoa(port)) }
+	given := func(k string) string { return strings.TrimSpace(opt.Env[k]) }
+	// set holds what the stack decides: the embedded parts' addresses and
+	// credentials (never overridden by a stray variable such as an AWS key
+	// in the caller's shell) and each service's listen addresses.
+	set := map[string]string{}
+	part := func(name string, embedded bool, where string) {
+		st.Parts = append(st.Parts, Part{Name: name, Embedded: embedded, Where: where})
+	}
+
+	// Redis: the real one if named, else an in-process server.
+	redisURL := cmp.Or(opt.RedisURL, given("REDIS_URL"))
+	if redisURL == "" {
+		m := miniredis.NewMiniRedis()
+		if err := m.StartAddr("127.0.0.1:0"); err != nil {
+			return nil, fmt.Errorf("embedded redis: %w", err)
+		}
+		st.cleanup = append(st.cleanup, m.Close)
+		redisURL = "redis://" + m.Addr() + "/0"
+		part("Redis", true, m.Addr())
+	} else {
+		part("Redis", false, hostOf(redisURL))
+	}
+	set["REDIS_URL"] = redisURL
+	if st.Redis, err = ops.Redis(ctx, redisURL, opt.Logger); err != nil {
+		return nil, err
+	}
+	st.cleanup = append(st.cleanup, func() { st.Redis.Close() })
+	st.Store = session.NewStore(st.Redis, session.Options{Prefix: cmp.Or(opt.RedisPrefix, given("REDIS_KEY_PREFIX"))})
+	if opt.RedisPrefix != "" {
+		set["REDIS_KEY_PREFIX"] = opt.RedisPrefix
+	}
 
 	// NATS with JetStream, every acked message on disk.
-	st.NATSURL = opt.NATSURL
+	st.NATSURL = cmp.Or(opt.NATSURL, given("NATS_URL"))
 	if st.NATSURL == "" {
 		dir := opt.DataDir
 		if dir == "" {
@@ -149,49 +212,76 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 		}
 		st.cleanup = append(st.cleanup, func() { ns.Shutdown(); ns.WaitForShutdown() })
 		st.NATSURL = ns.ClientURL()
+		part("NATS", true, hostOf(st.NATSURL))
+	} else {
+		part("NATS", false, hostOf(st.NATSURL))
 	}
+	set["NATS_URL"] = st.NATSURL
 
-	// Redis: the real one if asked, else miniredis in process.
-	redisURL := opt.RedisURL
-	if redisURL == "" {
-		m := miniredis.NewMiniRedis()
-		if err := m.StartAddr("127.0.0.1:0"); err != nil {
-			return nil, fmt.Errorf("embedded redis: %w", err)
+	// S3: the named bucket, else an in-process server that checks
+	// signatures, with the bucket made.
+	var s3c blob.Config
+	if bucket := given("S3_BUCKET_NAME"); bucket != "" {
+		s3c = config.New(func(k string) string { return opt.Env[k] }).ReadCommon("").S3
+		part("S3", false, cmp.Or(hostOf(s3c.Endpoint), "AWS "+s3c.Region)+" bucket "+bucket)
+	} else {
+		if st.S3, err = s3local.Start(at(0), "AKIALOCALDEVKEY", "local-dev-secret-"+strconv.FormatInt(time.Now().UnixNano(), 36)); err != nil {
+			return nil, err
 		}
-		st.cleanup = append(st.cleanup, m.Close)
-		redisURL = "redis://" + m.Addr() + "/0"
+		st.cleanup = append(st.cleanup, func() { st.S3.Close() })
+		s3c = st.S3.Config("clinimg-local")
+		for k, v := range map[string]string{"S3_BUCKET_NAME": s3c.Bucket, "AWS_REGION": s3c.Region, "S3_ENDPOINT": s3c.Endpoint,
+			"S3_PATH_STYLE": "true", "AWS_ACCESS_KEY_ID": s3c.AccessKey, "AWS_SECRET_ACCESS_KEY": s3c.SecretKey} {
+			set[k] = v
+		}
+		part("S3", true, hostOf(s3c.Endpoint))
 	}
-	if st.Redis, err = ops.Redis(ctx, redisURL); err != nil {
+	if st.Blob, err = blob.Open(ctx, s3c); err != nil {
 		return nil, err
 	}
-	st.cleanup = append(st.cleanup, func() { st.Redis.Close() })
-	st.Store = session.NewStore(st.Redis, session.Options{Prefix: opt.RedisPrefix})
-
-	// S3 that checks signatures, with the bucket made.
-	if st.S3, err = s3local.Start(at(0), "AKIALOCALDEVKEY", "local-dev-secret-"+strconv.FormatInt(time.Now().UnixNano(), 36)); err != nil {
-		return nil, err
-	}
-	st.cleanup = append(st.cleanup, func() { st.S3.Close() })
-	if st.Blob, err = blob.Open(ctx, st.S3.Config("clinimg-local")); err != nil {
-		return nil, err
-	}
-	if err := st.Blob.EnsureBucket(ctx); err != nil {
-		return nil, err
+	if st.S3 != nil {
+		if err := st.Blob.EnsureBucket(ctx); err != nil {
+			return nil, err
+		}
 	}
 
-	// ALEX simulator.
-	// Patients get a test NHI on first sight, so the committer can find a
-	// photo again by NHI after a crash, as it must on ALEX.
-	st.ALEX = alexsim.New(alexsim.Options{Latency: opt.ALEXLatency, AutoPatients: true, Logger: opt.Logger.With("service", "alexsim")})
-	if st.ALEXURL, err = st.ALEX.Start(at(0)); err != nil {
-		return nil, err
+	// ALEX: the named one (the committer reads every ALEX_* itself), else
+	// the simulator. Its patients get a test NHI on first sight, so the
+	// committer can find a photo again by NHI after a crash, as it must on
+	// ALEX.
+	if u := given("ALEX_API_URL"); u != "" {
+		st.ALEXURL = u
+		part("ALEX", false, hostOf(u))
+	} else {
+		st.ALEX = alexsim.New(alexsim.Options{Latency: opt.ALEXLatency, AutoPatients: true, Logger: opt.Logger.With("service", "alexsim")})
+		if st.ALEXURL, err = st.ALEX.Start(at(0)); err != nil {
+			return nil, err
+		}
+		st.cleanup = append(st.cleanup, func() { st.ALEX.Close() })
+		maps.Copy(set, st.ALEX.Env(st.ALEXURL))
+		part("ALEX", true, hostOf(st.ALEXURL))
 	}
-	st.cleanup = append(st.cleanup, func() { st.ALEX.Close() })
 
-	if st.Issuer, err = jwtauth.NewIssuer("clinimg-local", "clinimg"); err != nil {
-		return nil, err
+	// Desktop identity: the named provider, else a development issuer.
+	if u := given("AUTH_JWKS_URL"); u != "" {
+		part("Auth", false, hostOf(u))
+	} else {
+		if st.Issuer, err = jwtauth.NewIssuer("clinimg-local", "clinimg"); err != nil {
+			return nil, err
+		}
+		// The development issuer verifies instead.
+		set["AUTH_JWKS_URL"], set["AUTH_ISSUER"], set["AUTH_AUDIENCE"] = "http://unused.invalid/jwks.json", "clinimg-local", "clinimg"
+		part("Auth", true, "development issuer (GET /dev/token)")
 	}
-	signing := realtime.GenerateKey("local")
+
+	// Realtime: Ably if a key is given, else the relay's own SSE.
+	ably := given("ABLY_API_KEY") != ""
+	if !ably {
+		set["ABLY_API_KEY"] = ""
+		if given("REALTIME_SIGNING_KEY") == "" {
+			set["REALTIME_SIGNING_KEY"] = realtime.GenerateKey("local").Encode()
+		}
+	}
 
 	opsAddr := func(port int) string {
 		if opt.OpsPorts {
@@ -199,27 +289,21 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 		}
 		return at(0)
 	}
-	s3c := st.S3.Config("clinimg-local")
-	common := map[string]string{
-		"REDIS_URL": redisURL, "REDIS_KEY_PREFIX": opt.RedisPrefix, "NATS_URL": st.NATSURL,
-		"S3_BUCKET_NAME": s3c.Bucket, "AWS_REGION": s3c.Region, "S3_ENDPOINT": s3c.Endpoint, "S3_PATH_STYLE": "true",
-		"AWS_ACCESS_KEY_ID": s3c.AccessKey, "AWS_SECRET_ACCESS_KEY": s3c.SecretKey,
-		"REALTIME_SIGNING_KEY": signing.Encode(), "LOG_LEVEL": "info",
-	}
-	env := func(extra map[string]string) func(string) string {
+	env := func(service map[string]string) func(string) string {
 		return func(k string) string {
-			if v, ok := opt.Env[k]; ok {
+			if v, ok := service[k]; ok {
 				return v
 			}
-			if v, ok := extra[k]; ok {
+			if v, ok := set[k]; ok {
 				return v
 			}
-			return common[k]
+			return opt.Env[k]
 		}
 	}
 	logger := func(name string) *slog.Logger { return opt.Logger.With("service", name) }
 
-	// The relay first: the API hands its SSE address to browsers.
+	// The relay first: with its own SSE, the API hands its address to
+	// browsers.
 	rcfg, err := relay.ConfigFromEnv(env(map[string]string{"RELAY_ADDR": at(opt.RelayPort), "OPS_ADDR": opsAddr(9092)}))
 	if err != nil {
 		return nil, fmt.Errorf("relay config: %w", err)
@@ -233,14 +317,23 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 		}
 	}
 	st.run(ctx, "relay", func(ctx context.Context) error { return relay.Run(ctx, rcfg) })
-	select {
-	case a := <-sseAddr:
-		st.RelayURL = "http://" + a + "/sse"
-	case <-time.After(30 * time.Second):
-		return nil, fmt.Errorf("relay did not start: %w", st.Err())
+	apiEnv := map[string]string{"API_ADDR": at(opt.APIPort), "OPS_ADDR": opsAddr(9091)}
+	if ably {
+		part("Ably", false, cmp.Or(hostOf(given("ABLY_ENDPOINT")), "Ably"))
+	} else {
+		select {
+		case a := <-sseAddr:
+			st.RelayURL = "http://" + a + "/sse"
+		case <-time.After(30 * time.Second):
+			return nil, fmt.Errorf("relay did not start: %w", st.Err())
+		}
+		if given("REALTIME_SSE_URL") == "" {
+			apiEnv["REALTIME_SSE_URL"] = st.RelayURL
+		}
+		part("Ably", true, "the relay's built-in SSE at "+st.RelayURL)
 	}
 
-	ccfg, err := committer.ConfigFromEnv(env(merge(st.ALEX.Env(st.ALEXURL), map[string]string{"OPS_ADDR": opsAddr(9093)})))
+	ccfg, err := committer.ConfigFromEnv(env(map[string]string{"OPS_ADDR": opsAddr(9093)}))
 	if err != nil {
 		return nil, fmt.Errorf("committer config: %w", err)
 	}
@@ -256,11 +349,7 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 	tcfg.Registry = opt.Registries["thumbnailer"]
 	st.run(ctx, "thumbnailer", func(ctx context.Context) error { return thumbnailer.Run(ctx, tcfg) })
 
-	acfg, err := api.ConfigFromEnv(env(map[string]string{
-		"API_ADDR": at(opt.APIPort), "OPS_ADDR": opsAddr(9091), "REALTIME_SSE_URL": st.RelayURL,
-		"AUTH_JWKS_URL": "http://unused.invalid/jwks.json", // the development issuer verifies instead
-		"AUTH_ISSUER":   "clinimg-local", "AUTH_AUDIENCE": "clinimg",
-	}))
+	acfg, err := api.ConfigFromEnv(env(apiEnv))
 	if err != nil {
 		return nil, fmt.Errorf("api config: %w", err)
 	}
@@ -285,6 +374,18 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 	return st, nil
 }
 
+// hostOf is a URL's host:port (never its credentials), or "" for no URL.
+func hostOf(raw string) string {
+	if raw == "" {
+		return ""
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(set)"
+	}
+	return u.Host
+}
+
 func (s *Stack) run(ctx context.Context, name string, f func(context.Context) error) {
 	s.wg.Add(1)
 	go func() {
@@ -295,15 +396,4 @@ func (s *Stack) run(ctx context.Context, name string, f func(context.Context) er
 			s.mu.Unlock()
 		}
 	}()
-}
-
-func merge(a, b map[string]string) map[string]string {
-	out := map[string]string{}
-	for k, v := range a {
-		out[k] = v
-	}
-	for k, v := range b {
-		out[k] = v
-	}
-	return out
 }

@@ -111,6 +111,7 @@ type Common struct {
 	AckWait     time.Duration // NATS_ACK_WAIT: how long the service's claim on an event outlives a worker that died (default the consumer's own)
 	S3          blob.Config   // S3_BUCKET_NAME, AWS_REGION, S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_PATH_STYLE
 	OpsAddr     string        // OPS_ADDR: /healthz, /readyz, /metrics (default per service)
+	Grace       time.Duration // SHUTDOWN_GRACE: how long work in flight may take once told to stop (default 10s)
 	LogLevel    string        // LOG_LEVEL: debug, info (default), warn, error
 }
 
@@ -136,6 +137,7 @@ func (r *Reader) ReadCommon(opsAddr string) Common {
 			PathStyle: r.Bool("S3_PATH_STYLE", false),
 		},
 		OpsAddr:  r.String("OPS_ADDR", opsAddr),
+		Grace:    r.Duration("SHUTDOWN_GRACE", 10*time.Second),
 		LogLevel: r.String("LOG_LEVEL", "info"),
 	}
 	if c.AckWait != 0 && c.AckWait < 2*time.Second {

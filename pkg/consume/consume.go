@@ -1,8 +1,10 @@
 // Package consume runs a service's business logic on a durable JetStream
 // pull consumer. The logic is a plain func(ctx, events.Event) error that knows
 // nothing of NATS; this adapter turns its result into Ack, NakWithDelay or
-// Term, keeps long work alive with InProgress, and sends a message whose last
-// delivery failed to the dead-letter subject.
+// Term, keeps long work alive with InProgress, stores a message whose last
+// delivery failed (or that the logic refused for good) as a dead letter, and
+// at shutdown lets the work in flight finish within a grace period and hands
+// the rest back to JetStream.
 package consume
 
 import (
@@ -15,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
 )
 
@@ -54,17 +57,29 @@ type Options struct {
 	// Backoff is the redelivery delay after the n-th failed delivery
 	// (default 1 s doubling to at most 1 min).
 	Backoff func(delivered uint64) time.Duration
-	// DeadLetter receives a message whose last allowed delivery failed; nil
-	// drops it after logging. Names the dead-letter subject's publisher.
+	// DeadLetters stores a message whose last allowed delivery failed, or
+	// that the handler refused for good, before it is terminated; nil only
+	// logs it.
+	DeadLetters *deadletter.Store
+	// DeadLetter, if set, runs once the message is stored as a dead letter:
+	// the service's own consequences (tell the session). An error keeps the
+	// message for another try.
 	DeadLetter func(ctx context.Context, ev events.Event, reason string) error
+	// Grace is how long handlers in flight may run once Run's context is
+	// done (default 10 s); then their context ends and what did not finish
+	// goes back to JetStream.
+	Grace time.Duration
 	// Logger is the service's logger.
 	Logger *slog.Logger
-	// OnResult observes each outcome ("ack", "nak", "term", "dead") for metrics.
+	// OnResult observes each outcome ("ack", "nak", "term", "dead",
+	// "handed_back") for metrics.
 	OnResult func(t events.Type, outcome string)
 }
 
-// Run consumes until ctx is done, then stops taking messages and waits for
-// the handlers in flight.
+// Run consumes until ctx is done, then stops taking messages, gives the
+// handlers in flight opt.Grace to finish, ends their context, and returns
+// once they have. A message whose handler did not finish, or that arrived
+// after the stop, is handed back (Nak) for another process.
 func Run(ctx context.Context, c jetstream.Consumer, h Handler, opt Options) error {
 	info, err := c.Info(ctx)
 	if err != nil {
@@ -85,45 +100,72 @@ func Run(ctx context.Context, c jetstream.Consumer, h Handler, opt Options) erro
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opt.Grace <= 0 {
+		opt.Grace = 10 * time.Second
+	}
 	maxDeliver := info.Config.MaxDeliver
 
 	iter, err := c.Messages(jetstream.PullMaxMessages(opt.Workers))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", info.Name, err)
 	}
+	// work is the handlers' context: it outlives ctx by the grace period.
+	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	sem := make(chan struct{}, opt.Workers)
+	var wg sync.WaitGroup
+	idle := make(chan struct{})
 	go func() {
 		<-ctx.Done()
 		iter.Drain()
+		t := time.NewTimer(opt.Grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			opt.Logger.Warn("consume.grace_over", "consumer", info.Name)
+			stopWork()
+		case <-idle:
+		}
 	}()
-
-	sem := make(chan struct{}, opt.Workers)
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		wg.Wait()
+		close(idle)
+	}()
 	for {
 		msg, err := iter.Next()
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return nil
 			}
 			opt.Logger.Warn("consume.next", "consumer", info.Name, "err", err)
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
+		}
+		if ctx.Err() != nil {
+			// Delivered after the stop: not started, handed back.
+			_ = msg.Nak()
+			observe(opt, "", "handed_back")
 			continue
 		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			handle(context.WithoutCancel(ctx), msg, h, opt, maxDeliver)
+			handle(work, ctx, msg, h, opt, info.Name, maxDeliver)
 		}()
 	}
 }
 
-func handle(ctx context.Context, msg jetstream.Msg, h Handler, opt Options, maxDeliver int) {
+// handle runs h on one message with ctx (the work context) and settles the
+// message; stopping is done once the consumer was told to stop.
+func handle(ctx, stopping context.Context, msg jetstream.Msg, h Handler, opt Options, consumer string, maxDeliver int) {
 	log := opt.Logger
 	ev, err := events.Decode(msg.Data())
 	if err != nil {
 		log.Error("consume.bad_event", "subject", msg.Subject(), "err", err)
-		_ = msg.TermWithReason("undecodable")
-		observe(opt, "", "term")
+		deadLetter(ctx, msg, events.Event{}, consumer, fmt.Errorf("undecodable: %w", err), opt, log)
 		return
 	}
 	log = log.With(ev.LogAttrs()...)
@@ -155,18 +197,26 @@ func handle(ctx context.Context, msg jetstream.Msg, h Handler, opt Options, maxD
 	var perm *PermanentError
 	var retry *RetryError
 	switch {
+	case err != nil && stopping.Err() != nil && ctx.Err() != nil:
+		// Cut off by the end of the grace period: another process takes it.
+		log.Info("consume.handed_back", "delivered", delivered, "err", err)
+		_ = msg.Nak()
+		observe(opt, ev.Type, "handed_back")
 	case err == nil:
-		if aerr := msg.DoubleAck(ctx); aerr != nil {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		aerr := msg.DoubleAck(actx)
+		cancel()
+		if aerr != nil {
 			log.Warn("consume.ack_failed", "err", aerr)
 		}
 		observe(opt, ev.Type, "ack")
 		log.Debug("consume.acked", "delivered", delivered)
 	case errors.As(err, &perm):
 		log.Error("consume.permanent", "err", err)
-		deadLetter(ctx, msg, ev, err, opt, log)
+		deadLetter(ctx, msg, ev, consumer, err, opt, log)
 	case maxDeliver > 0 && delivered >= uint64(maxDeliver):
 		log.Error("consume.exhausted", "delivered", delivered, "err", err)
-		deadLetter(ctx, msg, ev, err, opt, log)
+		deadLetter(ctx, msg, ev, consumer, err, opt, log)
 	default:
 		delay := opt.Backoff(delivered)
 		if errors.As(err, &retry) && retry.After > delay {
@@ -178,8 +228,20 @@ func handle(ctx context.Context, msg jetstream.Msg, h Handler, opt Options, maxD
 	}
 }
 
-func deadLetter(ctx context.Context, msg jetstream.Msg, ev events.Event, cause error, opt Options, log *slog.Logger) {
-	if opt.DeadLetter != nil {
+func deadLetter(ctx context.Context, msg jetstream.Msg, ev events.Event, consumer string, cause error, opt Options, log *slog.Logger) {
+	ctx = context.WithoutCancel(ctx) // a dead letter is stored even during shutdown
+	if opt.DeadLetters != nil {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := opt.DeadLetters.Put(pctx, consumer, msg, cause.Error())
+		cancel()
+		if err != nil {
+			// Keep the message: it comes back and is stored then.
+			log.Error("consume.dead_letter_failed", "err", err)
+			_ = msg.NakWithDelay(5 * time.Second)
+			return
+		}
+	}
+	if opt.DeadLetter != nil && ev.ID != "" {
 		if err := opt.DeadLetter(ctx, ev, cause.Error()); err != nil {
 			// Keep the message: it comes back and its dead-lettering is retried.
 			log.Error("consume.dead_letter_failed", "err", err)

@@ -7,18 +7,17 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/config"
+	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
-	"github.com/clinicalimages/clinimg/pkg/outbox"
 )
 
 // Conns are the connections a service that changes sessions opens: Redis,
@@ -33,31 +32,38 @@ type Conns struct {
 	Name string
 }
 
-// Connect opens every connection service needs, in order, and ensures the
-// event stream. On error nothing is left open. The caller calls Close.
-func Connect(ctx context.Context, c config.Common, service string, log *slog.Logger) (*Conns, error) {
+// ProcessName is service-host-pid, unique to this process.
+func ProcessName(service string) string {
 	host, _ := os.Hostname()
-	cs := &Conns{Name: service + "-" + host + "-" + strconv.Itoa(os.Getpid())}
+	return service + "-" + host + "-" + strconv.Itoa(os.Getpid())
+}
+
+// Connect opens every connection the service needs, waiting with backoff
+// for each dependency that is not up yet (logged, the service not ready
+// meanwhile) until ctx ends, and ensures the event stream. The group
+// drains NATS and closes Redis last when it stops (see Conns.Close). On
+// error nothing is left open.
+func Connect(g *Group, c config.Common, service string, log *slog.Logger) (*Conns, error) {
+	ctx := g.Context()
+	cs := &Conns{Name: ProcessName(service)}
 	var err error
-	if cs.Redis, err = Redis(ctx, c.RedisURL); err != nil {
+	if cs.Redis, err = Redis(ctx, c.RedisURL, log); err != nil {
 		return nil, err
 	}
-	if cs.NATS, err = NATS(c.NATSURL, cs.Name, log); err != nil {
-		cs.Close()
+	if cs.NATS, cs.JS, err = JetStream(ctx, c, cs.Name, log); err != nil {
+		cs.Redis.Close()
 		return nil, err
 	}
-	if cs.JS, err = jetstream.New(cs.NATS); err != nil {
-		cs.Close()
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	if _, err = events.Ensure(ctx, cs.JS, c.Names, c.Replicas); err != nil {
-		cs.Close()
-		return nil, err
-	}
+	closeAll := func() { cs.NATS.Close(); cs.Redis.Close() }
 	if cs.Blob, err = blob.Open(ctx, c.S3); err != nil {
-		cs.Close()
+		closeAll()
 		return nil, err
 	}
+	if err := WaitFor(ctx, log, "s3", cs.Blob.Ping); err != nil {
+		closeAll()
+		return nil, err
+	}
+	g.Finally("connections", cs.Close)
 	return cs, nil
 }
 
@@ -65,113 +71,156 @@ func Connect(ctx context.Context, c config.Common, service string, log *slog.Log
 func (cs *Conns) Checks() map[string]Check {
 	return map[string]Check{
 		"redis": func(ctx context.Context) error { return cs.Redis.Ping(ctx).Err() },
-		"nats": func(context.Context) error {
-			if !cs.NATS.IsConnected() {
-				return errors.New("nats not connected")
-			}
-			return nil
-		},
-		"s3": cs.Blob.Ping,
+		"nats":  NATSCheck(cs.NATS),
+		"s3":    cs.Blob.Ping,
 	}
 }
 
-// Drain lets NATS deliver what is in flight, then closes it.
-func (cs *Conns) Drain() {
-	if cs.NATS != nil {
-		_ = cs.NATS.Drain()
+// Close drains NATS, waiting until it has closed (what was published is
+// flushed, subscriptions have delivered what they hold), then closes
+// Redis: the last steps of every service's shutdown.
+func (cs *Conns) Close(ctx context.Context) error {
+	err := DrainNATS(ctx, cs.NATS)
+	if rerr := cs.Redis.Close(); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("close redis: %w", rerr))
 	}
+	return err
 }
 
-// Close closes NATS and Redis.
-func (cs *Conns) Close() {
-	if cs.NATS != nil {
-		cs.NATS.Close()
-	}
-	if cs.Redis != nil {
-		cs.Redis.Close()
-	}
-}
-
-// Worker describes a service whose work is consuming events and whose
-// session changes reach JetStream through the outbox.
-type Worker struct {
-	Service  string
-	OpsAddr  string
-	Registry *prometheus.Registry
-	Checks   map[string]Check
-	// Outbox is the session store's outbox stream key.
-	Outbox string
-	// Instrument, if set, observes the outbox publisher.
-	Instrument func(*outbox.Publisher)
-	Logger     *slog.Logger
-	// Work runs until ctx is done (or fails).
-	Work func(ctx context.Context) error
-}
-
-// Run runs w: the ops endpoints and an outbox publisher beside w.Work. When
-// the work stops it shuts down in order: give the publisher up to 2 s to
-// move the last events (the outbox is shared, so it may never be empty),
-// stop it, stop the ops server, drain NATS.
-func (cs *Conns) Run(ctx context.Context, w Worker) error {
-	pub, err := outbox.New(cs.Redis, cs.NATS, w.Outbox, cs.Name, w.Logger, outbox.Options{})
+// Redis opens a client from a redis:// or rediss:// URL and waits until it
+// answers.
+func Redis(ctx context.Context, url string, log *slog.Logger) (*redis.Client, error) {
+	opt, err := redis.ParseURL(url)
 	if err != nil {
+		return nil, fmt.Errorf("redis url: %w", err)
+	}
+	rdb := redis.NewClient(opt)
+	if err := WaitFor(ctx, log, "redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() }); err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	return rdb, nil
+}
+
+// JetStream connects to NATS (reconnecting for ever, named name), waits
+// until it is connected and the event stream exists with c's settings
+// (created or updated), and returns the connection and its JetStream
+// context. A cluster still electing its leaders answers errors for a
+// while: they are waited out the same way.
+func JetStream(ctx context.Context, c config.Common, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(c.NATSURL,
+		nats.Name(name),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats.disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) { log.Info("nats.reconnected") }),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("nats connect: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	err = WaitFor(ctx, log, "nats", func(ctx context.Context) error {
+		if !nc.IsConnected() {
+			return errors.New("not connected")
+		}
+		if _, err := events.Ensure(ctx, js, c.Names, c.Replicas); err != nil {
+			return err
+		}
+		return deadletter.Ensure(ctx, js, c.Names, c.Replicas)
+	})
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+// Consumer waits until the service's durable consumer exists with its
+// settings (see events.EnsureConsumer).
+func Consumer(ctx context.Context, log *slog.Logger, js jetstream.JetStream, c config.Common, name string) (jetstream.Consumer, error) {
+	var cons jetstream.Consumer
+	err := WaitFor(ctx, log, "consumer "+name, func(ctx context.Context) error {
+		var err error
+		cons, err = events.EnsureConsumer(ctx, js, c.Names, name, c.AckWait)
 		return err
-	}
-	if w.Instrument != nil {
-		w.Instrument(pub)
-	}
-	ctx, stop := context.WithCancel(ctx)
-	defer stop()
-	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopPub()
-	errc := make(chan error, 2)
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := Serve(ctx, w.OpsAddr, Handler(w.Registry, w.Checks), nil); err != nil {
-			errc <- err
-			stop()
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		if err := pub.Run(pubCtx); err != nil {
-			errc <- err
-		}
-	}()
+	})
+	return cons, err
+}
 
-	werr := w.Work(ctx)
-
-	flush, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	for {
-		n, err := outbox.Depth(flush, cs.Redis, w.Outbox)
-		if err != nil || n == 0 {
-			break
+// NATSCheck is the readiness check of a NATS connection.
+func NATSCheck(nc *nats.Conn) Check {
+	return func(context.Context) error {
+		if !nc.IsConnected() {
+			return errors.New("nats not connected")
 		}
-		t := time.NewTimer(20 * time.Millisecond)
-		select {
-		case <-flush.Done():
-		case <-t.C:
-		}
-		t.Stop()
-		if flush.Err() != nil {
-			break
-		}
+		return nil
 	}
-	cancel()
-	stopPub()
-	stop()
-	wg.Wait()
-	cs.Drain()
-	w.Logger.Info(w.Service + ".stop")
-	if werr != nil {
-		return werr
+}
+
+// DrainNATS drains nc (subscriptions deliver what they hold, what was
+// published is flushed) and waits until it has closed, or until ctx ends
+// and it is closed at once.
+func DrainNATS(ctx context.Context, nc *nats.Conn) error {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if nc.IsClosed() {
+		return nil
+	}
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return fmt.Errorf("drain nats: %w", err)
 	}
 	select {
-	case err := <-errc:
-		return err
-	default:
+	case <-closed:
 		return nil
+	case <-ctx.Done():
+		nc.Close()
+		return fmt.Errorf("drain nats: %w", ctx.Err())
+	}
+}
+
+// WaitFor calls try until it succeeds or ctx ends, backing off from 100 ms
+// to 5 s between attempts and logging what it waits for (at most every
+// 10 s). It returns ctx's error if ctx ended first.
+func WaitFor(ctx context.Context, log *slog.Logger, what string, try func(ctx context.Context) error) error {
+	bo := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(100*time.Millisecond),
+		backoff.WithMaxInterval(5*time.Second),
+		backoff.WithMaxElapsedTime(0),
+	)
+	var logged time.Time
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := try(actx)
+		cancel()
+		if err == nil {
+			if attempt > 1 {
+				log.Info("ops.dependency_up", "dependency", what, "attempts", attempt)
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("wait for %s: %w", what, ctx.Err())
+		}
+		if time.Since(logged) > 10*time.Second {
+			log.Warn("ops.waiting_for_dependency", "dependency", what, "attempt", attempt, "err", err)
+			logged = time.Now()
+		}
+		t := time.NewTimer(bo.NextBackOff())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("wait for %s: %w", what, ctx.Err())
+		case <-t.C:
+		}
 	}
 }

@@ -77,10 +77,15 @@ type Server struct {
 	// OnShutdown, if set, runs as shutdown begins, to end long-lived
 	// streams that would otherwise hold it up.
 	OnShutdown func()
+	// Grace is how long requests in flight may take once ctx is done
+	// (default DefaultGrace); then their connections are closed and their
+	// contexts end.
+	Grace time.Duration
 }
 
-// Run serves until ctx is done, then shuts down gracefully (10 s at most).
-// An empty Addr serves nothing.
+// Run serves until ctx is done, then shuts down gracefully: no new
+// connections, and requests in flight get Grace to finish. An empty Addr
+// serves nothing.
 func (s Server) Run(ctx context.Context) error {
 	if s.Addr == "" {
 		<-ctx.Done()
@@ -115,7 +120,11 @@ func (s Server) Run(ctx context.Context) error {
 		return fmt.Errorf("serve %s: %w", s.Addr, err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	grace := s.Grace
+	if grace <= 0 {
+		grace = DefaultGrace
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		_ = srv.Close()

@@ -53,6 +53,12 @@ type Options struct {
 	// AckWait bounds the wait for JetStream's acks of one batch; what is
 	// not acked by then is published again (default 10 s).
 	AckWait time.Duration
+	// Flush bounds the last publishing once Run's context is done (default
+	// 2 s): what this publisher still holds and what is waiting is
+	// published until a read finds nothing (the outbox is shared, so it may
+	// never be empty), so the events of work that stopped just before go
+	// out now rather than with the next publisher.
+	Flush time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -73,6 +79,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.AckWait <= 0 {
 		o.AckWait = 10 * time.Second
+	}
+	if o.Flush <= 0 {
+		o.Flush = 2 * time.Second
 	}
 	return o
 }
@@ -109,7 +118,8 @@ func New(rdb redis.Cmdable, nc *nats.Conn, stream, consumer string, log *slog.Lo
 	return &Publisher{rdb: rdb, js: js, stream: stream, consumer: consumer, log: log, opt: opt}, nil
 }
 
-// Run publishes until ctx is done, then finishes the batches in flight.
+// Run publishes until ctx is done, then finishes the batches in flight and
+// flushes (see Options.Flush).
 func (p *Publisher) Run(ctx context.Context) error {
 	err := p.rdb.XGroupCreateMkStream(ctx, p.stream, Group, "0").Err()
 	if err != nil && !strings.Contains(err.Error(), "BUSYGROUP") {
@@ -119,9 +129,42 @@ func (p *Publisher) Run(ctx context.Context) error {
 	acker := make(chan struct{})
 	go func() { defer close(acker); r.settleAll() }()
 	r.publish(ctx)
+	fctx, cancel := context.WithTimeout(context.Background(), p.opt.Flush)
+	r.flush(fctx)
+	cancel()
 	close(r.flights)
 	<-acker
 	return nil
+}
+
+// flush publishes this consumer's pending entries, then new ones, a batch
+// at a time, each settled before the next read, until a read finds nothing,
+// a batch fails, or ctx ends.
+func (r *pipeline) flush(ctx context.Context) {
+	settled := func() bool {
+		var failed error
+		for r.inflight > 0 && !r.isDead() {
+			failed = r.collect(failed, true)
+		}
+		return failed == nil && !r.isDead()
+	}
+	for _, from := range []string{"0", ">"} {
+		for settled() && ctx.Err() == nil {
+			msgs, err := r.p.read(ctx, from, 0)
+			if err != nil || len(msgs) == 0 {
+				break
+			}
+			f, err := r.p.send(msgs)
+			r.flights <- f
+			r.inflight++
+			if err != nil {
+				r.p.log.Warn("outbox.flush", "err", err)
+				settled()
+				return
+			}
+		}
+	}
+	settled()
 }
 
 // pipeline is one Run: the reading and sending loop, and the acker that waits

@@ -90,6 +90,33 @@ func TestEveryRecordedPhotoIsPublishedOnce(t *testing.T) {
 	}
 }
 
+// A publisher told to stop mid-way (its service shutting down) publishes
+// what is left before Run returns.
+func TestPublisherFlushesWhenStopped(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	_, nc, js := testenv.JetStream(t)
+	st := session.NewStore(rdb, session.Options{Prefix: prefix})
+	record(t, st, 5) // session.started and 5 image.uploaded: 6 entries
+
+	ctx, stop := context.WithCancel(context.Background())
+	p := newPublisher(t, rdb, nc, st.Keys.Outbox(), "p1", Options{Batch: 2, Window: 1})
+	p.step = func(step string) bool {
+		if step == "sent" {
+			stop() // told to stop once the first batch is on its way
+		}
+		return true
+	}
+	if err := p.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := Depth(context.Background(), rdb, st.Keys.Outbox()); n != 0 {
+		t.Errorf("%d entries left in the outbox after Run returned", n)
+	}
+	if got := streamCount(t, js, "clinimg.image.uploaded.u1"); got != 5 {
+		t.Errorf("%d image.uploaded in the stream, want 5", got)
+	}
+}
+
 // A publisher that dies after JetStream acked a batch but before it deleted
 // it: the next publisher publishes that batch again and the stream keeps
 // one copy of each.

@@ -38,8 +38,12 @@ const DefaultPhoneTTL = 5 * time.Minute
 //	ABLY_API_KEY          "appId.keyId:secret"; set = Ably mode
 //	REALTIME_SIGNING_KEY  "name:secret"; required without ABLY_API_KEY (SSE mode),
 //	                      the same value for the API and every relay
-//	REALTIME_SSE_URL      the SSE URL pages open (default Ably's, or
-//	                      http://127.0.0.1:8081/sse in SSE mode)
+//	REALTIME_SSE_URL      SSE mode: the relay's SSE URL pages open (default
+//	                      http://127.0.0.1:8081/sse)
+//	ABLY_SSE_URL          Ably mode: Ably's SSE URL pages open (default
+//	                      https://main.realtime.ably.net/sse; a stand-in's in tests).
+//	                      Two names, so a deployment that sets the relay's URL
+//	                      for SSE mode never hands it to browsers in Ably mode.
 //	REALTIME_TOKEN_TTL    desktop token lifetime, default 1h, at most 24h
 //	REALTIME_PHONE_TOKEN_TTL phone token lifetime, default 5m (never above REALTIME_TOKEN_TTL)
 type Settings struct {
@@ -54,11 +58,11 @@ type Settings struct {
 func ReadSettings(r *config.Reader) Settings {
 	s := Settings{Mode: ModeSSE, TTL: r.Duration("REALTIME_TOKEN_TTL", DefaultTTL),
 		PhoneTTL: r.Duration("REALTIME_PHONE_TOKEN_TTL", DefaultPhoneTTL)}
-	name, def := "REALTIME_SIGNING_KEY", DefaultSSEURL
+	name, urlVar, def := "REALTIME_SIGNING_KEY", "REALTIME_SSE_URL", DefaultSSEURL
 	if ably := r.String("ABLY_API_KEY", ""); ably != "" {
-		s.Mode, name, def = ModeAbly, "ABLY_API_KEY", AblySSEURL
+		s.Mode, name, urlVar, def = ModeAbly, "ABLY_API_KEY", "ABLY_SSE_URL", AblySSEURL
 	}
-	s.URL = r.String("REALTIME_SSE_URL", def)
+	s.URL = r.String(urlVar, def)
 	raw := r.String(name, "")
 	switch k, err := ParseKey(raw); {
 	case raw == "":

@@ -233,6 +233,10 @@ func TestReadSettings(t *testing.T) {
 	}{
 		{"ably", map[string]string{"ABLY_API_KEY": "app.k:sec"},
 			Settings{Mode: ModeAbly, Key: Key{"app.k", "sec"}, URL: AblySSEURL, TTL: time.Hour, PhoneTTL: DefaultPhoneTTL}, false},
+		{"ably ignores the relay's url", map[string]string{"ABLY_API_KEY": "app.k:sec", "REALTIME_SSE_URL": "http://localhost:8081/sse"},
+			Settings{Mode: ModeAbly, Key: Key{"app.k", "sec"}, URL: AblySSEURL, TTL: time.Hour, PhoneTTL: DefaultPhoneTTL}, false},
+		{"ably stand-in", map[string]string{"ABLY_API_KEY": "app.k:sec", "ABLY_SSE_URL": "http://127.0.0.1:9/sse"},
+			Settings{Mode: ModeAbly, Key: Key{"app.k", "sec"}, URL: "http://127.0.0.1:9/sse", TTL: time.Hour, PhoneTTL: DefaultPhoneTTL}, false},
 		{"sse", map[string]string{"REALTIME_SIGNING_KEY": "local:abc", "REALTIME_SSE_URL": "http://x/sse", "REALTIME_TOKEN_TTL": "10m"},
 			Settings{Mode: ModeSSE, Key: Key{"local", "abc"}, URL: "http://x/sse", TTL: 10 * time.Minute, PhoneTTL: DefaultPhoneTTL}, false},
 		{"sse without key", map[string]string{}, Settings{Mode: ModeSSE, URL: DefaultSSEURL, TTL: time.Hour, PhoneTTL: DefaultPhoneTTL}, true},

@@ -26,6 +26,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/clinicalimages/clinimg/pkg/blob"
+	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/s3local"
 )
@@ -259,6 +260,24 @@ func JetStream(t testing.TB) (*NATS, *nats.Conn, jetstream.JetStream) {
 		t.Fatal(err)
 	}
 	return n, nc, js
+}
+
+// Streams starts a server of the test's own, connects, and creates the
+// event stream and the dead-letter stream under names of the test's own.
+func Streams(t testing.TB) (*NATS, jetstream.JetStream, events.Names) {
+	t.Helper()
+	n := StartNATS(t)
+	_, js := n.Connect(t)
+	names := Names()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := events.Ensure(ctx, js, names, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := deadletter.Ensure(ctx, js, names, 1); err != nil {
+		t.Fatal(err)
+	}
+	return n, js, names
 }
 
 // S3 starts an S3 server that verifies SigV4 and returns a store on a fresh

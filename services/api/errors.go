@@ -7,6 +7,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/clinicalimages/clinimg/pkg/ops"
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
 
@@ -56,6 +57,12 @@ func (s *Server) respondErr(c *gin.Context, err error) {
 		s.log.DebugContext(c.Request.Context(), "api.client_gone", "route", c.FullPath())
 		c.AbortWithStatus(499)
 		return
+	}
+	if ae == nil && ops.Unavailable(c.Request.Context(), err) {
+		// Redis, NATS or S3 is down or not answering: the client may retry.
+		s.log.WarnContext(c.Request.Context(), "api.dependency_unavailable", "route", c.FullPath(), "err", err)
+		c.Header("Retry-After", "1")
+		ae = clientErr(http.StatusServiceUnavailable, "unavailable", "a service the API depends on is unavailable; try again shortly")
 	}
 	if ae == nil {
 		s.log.ErrorContext(c.Request.Context(), "api.internal_error", "route", c.FullPath(), "err", err)

@@ -2,7 +2,6 @@ package committer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -311,29 +310,11 @@ func (w *worker) cleanup(ctx context.Context, log *slog.Logger, sess session.Ses
 	}
 }
 
-// deadLetter runs when a commit.requested cannot be handled at all (it does
-// not decode, or a consumer's delivery limit ran out): the event goes to
-// the dead-letter subject and, if its commit still runs, the commit fails
-// with every photo's state kept.
+// deadLetter runs when a commit.requested cannot be handled at all (a
+// consumer's delivery limit ran out), once package consume has stored the
+// event on the dead-letter stream: if its commit still runs, the commit
+// fails with every photo's state kept.
 func (w *worker) deadLetter(ctx context.Context, ev events.Event, reason string) error {
-	raw, err := json.Marshal(ev)
-	if err != nil {
-		return err
-	}
-	msg := nats.NewMsg(w.names.DeadLetterSubject(events.ConsumerCommitter))
-	msg.Data = raw
-	msg.Header.Set("Clinimg-Reason", reason)
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if _, serr := w.js.StreamNameBySubject(pctx, msg.Subject); serr == nil {
-		if _, err := w.js.PublishMsg(pctx, msg); err != nil {
-			return fmt.Errorf("publish dead letter: %w", err)
-		}
-	} else if err := w.nc.PublishMsg(msg); err != nil {
-		// No stream keeps dead letters: a plain publish still reaches
-		// whoever listens.
-		return fmt.Errorf("publish dead letter: %w", err)
-	}
 	var ce session.CommitEvent
 	if err := ev.DataAs(&ce); err != nil {
 		w.log.Error("commit.dead_lettered", "reason", reason, "err", err)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/clinicalimages/clinimg/pkg/consume"
+	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/fhir"
 	"github.com/clinicalimages/clinimg/pkg/ops"
@@ -13,11 +14,12 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
 
-// Run connects to Redis, NATS, S3 and ALEX, consumes commit.requested until
-// ctx is done, publishes the session outbox, and serves /healthz, /readyz
-// and /metrics on cfg.Common.OpsAddr. It shuts down in order: stop taking
-// commits and let those in flight finish, stop the outbox publisher, drain
-// NATS, close Redis.
+// Run serves /healthz, /readyz and /metrics on cfg.Common.OpsAddr, waits
+// for Redis, NATS and S3 (not ready meanwhile), consumes commit.requested
+// until ctx is done and publishes the session outbox. It shuts down in the
+// order of ops.Group: stop taking commits (those in flight get the grace
+// period, then go back to JetStream and resume from the ledger elsewhere),
+// publish what is left in the outbox, drain NATS, close Redis.
 func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Logger
 	if log == nil {
@@ -53,46 +55,50 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	m := newMetrics(reg)
 
-	conns, err := ops.Connect(ctx, cfg.Common, "committer", log)
+	g := ops.NewGroup(ctx, log, cfg.Common.Grace)
+	g.ServeOps(cfg.Common.OpsAddr, reg, nil)
+	conns, err := ops.Connect(g, cfg.Common, "committer", log)
 	if err != nil {
-		return err
+		return g.Stop(err)
 	}
-	defer conns.Close()
 	rdb, nc, js, photos := conns.Redis, conns.NATS, conns.JS, conns.Blob
-	cons, err := events.EnsureConsumer(ctx, js, cfg.Common.Names, events.ConsumerCommitter, cfg.Common.AckWait)
+	cons, err := ops.Consumer(g.Context(), log, js, cfg.Common, events.ConsumerCommitter)
 	if err != nil {
-		return err
+		return g.Stop(err)
 	}
 	alexCfg := cfg.ALEX
 	alexCfg.Logger = log
 	alexCfg.Observe = m.observeRequest
 	alex, err := fhir.NewClient(alexCfg)
 	if err != nil {
-		return err
+		return g.Stop(err)
 	}
 	store := session.NewStore(rdb, session.Options{Prefix: cfg.Common.RedisPrefix, Names: cfg.Common.Names, Source: "/clinimg/committer"})
 	w := &worker{cfg: cfg, store: store, rdb: rdb, photos: photos, alex: alex, js: js, nc: nc,
 		names: cfg.Common.Names, log: log, m: m}
 	w.init()
 
-	log.Info("committer.start", "parallelism", cfg.Parallelism, "workers", cfg.Workers, "capabilities", cfg.Capabilities.String())
-	return conns.Run(ctx, ops.Worker{
-		Service: "committer", OpsAddr: cfg.Common.OpsAddr, Registry: reg, Checks: conns.Checks(),
-		Outbox: store.Keys.Outbox(), Logger: log,
-		Instrument: func(p *outbox.Publisher) {
-			p.OnPublished = outbox.Instrument(reg, "committer", rdb, store.Keys.Outbox())
-		},
-		Work: func(ctx context.Context) error {
-			return consume.Run(ctx, cons, w.handle, consume.Options{
-				Workers: cfg.Workers,
-				Logger:  log,
-				// A commit that waits says when it tries again
-				// (consume.RetryAfter); anything else (Redis, a lost lock)
-				// is tried again soon.
-				Backoff:    func(uint64) time.Duration { return cfg.RetryInitial },
-				DeadLetter: w.deadLetter,
-				OnResult:   consume.Instrument(reg, "committer", cons),
-			})
-		},
+	g.Go(ops.StageWork, "consumer", func(ctx context.Context) error {
+		return consume.Run(ctx, cons, w.handle, consume.Options{
+			Workers: cfg.Workers,
+			Grace:   g.Grace(),
+			Logger:  log,
+			// A commit that waits says when it tries again
+			// (consume.RetryAfter); anything else (Redis, a lost lock)
+			// is tried again soon.
+			Backoff:     func(uint64) time.Duration { return cfg.RetryInitial },
+			DeadLetters: deadletter.New(js, cfg.Common.Names),
+			DeadLetter:  w.deadLetter,
+			OnResult:    consume.Instrument(reg, "committer", cons),
+		})
 	})
+	pub, err := outbox.New(rdb, conns.NATS, store.Keys.Outbox(), conns.Name, log, outbox.Options{})
+	if err != nil {
+		return g.Stop(err)
+	}
+	pub.OnPublished = outbox.Instrument(reg, "committer", rdb, store.Keys.Outbox())
+	g.Go(ops.StageFlush, "outbox", pub.Run)
+	g.Ready(conns.Checks())
+	log.Info("committer.start", "parallelism", cfg.Parallelism, "workers", cfg.Workers, "capabilities", cfg.Capabilities.String())
+	return g.Wait()
 }

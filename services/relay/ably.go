@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 
+	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
 )
 
@@ -49,6 +50,7 @@ type ablyRelay struct {
 	m       *metrics
 	rest    *ably.REST
 	ackWait time.Duration
+	dead    *deadletter.Store
 	// sem bounds the publishes in flight at once (RELAY_PUBLISHERS).
 	sem chan struct{}
 
@@ -83,7 +85,7 @@ type channelQueue struct {
 	idle    time.Time
 }
 
-func newAblyRelay(cfg Config, ackWait time.Duration, log *slog.Logger, m *metrics) (*ablyRelay, error) {
+func newAblyRelay(cfg Config, ackWait time.Duration, dead *deadletter.Store, log *slog.Logger, m *metrics) (*ablyRelay, error) {
 	opts := []ably.ClientOption{
 		ably.WithKey(cfg.Realtime.Key.Encode()),
 		ably.WithUseBinaryProtocol(false),
@@ -105,7 +107,7 @@ func newAblyRelay(cfg Config, ackWait time.Duration, log *slog.Logger, m *metric
 	if err != nil {
 		return nil, fmt.Errorf("ably client: %w", err)
 	}
-	return &ablyRelay{cfg: cfg, log: log, m: m, rest: rest, ackWait: ackWait,
+	return &ablyRelay{cfg: cfg, log: log, m: m, rest: rest, ackWait: ackWait, dead: dead,
 		sem: make(chan struct{}, cfg.Publishers), channels: map[string]*channelQueue{}, held: map[uint64]*item{},
 		recheck: make(chan struct{}, 1)}, nil
 }
@@ -166,13 +168,13 @@ func (r *ablyRelay) take(ctx context.Context, msg jetstream.Msg, workers *sync.W
 	ev, err := events.Decode(msg.Data())
 	if err != nil {
 		r.log.Error("relay.bad_event", "subject", msg.Subject(), "err", err)
-		_ = msg.TermWithReason("undecodable")
+		r.giveUp(msg, "undecodable", r.log)
 		return
 	}
 	bm, ok, err := toBrowser(ev)
 	if err != nil {
 		r.log.Error("relay.bad_data", "event_id", ev.ID, "event_type", string(ev.Type), "err", err)
-		_ = msg.TermWithReason("undecodable data")
+		r.giveUp(msg, "undecodable data", r.log)
 		return
 	}
 	if !ok {
@@ -340,7 +342,10 @@ func (r *ablyRelay) deliver(ctx context.Context, q *channelQueue, it *item) bool
 				continue
 			}
 			log.Error("relay.publish_refused", "reason", reason, "err", err)
-			r.settle(it, func(m jetstream.Msg) error { return m.TermWithReason("refused by ably: " + reason) }, log)
+			r.mu.Lock()
+			msg := it.msg
+			r.mu.Unlock()
+			r.giveUp(msg, "refused by ably: "+err.Error(), log)
 			return true
 		}
 		d := bo.NextBackOff()
@@ -363,6 +368,20 @@ func (r *ablyRelay) settle(it *item, f func(jetstream.Msg) error, log *slog.Logg
 	msg := it.msg
 	r.mu.Unlock()
 	if err := f(msg); err != nil {
+		log.Warn("relay.ack_failed", "err", err)
+	}
+}
+
+// giveUp keeps msg as a dead letter, then terminates it. If it cannot be
+// stored the message is left to come back (the next delivery tries again).
+func (r *ablyRelay) giveUp(msg jetstream.Msg, reason string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.dead.Put(ctx, events.ConsumerRelay, msg, reason); err != nil {
+		log.Error("relay.dead_letter_failed", "err", err)
+		return
+	}
+	if err := msg.TermWithReason("dead-lettered"); err != nil {
 		log.Warn("relay.ack_failed", "err", err)
 	}
 }

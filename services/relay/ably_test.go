@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/clinicalimages/clinimg/pkg/ablysim"
+	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 	"github.com/clinicalimages/clinimg/pkg/session"
@@ -520,5 +521,29 @@ func TestAblyRelaysSideBySide(t *testing.T) {
 	na, nb := a.metric(t, "relay_events_relayed_total"), b.metric(t, "relay_events_relayed_total")
 	if na+nb != 40 {
 		t.Errorf("relayed %v + %v, want 40 in all", na, nb)
+	}
+}
+
+// An event Ably refuses for good (a 400) is not retried for ever nor lost:
+// it is kept as a dead letter, and the events after it go on.
+func TestAblyRefusedEventIsDeadLettered(t *testing.T) {
+	s := newStack(t)
+	sim := startSim(t, ablysim.Options{})
+	sim.Inject(ablysim.Fault{Status: 400, Code: 40000})
+	s.start(t, s.ablyConfig(sim))
+	s.sessionFor(t, "u1")
+	s.addImage(t, "u1", "a")
+	testenv.Eventually(t, 10*time.Second, "the second event published", func() bool { return len(sim.Messages("")) == 1 })
+	stored := s.storedEvents(t)
+	var letters []deadletter.Letter
+	testenv.Eventually(t, 10*time.Second, "a dead letter", func() bool {
+		var err error
+		letters, err = deadletter.New(s.js, s.names).List(context.Background())
+		return err == nil && len(letters) == 1
+	})
+	got := []string{letters[0].Consumer, letters[0].EventID, sim.Messages("")[0].ID}
+	want := []string{events.ConsumerRelay, stored[0].ID, stored[1].ID}
+	if d := cmp.Diff(want, got); d != "" || !strings.Contains(letters[0].Reason, "refused by ably") {
+		t.Errorf("[consumer, dead event, published event] (-want +got):\n%s\nreason %q", d, letters[0].Reason)
 	}
 }

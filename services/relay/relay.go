@@ -23,23 +23,27 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clinicalimages/clinimg/pkg/consume"
+	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/ops"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 )
 
-// Run relays until ctx is done, then stops taking work (SSE streams end,
-// the consumer stops and unfinished messages go back to JetStream), drains
-// NATS and returns.
+// Run serves /healthz, /readyz and /metrics on cfg.Common.OpsAddr, waits
+// for NATS (not ready meanwhile), and relays until ctx is done. It shuts
+// down in the order of ops.Group: stop taking work (SSE streams end; in
+// Ably mode the events held go back to JetStream and the pin to the next
+// relay), drain NATS and wait for it to close.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.defaults()
+	if cfg.Realtime.Mode != realtime.ModeAbly && cfg.Realtime.Key.IsZero() {
+		return errors.New("relay: REALTIME_SIGNING_KEY is required for built-in SSE")
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = ops.Logger(os.Stderr, "relay", cfg.Common.LogLevel)
@@ -49,96 +53,55 @@ func Run(ctx context.Context, cfg Config) error {
 		reg = ops.Registry()
 	}
 	m := newMetrics(reg)
-
-	nc, err := ops.NATS(cfg.Common.NATSURL, "relay", log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	names := cfg.Common.Names
-	stream, err := events.Ensure(ctx, js, names, cfg.Common.Replicas)
-	if err != nil {
-		return err
-	}
-
-	checks := map[string]ops.Check{"nats": func(context.Context) error {
-		if !nc.IsConnected() {
-			return errors.New("nats not connected")
-		}
-		return nil
-	}}
-
-	var wg sync.WaitGroup
-	errc := make(chan error, 3)
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	goRun := func(f func() error) {
-		wg.Add(1)
+	g := ops.NewGroup(ctx, log, cfg.Common.Grace)
+	var opsReady chan string
+	if cfg.Listening != nil {
+		opsReady = make(chan string, 1)
 		go func() {
-			defer wg.Done()
-			if err := f(); err != nil {
-				errc <- err
-				stop()
+			select {
+			case addr := <-opsReady:
+				cfg.Listening("ops", addr)
+			case <-g.Context().Done():
 			}
 		}()
 	}
+	g.ServeOps(cfg.Common.OpsAddr, reg, opsReady)
+	nc, js, err := ops.JetStream(g.Context(), cfg.Common, ops.ProcessName("relay"), log)
+	if err != nil {
+		return g.Stop(err)
+	}
+	g.Finally("nats", func(ctx context.Context) error { return ops.DrainNATS(ctx, nc) })
+	names := cfg.Common.Names
+	stream, err := js.Stream(g.Context(), names.Stream)
+	if err != nil {
+		return g.Stop(fmt.Errorf("stream %s: %w", names.Stream, err))
+	}
+	checks := map[string]ops.Check{"nats": ops.NATSCheck(nc)}
 
 	switch cfg.Realtime.Mode {
 	case realtime.ModeAbly:
-		cons, err := events.EnsureConsumer(ctx, js, names, events.ConsumerRelay, cfg.Common.AckWait)
+		cons, err := ops.Consumer(g.Context(), log, js, cfg.Common, events.ConsumerRelay)
 		if err != nil {
-			return err
+			return g.Stop(err)
 		}
 		reg.MustRegister(consume.Collector(cons))
-		pub, err := newAblyRelay(cfg, cons.CachedInfo().Config.AckWait, log, m)
+		pub, err := newAblyRelay(cfg, cons.CachedInfo().Config.AckWait, deadletter.New(js, names), log, m)
 		if err != nil {
-			return err
+			return g.Stop(err)
 		}
+		g.Go(ops.StageWork, "ably", func(ctx context.Context) error { return pub.run(ctx, stream, cons) })
 		log.Info("relay.start", "mode", "ably", "key", cfg.Realtime.Key.Name, "publishers", cfg.Publishers)
-		goRun(func() error { return pub.run(runCtx, stream, cons) })
 	default:
-		if cfg.Realtime.Key.IsZero() {
-			return errors.New("relay: REALTIME_SIGNING_KEY is required for built-in SSE")
-		}
 		h := newHub(stream, names, cfg, log, m)
-		if err := h.start(ctx, js); err != nil {
-			return err
+		if err := h.start(g.Context(), js); err != nil {
+			return g.Stop(err)
 		}
 		checks["stream"] = h.ready
+		g.Go(ops.StageWork, "sse", h.serve)
 		log.Info("relay.start", "mode", "sse", "addr", cfg.Addr)
-		goRun(func() error { return h.serve(runCtx) })
 	}
-
-	goRun(func() error {
-		ready := make(chan string, 1)
-		go func() {
-			select {
-			case addr := <-ready:
-				if cfg.Listening != nil {
-					cfg.Listening("ops", addr)
-				}
-			case <-runCtx.Done():
-			}
-		}()
-		return ops.Serve(runCtx, cfg.Common.OpsAddr, ops.Handler(reg, checks), ready)
-	})
-
-	<-runCtx.Done()
-	wg.Wait()
-	if err := nc.Drain(); err != nil {
-		log.Warn("relay.nats_drain", "err", err)
-	}
-	log.Info("relay.stopped")
-	select {
-	case err := <-errc:
-		return err
-	default:
-		return nil
-	}
+	g.Ready(checks)
+	return g.Wait()
 }
 
 // metrics are the relay's Prometheus series.

@@ -2,13 +2,11 @@ package thumbnailer
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/clinicalimages/clinimg/pkg/consume"
+	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/ops"
 	"github.com/clinicalimages/clinimg/pkg/outbox"
@@ -16,12 +14,13 @@ import (
 	"github.com/clinicalimages/clinimg/services/thumbnailer/preview"
 )
 
-// Run starts libvips (once per process), connects to Redis, NATS and S3,
-// consumes image.uploaded until ctx is done, publishes the session outbox,
-// and serves /healthz, /readyz and /metrics on cfg.Common.OpsAddr. It shuts
-// down in order: stop taking photos and finish those in flight, flush and
-// stop the outbox publisher, drain NATS, close Redis. libvips stays up: it
-// cannot be restarted in the same process.
+// Run starts libvips (once per process), serves /healthz, /readyz and
+// /metrics on cfg.Common.OpsAddr, waits for Redis, NATS and S3 (not ready
+// meanwhile), consumes image.uploaded until ctx is done and publishes the
+// session outbox. It shuts down in the order of ops.Group: stop taking
+// photos (those in flight get the grace period), publish what is left in
+// the outbox, drain NATS, close Redis. libvips stays up: it cannot be
+// restarted in the same process.
 func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Logger
 	if log == nil {
@@ -38,15 +37,16 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("start libvips: %w", err)
 	}
 
-	conns, err := ops.Connect(ctx, cfg.Common, "thumbnailer", log)
+	g := ops.NewGroup(ctx, log, cfg.Common.Grace)
+	g.ServeOps(cfg.Common.OpsAddr, reg, nil)
+	conns, err := ops.Connect(g, cfg.Common, "thumbnailer", log)
 	if err != nil {
-		return err
+		return g.Stop(err)
 	}
-	defer conns.Close()
-	rdb, nc, js, photos := conns.Redis, conns.NATS, conns.JS, conns.Blob
-	cons, err := events.EnsureConsumer(ctx, js, cfg.Common.Names, events.ConsumerThumbnailer, cfg.Common.AckWait)
+	rdb, js, photos := conns.Redis, conns.JS, conns.Blob
+	cons, err := ops.Consumer(g.Context(), log, js, cfg.Common, events.ConsumerThumbnailer)
 	if err != nil {
-		return err
+		return g.Stop(err)
 	}
 	store := session.NewStore(rdb, session.Options{Prefix: cfg.Common.RedisPrefix, Names: cfg.Common.Names, Source: "/clinimg/thumbnailer"})
 	proc := NewProcessor(photos, store, ProcessorOptions{
@@ -58,40 +58,26 @@ func Run(ctx context.Context, cfg Config) error {
 		Logger:   log,
 		Registry: reg,
 	})
-
 	reg.MustRegister(consume.Collector(cons))
+
+	g.Go(ops.StageWork, "consumer", func(ctx context.Context) error {
+		return consume.Run(ctx, cons, proc.Handle, consume.Options{
+			Workers:     cfg.Workers,
+			Grace:       g.Grace(),
+			Logger:      log,
+			DeadLetters: deadletter.New(js, cfg.Common.Names),
+			DeadLetter:  proc.GiveUp,
+			OnResult:    func(_ events.Type, outcome string) { proc.m.messages.WithLabelValues(outcome).Inc() },
+		})
+	})
+	pub, err := outbox.New(rdb, conns.NATS, store.Keys.Outbox(), conns.Name, log, outbox.Options{})
+	if err != nil {
+		return g.Stop(err)
+	}
+	pub.OnPublished = outbox.Instrument(reg, "thumbnailer", rdb, store.Keys.Outbox())
+	g.Go(ops.StageFlush, "outbox", pub.Run)
+	g.Ready(conns.Checks())
 	log.Info("thumbnailer.start", "workers", cfg.Workers, "max_bytes", cfg.MaxBytes, "max_pixels", cfg.MaxPixels,
 		"preview_size", cfg.PreviewSize, "viewer_size", cfg.ViewerSize, "heic", preview.HEICSupported())
-	return conns.Run(ctx, ops.Worker{
-		Service: "thumbnailer", OpsAddr: cfg.Common.OpsAddr, Registry: reg, Checks: conns.Checks(),
-		Outbox: store.Keys.Outbox(), Logger: log,
-		Instrument: func(p *outbox.Publisher) {
-			p.OnPublished = outbox.Instrument(reg, "thumbnailer", rdb, store.Keys.Outbox())
-		},
-		Work: func(ctx context.Context) error {
-			return consume.Run(ctx, cons, proc.Handle, consume.Options{
-				Workers: cfg.Workers,
-				Logger:  log,
-				DeadLetter: func(ctx context.Context, ev events.Event, reason string) error {
-					deadLetter(nc, cfg.Common.Names, ev, reason)
-					return proc.GiveUp(ctx, ev, reason)
-				},
-				OnResult: func(_ events.Type, outcome string) { proc.m.messages.WithLabelValues(outcome).Inc() },
-			})
-		},
-	})
-}
-
-// deadLetter announces a message whose deliveries ran out on the
-// dead-letter subject (core NATS: no stream keeps it; whoever listens gets
-// it).
-func deadLetter(nc *nats.Conn, names events.Names, ev events.Event, reason string) {
-	raw, err := json.Marshal(ev)
-	if err != nil {
-		return
-	}
-	msg := nats.NewMsg(names.DeadLetterSubject(events.ConsumerThumbnailer))
-	msg.Data = raw
-	msg.Header.Set("Clinimg-Reason", reason)
-	_ = nc.PublishMsg(msg)
+	return g.Wait()
 }

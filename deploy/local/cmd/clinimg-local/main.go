@@ -1,5 +1,8 @@
-// Command clinimg-local runs the whole system in one process on embedded
-// parts (see package local) and prints the URL to open. `make run` runs it.
+// Command clinimg-local runs the whole system in one process (see package
+// local) and prints the URL to open and which parts are embedded and which
+// are real. `make run` runs it. Every service variable is taken from the
+// environment; PORT (8080), RELAY_PORT (8081), HOST (127.0.0.1), OPS_PORTS
+// (true: 9091-9094) and DATA_DIR (JetStream's files) are its own.
 package main
 
 import (
@@ -8,7 +11,9 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
+	"text/tabwriter"
 
 	"github.com/clinicalimages/clinimg/deploy/local"
 	"github.com/clinicalimages/clinimg/pkg/ops"
@@ -43,28 +48,42 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	env := map[string]string{}
+	for _, kv := range os.Environ() {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
 	st, err := local.Start(ctx, local.Options{
 		Host:      envOr("HOST", "127.0.0.1"),
 		APIPort:   apiPort,
 		RelayPort: relayPort,
 		OpsPorts:  os.Getenv("OPS_PORTS") != "false",
 		DataDir:   os.Getenv("DATA_DIR"),
-		RedisURL:  os.Getenv("REDIS_URL"),
-		Logger:    ops.Logger(os.Stderr, "local", envOr("LOG_LEVEL", "info")),
+		Logger:    ops.Logger(os.Stderr, "", envOr("LOG_LEVEL", "info")),
+		Env:       env,
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Printf(`
-Clinical Images is running.
-
-  Desktop widget:  %[1]s/
-  Desktop token:   curl '%[1]s/dev/token?userId=user_abc'
-  ALEX simulator:  %[2]s/FHIR   (every Media it stores: %[2]s/_sim/media)
-  Realtime (SSE):  %[3]s
-
-Press Ctrl-C to stop.
-`, st.URL, st.ALEXURL, st.RelayURL)
+	fmt.Printf("\nClinical Images is running.\n\n  Desktop widget:  %s/\n", st.URL)
+	if st.Issuer != nil {
+		fmt.Printf("  Desktop token:   curl '%s/dev/token?userId=user_abc'\n", st.URL)
+	}
+	if st.ALEX != nil {
+		fmt.Printf("  ALEX simulator:  %[1]s/FHIR   (every Media it stores: %[1]s/_sim/media)\n", st.ALEXURL)
+	}
+	fmt.Printf("\n  Parts:\n")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	for _, p := range st.Parts {
+		kind := "real"
+		if p.Embedded {
+			kind = "embedded"
+		}
+		fmt.Fprintf(tw, "    %s\t%s\t%s\n", p.Name, kind, p.Where)
+	}
+	tw.Flush()
+	fmt.Printf("\nPress Ctrl-C to stop.\n")
 	<-ctx.Done()
 	return st.Close()
 }

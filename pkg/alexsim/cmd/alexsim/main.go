@@ -6,7 +6,9 @@
 // Environment: ALEXSIM_ADDR (default :8090), ALEXSIM_CLIENT_ID and
 // ALEXSIM_CLIENT_SECRET (default the package's), ALEXSIM_SCOPE,
 // ALEXSIM_FACILITY_ID, ALEXSIM_CAPABILITIES (as ALEX_CAPABILITIES),
-// ALEXSIM_LATENCY (e.g. 200ms), ALEXSIM_DROP_DATA (true keeps no photo bytes).
+// ALEXSIM_LATENCY (e.g. 200ms), ALEXSIM_DROP_DATA (true keeps no photo bytes),
+// ALEXSIM_AUTO_PATIENTS (true: any patient id is known, with a test NHI, so
+// a committer can look its Media up again by NHI as it must on ALEX).
 package main
 
 import (
@@ -55,9 +57,11 @@ func run(ctx context.Context, getenv func(string) string) error {
 			return fmt.Errorf("ALEXSIM_LATENCY: %w", err)
 		}
 	}
-	if v := getenv("ALEXSIM_DROP_DATA"); v != "" {
-		if opt.DropData, err = strconv.ParseBool(v); err != nil {
-			return fmt.Errorf("ALEXSIM_DROP_DATA: %w", err)
+	for name, dst := range map[string]*bool{"ALEXSIM_DROP_DATA": &opt.DropData, "ALEXSIM_AUTO_PATIENTS": &opt.AutoPatients} {
+		if v := getenv(name); v != "" {
+			if *dst, err = strconv.ParseBool(v); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
 		}
 	}
 	sim := alexsim.New(opt)
