@@ -18,6 +18,7 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/config"
 	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/outbox"
 )
 
 // Conns are the connections a service that changes sessions opens: Redis,
@@ -65,6 +66,19 @@ func Connect(g *Group, c config.Common, service string, log *slog.Logger) (*Conn
 	}
 	g.Finally("connections", cs.Close)
 	return cs, nil
+}
+
+// Publish runs the outbox publisher of the session store's outbox key in
+// g's flush stage (after the work stops, it publishes what is left);
+// onPublished, if set, observes each event.
+func (cs *Conns) Publish(g *Group, outboxKey string, log *slog.Logger, onPublished func(events.Type, bool)) error {
+	pub, err := outbox.New(cs.Redis, cs.NATS, outboxKey, cs.Name, log, outbox.Options{})
+	if err != nil {
+		return err
+	}
+	pub.OnPublished = onPublished
+	g.Go(StageFlush, "outbox", pub.Run)
+	return nil
 }
 
 // Checks are the readiness checks of the connections.

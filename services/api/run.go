@@ -67,16 +67,13 @@ func Run(ctx context.Context, cfg Config) error {
 		n, _ := outbox.Depth(context.Background(), rdb, store.Keys.Outbox())
 		return float64(n)
 	}))
-	pub, err := outbox.New(rdb, conns.NATS, store.Keys.Outbox(), conns.Name, log, outbox.Options{})
-	if err != nil {
-		return g.Stop(err)
-	}
-	pub.OnPublished = func(t events.Type, dup bool) {
+	published := func(t events.Type, dup bool) {
 		srv.metrics.published.WithLabelValues("api", string(t), strconv.FormatBool(dup)).Inc()
 	}
-
+	if err := conns.Publish(g, store.Keys.Outbox(), log, published); err != nil {
+		return g.Stop(err)
+	}
 	g.Go(ops.StageWork, "http", ops.Server{Addr: cfg.Addr, Handler: srv.Router(), Limits: cfg.HTTP, Ready: cfg.Ready, Grace: g.Grace()}.Run)
-	g.Go(ops.StageFlush, "outbox", pub.Run)
 	g.Ready(checks)
 	log.Info("api.start", "addr", cfg.Addr, "ops_addr", cfg.Common.OpsAddr, "public_url", cfg.PublicURL, "realtime", string(cfg.Realtime.Mode))
 	return g.Wait()

@@ -92,12 +92,9 @@ func Run(ctx context.Context, cfg Config) error {
 			OnResult:    consume.Instrument(reg, "committer", cons),
 		})
 	})
-	pub, err := outbox.New(rdb, conns.NATS, store.Keys.Outbox(), conns.Name, log, outbox.Options{})
-	if err != nil {
+	if err := conns.Publish(g, store.Keys.Outbox(), log, outbox.Instrument(reg, "committer", rdb, store.Keys.Outbox())); err != nil {
 		return g.Stop(err)
 	}
-	pub.OnPublished = outbox.Instrument(reg, "committer", rdb, store.Keys.Outbox())
-	g.Go(ops.StageFlush, "outbox", pub.Run)
 	g.Ready(conns.Checks())
 	log.Info("committer.start", "parallelism", cfg.Parallelism, "workers", cfg.Workers, "capabilities", cfg.Capabilities.String())
 	return g.Wait()

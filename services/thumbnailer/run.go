@@ -70,12 +70,9 @@ func Run(ctx context.Context, cfg Config) error {
 			OnResult:    func(_ events.Type, outcome string) { proc.m.messages.WithLabelValues(outcome).Inc() },
 		})
 	})
-	pub, err := outbox.New(rdb, conns.NATS, store.Keys.Outbox(), conns.Name, log, outbox.Options{})
-	if err != nil {
+	if err := conns.Publish(g, store.Keys.Outbox(), log, outbox.Instrument(reg, "thumbnailer", rdb, store.Keys.Outbox())); err != nil {
 		return g.Stop(err)
 	}
-	pub.OnPublished = outbox.Instrument(reg, "thumbnailer", rdb, store.Keys.Outbox())
-	g.Go(ops.StageFlush, "outbox", pub.Run)
 	g.Ready(conns.Checks())
 	log.Info("thumbnailer.start", "workers", cfg.Workers, "max_bytes", cfg.MaxBytes, "max_pixels", cfg.MaxPixels,
 		"preview_size", cfg.PreviewSize, "viewer_size", cfg.ViewerSize, "heic", preview.HEICSupported())
