@@ -64,9 +64,10 @@ type rule struct {
 	seen int
 }
 
-// Inject adds a fault rule; it stays until it has fired Times times or
-// ClearFaults.
-func (s *Server) Inject(r Rule) {
+// Inject adds a fault rule; it stays until it has fired Times times, or
+// remove or ClearFaults is called (remove takes out this rule alone, for a
+// simulator tests share).
+func (s *Server) Inject(r Rule) (remove func()) {
 	if r.Nth <= 0 {
 		r.Nth = 1
 	}
@@ -76,9 +77,20 @@ func (s *Server) Inject(r Rule) {
 	if r.Fault.Kind == "" {
 		r.Fault.Kind = FaultStatus
 	}
+	added := &rule{Rule: r}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.rules = append(s.rules, &rule{Rule: r})
+	s.rules = append(s.rules, added)
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for i, x := range s.rules {
+			if x == added {
+				s.rules = append(s.rules[:i:i], s.rules[i+1:]...)
+				return
+			}
+		}
+	}
 }
 
 // ClearFaults removes every fault rule.

@@ -522,7 +522,13 @@ s.commit.stopped = true
 s.commit.waiting = nil
 s.commit.done = done
 s.commit.finishedAt = ARGV[1]
-s.commit.message = string.format('Stopped waiting for ALEX. %d of %d %s in the patient record and will stay there; the rest are kept here to commit later.', done, #s.images, word)
+if done == 0 then
+  local kept = 'the photo is'
+  if #s.images ~= 1 then kept = 'all ' .. #s.images .. ' photos are' end
+  s.commit.message = string.format('Stopped waiting for ALEX. No photo reached the patient record; %s kept here to commit later.', kept)
+else
+  s.commit.message = string.format('Stopped waiting for ALEX. %d of %d %s in the patient record and will stay there; the rest are kept here to commit later.', done, #s.images, word)
+end
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = s.commitId, success = false, stopped = true, done = done, total = #s.images, message = s.commit.message, errors = {}, mediaResourceIds = {}})

@@ -536,7 +536,9 @@ func TestRefusedAndResend(t *testing.T) {
 		if _, _, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: "b", Identifier: ib.MediaIdentifier, State: session.PhotoPending, Tries: 3}); !errors.Is(err, session.ErrStale) {
 			t.Fatalf("stale tries: %v", err)
 		}
-		st.StopCommit(ctx, "u1", "")
+		if s, err := st.StopCommit(ctx, "u1", ""); err != nil || s.Commit.Message != "Stopped waiting for ALEX. No photo reached the patient record; all 2 photos are kept here to commit later." {
+			t.Fatalf("stop with nothing in the record: %v %q", err, s.Commit.Message)
+		}
 		if _, err := st.BeginCommit(ctx, "u1", "", "c2", "a"); !errors.Is(err, session.ErrNotResendable) {
 			t.Fatalf("resend a refused photo: %v", err)
 		}

@@ -90,6 +90,7 @@ export class Api {
     return this.request('POST', this.user('/commit'), undefined, async ? { Prefer: 'respond-async' } : {});
   }
   commitStatus() { return this.request('GET', this.user('/commit')); }
+  stopCommit() { return this.request('POST', this.user('/commit/stop')); }
   realtimeToken() { return this.request('GET', this.user('/realtime-token')); }
   bodySites(q = '') { return this.request('GET', `/api/body-sites${q ? `?q=${encodeURIComponent(q)}` : ''}`); }
   vocabulary() { return this.request('GET', '/api/vocabulary'); }

@@ -12,8 +12,20 @@ const STATUS_TEXT = {
   compressing: 'Preparing', waiting: 'Waiting', uploading: 'Uploading', recording: 'Uploading',
   retrying: 'Waiting', blocked: 'Not added',
   processing: 'Processing', ready: 'Ready', rejected: 'Rejected', committed: 'In the record',
-  failedcommit: 'Not committed',
+  failedcommit: 'Not committed', checking: 'Checking', needscheck: 'Check the record', conflict: 'Conflict',
 };
+
+// chipState is what a photo's chip says: where it stands in reaching the
+// record (the committer's commitState) when that says more than its status.
+function chipState(im) {
+  switch (im.commitState) {
+    case 'in_record': return 'committed';
+    case 'sending': case 'unknown': return 'checking';
+    case 'needs_checking': return 'needscheck';
+    case 'conflict': return 'conflict';
+  }
+  return im.status === 'failed' ? 'failedcommit' : im.status;
+}
 const SOURCE_TEXT = { mobile: 'Phone', desktop: 'Desktop' };
 
 /**
@@ -165,12 +177,13 @@ function updateImageCard(card, im, n, ui) {
   ph.hidden = !!src;
   const waiting = im.status === 'processing' || im.status === 'ready';
   ph.classList.toggle('spin', waiting);
-  ph.textContent = waiting ? '' : im.status === 'committed' ? 'In the patient record' : 'No preview';
-  const st = im.status === 'failed' ? 'failedcommit' : im.status;
+  ph.textContent = waiting ? '' : im.commitState === 'in_record' ? 'In the patient record' : 'No preview';
+  const st = chipState(im);
   const chip = card.querySelector('.chip');
   chip.textContent = STATUS_TEXT[st] || im.status;
   chip.className = `chip st-${st}`;
   card.dataset.status = im.status;
+  card.dataset.commitState = im.commitState || '';
   card.querySelector('.src').textContent = SOURCE_TEXT[im.source] || im.source || '';
   card.querySelector('.num').textContent = `Photo ${n}`;
   card.setAttribute('aria-label', `Photo ${n}`);
@@ -195,15 +208,16 @@ function updateImageCard(card, im, n, ui) {
   if (document.activeElement !== lat && !saving) lat.value = m.laterality || '';
   if (document.activeElement !== view && !saving) view.value = m.viewType || '';
   if (document.activeElement !== notes && !card.dataset.notesDirty && !saving) notes.value = m.notes || '';
-  const locked = ui.readOnly || im.status === 'committed';
+  // ALEX has no undo: a photo in the record (or that may be) stays as sent
+  const locked = ui.readOnly || im.status === 'committed' || ['in_record', 'sending', 'unknown'].includes(im.commitState);
   card.site.disable(locked);
   for (const f of card.querySelectorAll('select, textarea, button:not(.zoom)')) f.disabled = locked;
   card.classList.toggle('locked', locked);
   zoom.disabled = !src;
   const note = card.querySelector('.note');
   if (im.status === 'rejected') setCardNote(card, im.rejectReason || 'Not an acceptable photo', true);
+  else if (im.commitState === 'in_record' && im.mediaId) setCardNote(card, `In the patient record (Media ${im.mediaId})`);
   else if (im.error) setCardNote(card, im.error, true);
-  else if (im.status === 'committed' && im.mediaId) setCardNote(card, 'In the patient record');
   else if (note.classList.contains('error') && !saving && !card.site.input.getAttribute('aria-invalid')) setCardNote(card, '');
 }
 

@@ -13,7 +13,7 @@ import { renderGrid, setCardNote, openViewer } from './desktop-view.js';
 import { Live } from './live.js';
 import * as M from './model.js';
 import { UploadQueue } from './upload.js';
-import { FALLBACK, ago, committedText, coding, isAre, limitText, plural } from './words.js';
+import { FALLBACK, RECORD_RULE, ago, committedText, coding, isAre, limitText, plural, stuckText } from './words.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -69,6 +69,7 @@ async function main() {
   $('qr-new').addEventListener('click', () => startCapture(false, true));
   $('qr-show').addEventListener('click', () => startCapture(false, true));
   $('commit-btn').addEventListener('click', () => commit());
+  $('stop-btn').addEventListener('click', () => stopWaiting());
   $('mismatch-commit').addEventListener('click', () => commit());
   $('mismatch-discard').addEventListener('click', () => discardOther());
   $('viewer-close').addEventListener('click', () => $('viewer').close());
@@ -223,6 +224,9 @@ async function commit() {
   } else {
     body.push(`Commit ${plural(n, 'photo')} to the record of patient ${m.patientId}?`);
   }
+  const inRecord = inRecordCount(m);
+  if (inRecord) body.push(`${plural(inRecord, 'photo')} of them ${isAre(inRecord)} in the record already and ${inRecord === 1 ? 'is' : 'are'} not sent again.`);
+  body.push(RECORD_RULE);
   if (pending) {
     body.push(`The phone still holds ${plural(pending, 'photo')} that ${isAre(pending)} not here yet. ${pending === 1 ? 'It' : 'They'} will not be in this commit.`);
   }
@@ -249,6 +253,32 @@ async function commit() {
     }
   } finally {
     state.requesting = false;
+  }
+  await live.reconcile();
+  render();
+}
+
+// inRecordCount is how many of the session's photos ALEX already holds.
+function inRecordCount(m) {
+  return m.images.filter((im) => im.commitState === 'in_record').length;
+}
+
+// stopWaiting ends a commit that ALEX keeps failing: the photos already in
+// the record stay there, the rest can be changed and committed later.
+async function stopWaiting() {
+  const c = M.commitPhase(state.model);
+  const ok = await confirmDialog({
+    title: 'Stop waiting for ALEX?',
+    body: [`${c.done} of ${plural(c.total, 'photo')} ${isAre(c.done)} in the patient record and will stay there.`,
+      'The others stay here: you can change or delete them, and commit again later. A photo whose sending ALEX had not answered is checked before it is sent again.'],
+    ok: 'Stop waiting', cancel: 'Keep waiting',
+  });
+  if (!ok) return;
+  try {
+    const r = await api.stopCommit();
+    if (r.session) state.model = M.applySnapshot(state.model, r.session);
+  } catch (e) {
+    if (e.code !== 'no_commit' && e.code !== 'committed') banner('error', `Could not stop: ${e.message}`);
   }
   await live.reconcile();
   render();
@@ -501,8 +531,10 @@ function renderCommit(c, mismatch, pending) {
   }
   const tally = M.counts(m);
   const uploading = uploads.active;
+  const inRecord = inRecordCount(m);
   note.className = 'muted';
   btn.hidden = mismatch;
+  $('stop-btn').hidden = phase !== 'stuck';
   switch (phase) {
     case 'running':
       note.textContent = state.requesting ? 'Sending the commit…' : `Committing… ${c.done} of ${c.total} in the record`;
@@ -511,7 +543,7 @@ function renderCommit(c, mismatch, pending) {
       break;
     case 'stuck':
       note.className = 'warn';
-      note.textContent = `Still committing (${c.done} of ${c.total}): ${c.reason || 'waiting for the practice system'}${c.attempt ? `, attempt ${c.attempt}` : ''}${c.nextTryAt ? `, next try ${new Date(c.nextTryAt).toLocaleTimeString()}` : ''}`;
+      note.textContent = `Still committing, ${c.done} of ${c.total} in the record. ${stuckText(c)}`;
       btn.disabled = true;
       btn.textContent = 'Committing…';
       break;
@@ -522,20 +554,23 @@ function renderCommit(c, mismatch, pending) {
       break;
     case 'failed': {
       const f = state.failure && c.phase === 'idle' ? state.failure : c;
-      note.className = 'error';
-      note.replaceChildren(el('strong', {}, `Commit failed: ${(f.message || '').replace(/^commit failed:?\s*/i, '') || 'nothing was saved.'}`),
-        f.errors.length ? el('ul', { class: 'errors' }, f.errors.map((x) => el('li', {}, `Photo ${M.photoNumber(m, x.imageId) || '?'}: ${x.error}`))) : '');
+      const why = (f.message || '').replace(/^commit failed:?\s*/i, '') || 'nothing was saved.';
+      note.className = f.stopped ? 'warn' : 'error';
+      note.replaceChildren(el('strong', {}, f.stopped ? why : `Commit failed: ${why}`),
+        f.errors.length ? el('ul', { class: 'errors' }, f.errors.map((x) => el('li', {}, `Photo ${M.photoNumber(m, x.imageId) || '?'}: ${x.error}`))) : '',
+        inRecord ? el('span', { class: 'muted', 'data-test': 'record-rule' }, ` ${RECORD_RULE}`) : '');
       btn.disabled = n === 0 || tally.processing > 0 || mismatch;
-      btn.textContent = 'Retry commit';
+      btn.textContent = inRecord && inRecord < n ? `Commit the other ${plural(n - inRecord, 'photo')}` : f.stopped ? 'Commit again' : 'Retry commit';
       break;
     }
     default: {
-      btn.textContent = `Commit ${plural(n, 'photo')}`;
+      btn.textContent = inRecord && inRecord < n ? `Commit the other ${plural(n - inRecord, 'photo')}` : `Commit ${plural(n, 'photo')}`;
       btn.disabled = n === 0 || tally.processing > 0 || tally.rejected > 0 || uploading > 0 || m.commitStatus === 'committed' || mismatch;
       if (uploading) note.textContent = `Waiting for ${plural(uploading, 'upload')}…`;
       else if (tally.processing) note.textContent = `Preparing ${plural(tally.processing, 'photo')}…`;
       else if (tally.rejected) note.textContent = `Delete ${plural(tally.rejected, 'rejected photo')} to commit.`;
       else if (pending) note.textContent = `To patient ${m.patientId}. ${plural(pending, 'more photo')} still on the phone.`;
+      else if (inRecord) note.textContent = `To patient ${m.patientId}: ${inRecord} of ${n} already in the record, not sent again.`;
       else note.textContent = n ? `To patient ${m.patientId}` : '';
     }
   }

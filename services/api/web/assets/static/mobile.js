@@ -14,7 +14,7 @@ import { Live } from './live.js';
 import * as M from './model.js';
 import { PendingStore } from './store.js';
 import { UploadQueue } from './upload.js';
-import { FALLBACK, coding, committedText, limitText, plural } from './words.js';
+import { FALLBACK, RECORD_RULE, coding, committedText, limitText, plural, stuckText } from './words.js';
 
 const $ = (id) => document.getElementById(id);
 const KEY = 'clinimg.phone';
@@ -468,7 +468,7 @@ function renderOutcome(o) {
     icon.className = 'big-icon busy';
     $('outcome-title').textContent = 'Committing…';
     $('outcome-text').textContent = o.phase === 'stuck'
-      ? `${o.done} of ${o.total} in the record. ${o.reason || 'Waiting for the practice system'}${o.attempt ? `, attempt ${o.attempt}` : ''}.`
+      ? `${o.done} of ${o.total} in the record. ${stuckText(o)}`
       : o.total ? `${o.done} of ${o.total} in the record` : '';
     prog.firstElementChild.style.width = `${o.total ? Math.max(4, Math.round((100 * o.done) / o.total)) : 4}%`;
   } else if (o.phase === 'done') {
@@ -482,8 +482,8 @@ function renderOutcome(o) {
   } else {
     icon.textContent = '!';
     icon.className = 'big-icon error';
-    $('outcome-title').textContent = 'Commit failed';
-    $('outcome-text').textContent = (o.message || '').replace(/^commit failed:?\s*/i, '');
+    $('outcome-title').textContent = o.stopped ? 'Commit stopped' : 'Commit failed';
+    $('outcome-text').textContent = `${(o.message || '').replace(/^commit failed:?\s*/i, '')}${o.done ? ` ${RECORD_RULE}` : ''}`;
     errs.replaceChildren(...(o.errors || []).map((x) => {
       const n = M.photoNumber(state.model, x.imageId);
       return el('li', {}, n ? `Photo ${n}: ${x.error}` : x.error);

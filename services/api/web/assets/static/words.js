@@ -39,6 +39,24 @@ export function limitText(n, limits) {
   return { kind: '', text: '' };
 }
 
+/**
+ * RECORD_RULE is what a commit can promise, ALEX having no undo: said
+ * before every commit and whenever a commit stops part-way.
+ */
+export const RECORD_RULE = 'A photo that reaches the patient record stays there: ALEX has no undo. '
+  + 'If the commit stops part-way, those photos stay marked as in the record and the next commit sends only the rest, each photo once.';
+
+/** stuckText says why a commit is waiting and when it tries again. */
+export function stuckText(c) {
+  const at = (iso) => (iso ? new Date(iso).toLocaleTimeString() : '');
+  const parts = [c.reason || 'Waiting for the practice system'];
+  if (c.attempt) parts.push(`attempt ${c.attempt}`);
+  if (c.nextTryAt) parts.push(`${c.reason && /slow/.test(c.reason) ? 'waiting until' : 'next try'} ${at(c.nextTryAt)}`);
+  let s = parts.join(', ');
+  if (c.giveUpAt) s += `. Gives up at ${at(c.giveUpAt)}, keeping every photo`;
+  return `${s}.`;
+}
+
 /** committedText is the outcome line of a finished commit. */
 export function committedText(n) { return `${plural(n, 'photo')} committed to the record`; }
 
