@@ -393,8 +393,12 @@ func TestCommitFailureAndRetry(t *testing.T) {
 	if !strings.Contains(note, "Photo 2") {
 		t.Errorf("failure shown as %q, want the failing photo named", note)
 	}
-	if btn := d.text(`[data-test=commit]`); btn != "Retry commit" {
-		t.Errorf("commit button %q, want Retry commit", btn)
+	// Photo 1 is in the record and stays there: the retry sends photo 2 only.
+	if !strings.Contains(note, "ALEX has no undo") {
+		t.Errorf("failure shown as %q, want what stays in the record said", note)
+	}
+	if btn := d.text(`[data-test=commit]`); btn != "Commit the other 1 photo" {
+		t.Errorf("commit button %q, want Commit the other 1 photo", btn)
 	}
 	r.shot("failed")
 	if n := len(r.env.MediaFor(s.Images[1].MediaIdentifier)); n != 0 {
