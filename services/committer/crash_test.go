@@ -65,15 +65,22 @@ func TestCrash(t *testing.T) {
 			}})
 		}},
 		{"after the ledger write", func(e *env, userID, _ string, kill func()) {
-			go func() {
-				for {
-					if s, err := e.store.Peek(context.Background(), userID); err == nil && s.Commit != nil && s.Commit.Done >= killAt {
-						kill()
-						return
-					}
-					time.Sleep(5 * time.Millisecond)
+			// At the first POST that arrives once killAt photos are recorded
+			// in the record (at most COMMIT_PARALLELISM are on their way, so
+			// later POSTs always come).
+			var once sync.Once
+			e.sim.SetHooks(alexsim.Hooks{MediaReceived: func(string) error {
+				s, err := e.store.Peek(context.Background(), userID)
+				if err != nil || s.Commit == nil || s.Commit.Done < killAt {
+					return nil
 				}
-			}()
+				var killed bool
+				once.Do(func() { kill(); killed = true })
+				if killed {
+					return errKilled
+				}
+				return nil
+			}})
 		}},
 	}
 	for _, pt := range points {

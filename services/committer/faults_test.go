@@ -164,7 +164,8 @@ func TestStuckCommitStops(t *testing.T) {
 	var s session.Session
 	testenv.Eventually(t, 20*time.Second, "the stuck commit to say why", func() bool {
 		s, _ = e.store.Peek(ctx, userID)
-		return s.Commit != nil && s.Commit.Waiting != nil && s.Commit.Done == 3
+		// (A loaded machine may first say ALEX is slow while attempt 1 runs.)
+		return s.Commit != nil && s.Commit.Waiting != nil && s.Commit.Waiting.Reason != session.WaitALEXSlow && s.Commit.Done == 3
 	})
 	w := s.Commit.Waiting
 	if w.Reason != session.WaitALEXUnavailable || w.Message != "ALEX is unavailable (503 Service Unavailable)" || w.Attempt != 1 ||
