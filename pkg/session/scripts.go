@@ -10,13 +10,25 @@ import "github.com/redis/go-redis/v9"
 //
 // A script either fails with an error reply "CI_<CODE> [detail]" and changes
 // nothing, or changes the session, appends the event to the outbox, and
-// returns the new session. cjson writes an empty table as {}, so enc()
-// restores [] for the fields that are arrays: a plain find (a memchr scan)
-// guards each substitution, which runs only when that field is empty, so
-// the cost does not grow with the photos. save() keeps what it wrote and
-// encoded() hands it back, so a session is encoded once per change.
+// answers. Every answer has one shape, reply():
+//
+//	{outcome, extra, session without its photos, photo 1, photo 2, ...}
+//
+// outcome is a word ("added", "changed", "unchanged", ...) or "", extra a
+// JSON document a script adds ("" if none).
+//
+// user:{id} is a hash: field "session" holds the session without its
+// photos, with imageIds (their order); field "image:<id>" holds each photo.
+// A change reads and writes only what it touches: recording a photo reads
+// the session's fields and writes one photo, so its cost does not grow with
+// the photos already there; a script that needs every photo load()s them.
+// A session an earlier version stored whole (a string) is read as it was
+// and stored per photo by its next change.
+//
+// cjson writes an empty table as {}, so enc() restores [] for the fields
+// that are arrays; a plain find (a memchr scan) guards each substitution.
 const prelude = `
-local arrays = {'images', 'mediaResourceIds', 'orphans', 'errors', 'sentHashes', 'phones'}
+local arrays = {'images', 'mediaResourceIds', 'orphans', 'errors', 'sentHashes', 'phones', 'imageIds'}
 local function enc(v)
   local s = cjson.encode(v)
   if not string.find(s, ':{}', 1, true) then return s end
@@ -28,29 +40,126 @@ local function enc(v)
   end
   return s
 end
-local saved = nil
-local function encoded(s)
-  return saved or enc(s)
-end
-local function load(key)
-  local raw = redis.call('GET', key)
-  if not raw then return nil end
-  local s = cjson.decode(raw)
-  if type(s.images) ~= 'table' then s.images = {} end
-  if type(s.phones) ~= 'table' then s.phones = {} end
-  return s
-end
 local function fail(code, detail)
   if detail then return redis.error_reply('CI_' .. code .. ' ' .. detail) end
   return redis.error_reply('CI_' .. code)
 end
-local function save(s, ttl)
-  saved = enc(s)
-  if ttl == 'keep' then
-    redis.call('SET', KEYS[1], saved, 'KEEPTTL')
+local whole = false -- KEYS[1] holds a session stored whole, as a string
+local stored = {}   -- the photo ids stored under KEYS[1] when it was read
+local saved = nil   -- what save() wrote: {head = json, images = {id = json}}
+local function ids(s)
+  if not s.images then return s.imageIds end
+  local out = {}
+  for i, im in ipairs(s.images) do out[i] = im.id end
+  return out
+end
+local function count(s)
+  if s.images then return #s.images end
+  return #s.imageIds
+end
+-- head reads the session without its photos: s.imageIds names them, and
+-- s.images is nil (or, for a session stored whole, every photo).
+local function head(key)
+  local raw = redis.pcall('HGET', key, 'session')
+  local s
+  if type(raw) == 'table' and raw.err then
+    raw = redis.call('GET', key)
+    if not raw then return nil end
+    whole = true
+    s = cjson.decode(raw)
+    if type(s.images) ~= 'table' then s.images = {} end
   else
-    redis.call('SET', KEYS[1], saved, 'EX', ttl)
+    if not raw then return nil end
+    s = cjson.decode(raw)
+    if type(s.imageIds) ~= 'table' then s.imageIds = {} end
+    for _, id in ipairs(s.imageIds) do stored[id] = true end
   end
+  if type(s.phones) ~= 'table' then s.phones = {} end
+  return s
+end
+-- load reads the session with every photo, in order, in s.images.
+local function load(key)
+  local s = head(key)
+  if not s or s.images then return s end
+  s.images = {}
+  if #s.imageIds > 0 then
+    local fields = {}
+    for i, id in ipairs(s.imageIds) do fields[i] = 'image:' .. id end
+    for _, raw in ipairs(redis.call('HMGET', key, unpack(fields))) do
+      if raw then table.insert(s.images, cjson.decode(raw)) end
+    end
+  end
+  s.imageIds = nil
+  return s
+end
+-- encHead is the session's own fields, its photos named by imageIds.
+local function encHead(s)
+  local images, list = s.images, ids(s)
+  s.images, s.imageIds = nil, list
+  local out = enc(s)
+  s.images = images
+  if images then s.imageIds = nil end
+  return out
+end
+-- save writes the session's own fields and its photos: every photo of a
+-- load()ed session, only the ones given (the photos the change wrote) of a
+-- head()ed one. Photos no longer in the session are deleted.
+local function save(s, ttl, only)
+  local list = ids(s)
+  local now = {}
+  for _, id in ipairs(list) do now[id] = true end
+  local fields, images = {}, {}
+  for _, im in ipairs(s.images or only or {}) do
+    images[im.id] = enc(im)
+    table.insert(fields, 'image:' .. im.id)
+    table.insert(fields, images[im.id])
+  end
+  local hdr = encHead(s)
+  local keepMs = nil
+  if whole then
+    if ttl == 'keep' then keepMs = redis.call('PTTL', KEYS[1]) end
+    redis.call('DEL', KEYS[1])
+    whole = false
+  else
+    local gone = {}
+    for id in pairs(stored) do
+      if not now[id] then table.insert(gone, 'image:' .. id) end
+    end
+    if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
+  end
+  redis.call('HSET', KEYS[1], 'session', hdr, unpack(fields))
+  if ttl ~= 'keep' then
+    redis.call('EXPIRE', KEYS[1], ttl)
+  elseif keepMs and keepMs > 0 then
+    redis.call('PEXPIRE', KEYS[1], keepMs)
+  end
+  stored = now
+  saved = {head = hdr, images = images}
+end
+-- replyHead answers the session's own fields only (the caller reads the
+-- photos), for a change whose cost must not grow with them; a session
+-- read whole answers in full.
+local function replyHead(s, outcome)
+  if s.images then return nil end
+  if saved then return {outcome, '', saved.head} end
+  return {outcome, '', encHead(s)}
+end
+-- reply is every script's answer: {outcome, extra, session, photos...}.
+local function reply(s, outcome, extra)
+  local r = {outcome or '', extra or ''}
+  if saved then r[3] = saved.head else r[3] = encHead(s) end
+  local written = (saved and saved.images) or {}
+  if s.images then
+    for _, im in ipairs(s.images) do table.insert(r, written[im.id] or enc(im)) end
+  elseif #s.imageIds > 0 then
+    local fields = {}
+    for i, id in ipairs(s.imageIds) do fields[i] = 'image:' .. id end
+    local raws = redis.call('HMGET', KEYS[1], unpack(fields))
+    for i, id in ipairs(s.imageIds) do
+      if written[id] then table.insert(r, written[id]) elseif raws[i] then table.insert(r, raws[i]) end
+    end
+  end
+  return r
 end
 local function bump(s)
   s.version = (s.version or 0) + 1
@@ -61,7 +170,7 @@ local function emit(s, extra)
   if type(ev.data) ~= 'table' then ev.data = {} end
   ev.data.sessionId = s.sessionId
   ev.data.version = s.version
-  ev.data.imageCount = #s.images
+  ev.data.imageCount = count(s)
   for k, v in pairs(extra or {}) do ev.data[k] = v end
   redis.call('XADD', KEYS[2], '*', 'id', ev.id, 'subject', ARGV[4], 'event', enc(ev))
 end
@@ -140,7 +249,7 @@ end
 tok.sessionId = s.sessionId
 redis.call('SET', KEYS[3], cjson.encode(tok), 'EX', ARGV[7])
 redis.call('SET', KEYS[4], KEYS[3], 'EX', ARGV[7])
-return {encoded(s), enc({images = discarded}), mode}
+return reply(s, mode, enc({images = discarded}))
 `)
 
 // pair: KEYS[3] session-token:{t}, KEYS[4] phone:{hash}, KEYS[5]
@@ -163,7 +272,7 @@ s.phone = {id = ARGV[7], pairedAt = ARGV[1], userAgent = ARGV[5]}
 bump(s)
 save(s, ARGV[2])
 emit(s, {patientId = s.patientId, encounterId = s.encounterId, phoneId = ARGV[7]})
-return cjson.encode(tok)
+return reply(s, '', cjson.encode(tok))
 `)
 
 // unpair: ARGV[5] phone id, ARGV[6] session id. The phone's credential
@@ -188,7 +297,7 @@ if last then s.phone = {id = last.id, pairedAt = last.pairedAt, userAgent = last
 bump(s)
 save(s, ARGV[2])
 emit(s, {patientId = s.patientId, encounterId = s.encounterId, phoneId = ARGV[5]})
-return encoded(s)
+return reply(s, '')
 `)
 
 // add: ARGV[5] image, ARGV[6] session id the caller is bound to ("" for
@@ -197,7 +306,7 @@ return encoded(s)
 // paired. A session whose openPatientId names another patient takes
 // nothing either. Returns {session, "added"|"duplicate"}.
 var addScript = script(`
-local s = load(KEYS[1])
+local s = head(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 if ARGV[6] ~= '' and s.sessionId ~= ARGV[6] then return fail('SESSION_CHANGED') end
 if ARGV[9] ~= '' then
@@ -206,22 +315,29 @@ if ARGV[9] ~= '' then
   if not paired then return fail('PHONE_REMOVED') end
 end
 local img = cjson.decode(ARGV[5])
-local _, old = find(s, img.id)
+local old = nil
+if s.images then
+  local _, o = find(s, img.id)
+  old = o
+else
+  local raw = redis.call('HGET', KEYS[1], 'image:' .. img.id)
+  if raw then old = cjson.decode(raw) end
+end
 if old then
   if old.s3Key ~= img.s3Key then return fail('IMAGE_ID_CONFLICT') end
-  return {encoded(s), 'duplicate'}
+  return replyHead(s, 'duplicate') or reply(s, 'duplicate')
 end
 if ARGV[8] ~= '' and s.patientId ~= ARGV[8] then return fail('PATIENT_MISMATCH') end
 if s.openPatientId and s.openPatientId ~= '' and s.openPatientId ~= s.patientId then return fail('PATIENT_MISMATCH') end
 local bad = editable(s)
 if bad then return bad end
-if #s.images >= tonumber(ARGV[7]) then return fail('CAP', ARGV[7]) end
+if count(s) >= tonumber(ARGV[7]) then return fail('CAP', ARGV[7]) end
 bump(s)
 img.version = s.version
-table.insert(s.images, img)
-save(s, ARGV[2])
+if s.images then table.insert(s.images, img) else table.insert(s.imageIds, img.id) end
+save(s, ARGV[2], {img})
 emit(s, {image = img})
-return {encoded(s), 'added'}
+return replyHead(s, 'added') or reply(s, 'added')
 `)
 
 // update: ARGV[5] image id, ARGV[6] metadata patch, ARGV[7] session id.
@@ -243,7 +359,7 @@ bump(s)
 img.version = s.version
 save(s, ARGV[2])
 emit(s, {image = img})
-return encoded(s)
+return reply(s, '')
 `)
 
 // remove: ARGV[5] image id, ARGV[6] session id. Returns {session, image}.
@@ -261,7 +377,7 @@ table.remove(s.images, i)
 bump(s)
 save(s, ARGV[2])
 emit(s, {imageId = img.id})
-return {encoded(s), cjson.encode(img)}
+return reply(s, '', cjson.encode(img))
 `)
 
 // processed: ARGV[5] image id, ARGV[6] fields to set (status, keys,
@@ -272,13 +388,13 @@ local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 local _, img = find(s, ARGV[5])
 if not img then return fail('IMAGE_NOT_FOUND') end
-if img.status ~= 'processing' then return {encoded(s), 'unchanged'} end
+if img.status ~= 'processing' then return reply(s, 'unchanged') end
 for k, v in pairs(cjson.decode(ARGV[6])) do img[k] = v end
 bump(s)
 img.version = s.version
 save(s, 'keep')
 emit(s, {image = img})
-return {encoded(s), 'changed'}
+return reply(s, 'changed')
 `)
 
 // begin: ARGV[5] commit id, ARGV[6] session id, ARGV[7] {imageId: new
@@ -334,7 +450,7 @@ s.commit = {commitId = ARGV[5], requestedAt = ARGV[1], done = done, total = #s.i
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = ARGV[5], done = done, total = #s.images})
-return encoded(s)
+return reply(s, '')
 `)
 
 // finish: ARGV[5] commit id. Every photo must be in the record. ARGV[2] is
@@ -343,7 +459,7 @@ var finishScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 if s.commitId ~= ARGV[5] then return fail('STALE') end
-if s.commitStatus == 'committed' then return {encoded(s), 'unchanged'} end
+if s.commitStatus == 'committed' then return reply(s, 'unchanged') end
 if s.commitStatus ~= 'in_progress' then return fail('STALE') end
 local ids = {}
 for _, im in ipairs(s.images) do
@@ -362,7 +478,7 @@ s.commit.message = #ids .. ' images committed successfully'
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = ARGV[5], success = true, done = #ids, total = #ids, mediaResourceIds = ids, message = s.commit.message})
-return {encoded(s), 'changed'}
+return reply(s, 'changed')
 `)
 
 // fail: ARGV[5] commit id, ARGV[6] message, ARGV[7] orphan Media ids. The
@@ -373,7 +489,7 @@ var failScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 if s.commitId ~= ARGV[5] then return fail('STALE') end
-if s.commitStatus ~= 'in_progress' then return {encoded(s), 'unchanged'} end
+if s.commitStatus ~= 'in_progress' then return reply(s, 'unchanged') end
 local errs = {}
 for _, im in ipairs(s.images) do
   local st = state(im)
@@ -394,7 +510,7 @@ s.commit.mediaResourceIds = {}
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = ARGV[5], success = false, message = ARGV[6], errors = errs, orphans = s.commit.orphans, done = done, total = #s.images, mediaResourceIds = {}})
-return {encoded(s), 'changed'}
+return reply(s, 'changed')
 `)
 
 // pending: ARGV[5] session id, ARGV[6] phone id, ARGV[7] count. A phone's
@@ -406,7 +522,7 @@ if not s then return fail('SESSION_NOT_FOUND') end
 if ARGV[5] ~= '' and s.sessionId ~= ARGV[5] then return fail('SESSION_CHANGED') end
 local n = tonumber(ARGV[7])
 local cur = type(s.pending) == 'table' and s.pending[ARGV[6]] or nil
-if (cur and cur.count == n) or (not cur and n == 0) then return {encoded(s), 'unchanged'} end
+if (cur and cur.count == n) or (not cur and n == 0) then return reply(s, 'unchanged') end
 if type(s.pending) ~= 'table' then s.pending = {} end
 if n == 0 then
   s.pending[ARGV[6]] = nil
@@ -420,7 +536,7 @@ if total == 0 then s.pending = nil end
 bump(s)
 save(s, ARGV[2])
 emit(s, {pending = s.pending, pendingPhotos = total})
-return {encoded(s), 'changed'}
+return reply(s, 'changed')
 `)
 
 // photo: ARGV[5] commit id, ARGV[6] image id, ARGV[7] its media
@@ -441,7 +557,7 @@ local cur = state(img)
 local tries = img.tries or 0
 if want == 'in_record' then
   if cur == 'in_record' then
-    if img.mediaId == ARGV[10] then return {encoded(s), 'unchanged'} end
+    if img.mediaId == ARGV[10] then return reply(s, 'unchanged') end
     return fail('DUPLICATE', img.mediaId)
   end
   img.mediaId = ARGV[10]
@@ -459,10 +575,10 @@ elseif want == 'sending' then
   if not known then table.insert(img.sentHashes, ARGV[11]) end
   -- Not shown on the screens: saved without a new version or event.
   save(s, 'keep')
-  return {encoded(s), 'changed'}
+  return reply(s, 'changed')
 else
   if cur == 'in_record' or tonumber(ARGV[9]) ~= tries then return fail('STALE') end
-  if cur == want and (img.error or '') == ARGV[12] then return {encoded(s), 'unchanged'} end
+  if cur == want and (img.error or '') == ARGV[12] then return reply(s, 'unchanged') end
   if ARGV[12] == '' then img.error = nil else img.error = ARGV[12] end
   if want == 'refused' or want == 'conflict' or want == 'needs_checking' then img.status = 'failed' end
 end
@@ -473,7 +589,7 @@ bump(s)
 img.version = s.version
 save(s, ARGV[2])
 emit(s, {commitId = s.commitId, done = done, total = #s.images, imageId = img.id, mediaId = img.mediaId, state = want, error = img.error})
-return {encoded(s), 'changed'}
+return reply(s, 'changed')
 `)
 
 // attempt: ARGV[5] commit id, ARGV[6] attempt number, ARGV[7] the wait
@@ -486,7 +602,7 @@ if s.commitId ~= ARGV[5] or s.commitStatus ~= 'in_progress' then return fail('ST
 local n = tonumber(ARGV[6])
 local waiting = nil
 if ARGV[7] ~= '' then waiting = cjson.decode(ARGV[7]) end
-if (s.commit.attempt or 0) == n and waiting == nil and s.commit.waiting == nil then return {encoded(s), 'unchanged'} end
+if (s.commit.attempt or 0) == n and waiting == nil and s.commit.waiting == nil then return reply(s, 'unchanged') end
 s.commit.attempt = n
 s.commit.waiting = waiting
 local done = inRecord(s)
@@ -494,7 +610,7 @@ s.commit.done = done
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = ARGV[5], done = done, total = #s.images, attempt = n, waiting = waiting})
-return {encoded(s), 'changed'}
+return reply(s, 'changed')
 `)
 
 // stop: ARGV[5] session id. The GP stops waiting: the session is editable
@@ -532,7 +648,7 @@ end
 bump(s)
 save(s, ARGV[2])
 emit(s, {commitId = s.commitId, success = false, stopped = true, done = done, total = #s.images, message = s.commit.message, errors = {}, mediaResourceIds = {}})
-return encoded(s)
+return reply(s, '')
 `)
 
 // opened: ARGV[5] the patient the practice system has open. Another patient
@@ -543,11 +659,11 @@ local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 local open = ARGV[5]
 if open == s.patientId then open = nil end
-if (s.openPatientId or nil) == open or (s.openPatientId == '' and open == nil) then return {encoded(s), 'unchanged'} end
+if (s.openPatientId or nil) == open or (s.openPatientId == '' and open == nil) then return reply(s, 'unchanged') end
 s.openPatientId = open
 s.held = open ~= nil or nil
 bump(s)
 save(s, ARGV[2])
 emit(s, {held = open ~= nil})
-return {encoded(s), 'changed'}
+return reply(s, 'changed')
 `)

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -200,27 +201,19 @@ func (s *Store) Start(ctx context.Context, p StartParams) (Started, error) {
 	if p.Discard {
 		discard = "1"
 	}
-	res, err := s.run(ctx, startScript, events.SessionStarted, p.UserID, []string{s.Keys.Token(p.Token), s.Keys.QR(p.UserID)},
+	r, err := s.run(ctx, startScript, events.SessionStarted, p.UserID, []string{s.Keys.Token(p.Token), s.Keys.QR(p.UserID)},
 		mustJSON(sess), mustJSON(tok), secs(s.opt.TokenTTL), discard)
 	if err != nil {
 		return Started{}, err
 	}
-	parts, err := strings3(res)
-	if err != nil {
-		return Started{}, err
-	}
-	var out Started
-	if err := json.Unmarshal([]byte(parts[0]), &out.Session); err != nil {
-		return Started{}, fmt.Errorf("decode session: %w", err)
-	}
+	out := Started{Session: r.Session, Reused: r.Outcome == "reuse"}
 	var d struct {
 		Images List[Image] `json:"images"`
 	}
-	if err := json.Unmarshal([]byte(parts[1]), &d); err != nil {
+	if err := json.Unmarshal([]byte(r.Extra), &d); err != nil {
 		return Started{}, fmt.Errorf("decode discarded: %w", err)
 	}
 	out.Discarded = d.Images
-	out.Reused = parts[2] == "reuse"
 	tok.SessionID = out.Session.SessionID
 	out.Token = tok
 	return out, nil
@@ -228,14 +221,55 @@ func (s *Store) Start(ctx context.Context, p StartParams) (Started, error) {
 
 // Get returns the session and refreshes its idle TTL.
 func (s *Store) Get(ctx context.Context, userID string) (Session, error) {
-	raw, err := s.rdb.GetEx(ctx, s.Keys.User(userID), s.opt.SessionTTL).Result()
-	return decodeSession(raw, err)
+	return s.read(ctx, userID, true)
 }
 
 // Peek returns the session without touching its TTL (for workers).
 func (s *Store) Peek(ctx context.Context, userID string) (Session, error) {
-	raw, err := s.rdb.Get(ctx, s.Keys.User(userID)).Result()
-	return decodeSession(raw, err)
+	return s.read(ctx, userID, false)
+}
+
+// read reads the session hash (see scripts.go): its own fields and every
+// photo, in order; refresh also restarts its idle TTL.
+func (s *Store) read(ctx context.Context, userID string, refresh bool) (Session, error) {
+	key := s.Keys.User(userID)
+	var all *redis.MapStringStringCmd
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		all = p.HGetAll(ctx, key)
+		if refresh {
+			p.Expire(ctx, key, s.opt.SessionTTL)
+		}
+		return nil
+	})
+	if err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE") {
+		// Stored whole by an earlier version, until its next change.
+		if refresh {
+			return decodeSession(s.rdb.GetEx(ctx, key, s.opt.SessionTTL).Result())
+		}
+		return decodeSession(s.rdb.Get(ctx, key).Result())
+	}
+	if err != nil {
+		return Session{}, fmt.Errorf("get session: %w", err)
+	}
+	m := all.Val()
+	head, ok := m["session"]
+	if !ok {
+		return Session{}, ErrNotFound
+	}
+	var order struct {
+		ImageIDs []string `json:"imageIds"`
+	}
+	if err := json.Unmarshal([]byte(head), &order); err != nil {
+		return Session{}, fmt.Errorf("decode session: %w", err)
+	}
+	photos := make([]any, 0, len(order.ImageIDs))
+	for _, id := range order.ImageIDs {
+		if raw, ok := m["image:"+id]; ok {
+			photos = append(photos, raw)
+		}
+	}
+	sess, _, err := assemble(head, photos)
+	return sess, err
 }
 
 // Token reads a QR token without using it.
@@ -270,15 +304,14 @@ func (s *Store) Pair(ctx context.Context, token, credential, userAgent string) (
 	if t.Used {
 		return SessionToken{}, ErrTokenUsed
 	}
-	res, err := s.run(ctx, pairScript, events.PhonePaired, t.UserID,
+	r, err := s.run(ctx, pairScript, events.PhonePaired, t.UserID,
 		[]string{s.Keys.Token(token), s.Keys.Phone(credential), s.Keys.QR(t.UserID)},
 		userAgent, secs(s.opt.CredentialTTL), PhoneID(credential), strconv.Itoa(s.opt.MaxPhones))
 	if err != nil {
 		return SessionToken{}, err
 	}
-	raw, _ := res.(string)
 	var out SessionToken
-	if err := json.Unmarshal([]byte(raw), &out); err != nil {
+	if err := json.Unmarshal([]byte(r.Extra), &out); err != nil {
 		return SessionToken{}, fmt.Errorf("decode token: %w", err)
 	}
 	return out, nil
@@ -288,12 +321,11 @@ func (s *Store) Pair(ctx context.Context, token, credential, userAgent string) (
 // resolves and the session.unpaired event ends its realtime stream.
 // sessionID binds the call to one session ("" for the current one).
 func (s *Store) RemovePhone(ctx context.Context, userID, sessionID, phoneID string) (Session, error) {
-	res, err := s.run(ctx, unpairScript, events.PhoneRemoved, userID, nil, phoneID, sessionID)
+	r, err := s.run(ctx, unpairScript, events.PhoneRemoved, userID, nil, phoneID, sessionID)
 	if err != nil {
 		return Session{}, err
 	}
-	raw, _ := res.(string)
-	return decodeSession(raw, nil)
+	return r.Session, nil
 }
 
 // Credential resolves a phone credential. It fails with ErrSessionChanged
@@ -343,11 +375,12 @@ func (s *Store) AddImageBound(ctx context.Context, userID string, b Binding, img
 	img.MediaIdentifier = rand.Text()
 	img.CommitState = PhotoPending
 	img.MediaID, img.Error, img.SentHashes, img.Tries = "", "", nil, 0
-	res, err := s.run(ctx, addScript, events.ImageUploaded, userID, nil, mustJSON(img), b.SessionID, strconv.Itoa(s.opt.MaxImages), b.PatientID, b.PhoneID)
+	r, err := s.run(ctx, addScript, events.ImageUploaded, userID, nil, mustJSON(img), b.SessionID, strconv.Itoa(s.opt.MaxImages), b.PatientID, b.PhoneID)
 	if err != nil {
 		return Session{}, false, err
 	}
-	return decodeChanged(res, "added")
+	sess, err = s.withPhotos(ctx, userID, r)
+	return sess, r.Outcome == "added", err
 }
 
 // SetOpenPatient records which patient the practice system has open, as the
@@ -355,11 +388,11 @@ func (s *Store) AddImageBound(ctx context.Context, userID string, b Binding, img
 // is added to the session (ErrPatientMismatch), from a phone either; the
 // session's own patient lifts that. Saying the same again changes nothing.
 func (s *Store) SetOpenPatient(ctx context.Context, userID, patientID string) (Session, bool, error) {
-	res, err := s.run(ctx, openedScript, events.PatientOpened, userID, nil, patientID)
+	r, err := s.run(ctx, openedScript, events.PatientOpened, userID, nil, patientID)
 	if err != nil {
 		return Session{}, false, err
 	}
-	return decodeChanged(res, "changed")
+	return r.Session, r.Outcome == "changed", nil
 }
 
 // SetPending records how many photos one phone still holds unrecorded, so
@@ -367,11 +400,11 @@ func (s *Store) SetOpenPatient(ctx context.Context, userID, patientID string) (S
 // behind. A count of 0 removes the phone's entry; the same count again
 // changes nothing (changed false, no event).
 func (s *Store) SetPending(ctx context.Context, userID, sessionID, phoneID string, count int) (Session, bool, error) {
-	res, err := s.run(ctx, pendingScript, events.PhonePending, userID, nil, sessionID, phoneID, strconv.Itoa(count))
+	r, err := s.run(ctx, pendingScript, events.PhonePending, userID, nil, sessionID, phoneID, strconv.Itoa(count))
 	if err != nil {
 		return Session{}, false, err
 	}
-	return decodeChanged(res, "changed")
+	return r.Session, r.Outcome == "changed", nil
 }
 
 // MetadataPatch changes the named metadata fields; nil leaves one as it is,
@@ -386,34 +419,25 @@ type MetadataPatch struct {
 
 // UpdateMetadata applies p to one photo.
 func (s *Store) UpdateMetadata(ctx context.Context, userID, sessionID, imageID string, p MetadataPatch) (Session, error) {
-	res, err := s.run(ctx, updateScript, events.ImageUpdated, userID, nil, imageID, mustJSON(p), sessionID)
+	r, err := s.run(ctx, updateScript, events.ImageUpdated, userID, nil, imageID, mustJSON(p), sessionID)
 	if err != nil {
 		return Session{}, err
 	}
-	raw, _ := res.(string)
-	return decodeSession(raw, nil)
+	return r.Session, nil
 }
 
 // RemoveImage deletes one photo from the session and returns it so the caller
 // can delete its objects.
 func (s *Store) RemoveImage(ctx context.Context, userID, sessionID, imageID string) (Session, Image, error) {
-	res, err := s.run(ctx, removeScript, events.ImageRemoved, userID, nil, imageID, sessionID)
-	if err != nil {
-		return Session{}, Image{}, err
-	}
-	parts, err := strings3(res)
-	if err != nil {
-		return Session{}, Image{}, err
-	}
-	sess, err := decodeSession(parts[0], nil)
+	r, err := s.run(ctx, removeScript, events.ImageRemoved, userID, nil, imageID, sessionID)
 	if err != nil {
 		return Session{}, Image{}, err
 	}
 	var img Image
-	if err := json.Unmarshal([]byte(parts[1]), &img); err != nil {
+	if err := json.Unmarshal([]byte(r.Extra), &img); err != nil {
 		return Session{}, Image{}, fmt.Errorf("decode image: %w", err)
 	}
-	return sess, img, nil
+	return r.Session, img, nil
 }
 
 // Processed is what the thumbnailer found and made for one photo.
@@ -439,11 +463,11 @@ func (s *Store) SetProcessed(ctx context.Context, userID, imageID string, p Proc
 	if p.Status == ImageRejected {
 		t = events.ImageRejected
 	}
-	res, err := s.run(ctx, processedScript, t, userID, nil, imageID, mustJSON(p))
+	r, err := s.run(ctx, processedScript, t, userID, nil, imageID, mustJSON(p))
 	if err != nil {
 		return Session{}, false, err
 	}
-	return decodeChanged(res, "changed")
+	return r.Session, r.Outcome == "changed", nil
 }
 
 // BeginCommit moves the session to in_progress under commitID and emits
@@ -457,12 +481,11 @@ func (s *Store) BeginCommit(ctx context.Context, userID, sessionID, commitID str
 	for _, id := range resend {
 		again[id] = rand.Text()
 	}
-	res, err := s.run(ctx, beginScript, events.CommitRequested, userID, nil, commitID, sessionID, mustJSON(again))
+	r, err := s.run(ctx, beginScript, events.CommitRequested, userID, nil, commitID, sessionID, mustJSON(again))
 	if err != nil {
 		return Session{}, err
 	}
-	raw, _ := res.(string)
-	return decodeSession(raw, nil)
+	return r.Session, nil
 }
 
 // FinishCommit marks the session committed once every photo is in the
@@ -470,11 +493,11 @@ func (s *Store) BeginCommit(ctx context.Context, userID, sessionID, commitID str
 // screens see the outcome, and emits commit.succeeded. Calling it again
 // changes nothing.
 func (s *Store) FinishCommit(ctx context.Context, userID, commitID string) (Session, bool, error) {
-	res, err := s.runTTL(ctx, finishScript, events.CommitSucceeded, userID, nil, s.opt.CommittedTTL, commitID)
+	r, err := s.runTTL(ctx, finishScript, events.CommitSucceeded, userID, nil, s.opt.CommittedTTL, commitID)
 	if err != nil {
 		return Session{}, false, err
 	}
-	return decodeChanged(res, "changed")
+	return r.Session, r.Outcome == "changed", nil
 }
 
 // FailCommit ends the commit without every photo in the record: the
@@ -483,11 +506,11 @@ func (s *Store) FinishCommit(ctx context.Context, userID, commitID string) (Sess
 // must act on, and orphans (Media written for photos no longer in the
 // session that could not be withdrawn).
 func (s *Store) FailCommit(ctx context.Context, userID, commitID, message string, orphans []string) (Session, bool, error) {
-	res, err := s.run(ctx, failScript, events.CommitFailed, userID, nil, commitID, message, mustJSON(List[string](orphans)))
+	r, err := s.run(ctx, failScript, events.CommitFailed, userID, nil, commitID, message, mustJSON(List[string](orphans)))
 	if err != nil {
 		return Session{}, false, err
 	}
-	return decodeChanged(res, "changed")
+	return r.Session, r.Outcome == "changed", nil
 }
 
 // PhotoUpdate is one change to a photo's commit state.
@@ -510,12 +533,12 @@ type PhotoUpdate struct {
 // on (or, for sending, the commit did); ErrImageNotFound that the photo,
 // with that identifier, is no longer in the session.
 func (s *Store) RecordPhoto(ctx context.Context, userID string, u PhotoUpdate) (Session, bool, error) {
-	res, err := s.run(ctx, photoScript, events.CommitProgress, userID, nil,
+	r, err := s.run(ctx, photoScript, events.CommitProgress, userID, nil,
 		u.CommitID, u.ImageID, u.Identifier, string(u.State), strconv.Itoa(u.Tries), u.MediaID, u.Hash, u.Error)
 	if err != nil {
 		return Session{}, false, err
 	}
-	return decodeChanged(res, "changed")
+	return r.Session, r.Outcome == "changed", nil
 }
 
 // CommitAttempt records that attempt n of the commit has begun (wait nil)
@@ -526,12 +549,11 @@ func (s *Store) CommitAttempt(ctx context.Context, userID, commitID string, n in
 	if wait != nil {
 		w = mustJSON(wait)
 	}
-	res, err := s.run(ctx, attemptScript, events.CommitProgress, userID, nil, commitID, strconv.Itoa(n), w)
+	r, err := s.run(ctx, attemptScript, events.CommitProgress, userID, nil, commitID, strconv.Itoa(n), w)
 	if err != nil {
 		return Session{}, err
 	}
-	sess, _, err := decodeChanged(res, "changed")
-	return sess, err
+	return r.Session, nil
 }
 
 // StopCommit is the GP giving up waiting for a running commit: the session
@@ -540,12 +562,11 @@ func (s *Store) CommitAttempt(ctx context.Context, userID, commitID string, n in
 // anything is sent again. It emits commit.failed with stopped set.
 // ErrNoCommit if none is running, ErrCommitted if it already finished.
 func (s *Store) StopCommit(ctx context.Context, userID, sessionID string) (Session, error) {
-	res, err := s.run(ctx, stopScript, events.CommitFailed, userID, nil, sessionID)
+	r, err := s.run(ctx, stopScript, events.CommitFailed, userID, nil, sessionID)
 	if err != nil {
 		return Session{}, err
 	}
-	raw, _ := res.(string)
-	return decodeSession(raw, nil)
+	return r.Session, nil
 }
 
 // Delete removes a session outright (tests and explicit discards).
@@ -556,27 +577,27 @@ func (s *Store) Delete(ctx context.Context, userID string) error {
 	return nil
 }
 
-func (s *Store) run(ctx context.Context, sc *redis.Script, t events.Type, userID string, extraKeys []string, args ...any) (any, error) {
+func (s *Store) run(ctx context.Context, sc *redis.Script, t events.Type, userID string, extraKeys []string, args ...any) (reply, error) {
 	return s.runTTL(ctx, sc, t, userID, extraKeys, s.opt.SessionTTL, args...)
 }
 
-func (s *Store) runTTL(ctx context.Context, sc *redis.Script, t events.Type, userID string, extraKeys []string, ttl time.Duration, args ...any) (any, error) {
+func (s *Store) runTTL(ctx context.Context, sc *redis.Script, t events.Type, userID string, extraKeys []string, ttl time.Duration, args ...any) (reply, error) {
 	if !events.ValidUserID(userID) {
-		return nil, ErrNotFound
+		return reply{}, ErrNotFound
 	}
 	now := s.opt.Now().UTC()
 	ev, err := events.New(s.opt.Source, t, userID, struct{}{}, now)
 	if err != nil {
-		return nil, err
+		return reply{}, err
 	}
 	ev.TraceParent = events.TraceParentFrom(ctx)
 	keys := append([]string{s.Keys.User(userID), s.Keys.Outbox()}, extraKeys...)
 	argv := append([]any{now.Format(time.RFC3339Nano), secs(ttl), mustJSON(ev), s.opt.Names.SubjectOf(ev)}, args...)
 	res, err := sc.Run(ctx, s.rdb, keys, argv...).Result()
 	if err != nil {
-		return nil, scriptError(t, err)
+		return reply{}, scriptError(t, err)
 	}
-	return res, nil
+	return decodeReply(res)
 }
 
 // scriptError maps a script's "CI_<CODE> detail" reply to a domain error.
@@ -657,25 +678,68 @@ func decodeSession(raw string, err error) (Session, error) {
 	return s, nil
 }
 
-func decodeChanged(res any, word string) (Session, bool, error) {
-	parts, err := strings3(res)
-	if err != nil {
-		return Session{}, false, err
-	}
-	s, err := decodeSession(parts[0], nil)
-	return s, parts[1] == word, err
+// reply is every script's answer (the shape is written in scripts.go):
+// an outcome word, a document some scripts add, and the session.
+type reply struct {
+	Outcome string
+	Extra   string
+	Session Session
+	head    string   // the session's own fields, as stored
+	order   []string // its photos' ids, in order
 }
 
-func strings3(res any) ([]string, error) {
+func decodeReply(res any) (reply, error) {
 	arr, ok := res.([]any)
-	if !ok {
-		return nil, fmt.Errorf("script reply %T", res)
+	if !ok || len(arr) < 3 {
+		return reply{}, fmt.Errorf("script reply %T", res)
 	}
-	out := make([]string, 3)
-	for i := range min(len(arr), 3) {
-		out[i], _ = arr[i].(string)
+	r := reply{}
+	r.Outcome, _ = arr[0].(string)
+	r.Extra, _ = arr[1].(string)
+	r.head, _ = arr[2].(string)
+	var err error
+	r.Session, r.order, err = assemble(r.head, arr[3:])
+	return r, err
+}
+
+// assemble is the session from its own fields and its photos, each JSON,
+// and the ids of the photos it holds.
+func assemble(head string, photos []any) (Session, []string, error) {
+	var s struct {
+		Session
+		ImageIDs []string `json:"imageIds"`
 	}
-	return out, nil
+	if err := json.Unmarshal([]byte(head), &s); err != nil {
+		return Session{}, nil, fmt.Errorf("decode session: %w", err)
+	}
+	s.Images = make(List[Image], len(photos))
+	for i, p := range photos {
+		raw, _ := p.(string)
+		if err := json.Unmarshal([]byte(raw), &s.Images[i]); err != nil {
+			return Session{}, nil, fmt.Errorf("decode photo: %w", err)
+		}
+	}
+	return s.Session, s.ImageIDs, nil
+}
+
+// withPhotos completes a reply that carried the session's own fields only
+// (the add script's, whose cost must not grow with the photos) by reading
+// the photos it names. A photo removed in between is left out.
+func (s *Store) withPhotos(ctx context.Context, userID string, r reply) (Session, error) {
+	if len(r.Session.Images) >= len(r.order) {
+		return r.Session, nil
+	}
+	fields := make([]string, len(r.order))
+	for i, id := range r.order {
+		fields[i] = "image:" + id
+	}
+	vals, err := s.rdb.HMGet(ctx, s.Keys.User(userID), fields...).Result()
+	if err != nil {
+		return Session{}, fmt.Errorf("get photos: %w", err)
+	}
+	photos := slices.DeleteFunc(vals, func(v any) bool { return v == nil })
+	sess, _, err := assemble(r.head, photos)
+	return sess, err
 }
 
 func mustJSON(v any) string {

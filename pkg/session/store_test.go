@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -718,6 +719,74 @@ func TestOpenPatientHoldsTheSession(t *testing.T) {
 			if s.held != errors.Is(err, session.ErrPatientMismatch) || (err == nil) != added {
 				t.Fatalf("step %d (%s open): phone add: added=%v err=%v", i, s.open, added, err)
 			}
+		}
+	})
+}
+
+// The session is stored per photo under the seeds' key: a hash whose field
+// "session" holds the session's own fields and "image:<id>" each photo. A
+// session an earlier version stored whole (a string) still reads, and its
+// next change stores it per photo, keeping its TTL, order and photos.
+func TestStoredPerPhoto(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *session.Store, rdb redis.Cmdable) {
+		ctx := context.Background()
+		key := st.Keys.User("u1")
+		old := session.Session{SessionID: "s-old", UserID: "u1", PatientID: "p1", EncounterID: "e1", CommitStatus: session.CommitNone,
+			Images: session.List[session.Image]{image("b"), image("a")}, Version: 7}
+		raw, _ := json.Marshal(old)
+		if err := rdb.Set(ctx, key, raw, time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+		ids := func(s session.Session) []string {
+			var out []string
+			for _, im := range s.Images {
+				out = append(out, im.ID)
+			}
+			return out
+		}
+		got, err := st.Peek(ctx, "u1")
+		if err != nil || !slices.Equal(ids(got), []string{"b", "a"}) || got.Version != 7 {
+			t.Fatalf("whole session read: %v %v v%d", ids(got), err, got.Version)
+		}
+		sess, added, err := st.AddImageBound(ctx, "u1", session.Binding{SessionID: "s-old"}, image("c"))
+		if err != nil || !added || !slices.Equal(ids(sess), []string{"b", "a", "c"}) {
+			t.Fatalf("add to a whole session: %v %v %v", ids(sess), added, err)
+		}
+		if typ, _ := rdb.Type(ctx, key).Result(); typ != "hash" {
+			t.Fatalf("stored as %s after a change, want hash", typ)
+		}
+		fields, _ := rdb.HKeys(ctx, key).Result()
+		slices.Sort(fields)
+		if want := []string{"image:a", "image:b", "image:c", "session"}; !slices.Equal(fields, want) {
+			t.Fatalf("fields %v, want %v", fields, want)
+		}
+		if ttl, _ := rdb.TTL(ctx, key).Result(); ttl <= 0 {
+			t.Fatalf("TTL %v after the change", ttl)
+		}
+		// Photos keep their order through edits and removals, and a
+		// removed photo's field goes.
+		if _, _, err := st.RemoveImage(ctx, "u1", "", "a"); err != nil {
+			t.Fatal(err)
+		}
+		if _, added, err := st.AddImage(ctx, "u1", "", image("d")); err != nil || !added {
+			t.Fatal(err)
+		}
+		if _, added, err := st.AddImage(ctx, "u1", "", image("b")); err != nil || added {
+			t.Fatalf("the same photo again: added %v %v", added, err)
+		}
+		got, err = st.Get(ctx, "u1")
+		if err != nil || !slices.Equal(ids(got), []string{"b", "c", "d"}) {
+			t.Fatalf("after remove and add: %v %v", ids(got), err)
+		}
+		if ok, _ := rdb.HExists(ctx, key, "image:a").Result(); ok {
+			t.Fatal("a removed photo's field is still stored")
+		}
+		// A new patient's session replaces every photo field.
+		if _, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: "p2", EncounterID: "e2", Token: "tok-" + testenv.ID(), SessionID: "s-new", Discard: true}); err != nil {
+			t.Fatal(err)
+		}
+		if fields, _ := rdb.HKeys(ctx, key).Result(); !slices.Equal(fields, []string{"session"}) {
+			t.Fatalf("fields after a new session: %v", fields)
 		}
 	})
 }
