@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -94,8 +93,8 @@ type Options struct {
 // Store keeps sessions in Redis. Every change is one Lua script that checks,
 // changes, and appends its event to the outbox stream in the same step, so
 // concurrent writers never lose an update and no change goes without its
-// event. It needs nothing beyond EVALSHA/EVAL, GET/SET and XADD, so it runs on
-// Upstash as on any Redis 6.2+.
+// event. It needs nothing beyond EVALSHA/EVAL, MULTI, GET/SET, the hash
+// commands and XADD, so it runs on Upstash as on any Redis 6.2+.
 type Store struct {
 	rdb  redis.Cmdable
 	opt  Options
@@ -375,12 +374,11 @@ func (s *Store) AddImageBound(ctx context.Context, userID string, b Binding, img
 	img.MediaIdentifier = rand.Text()
 	img.CommitState = PhotoPending
 	img.MediaID, img.Error, img.SentHashes, img.Tries = "", "", nil, 0
-	r, err := s.run(ctx, addScript, events.ImageUploaded, userID, nil, mustJSON(img), b.SessionID, strconv.Itoa(s.opt.MaxImages), b.PatientID, b.PhoneID)
+	r, err := s.runRead(ctx, addScript, events.ImageUploaded, userID, mustJSON(img), b.SessionID, strconv.Itoa(s.opt.MaxImages), b.PatientID, b.PhoneID)
 	if err != nil {
 		return Session{}, false, err
 	}
-	sess, err = s.withPhotos(ctx, userID, r)
-	return sess, r.Outcome == "added", err
+	return r.Session, r.Outcome == "added", nil
 }
 
 // SetOpenPatient records which patient the practice system has open, as the
@@ -582,22 +580,79 @@ func (s *Store) run(ctx context.Context, sc *redis.Script, t events.Type, userID
 }
 
 func (s *Store) runTTL(ctx context.Context, sc *redis.Script, t events.Type, userID string, extraKeys []string, ttl time.Duration, args ...any) (reply, error) {
-	if !events.ValidUserID(userID) {
-		return reply{}, ErrNotFound
-	}
-	now := s.opt.Now().UTC()
-	ev, err := events.New(s.opt.Source, t, userID, struct{}{}, now)
+	keys, argv, err := s.call(ctx, t, userID, extraKeys, ttl, args)
 	if err != nil {
 		return reply{}, err
 	}
-	ev.TraceParent = events.TraceParentFrom(ctx)
-	keys := append([]string{s.Keys.User(userID), s.Keys.Outbox()}, extraKeys...)
-	argv := append([]any{now.Format(time.RFC3339Nano), secs(ttl), mustJSON(ev), s.opt.Names.SubjectOf(ev)}, args...)
 	res, err := sc.Run(ctx, s.rdb, keys, argv...).Result()
 	if err != nil {
 		return reply{}, scriptError(t, err)
 	}
 	return decodeReply(res)
+}
+
+// runRead runs a script that answers the session's own fields only and,
+// in the same MULTI (one round trip, nothing in between), reads the
+// session hash it changed, so the answer holds every photo without the
+// script handling them.
+func (s *Store) runRead(ctx context.Context, sc *redis.Script, t events.Type, userID string, args ...any) (reply, error) {
+	keys, argv, err := s.call(ctx, t, userID, nil, s.opt.SessionTTL, args)
+	if err != nil {
+		return reply{}, err
+	}
+	var res *redis.Cmd
+	var all *redis.MapStringStringCmd
+	exec := func() error {
+		_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			res = sc.EvalSha(ctx, p, keys, argv...)
+			all = p.HGetAll(ctx, keys[0])
+			return nil
+		})
+		return err
+	}
+	err = exec()
+	if err != nil && res.Err() != nil && strings.HasPrefix(res.Err().Error(), "NOSCRIPT") {
+		if err = sc.Load(ctx, s.rdb).Err(); err == nil {
+			err = exec()
+		}
+	}
+	if res != nil && res.Err() != nil {
+		return reply{}, scriptError(t, res.Err())
+	}
+	if err != nil {
+		return reply{}, fmt.Errorf("session %s: %w", t, err)
+	}
+	r, err := decodeReply(res.Val())
+	if err != nil || len(r.Session.Images) >= len(r.order) {
+		return r, err
+	}
+	m := all.Val()
+	photos := make([]any, 0, len(r.order))
+	for _, id := range r.order {
+		if raw, ok := m["image:"+id]; ok {
+			photos = append(photos, raw)
+		}
+	}
+	r.Session, _, err = assemble(r.head, photos)
+	return r, err
+}
+
+// call is a script's keys and arguments: the session and outbox keys, then
+// extraKeys; now, the TTL, the event (a new id, the caller's trace) and its
+// subject, then args.
+func (s *Store) call(ctx context.Context, t events.Type, userID string, extraKeys []string, ttl time.Duration, args []any) ([]string, []any, error) {
+	if !events.ValidUserID(userID) {
+		return nil, nil, ErrNotFound
+	}
+	now := s.opt.Now().UTC()
+	ev, err := events.New(s.opt.Source, t, userID, struct{}{}, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	ev.TraceParent = events.TraceParentFrom(ctx)
+	keys := append([]string{s.Keys.User(userID), s.Keys.Outbox()}, extraKeys...)
+	argv := append([]any{now.Format(time.RFC3339Nano), secs(ttl), mustJSON(ev), s.opt.Names.SubjectOf(ev)}, args...)
+	return keys, argv, nil
 }
 
 // scriptError maps a script's "CI_<CODE> detail" reply to a domain error.
@@ -720,26 +775,6 @@ func assemble(head string, photos []any) (Session, []string, error) {
 		}
 	}
 	return s.Session, s.ImageIDs, nil
-}
-
-// withPhotos completes a reply that carried the session's own fields only
-// (the add script's, whose cost must not grow with the photos) by reading
-// the photos it names. A photo removed in between is left out.
-func (s *Store) withPhotos(ctx context.Context, userID string, r reply) (Session, error) {
-	if len(r.Session.Images) >= len(r.order) {
-		return r.Session, nil
-	}
-	fields := make([]string, len(r.order))
-	for i, id := range r.order {
-		fields[i] = "image:" + id
-	}
-	vals, err := s.rdb.HMGet(ctx, s.Keys.User(userID), fields...).Result()
-	if err != nil {
-		return Session{}, fmt.Errorf("get photos: %w", err)
-	}
-	photos := slices.DeleteFunc(vals, func(v any) bool { return v == nil })
-	sess, _, err := assemble(r.head, photos)
-	return sess, err
 }
 
 func mustJSON(v any) string {
