@@ -251,6 +251,8 @@ func (g *gpClient) newSession() {
 	g.k.c.call("POST", "/api/session-tokens", g.desk, map[string]any{"patientId": g.patient, "encounterId": fmt.Sprintf("enc-%d", g.encounter)}, http.StatusOK, &start)
 	g.k.c.call("GET", "/api/session-tokens/"+start["sessionToken"].(string), "", nil, http.StatusOK, &pair)
 	g.phone = pair["phoneToken"].(string)
+	// The GP records the patient's consent, as the screens ask before a commit.
+	g.k.c.call("PUT", g.path("/consent"), g.desk, map[string]any{"method": "verbal", "purposes": []string{"record"}}, http.StatusOK, nil)
 }
 
 func (g *gpClient) path(p string) string { return "/api/users/" + g.user + p }

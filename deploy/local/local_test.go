@@ -87,6 +87,9 @@ func TestCommitThroughTheAPI(t *testing.T) {
 			t.Fatalf("record %d: %d %v", i, code, rec)
 		}
 	}
+	if code, res := call(t, "PUT", st.URL+"/api/users/user_abc/consent", desk, map[string]any{"method": "written", "purposes": []string{"record", "referral"}}); code != 200 {
+		t.Fatalf("consent: %d %v", code, res)
+	}
 	code, res := call(t, "POST", st.URL+"/api/users/user_abc/commit", desk, nil)
 	if code != 200 || res["success"] != true || res["imageCount"] != float64(3) {
 		t.Fatalf("commit: %d %v", code, res)

@@ -158,6 +158,7 @@ func runSession(t *testing.T) *observed {
 		o.secrets[fmt.Sprintf("view URL %d", i)] = im.S3URL
 		o.secrets[fmt.Sprintf("preview URL %d", i)] = im.PreviewURL
 	}
+	c.call("PUT", "/api/users/"+o.user+"/consent", desktop, map[string]any{"method": "verbal"}, 200, nil)
 	c.call("POST", "/api/users/"+o.user+"/commit", desktop, nil, 200, &o.commitBody)
 	if o.commitBody["success"] != true {
 		t.Fatalf("commit: %v", o.commitBody)

@@ -30,6 +30,7 @@ const (
 	PhonePending    Type = "session.pending"  // a phone's count of photos it holds unrecorded changed
 	PhoneRemoved    Type = "session.unpaired" // the desktop removed a paired phone
 	PatientOpened   Type = "session.opened"   // the desktop said which patient the practice system has open
+	ConsentRecorded Type = "session.consent"  // the patient's consent was recorded or changed
 	CommitRequested Type = "commit.requested" // the GP asked to commit; the committer's work item
 	CommitProgress  Type = "commit.progress"  // one more photo landed in ALEX
 	CommitSucceeded Type = "commit.succeeded" // every photo landed
@@ -39,7 +40,7 @@ const (
 // Types lists every event type, in a stable order.
 var Types = []Type{
 	ImageUploaded, ImageUpdated, ImageRemoved, ImageProcessed, ImageRejected,
-	SessionStarted, PhonePaired, PhonePending, PhoneRemoved, PatientOpened, CommitRequested, CommitProgress, CommitSucceeded, CommitFailed,
+	SessionStarted, PhonePaired, PhonePending, PhoneRemoved, PatientOpened, ConsentRecorded, CommitRequested, CommitProgress, CommitSucceeded, CommitFailed,
 }
 
 // BrowserName is the name a screen receives the event under (Ably message
@@ -67,6 +68,8 @@ func (t Type) BrowserName() string {
 		return "phone-removed"
 	case PatientOpened:
 		return "patient-opened"
+	case ConsentRecorded:
+		return "consent-recorded"
 	case CommitRequested:
 		return "commit-started"
 	case CommitProgress:

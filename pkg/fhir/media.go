@@ -147,6 +147,10 @@ type Photo struct {
 	Laterality       string // a code of Lateralities
 	ViewType         string // a code of Views
 	Notes            string
+	// Consent is the session's consent note (session.Consent.ConsentNote),
+	// written as a Media.note of its own: R4 Media has no consent element,
+	// so the record carries it as an annotation.
+	Consent string
 }
 
 // NewMedia builds the R4 Media for p. content.data, size and hash are left
@@ -185,6 +189,9 @@ func NewMedia(p Photo) Media {
 	}
 	if strings.TrimSpace(p.Notes) != "" {
 		m.Note = []Annotation{{Text: p.Notes}}
+	}
+	if p.Consent != "" {
+		m.Note = append(m.Note, Annotation{Text: p.Consent})
 	}
 	return m
 }

@@ -91,10 +91,12 @@ type Session struct {
 	Held bool `json:"held,omitempty"`
 	// Pending is what each phone still holds and has not recorded yet
 	// (photos waiting for a connection), by phone id (PhoneID).
-	Pending      map[string]Pending `json:"pending,omitempty"`
-	Version      int64              `json:"version"`
-	CreatedAt    time.Time          `json:"createdAt"`
-	LastActivity time.Time          `json:"lastActivity"`
+	Pending map[string]Pending `json:"pending,omitempty"`
+	// Consent is the patient's consent to the photos, once recorded.
+	Consent      *Consent  `json:"consent,omitempty"`
+	Version      int64     `json:"version"`
+	CreatedAt    time.Time `json:"createdAt"`
+	LastActivity time.Time `json:"lastActivity"`
 }
 
 // Uncommitted is the number of photos that would be lost if the session were

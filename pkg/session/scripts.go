@@ -28,7 +28,7 @@ import "github.com/redis/go-redis/v9"
 // cjson writes an empty table as {}, so enc() restores [] for the fields
 // that are arrays; a plain find (a memchr scan) guards each substitution.
 const prelude = `
-local arrays = {'images', 'mediaResourceIds', 'orphans', 'errors', 'sentHashes', 'phones', 'imageIds'}
+local arrays = {'images', 'mediaResourceIds', 'orphans', 'errors', 'sentHashes', 'phones', 'imageIds', 'purposes'}
 local function enc(v)
   local s = cjson.encode(v)
   if not string.find(s, ':{}', 1, true) then return s end
@@ -399,7 +399,7 @@ return reply(s, 'changed')
 
 // begin: ARGV[5] commit id, ARGV[6] session id, ARGV[7] {imageId: new
 // identifier} of photos the GP asks to send again (needs_checking or
-// conflict). What is in the record stays there; refused photos are tried
+// conflict), ARGV[8] "1" when a consent record is required. What is in the record stays there; refused photos are tried
 // again; a write left "sending" by a crash is unknown until looked up.
 var beginScript = script(`
 local s = load(KEYS[1])
@@ -413,6 +413,7 @@ for _, im in ipairs(s.images) do
   if im.status == 'rejected' then rejected = rejected + 1 end
 end
 if rejected > 0 then return fail('REJECTED_IMAGES', tostring(rejected)) end
+if ARGV[8] == '1' and type(s.consent) ~= 'table' then return fail('CONSENT_REQUIRED') end
 local resend = cjson.decode(ARGV[7])
 for id, _ in pairs(resend) do
   local _, im = find(s, id)
@@ -666,4 +667,19 @@ bump(s)
 save(s, ARGV[2])
 emit(s, {held = open ~= nil})
 return reply(s, 'changed')
+`)
+
+// consent: ARGV[5] session id, ARGV[6] the consent record. Changeable until
+// the commit: refused while one runs or once committed.
+var consentScript = script(`
+local s = head(KEYS[1])
+if not s then return fail('SESSION_NOT_FOUND') end
+if ARGV[5] ~= '' and s.sessionId ~= ARGV[5] then return fail('SESSION_CHANGED') end
+local bad = editable(s)
+if bad then return bad end
+s.consent = cjson.decode(ARGV[6])
+bump(s)
+save(s, ARGV[2])
+emit(s, {consent = s.consent})
+return reply(s, '')
 `)

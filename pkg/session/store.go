@@ -86,6 +86,9 @@ type Options struct {
 	MaxImages int
 	// MaxPhones caps the phones paired with one session at once (default 2).
 	MaxPhones int
+	// RequireConsent refuses a commit while the session has no consent
+	// record (ErrConsentRequired); the API sets it from CONSENT_REQUIRED.
+	RequireConsent bool
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -479,7 +482,11 @@ func (s *Store) BeginCommit(ctx context.Context, userID, sessionID, commitID str
 	for _, id := range resend {
 		again[id] = rand.Text()
 	}
-	r, err := s.run(ctx, beginScript, events.CommitRequested, userID, nil, commitID, sessionID, mustJSON(again))
+	need := "0"
+	if s.opt.RequireConsent {
+		need = "1"
+	}
+	r, err := s.run(ctx, beginScript, events.CommitRequested, userID, nil, commitID, sessionID, mustJSON(again), need)
 	if err != nil {
 		return Session{}, err
 	}
@@ -707,6 +714,8 @@ func scriptError(t events.Type, err error) error {
 		return ErrNotResendable
 	case "CI_NOT_IN_RECORD":
 		return ErrNotInRecord
+	case "CI_CONSENT_REQUIRED":
+		return ErrConsentRequired
 	case "CI_DUPLICATE":
 		return &DuplicateError{MediaID: detail}
 	}

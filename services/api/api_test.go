@@ -57,13 +57,13 @@ func newHarnessOn(t testing.TB, rdb *redis.Client, prefix string, objects *blob.
 	cfg := Config{
 		PublicURL: "https://clinimg.test", DevIssuer: issuer,
 		UploadExpiry: 10 * time.Minute, ViewExpiry: 15 * time.Minute,
-		MaxImageBytes: 1 << 20, MaxImages: 50, CommitWait: 2 * time.Second,
+		MaxImageBytes: 1 << 20, MaxImages: 50, CommitWait: 2 * time.Second, ConsentRequired: true,
 		Realtime: realtime.Settings{Mode: realtime.ModeSSE, Key: realtime.GenerateKey("test"), URL: "http://relay.test/sse", TTL: time.Hour},
 	}
 	for _, f := range tweak {
 		f(&cfg)
 	}
-	store := session.NewStore(rdb, session.Options{Prefix: prefix, MaxImages: cfg.MaxImages, MaxPhones: cfg.MaxPhones})
+	store := session.NewStore(rdb, session.Options{Prefix: prefix, MaxImages: cfg.MaxImages, MaxPhones: cfg.MaxPhones, RequireConsent: cfg.ConsentRequired})
 	log, _ := testenv.Logger(t)
 	waiter, err := NewWaiter(nc, events.DefaultNames, log)
 	if err != nil {
@@ -179,6 +179,15 @@ func (h *harness) record(user, token string) string {
 		h.t.Fatalf("record: %d %s", r.status, r.raw)
 	}
 	return id
+}
+
+// consent records verbal consent for the clinical record, as a GP does
+// before committing (CONSENT_REQUIRED is on in the harness, as by default).
+func (h *harness) consent(user, token string) {
+	h.t.Helper()
+	if r := h.do("PUT", "/api/users/"+user+"/consent", token, map[string]any{"method": "verbal", "purposes": []string{"record"}}); r.status != 200 {
+		h.t.Fatalf("consent: %d %s", r.status, r.raw)
+	}
 }
 
 func (h *harness) snapshot(user string) string {
@@ -528,6 +537,7 @@ func TestCommitWithoutCommitterAnswers202(t *testing.T) {
 	phone := h.start("u1", "p1")
 	h.record("u1", phone)
 	desk := h.desktop("u1")
+	h.consent("u1", desk)
 	r := h.do("POST", "/api/users/u1/commit", desk, nil)
 	if r.status != 202 || r.body["status"] != "in_progress" || r.body["commitId"] == "" {
 		t.Fatalf("commit: %d %s", r.status, r.raw)
@@ -745,4 +755,49 @@ func (h *harness) doRaw(method, path string) *http.Response {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp
+}
+
+// Must show 1 (API): while CONSENT_REQUIRED is on a commit without a
+// consent record is refused with 409 consent_required and nothing starts;
+// recorded from the phone, the commit goes ahead, and consent is then fixed
+// until the commit ends. With the rule off a commit needs none.
+func TestCommitNeedsConsent(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.CommitWait = 100 * time.Millisecond })
+	phone := h.start("u1", "p1")
+	h.record("u1", phone)
+	desk := h.desktop("u1")
+	r := h.do("POST", "/api/users/u1/commit", desk, nil, "Prefer", "respond-async")
+	if r.status != 409 || r.body["code"] != "consent_required" {
+		t.Fatalf("commit without consent: %d %s", r.status, r.raw)
+	}
+	if s := h.do("GET", "/api/users/u1/commit", desk, nil); s.body["commitStatus"] != "none" {
+		t.Fatalf("a refused commit started: %s", s.raw)
+	}
+	c := h.do("PUT", "/api/users/u1/consent", phone, map[string]any{"method": "not_obtainable", "reason": "best_interests", "purposes": []string{"referral"}})
+	consent, _ := c.body["consent"].(map[string]any)
+	if c.status != 200 || consent["via"] != "phone" || !strings.HasPrefix(consent["recordedBy"].(string), "phone ") {
+		t.Fatalf("consent from the phone: %d %s", c.status, c.raw)
+	}
+	if r := h.do("POST", "/api/users/u1/commit", desk, nil, "Prefer", "respond-async"); r.status != 202 {
+		t.Fatalf("commit with consent: %d %s", r.status, r.raw)
+	}
+	if r := h.do("PUT", "/api/users/u1/consent", desk, map[string]any{"method": "verbal"}); r.status != 409 || r.body["code"] != "commit_in_progress" {
+		t.Fatalf("consent changed during the commit: %d %s", r.status, r.raw)
+	}
+
+	off := newHarness(t, func(c *Config) { c.ConsentRequired = false })
+	p2 := off.start("u2", "p1")
+	off.record("u2", p2)
+	if r := off.do("POST", "/api/users/u2/commit", off.desktop("u2"), nil, "Prefer", "respond-async"); r.status != 202 {
+		t.Fatalf("commit with CONSENT_REQUIRED off: %d %s", r.status, r.raw)
+	}
+	if v := off.do("GET", "/api/vocabulary", "", nil); v.body["consent"].(map[string]any)["required"] != false {
+		t.Fatalf("vocabulary: %s", v.raw)
+	}
+	cfg, err := ConfigFromEnv(func(k string) string {
+		return map[string]string{"AUTH_JWKS_URL": "https://idp.test/jwks", "AUTH_ISSUER": "https://idp.test", "AUTH_AUDIENCE": "clinimg", "REALTIME_SIGNING_KEY": "k1:" + strings.Repeat("s", 43)}[k]
+	})
+	if err != nil || !cfg.ConsentRequired {
+		t.Fatalf("CONSENT_REQUIRED defaults to on: %v %v", cfg.ConsentRequired, err)
+	}
 }

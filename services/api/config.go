@@ -48,6 +48,9 @@ type Config struct {
 	MaxImageBytes int64
 	// MaxImages caps photos per session (MAX_IMAGES, default 50).
 	MaxImages int
+	// ConsentRequired refuses a commit while the session has no consent
+	// record, 409 consent_required (CONSENT_REQUIRED, default true).
+	ConsentRequired bool
 	// MaxPhones caps the phones paired with one session at once (MAX_PHONES,
 	// default 2).
 	MaxPhones int
@@ -93,23 +96,24 @@ const DefaultQRRedeemLimit = 30
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	r := config.New(getenv)
 	c := Config{
-		Common:         r.ReadCommon(":9091"),
-		Addr:           r.String("API_ADDR", ":8080"),
-		PublicURL:      strings.TrimRight(r.String("PUBLIC_URL", ""), "/"),
-		JWKSURL:        r.String("AUTH_JWKS_URL", ""),
-		Issuer:         r.String("AUTH_ISSUER", ""),
-		Audience:       r.String("AUTH_AUDIENCE", ""),
-		UploadExpiry:   r.Duration("UPLOAD_URL_EXPIRY", 10*time.Minute),
-		ViewExpiry:     r.Duration("VIEW_URL_EXPIRY", 15*time.Minute),
-		MaxImageBytes:  int64(r.Int("MAX_IMAGE_BYTES", 20<<20)),
-		MaxImages:      r.Int("MAX_IMAGES", 50),
-		CommitWait:     r.Duration("COMMIT_WAIT", 25*time.Second),
-		MaxPhones:      r.Int("MAX_PHONES", session.DefaultMaxPhones),
-		QRRedeemLimit:  r.Int("QR_REDEEM_LIMIT", DefaultQRRedeemLimit),
-		TrustedProxies: r.List("TRUSTED_PROXIES"),
-		HTTP:           ops.ReadLimits(r, ops.DefaultLimits()),
-		FrameAncestors: r.String("FRAME_ANCESTORS", "'none'"),
-		Realtime:       realtime.ReadSettings(r),
+		Common:          r.ReadCommon(":9091"),
+		Addr:            r.String("API_ADDR", ":8080"),
+		PublicURL:       strings.TrimRight(r.String("PUBLIC_URL", ""), "/"),
+		JWKSURL:         r.String("AUTH_JWKS_URL", ""),
+		Issuer:          r.String("AUTH_ISSUER", ""),
+		Audience:        r.String("AUTH_AUDIENCE", ""),
+		UploadExpiry:    r.Duration("UPLOAD_URL_EXPIRY", 10*time.Minute),
+		ViewExpiry:      r.Duration("VIEW_URL_EXPIRY", 15*time.Minute),
+		MaxImageBytes:   int64(r.Int("MAX_IMAGE_BYTES", 20<<20)),
+		MaxImages:       r.Int("MAX_IMAGES", 50),
+		CommitWait:      r.Duration("COMMIT_WAIT", 25*time.Second),
+		MaxPhones:       r.Int("MAX_PHONES", session.DefaultMaxPhones),
+		ConsentRequired: r.Bool("CONSENT_REQUIRED", true),
+		QRRedeemLimit:   r.Int("QR_REDEEM_LIMIT", DefaultQRRedeemLimit),
+		TrustedProxies:  r.List("TRUSTED_PROXIES"),
+		HTTP:            ops.ReadLimits(r, ops.DefaultLimits()),
+		FrameAncestors:  r.String("FRAME_ANCESTORS", "'none'"),
+		Realtime:        realtime.ReadSettings(r),
 	}
 	if _, err := url.ParseRequestURI(c.PublicURL); c.PublicURL != "" && err != nil {
 		r.Fail("PUBLIC_URL: %q is not a URL", c.PublicURL)

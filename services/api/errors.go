@@ -41,8 +41,11 @@ func (s *Server) respondErr(c *gin.Context, err error) {
 	var ae *apiError
 	var unc *session.UncommittedError
 	var rej *session.RejectedImagesError
+	var badConsent *session.ErrBadConsent
 	switch {
 	case errors.As(err, &ae):
+	case errors.As(err, &badConsent):
+		ae = clientErr(http.StatusBadRequest, "invalid_consent", badConsent.Msg)
 	case errors.As(err, &unc):
 		ae = &apiError{status: http.StatusConflict, code: "uncommitted_images", msg: unc.Error(), extra: gin.H{"count": unc.N}}
 	case errors.As(err, &rej):
@@ -99,6 +102,7 @@ func domainErr(err error) *apiError {
 		{session.ErrMaybeInRecord, http.StatusConflict, "maybe_in_record"},
 		{session.ErrNoCommit, http.StatusConflict, "no_commit"},
 		{session.ErrNotResendable, http.StatusConflict, "not_resendable"},
+		{session.ErrConsentRequired, http.StatusConflict, "consent_required"},
 	} {
 		if errors.Is(err, m.err) {
 			return clientErr(m.status, m.code, m.err.Error())

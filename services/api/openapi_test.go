@@ -268,7 +268,14 @@ func TestOpenAPIMatchesLiveAnswers(t *testing.T) {
 	expect("DELETE", U+"/phones/{phoneId}", h.do("DELETE", u+"/phones/nope", desk, nil), 404)
 	expect("DELETE", U+"/phones/{phoneId}", h.do("DELETE", u+"/phones/"+pair.body["phoneId"].(string), phone, nil), 403)
 
+	expect("POST", U+"/commit", h.do("POST", u+"/commit", desk, nil, "Prefer", "respond-async"), 409) // no consent yet
+	expect("PUT", U+"/consent", h.do("PUT", u+"/consent", desk, map[string]any{"method": "nodded"}), 400)
+	expect("PUT", U+"/consent", h.do("PUT", u+"/consent", phone, map[string]any{"method": "written", "purposes": []string{"teaching"}}), 200)
+	expect("PUT", U+"/consent", h.do("PUT", u+"/consent", desk, map[string]any{"method": "verbal", "purposes": []string{"record", "referral"}}), 200)
+	expect("PUT", U+"/consent", h.do("PUT", "/api/users/user_nobody/consent", h.desktop("user_nobody"), map[string]any{"method": "verbal"}), 404)
+	expect("PUT", U+"/consent", h.do("PUT", "/api/users/"+other+"/consent", desk, map[string]any{"method": "verbal"}), 403)
 	expect("POST", U+"/commit", h.do("POST", u+"/commit", desk, nil, "Prefer", "respond-async"), 202)
+	expect("PUT", U+"/consent", h.do("PUT", u+"/consent", desk, map[string]any{"method": "written"}), 409)
 	expect("POST", U+"/commit", h.do("POST", u+"/commit", desk, nil, "Prefer", "respond-async"), 409)
 	expect("GET", U+"/commit", h.do("GET", u+"/commit", desk, nil), 200)
 	expect("DELETE", U+"/images/{imageId}", h.do("DELETE", u+"/images/"+id, desk, nil), 409)

@@ -50,7 +50,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	store := session.NewStore(rdb, session.Options{
 		Prefix: cfg.Common.RedisPrefix, Names: cfg.Common.Names, Source: "/clinimg/api", MaxImages: cfg.MaxImages,
-		MaxPhones: cfg.MaxPhones,
+		MaxPhones: cfg.MaxPhones, RequireConsent: cfg.ConsentRequired,
 	})
 	// The waiter's subscriptions end with the NATS connection's drain.
 	waiter, err := NewWaiter(conns.NATS, cfg.Common.Names, log)

@@ -133,6 +133,7 @@ func (s *Server) Router() http.Handler {
 	u.GET("/realtime-token", s.realtimeToken)
 	u.PUT("/pending", s.setPending)
 	u.PUT("/open-patient", s.setOpenPatient)
+	u.PUT("/consent", s.setConsent)
 	u.GET("/phones", s.requireDesktop, s.listPhones)
 	u.DELETE("/phones/:phoneId", s.requireDesktop, s.removePhone)
 	return r

@@ -13,9 +13,19 @@ import (
 // defined: views and sides (pkg/fhir, which codes them in the Media), and the
 // limits (pkg/session and this API's configuration).
 type vocabulary struct {
-	Views        []fhir.Term `json:"views"`
-	Lateralities []fhir.Term `json:"lateralities"`
-	Limits       limits      `json:"limits"`
+	Views        []fhir.Term  `json:"views"`
+	Lateralities []fhir.Term  `json:"lateralities"`
+	Limits       limits       `json:"limits"`
+	Consent      consentTerms `json:"consent"`
+}
+
+// consentTerms is the consent vocabulary (pkg/session), and whether a commit
+// needs a consent record here (CONSENT_REQUIRED).
+type consentTerms struct {
+	Methods  []session.Term `json:"methods"`
+	Reasons  []session.Term `json:"reasons"`
+	Purposes []session.Term `json:"purposes"`
+	Required bool           `json:"required"`
 }
 
 type limits struct {
@@ -38,6 +48,8 @@ func (s *Server) getVocabulary(c *gin.Context) {
 			MaxNotes:      session.MaxNotes,
 			MaxImageBytes: s.cfg.MaxImageBytes,
 		},
+		Consent: consentTerms{Methods: session.ConsentMethods, Reasons: session.ConsentReasons,
+			Purposes: session.ConsentPurposes, Required: s.cfg.ConsentRequired},
 	})
 }
 

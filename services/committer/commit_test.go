@@ -2,6 +2,7 @@ package committer_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"image/jpeg"
@@ -41,9 +42,18 @@ func TestMediaIsValidR4(t *testing.T) {
 		{noClean: true, original: withEXIF(testJPEG(40, 20, 3), 6), meta: session.Metadata{BodySite: "40983000", BodySiteDisplay: "Upper arm structure", ViewType: "posterior"}},
 	}
 	userID, sess := e.seed(sp)
+	// Consent as the GP records it (PUT consent): every Media carries it.
+	if _, err := e.store.SetConsent(context.Background(), userID, sess.SessionID, session.Consent{
+		Method: "written", Purposes: session.List[string]{"referral"}, RecordedBy: "user_gp", Via: "desktop"}); err != nil {
+		t.Fatal(err)
+	}
 	cid := e.commit(userID, sess)
 	sess = e.outcome(userID, cid, 30*time.Second)
 	e.checkExactlyOnce(t, sess)
+	consent := sess.Consent.ConsentNote()
+	if !strings.HasPrefix(consent, "Consent to clinical photography: written consent. Use: clinical record, referral. Recorded on the desktop by user_gp") {
+		t.Fatalf("consent note %q", consent)
+	}
 
 	var bodies []json.RawMessage
 	for _, m := range e.sim.Media() {
@@ -68,8 +78,12 @@ func TestMediaIsValidR4(t *testing.T) {
 		if got.CreatedDateTime != img.CapturedAt.UTC().Format(time.RFC3339) {
 			t.Errorf("%s: createdDateTime %q, want %q", img.ID, got.CreatedDateTime, img.CapturedAt)
 		}
-		if img.Metadata.Notes != "" && (len(got.Note) != 1 || got.Note[0].Text != img.Metadata.Notes) {
-			t.Errorf("%s: note %v", img.ID, got.Note)
+		want := []fhir.Annotation{{Text: consent}}
+		if img.Metadata.Notes != "" {
+			want = []fhir.Annotation{{Text: img.Metadata.Notes}, {Text: consent}}
+		}
+		if d := cmp.Diff(want, got.Note); d != "" {
+			t.Errorf("%s: notes (-want +got):\n%s", img.ID, d)
 		}
 		if c, ok := fhir.LateralityCoding(img.Metadata.Laterality); ok {
 			if got.BodySite == nil || !containsCoding(got.BodySite.Coding, c) {

@@ -126,7 +126,17 @@ func (w *worker) media(sess session.Session, img session.Image, p photo) fhir.Me
 		ContentType: p.contentType, Title: title(img, p.contentType), Width: p.width, Height: p.height,
 		BodySite: img.Metadata.BodySite, BodySiteDisplay: img.Metadata.BodySiteDisplay,
 		Laterality: img.Metadata.Laterality, ViewType: img.Metadata.ViewType, Notes: img.Metadata.Notes,
+		Consent: consentNote(sess),
 	})
+}
+
+// consentNote is the session's consent as the short standard note each
+// Media carries, or "" when none was recorded (CONSENT_REQUIRED off).
+func consentNote(sess session.Session) string {
+	if sess.Consent == nil {
+		return ""
+	}
+	return sess.Consent.ConsentNote()
 }
 
 // title names the attachment after the image id, with the extension of

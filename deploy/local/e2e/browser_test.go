@@ -257,6 +257,17 @@ func (p *page) click(sel string) {
 		chromedp.Click(sel, chromedp.ByQuery, chromedp.NodeVisible))
 }
 
+// consent records verbal consent for the clinical record on the page's
+// consent panel, as a GP does before committing (CONSENT_REQUIRED is on).
+func (p *page) consent() {
+	p.t.Helper()
+	p.waitJS(15*time.Second, "the consent form", `!!document.querySelector('[data-test=consent-method-verbal]') && !document.querySelector('[data-test=consent-edit]').hidden`)
+	p.run("open the consent form", chromedp.Evaluate(`document.querySelector('[data-test=consent-edit]').open = true`, nil))
+	p.click(`[data-test=consent-method-verbal]`)
+	p.click(`[data-test=consent-save]`)
+	p.waitJS(15*time.Second, "consent recorded", `document.querySelector('[data-test=consent]').dataset.state === 'recorded'`)
+}
+
 // dropFiles drags files from the desktop onto the element, as a person
 // dropping photos from a file manager does.
 func (p *page) dropFiles(sel string, paths ...string) {

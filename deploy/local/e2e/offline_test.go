@@ -56,6 +56,7 @@ func TestPhoneOffline(t *testing.T) {
 	r.shot("two-coming")
 
 	// Committing now asks about them, and waiting is the default answer.
+	d.consent()
 	d.click(`[data-test=commit]`)
 	d.waitJS(5*time.Second, "commit dialog", `!!document.querySelector('dialog[open]')`)
 	if body := d.text(`dialog[open]`); !strings.Contains(body, "The phone still holds 2 photos") {

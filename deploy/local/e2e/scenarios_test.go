@@ -116,6 +116,8 @@ func TestHappyPath(t *testing.T) {
 		`[...document.querySelectorAll('[data-test=coding]')].filter(e => /upper arm/i.test(e.textContent)).length === 3`)
 	r.shot("coding-shown")
 
+	d.consent()
+	r.shot("consent-recorded")
 	// Commit from the keyboard: focus the button, Enter, Enter on the dialog.
 	d.run("commit by keyboard", chromedp.Focus(`[data-test=commit]`, chromedp.ByQuery), chromedp.KeyEvent(kb.Enter))
 	d.waitJS(5*time.Second, "confirm dialog", `(document.querySelector('dialog[open] h2') || {}).textContent === 'Commit photos?'`)
@@ -160,6 +162,8 @@ func TestPhoneCommits(t *testing.T) {
 	ph := r.openPhone(link)
 	r.takePhotos(ph, 2, testdata(t, "photo-1920.jpg"), testdata(t, "exif-orientation/Landscape_1.jpg"))
 	waitCards(d, 2, 30*time.Second)
+	ph.consent() // on the phone this time
+	d.waitJS(15*time.Second, "the desktop shows the phone's consent", `/on the phone/.test(document.querySelector('[data-test=consent-state]').textContent)`)
 	ph.waitJS(30*time.Second, "commit enabled", `!document.querySelector('[data-test=commit]').disabled`)
 	r.shot("ready-to-commit")
 	ph.click(`[data-test=commit]`)
@@ -385,6 +389,7 @@ func TestCommitFailureAndRetry(t *testing.T) {
 	r.env.ALEX.Inject(alexsim.Rule{Method: "POST", Path: "/Media", Identifier: s.Images[1].MediaIdentifier, Times: 1,
 		Fault: alexsim.Fault{Kind: alexsim.FaultStatus, Status: 400, Code: "business-rule", Message: "Body site not accepted"}})
 
+	d.consent()
 	d.click(`[data-test=commit]`)
 	d.click(`[data-test=confirm-ok]`)
 	d.waitJS(60*time.Second, "commit failed", `document.getElementById('commitbar').dataset.phase === 'failed'`)
@@ -460,6 +465,7 @@ func TestPatientSwitch(t *testing.T) {
 	link := api.start(r.patient, r.encounter)
 	ph := r.openPhone(link)
 	r.takePhotos(ph, 1, testdata(t, "photo-1920.jpg"))
+	ph.consent()
 
 	a, b := r.patient, r.patient+"b"
 	d := r.page("desktop", desktopView, false)

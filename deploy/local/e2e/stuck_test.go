@@ -39,6 +39,7 @@ func TestStuckCommitStopped(t *testing.T) {
 		}
 	}()
 
+	d.consent()
 	d.click(`[data-test=commit]`)
 	d.click(`[data-test=confirm-ok]`)
 	asked := time.Now()

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import * as M from '../assets/static/model.js';
-import { plural, limitText, coding, FALLBACK } from '../assets/static/words.js';
+import { plural, limitText, coding, consentText, FALLBACK } from '../assets/static/words.js';
 
 const img = (id, v, extra = {}) => ({ id, status: 'processing', metadata: { bodySite: '' }, version: v, ...extra });
 const snap = (version, images, extra = {}) => ({
@@ -211,4 +211,19 @@ test('property: duplicates, reordering and gaps never show older or invented sta
     m = M.applySnapshot(m, snap(v, [...live.values()]));
     assert.deepEqual(m.images.map((i) => i.id).sort(), [...live.keys()].sort(), `seed ${seed} round ${round}: snapshot not applied whole`);
   }
+});
+
+test('consent: from a snapshot or its event, once, and what is missing', () => {
+  const vocab = { ...FALLBACK, consent: { methods: [{ code: 'verbal', display: 'Verbal consent' }], reasons: [], purposes: [{ code: 'record', display: 'Clinical record' }, { code: 'referral', display: 'Referral' }], required: true } };
+  let m = M.applySnapshot(M.empty(), snap(1, [img('a', 1)]));
+  assert.equal(M.consentMissing(m, vocab), true);
+  assert.match(consentText(m.consent, vocab), /not recorded/);
+  const c = { method: 'verbal', purposes: ['record', 'referral'], via: 'phone', recordedBy: 'phone 1', recordedAt: '2026-12-01T10:00:00Z' };
+  m = M.applyEvent(m, 'consent-recorded', ev(2, { consent: c })).model;
+  assert.equal(M.consentMissing(m, vocab), false);
+  assert.match(consentText(m.consent, vocab), /^Consent: Verbal consent; for clinical record, referral\. Recorded on the phone/);
+  // an older event does not undo it; a snapshot without consent of a later version does
+  assert.equal(M.applyEvent(m, 'consent-recorded', ev(2, { consent: { ...c, method: 'written' } })).model.consent.method, 'verbal');
+  assert.equal(M.applySnapshot(m, snap(3, [img('a', 1)])).consent, null);
+  assert.equal(M.consentMissing(M.applySnapshot(M.empty(), snap(1, [])), { ...vocab, consent: { ...vocab.consent, required: false } }), false);
 });

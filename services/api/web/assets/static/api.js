@@ -79,6 +79,8 @@ export class Api {
   /** setOpenPatient tells the session which patient the practice system has open (desktop). */
   setOpenPatient(patientId) { return this.request('PUT', this.user('/open-patient'), { patientId }); }
   /** setPending tells the session how many photos this phone still holds. */
+  setConsent(body) { return this.request('PUT', this.user('/consent'), body); }
+
   setPending(count) { return this.request('PUT', this.user('/pending'), { count }); }
   patchImage(imageId, fields) {
     return this.request('PATCH', this.user(`/images/${encodeURIComponent(imageId)}`), fields);

@@ -9,11 +9,12 @@
 // commit those photos to their own patient, or discard them.
 
 import { Api, ApiError, confirmDialog, el } from './api.js';
+import { ConsentPanel } from './consent.js';
 import { renderGrid, setCardNote, openViewer } from './desktop-view.js';
 import { Live } from './live.js';
 import * as M from './model.js';
 import { UploadQueue } from './upload.js';
-import { FALLBACK, RECORD_RULE, ago, committedText, coding, isAre, limitText, plural, stuckText } from './words.js';
+import { CONSENT_MISSING, FALLBACK, RECORD_RULE, ago, committedText, coding, isAre, limitText, plural, stuckText } from './words.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -34,6 +35,7 @@ const state = {
 const api = new Api(async () => state.token, async () => (state.dev ? refreshDevToken() : ''));
 let live;
 let uploads;
+let consent;
 const localThumbs = new Map(); // imageId -> object URL of what this page uploaded
 
 // ---------- start-up ----------
@@ -65,6 +67,10 @@ async function main() {
   api.userId = state.userId;
 
   setupCapture();
+  consent = new ConsentPanel($('consent'), async (body) => {
+    await api.setConsent(body);
+    await live.reconcile();
+  });
   $('start-btn').addEventListener('click', () => startCapture());
   $('qr-new').addEventListener('click', () => startCapture(false, true));
   $('qr-show').addEventListener('click', () => startCapture(false, true));
@@ -464,6 +470,8 @@ function render() {
     retry: (id) => uploads.retry(id), discard: (id) => uploads.discard(id), reconcile: () => reconcileSoon(0),
   });
   $('empty').hidden = n > 0;
+  $('consent').hidden = !active || mismatch;
+  if (active && !mismatch && consent) consent.update(m.consent, state.vocab, !busy && m.commitStatus === 'none');
   renderLimit(n, active && !mismatch);
   renderCommit(phase, mismatch, pending);
 }
@@ -559,14 +567,14 @@ function renderCommit(c, mismatch, pending) {
       note.replaceChildren(el('strong', {}, f.stopped ? why : `Commit failed: ${why}`),
         f.errors.length ? el('ul', { class: 'errors' }, f.errors.map((x) => el('li', {}, `Photo ${M.photoNumber(m, x.imageId) || '?'}: ${x.error}`))) : '',
         inRecord ? el('span', { class: 'muted', 'data-test': 'record-rule' }, ` ${RECORD_RULE}`) : '');
-      btn.disabled = n === 0 || tally.processing > 0 || mismatch;
+      btn.disabled = n === 0 || tally.processing > 0 || mismatch || M.consentMissing(m, state.vocab);
       btn.textContent = inRecord && inRecord < n ? `Commit the other ${plural(n - inRecord, 'photo')}` : f.stopped ? 'Commit again' : 'Retry commit';
       break;
     }
     default: {
       btn.textContent = inRecord && inRecord < n ? `Commit the other ${plural(n - inRecord, 'photo')}` : `Commit ${plural(n, 'photo')}`;
-      btn.disabled = n === 0 || tally.processing > 0 || tally.rejected > 0 || uploading > 0 || m.commitStatus === 'committed' || mismatch;
-      if (uploading) note.textContent = `Waiting for ${plural(uploading, 'upload')}…`;
+      btn.disabled = n === 0 || tally.processing > 0 || tally.rejected > 0 || uploading > 0 || m.commitStatus === 'committed' || mismatch || M.consentMissing(m, state.vocab);
+      if (n && M.consentMissing(m, state.vocab)) { note.className = 'warn'; note.textContent = CONSENT_MISSING; } else if (uploading) note.textContent = `Waiting for ${plural(uploading, 'upload')}…`;
       else if (tally.processing) note.textContent = `Preparing ${plural(tally.processing, 'photo')}…`;
       else if (tally.rejected) note.textContent = `Delete ${plural(tally.rejected, 'rejected photo')} to commit.`;
       else if (pending) note.textContent = `To patient ${m.patientId}. ${plural(pending, 'more photo')} still on the phone.`;

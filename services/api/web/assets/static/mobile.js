@@ -10,11 +10,12 @@
 
 import { Api, confirmDialog, el } from './api.js';
 import { bodySitePicker } from './bodysite.js';
+import { ConsentPanel } from './consent.js';
 import { Live } from './live.js';
 import * as M from './model.js';
 import { PendingStore } from './store.js';
 import { UploadQueue } from './upload.js';
-import { FALLBACK, RECORD_RULE, coding, committedText, limitText, plural, stuckText } from './words.js';
+import { CONSENT_MISSING, FALLBACK, RECORD_RULE, coding, committedText, limitText, plural, stuckText } from './words.js';
 
 const $ = (id) => document.getElementById(id);
 const KEY = 'clinimg.phone';
@@ -34,6 +35,7 @@ const state = {
 const api = new Api(async () => (state.cred ? state.cred.phoneToken : ''));
 let uploads;
 let live;
+let consent;
 const localThumbs = new Map(); // imageId -> object URL of the photo this phone sent
 
 const STATE_TEXT = {
@@ -122,6 +124,10 @@ async function main() {
     e.target.value = '';
   });
   $('commit').addEventListener('click', () => commit());
+  consent = new ConsentPanel($('consent'), async (body) => {
+    await api.setConsent(body);
+    await live.reconcile();
+  });
   $('outcome-retry').addEventListener('click', () => commit(true));
   $('outcome-back').addEventListener('click', () => {
     state.dismissed = (state.model.commit && state.model.commit.commitId) || 'request';
@@ -337,14 +343,16 @@ function render() {
   $('camera').classList.toggle('disabled', full || hold);
   $('camera').setAttribute('aria-disabled', String(full || hold));
 
+  if (consent) consent.update(m.consent, state.vocab, m.commitStatus === 'none' && !hold);
   renderList(server);
 
   const processing = M.counts(m).processing;
   const btn = $('commit');
   btn.textContent = server.length ? `Commit ${plural(server.length, 'photo')} now` : 'Commit now';
   // on hold, the desktop decides (it names both patients); the phone waits
-  btn.disabled = !server.length || uploads.active > 0 || processing > 0 || m.commitStatus !== 'none' || hold;
-  $('commit-note').textContent = uploads.active
+  const noConsent = M.consentMissing(m, state.vocab);
+  btn.disabled = !server.length || uploads.active > 0 || processing > 0 || m.commitStatus !== 'none' || hold || noConsent;
+  $('commit-note').textContent = noConsent && server.length ? CONSENT_MISSING.replace(' above', '') : uploads.active
     ? `${plural(uploads.active, 'photo')} still on this phone: commit once ${uploads.active === 1 ? 'it has' : 'they have'} been sent.`
     : processing ? `Preparing ${plural(processing, 'photo')}…` : 'You can also commit from the desktop.';
 }

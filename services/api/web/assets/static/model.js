@@ -23,6 +23,8 @@ export function empty() {
     phone: null,
     pending: {},        // phone id -> {count, updatedAt}
     pendingV: 0,
+    consent: null,      // the patient's consent record, once made
+    consentV: 0,
     session: null,      // the other fields of the last snapshot, as sent
   };
 }
@@ -65,6 +67,8 @@ export function applySnapshot(m, s) {
     phone: s.phone || null,
     pending: s.pending || {},
     pendingV: v,
+    consent: s.consent || null,
+    consentV: v,
     session: rest,
   };
 }
@@ -90,6 +94,8 @@ export function applyEvent(m, name, d) {
     if (d.imageId && v > seen) {
       next = { ...m, images: m.images.filter((im) => im.id !== d.imageId), removed: { ...m.removed, [d.imageId]: v } };
     }
+  } else if (name === 'consent-recorded') {
+    if (v > m.consentV && d.consent) next = { ...m, consent: d.consent, consentV: v };
   } else if (name === 'phone-pending') {
     if (v > m.pendingV) next = { ...m, pending: d.pending || {}, pendingV: v };
   } else if (isCommitEvent(name)) {
@@ -237,4 +243,13 @@ export function image(m, id) {
  */
 export function otherPatient(m, openPatientId) {
   return !!(m.sessionId && openPatientId && m.patientId !== openPatientId && m.commitStatus !== 'committed');
+}
+
+/**
+ * consentMissing is true while a commit would be refused for want of a
+ * consent record (the API's CONSENT_REQUIRED, as the vocabulary says).
+ */
+export function consentMissing(m, vocab) {
+  const required = !vocab || !vocab.consent || vocab.consent.required !== false;
+  return required && !!m.sessionId && !m.consent;
 }

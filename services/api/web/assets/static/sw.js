@@ -4,8 +4,8 @@
 // network always comes first, so a new version is picked up at once; the
 // copy is only for when there is no answer. The API is never cached.
 
-const CACHE = 'clinimg-phone-v1';
-const SHELL = ['/mobile', '/static/style.css', '/static/mobile.js', '/static/api.js', '/static/bodysite.js',
+const CACHE = 'clinimg-phone-v2';
+const SHELL = ['/mobile', '/static/style.css', '/static/mobile.js', '/static/api.js', '/static/bodysite.js', '/static/consent.js',
   '/static/live.js', '/static/model.js', '/static/store.js', '/static/upload.js', '/static/words.js'];
 
 self.addEventListener('install', (e) => {

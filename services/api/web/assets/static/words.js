@@ -16,6 +16,7 @@ export const isAre = (n) => (n === 1 ? 'is' : 'are');
 export const FALLBACK = Object.freeze({
   views: [], lateralities: [],
   limits: { maxImages: 50, warnImages: 20, maxMessage: 'Maximum 50 photos reached. Please commit before adding more.', maxNotes: 2000 },
+  consent: { methods: [], reasons: [], purposes: [], required: true },
 });
 
 /** label is the display of code among terms ({code, display}), or the code itself. */
@@ -69,3 +70,21 @@ export function ago(iso, now) {
   if (s < 3600) return `${Math.round(s / 60)} min ago`;
   return `${Math.round(s / 3600)} h ago`;
 }
+
+/**
+ * consentText is the one line both screens show about the session's
+ * consent: what was recorded, by whom and when, or what is missing.
+ */
+export function consentText(c, vocab) {
+  if (!c) return 'Consent not recorded yet: record how the patient consented before committing.';
+  const v = (vocab && vocab.consent) || { methods: [], reasons: [], purposes: [] };
+  let how = label(v.methods, c.method);
+  if (c.method === 'not_obtainable' && c.reason) how += ` (${label(v.reasons, c.reason).toLowerCase()})`;
+  const uses = (c.purposes || []).map((p) => label(v.purposes, p).toLowerCase()).join(', ');
+  const at = c.recordedAt ? new Date(c.recordedAt).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : '';
+  const who = c.via === 'phone' ? 'on the phone' : 'on the desktop';
+  return `Consent: ${how}; for ${uses}. Recorded ${who}${at ? ` at ${at}` : ''}.`;
+}
+
+/** CONSENT_MISSING is what the commit line says while consent is missing. */
+export const CONSENT_MISSING = 'Record the patient\'s consent above to commit.';
