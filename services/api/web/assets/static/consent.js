@@ -64,7 +64,11 @@ export class ConsentPanel {
     this.summary.textContent = missing ? 'Record consent' : 'Change consent';
     this.details.hidden = !editable;
     if (!editable) this.details.open = false;
+    // open by itself while consent is missing; once it is recorded (here or
+    // on the other screen) it folds away, unless it is being changed here
     if (missing && editable && !this.touched) this.details.open = true;
+    if (!missing && this.wasMissing && !this.details.contains(document.activeElement)) this.details.open = false;
+    this.wasMissing = missing;
     if (!this.details.open && consent) this.fill(consent);
   }
 
