@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -15,8 +16,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/dotenv"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats-server/v2/server"
@@ -45,17 +48,32 @@ func repoRoot(t *testing.T) string {
 	return root
 }
 
-// loadCompose loads compose.yaml with no environment of the caller's (so
-// every default is what is tested) and the given profiles.
+// devEnvFile holds the published development values, the ones
+// `docker compose --env-file deploy/dev.env` gives.
+const devEnvFile = "../dev.env"
+
+// loadCompose loads compose.yaml the development way (deploy/dev.env, no
+// environment of the caller's, so every default is what is tested) with the
+// given profiles.
 func loadCompose(t *testing.T, profiles ...string) *types.Project {
 	t.Helper()
 	return loadComposeEnv(t, nil, profiles...)
 }
 
-// loadComposeEnv loads compose.yaml as an operator's environment (or
-// deploy/.env) of env ("NAME=value") would have it.
+// loadComposeEnv loads compose.yaml as deploy/dev.env and an operator's
+// environment of env ("NAME=value", which wins) would have it.
 func loadComposeEnv(t *testing.T, env []string, profiles ...string) *types.Project {
 	t.Helper()
+	p, err := composeLoad(append(devEnv(t), env...), profiles...)
+	if err != nil {
+		t.Fatalf("load %s: %v", composeFile, err)
+	}
+	return p
+}
+
+// composeLoad loads compose.yaml with exactly env, interpolating as Docker
+// Compose does (a ${VAR:?} without VAR is an error).
+func composeLoad(env []string, profiles ...string) (*types.Project, error) {
 	opts, err := cli.NewProjectOptions([]string{composeFile},
 		cli.WithName("clinimg"),
 		cli.WithEnv(env),
@@ -63,13 +81,24 @@ func loadComposeEnv(t *testing.T, env []string, profiles ...string) *types.Proje
 		cli.WithResolvedPaths(true),
 	)
 	if err != nil {
-		t.Fatalf("compose options: %v", err)
+		return nil, err
 	}
-	p, err := opts.LoadProject(context.Background())
+	return opts.LoadProject(context.Background())
+}
+
+// devEnv is deploy/dev.env as NAME=value lines.
+func devEnv(t *testing.T) []string {
+	t.Helper()
+	m, err := dotenv.GetEnvFromFile(nil, []string{devEnvFile})
 	if err != nil {
-		t.Fatalf("load %s: %v", composeFile, err)
+		t.Fatalf("%s: %v", devEnvFile, err)
 	}
-	return p
+	var out []string
+	for k, v := range m {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // service is the part of a compose service this test pins down.
@@ -144,10 +173,12 @@ func TestComposeServices(t *testing.T) {
 		"redis": {Image: "redis", Restart: "unless-stopped", Health: "CMD redis-cli ping", Replicas: 1},
 		"nats": {Image: "nats", Restart: "unless-stopped", Replicas: 1,
 			Health: "CMD wget -q -O /dev/null http://127.0.0.1:8222/healthz?js-enabled-only=true"},
-		"minio": {Image: "minio/minio", Restart: "unless-stopped", Health: "CMD mc ready local", Replicas: 1,
-			Published: []string{"9000", "9001"}},
-		"s3-init": {Image: "minio/mc", Restart: "no", Replicas: 1,
-			DependsOn: map[string]string{"minio": "service_healthy"}},
+		"s3": {Image: "versity/versitygw", Restart: "unless-stopped", Health: "CMD wget -q -O /dev/null http://127.0.0.1:9000/health", Replicas: 1,
+			Published: []string{"9000"}},
+		"s3-init": {Image: "versity/versitygw", Restart: "no", Replicas: 1,
+			DependsOn: map[string]string{"s3": "service_healthy"}},
+		"s3-expire": {Image: "busybox", Restart: "unless-stopped", Replicas: 1,
+			DependsOn: map[string]string{"s3-init": "service_completed_successfully"}},
 		"api": {Dockerfile: "services/api/Dockerfile", Image: "clinimg/api", Restart: "unless-stopped",
 			Health: wget(9091, "/readyz"), DependsOn: with(infra, "devissuer", "service_healthy?"), Replicas: 1,
 			Published: []string{"8080"}},
@@ -173,14 +204,6 @@ func TestComposeServices(t *testing.T) {
 		t.Errorf("compose services (-want +got):\n%s", diff)
 	}
 
-	// Pulled images are pinned to a version, never latest.
-	pinned := regexp.MustCompile(`^[a-z0-9./-]+:[A-Za-z0-9][A-Za-z0-9._-]*$`)
-	for name, s := range p.Services {
-		if s.Build == nil && (!pinned.MatchString(s.Image) || strings.HasSuffix(s.Image, ":latest")) {
-			t.Errorf("%s: image %q is not pinned to a version", name, s.Image)
-		}
-	}
-
 	// Without the profile the stand-ins are off and nothing requires them.
 	plain := loadCompose(t)
 	var names []string
@@ -188,7 +211,7 @@ func TestComposeServices(t *testing.T) {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	if diff := cmp.Diff([]string{"api", "committer", "minio", "nats", "redis", "relay", "s3-init", "thumbnailer"}, names); diff != "" {
+	if diff := cmp.Diff([]string{"api", "committer", "nats", "redis", "relay", "s3", "s3-expire", "s3-init", "thumbnailer"}, names); diff != "" {
 		t.Errorf("services without a profile (-want +got):\n%s", diff)
 	}
 }
@@ -300,23 +323,23 @@ func TestComposeEnvironment(t *testing.T) {
 		if c.S3.AccessKey != s3init("S3_APP_ACCESS_KEY") || c.S3.SecretKey != s3init("S3_APP_SECRET_KEY") {
 			t.Errorf("%s: S3 credentials are not the least-privilege user s3-init creates", name)
 		}
-		if c.S3.AccessKey == env(svc("minio"))("MINIO_ROOT_USER") {
-			t.Errorf("%s: uses MinIO's root user", name)
+		if c.S3.AccessKey == env(svc("s3"))("ROOT_ACCESS_KEY_ID") {
+			t.Errorf("%s: uses the S3 server's root user", name)
 		}
-		if !c.S3.PathStyle || port(t, c.S3.Endpoint) != 9000 {
-			t.Errorf("%s: S3 endpoint %q path style %v, want MinIO on 9000, path style", name, c.S3.Endpoint, c.S3.PathStyle)
+		if !c.S3.PathStyle || port(t, c.S3.Endpoint) != port(t, env(svc("s3"))("VGW_PORT")) {
+			t.Errorf("%s: S3 endpoint %q path style %v, want the s3 service's port, path style", name, c.S3.Endpoint, c.S3.PathStyle)
 		}
 	}
 	for _, name := range []string{"committer", "thumbnailer"} {
-		if h := host(t, commons[name].S3.Endpoint); h != "minio" {
-			t.Errorf("%s: S3 endpoint host %q, want minio", name, h)
+		if h := host(t, commons[name].S3.Endpoint); h != "s3" {
+			t.Errorf("%s: S3 endpoint host %q, want s3", name, h)
 		}
 	}
 
 	// The API presigns for a name browsers and the API container both reach.
 	s3Host := host(t, acfg.Common.S3.Endpoint)
-	if !slices.Contains(svc("api").ExtraHosts[s3Host], "host-gateway") || !publishes(svc("minio"), 9000) {
-		t.Errorf("api presigns for %q: want it mapped to host-gateway in the API container (got %v) and MinIO publishing 9000",
+	if !slices.Contains(svc("api").ExtraHosts[s3Host], "host-gateway") || !publishes(svc("s3"), 9000) {
+		t.Errorf("api presigns for %q: want it mapped to host-gateway in the API container (got %v) and the s3 service publishing 9000",
 			s3Host, svc("api").ExtraHosts)
 	}
 
@@ -330,7 +353,7 @@ func TestComposeEnvironment(t *testing.T) {
 	if acfg.Realtime.Mode != rcfg.Realtime.Mode || acfg.Realtime.Key != rcfg.Realtime.Key {
 		t.Errorf("api and relay realtime settings differ: %v %v / %v %v", acfg.Realtime.Mode, acfg.Realtime.Key, rcfg.Realtime.Mode, rcfg.Realtime.Key)
 	}
-	if !slices.Contains(rcfg.AllowedOrigins, acfg.PublicURL) || env(svc("minio"))("MINIO_API_CORS_ALLOW_ORIGIN") != acfg.PublicURL {
+	if !slices.Contains(rcfg.AllowedOrigins, acfg.PublicURL) || env(svc("s3"))("VGW_CORS_ALLOW_ORIGIN") != acfg.PublicURL {
 		t.Errorf("the pages' origin %s is not allowed by the relay (%v) or S3 CORS", acfg.PublicURL, rcfg.AllowedOrigins)
 	}
 
@@ -427,35 +450,61 @@ func TestComposeNATS(t *testing.T) {
 	}
 }
 
-// TestComposeS3Init checks the one-shot set-up: the script and its files
-// are mounted, the lifecycle rule expires temp/, and the services' policy
-// is least privilege.
+// TestComposeS3Init checks the one-shot set-up: the mounted script gets
+// every variable it reads, makes the services' user with the least role
+// and gives it the bucket the services use; and the expiry service's
+// script runs on the volume the S3 server writes.
 func TestComposeS3Init(t *testing.T) {
 	p := loadCompose(t)
 	s := p.Services["s3-init"]
-	mount := ""
-	src := ""
-	for _, v := range s.Volumes {
-		if v.Type == types.VolumeTypeBind {
-			mount, src = v.Target, v.Source
-		}
-	}
-	if mount == "" || !strings.HasPrefix(strings.Join(s.Entrypoint, " "), "/bin/sh "+mount+"/init.sh") {
+	mount, src := bindMount(t, s)
+	if !strings.HasPrefix(strings.Join(s.Entrypoint, " "), "/bin/sh "+mount+"/init.sh") {
 		t.Fatalf("s3-init entrypoint %v, mount %q: want the mounted init.sh", s.Entrypoint, mount)
 	}
 	script, err := os.ReadFile(filepath.Join(src, "init.sh"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"lifecycle.json", "app-policy.json"} {
-		if !strings.Contains(string(script), mount+"/"+f) {
-			t.Errorf("init.sh does not use %s/%s", mount, f)
+	checkScriptEnv(t, "init.sh", string(script), s)
+	for _, want := range []string{"create-user --access \"$S3_APP_ACCESS_KEY\" --secret \"$S3_APP_SECRET_KEY\" --role user",
+		"create-bucket --owner \"$S3_APP_ACCESS_KEY\" --bucket \"$S3_BUCKET_NAME\""} {
+		if !strings.Contains(string(script), want) {
+			t.Errorf("init.sh does not %s", want)
 		}
 	}
-	for _, v := range regexp.MustCompile(`\$\{?([A-Z_0-9]+)`).FindAllStringSubmatch(string(script), -1) {
-		if name := v[1]; name != "S3_INTERNAL_ENDPOINT" && s.Environment[name] == nil {
-			t.Errorf("init.sh reads %s, which s3-init's environment does not set", name)
-		}
+	ie, se, ce := env(s), env(p.Services["s3"]), env(p.Services["api"])
+	if ie("ADMIN_ACCESS_KEY_ID") != se("ROOT_ACCESS_KEY_ID") || ie("ADMIN_SECRET_ACCESS_KEY") != se("ROOT_SECRET_ACCESS_KEY") {
+		t.Errorf("s3-init's admin credentials are not the S3 server's root user")
+	}
+	if host(t, ie("ADMIN_ENDPOINT_URL")) != "s3" || port(t, ie("ADMIN_ENDPOINT_URL")) != port(t, se("VGW_PORT")) {
+		t.Errorf("s3-init's ADMIN_ENDPOINT_URL %s does not reach the s3 service", ie("ADMIN_ENDPOINT_URL"))
+	}
+	if ie("S3_APP_ACCESS_KEY") == se("ROOT_ACCESS_KEY_ID") {
+		t.Errorf("the services' S3 user is the root user")
+	}
+	if ie("S3_BUCKET_NAME") != ce("S3_BUCKET_NAME") {
+		t.Errorf("s3-init makes bucket %q, the services use %q", ie("S3_BUCKET_NAME"), ce("S3_BUCKET_NAME"))
+	}
+
+	x := p.Services["s3-expire"]
+	xmount, _ := bindMount(t, x)
+	if strings.Join(x.Command, " ") != "/bin/sh "+xmount+"/expire.sh" {
+		t.Errorf("s3-expire command %v: want the mounted expire.sh", x.Command)
+	}
+	raw, err := os.ReadFile(filepath.Join(src, "expire.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkScriptEnv(t, "expire.sh", string(raw), x)
+	if dataDir := volumeTarget(p.Services["s3"], "s3-data"); dataDir != se("VGW_BACKEND_ARG") || volumeTarget(x, "s3-data") != env(x)("S3_DATA_DIR") {
+		t.Errorf("s3 serves %s from volume s3-data at %s; s3-expire sees it at %s, expires under %s",
+			se("VGW_BACKEND_ARG"), dataDir, volumeTarget(x, "s3-data"), env(x)("S3_DATA_DIR"))
+	}
+	if env(x)("S3_BUCKET_NAME") != ce("S3_BUCKET_NAME") {
+		t.Errorf("s3-expire expires bucket %q, the services use %q", env(x)("S3_BUCKET_NAME"), ce("S3_BUCKET_NAME"))
+	}
+	if m, err := strconv.Atoi(env(x)("EXPIRE_AFTER_MINUTES")); err != nil || m < 24*60 {
+		t.Errorf("EXPIRE_AFTER_MINUTES %q: want at least a day (a session may wait that long for its commit)", env(x)("EXPIRE_AFTER_MINUTES"))
 	}
 
 	var lc struct {
@@ -465,35 +514,87 @@ func TestComposeS3Init(t *testing.T) {
 			Expiration struct{ Days int }
 		}
 	}
-	readJSON(t, filepath.Join(src, "lifecycle.json"), &lc)
+	readJSON(t, filepath.Join("..", "aws", "lifecycle.json"), &lc)
 	if len(lc.Rules) != 1 || lc.Rules[0].Status != "Enabled" || lc.Rules[0].Filter.Prefix != "temp/" || lc.Rules[0].Expiration.Days < 1 {
-		t.Errorf("lifecycle.json = %+v, want one enabled rule expiring temp/", lc)
+		t.Errorf("aws/lifecycle.json = %+v, want one enabled rule expiring temp/", lc)
 	}
+}
 
-	var pol struct {
-		Statement []struct {
-			Effect    string
-			Principal any
-			Action    []string
-			Resource  []string
+// TestS3Expire runs expire.sh once on a directory laid out as versitygw's
+// posix backend keeps a bucket: what is older than the limit goes, the rest
+// and other buckets stay.
+func TestS3Expire(t *testing.T) {
+	dir := t.TempDir()
+	old := time.Now().Add(-25 * time.Hour)
+	files := map[string]bool{ // path -> expired
+		"clinimg-photos/temp/u1/s1/a.jpg":         true,
+		"clinimg-photos/temp/u1/s1/a.preview.jpg": true,
+		"clinimg-photos/temp/u2/s2/b.jpg":         false,
+		"clinimg-photos/keep.txt":                 false,
+		"other/temp/c.jpg":                        false,
+	}
+	for f, expired := range files {
+		path := filepath.Join(dir, f)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if expired || strings.HasPrefix(f, "other/") {
+			if err := os.Chtimes(path, old, old); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	readJSON(t, filepath.Join(src, "app-policy.json"), &pol)
-	var actions, resources []string
-	for _, st := range pol.Statement {
-		if st.Principal != nil || st.Effect != "Allow" {
-			t.Errorf("policy statement %+v: want Allow without a Principal", st)
+	cmd := exec.Command("sh", filepath.Join("..", "s3", "expire.sh"))
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "S3_BUCKET_NAME=clinimg-photos", "S3_DATA_DIR=" + dir,
+		"EXPIRE_AFTER_MINUTES=1440", "EXPIRE_ONCE=1"}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("expire.sh: %v\n%s", err, out)
+	}
+	for f, expired := range files {
+		_, err := os.Stat(filepath.Join(dir, f))
+		if gone := os.IsNotExist(err); gone != expired {
+			t.Errorf("%s: gone %v, want %v", f, gone, expired)
 		}
-		actions = append(actions, st.Action...)
-		resources = append(resources, st.Resource...)
 	}
-	sort.Strings(actions)
-	sort.Strings(resources)
-	if diff := cmp.Diff([]string{"s3:DeleteObject", "s3:GetBucketLocation", "s3:GetObject", "s3:ListBucket", "s3:PutObject"}, actions); diff != "" {
-		t.Errorf("policy actions (-want +got):\n%s", diff)
+	if _, err := os.Stat(filepath.Join(dir, "clinimg-photos/temp/u1")); !os.IsNotExist(err) {
+		t.Errorf("the emptied session directory is left behind")
 	}
-	if diff := cmp.Diff([]string{"arn:aws:s3:::BUCKET", "arn:aws:s3:::BUCKET/temp/*"}, resources); diff != "" {
-		t.Errorf("policy resources (-want +got):\n%s", diff)
+}
+
+func bindMount(t *testing.T, s types.ServiceConfig) (target, source string) {
+	t.Helper()
+	for _, v := range s.Volumes {
+		if v.Type == types.VolumeTypeBind {
+			if !v.ReadOnly {
+				t.Errorf("%s: %s is mounted writable", s.Name, v.Source)
+			}
+			return v.Target, v.Source
+		}
+	}
+	t.Fatalf("%s mounts no script directory", s.Name)
+	return "", ""
+}
+
+func volumeTarget(s types.ServiceConfig, volume string) string {
+	for _, v := range s.Volumes {
+		if v.Type == types.VolumeTypeVolume && v.Source == volume {
+			return v.Target
+		}
+	}
+	return ""
+}
+
+// checkScriptEnv fails for each variable a script reads that the service
+// does not set (EXPIRE_ONCE is the tests' own).
+func checkScriptEnv(t *testing.T, name, script string, s types.ServiceConfig) {
+	t.Helper()
+	for _, v := range regexp.MustCompile(`\$\{?([A-Z_0-9]+)`).FindAllStringSubmatch(script, -1) {
+		if n := v[1]; n != "EXPIRE_ONCE" && s.Environment[n] == nil {
+			t.Errorf("%s reads %s, which %s's environment does not set", name, n, s.Name)
+		}
 	}
 }
 
