@@ -4,8 +4,10 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +44,40 @@ func (r *Reader) Required(name string) string {
 	v := strings.TrimSpace(r.get(name))
 	if v == "" {
 		r.Fail("%s is required", name)
+	}
+	return v
+}
+
+// Secret is a secret's value: name's, or the contents of the file
+// name_FILE names (a mounted Docker or Kubernetes secret), trailing
+// newlines and spaces trimmed; "" when neither is set. Setting both, or a
+// file that cannot be read, is a problem; the value never appears in one.
+func (r *Reader) Secret(name string) string {
+	v := strings.TrimSpace(r.get(name))
+	path := strings.TrimSpace(r.get(name + "_FILE"))
+	switch {
+	case path == "":
+		return v
+	case v != "":
+		r.Fail("%s and %s_FILE are both set: set one", name, name)
+		return ""
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		r.Fail("%s_FILE: %v", name, err)
+		return ""
+	}
+	if v = strings.TrimRight(string(raw), "\r\n\t "); v == "" {
+		r.Fail("%s_FILE: %s is empty", name, path)
+	}
+	return v
+}
+
+// RequiredSecret is Secret; its absence is an error.
+func (r *Reader) RequiredSecret(name string) string {
+	v := r.Secret(name)
+	if v == "" && strings.TrimSpace(r.get(name+"_FILE")) == "" {
+		r.Fail("%s (or %s_FILE) is required", name, name)
 	}
 	return v
 }
@@ -103,13 +139,13 @@ func (r *Reader) Bool(name string, def bool) bool {
 // Common is what every service needs: where Redis, NATS and S3 are, the
 // stream names, and its operations port.
 type Common struct {
-	RedisURL    string        // REDIS_URL, default redis://127.0.0.1:6379/0 (rediss:// for TLS, e.g. Upstash)
+	RedisURL    string        // REDIS_URL (or REDIS_URL_FILE), default redis://127.0.0.1:6379/0 (rediss:// for TLS, e.g. Upstash)
 	RedisPrefix string        // REDIS_KEY_PREFIX, default empty (the seeds' key names)
 	NATSURL     string        // NATS_URL, default nats://127.0.0.1:4222
 	Names       events.Names  // NATS_STREAM (CLINIMG), NATS_SUBJECT_PREFIX (clinimg)
 	Replicas    int           // NATS_REPLICAS, default 1; 3 in production
 	AckWait     time.Duration // NATS_ACK_WAIT: how long the service's claim on an event outlives a worker that died (default the consumer's own)
-	S3          blob.Config   // S3_BUCKET_NAME, AWS_REGION, S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_PATH_STYLE
+	S3          blob.Config   // S3_BUCKET_NAME, AWS_REGION, S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (or _FILE), S3_PATH_STYLE
 	OpsAddr     string        // OPS_ADDR: /healthz, /readyz, /metrics (default per service)
 	Grace       time.Duration // SHUTDOWN_GRACE: how long work in flight may take once told to stop (default 10s)
 	LogLevel    string        // LOG_LEVEL: debug, info (default), warn, error
@@ -119,7 +155,7 @@ type Common struct {
 // operations address.
 func (r *Reader) ReadCommon(opsAddr string) Common {
 	c := Common{
-		RedisURL:    r.String("REDIS_URL", "redis://127.0.0.1:6379/0"),
+		RedisURL:    cmp.Or(r.Secret("REDIS_URL"), "redis://127.0.0.1:6379/0"), // an Upstash URL holds its password
 		RedisPrefix: r.String("REDIS_KEY_PREFIX", ""),
 		NATSURL:     r.String("NATS_URL", "nats://127.0.0.1:4222"),
 		Names: events.Names{
@@ -133,7 +169,7 @@ func (r *Reader) ReadCommon(opsAddr string) Common {
 			Region:    r.String("AWS_REGION", "ap-southeast-2"),
 			Endpoint:  r.String("S3_ENDPOINT", ""),
 			AccessKey: r.String("AWS_ACCESS_KEY_ID", ""),
-			SecretKey: r.String("AWS_SECRET_ACCESS_KEY", ""),
+			SecretKey: r.Secret("AWS_SECRET_ACCESS_KEY"),
 			PathStyle: r.Bool("S3_PATH_STYLE", false),
 		},
 		OpsAddr:  r.String("OPS_ADDR", opsAddr),

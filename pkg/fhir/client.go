@@ -107,6 +107,17 @@ func NewClient(cfg Config) (*Client, error) {
 	return c, nil
 }
 
+// TokenReady gets an access token (the cached one while it is fresh): nil
+// when ALEX's token endpoint gave one. A readiness check, so a committer
+// whose identity provider is unreachable or refuses its credentials says
+// so rather than take commits it cannot make.
+func (c *Client) TokenReady(ctx context.Context) error {
+	if _, err := c.tok.get(ctx); err != nil {
+		return fmt.Errorf("alex token: %w", err)
+	}
+	return nil
+}
+
 // Error is a failed ALEX call. Transient errors may succeed if retried.
 type Error struct {
 	Op            string

@@ -59,15 +59,20 @@ func ReadSettings(r *config.Reader) Settings {
 	s := Settings{Mode: ModeSSE, TTL: r.Duration("REALTIME_TOKEN_TTL", DefaultTTL),
 		PhoneTTL: r.Duration("REALTIME_PHONE_TOKEN_TTL", DefaultPhoneTTL)}
 	name, urlVar, def := "REALTIME_SIGNING_KEY", "REALTIME_SSE_URL", DefaultSSEURL
-	if ably := r.String("ABLY_API_KEY", ""); ably != "" {
-		s.Mode, name, urlVar, def = ModeAbly, "ABLY_API_KEY", "ABLY_SSE_URL", AblySSEURL
+	raw := r.Secret("ABLY_API_KEY")
+	if raw != "" {
+		s.Mode, urlVar, def = ModeAbly, "ABLY_SSE_URL", AblySSEURL
+	} else {
+		raw = r.Secret(name)
 	}
 	s.URL = r.String(urlVar, def)
-	raw := r.String(name, "")
 	switch k, err := ParseKey(raw); {
 	case raw == "":
-		r.Fail("%s is required when ABLY_API_KEY is not set (built-in SSE)", name)
+		r.Fail("%s is required when ABLY_API_KEY is not set (built-in SSE), or %s_FILE", name, name)
 	case err != nil:
+		if s.Mode == ModeAbly {
+			name = "ABLY_API_KEY"
+		}
 		r.Fail("%s: %v", name, err)
 	default:
 		s.Key = k

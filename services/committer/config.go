@@ -85,7 +85,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			BaseURL:      r.Required("ALEX_API_URL"),
 			TokenURL:     r.Required("ALEX_OAUTH_TOKEN_URL"),
 			ClientID:     r.Required("ALEX_CLIENT_ID"),
-			ClientSecret: r.Required("ALEX_CLIENT_SECRET"),
+			ClientSecret: r.RequiredSecret("ALEX_CLIENT_SECRET"),
 			Scope:        r.Required("ALEX_SCOPE"),
 			FacilityID:   r.Required("ALEX_FACILITY_ID"),
 			AppID:        r.String("ALEX_APP_ID", "clinicalimages"),

@@ -95,7 +95,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := conns.Publish(g, store.Keys.Outbox(), log, outbox.Instrument(reg, "committer", rdb, store.Keys.Outbox())); err != nil {
 		return g.Stop(err)
 	}
-	g.Ready(conns.Checks())
+	checks := conns.Checks()
+	checks["alex_token"] = alex.TokenReady
+	g.Ready(checks)
 	log.Info("committer.start", "parallelism", cfg.Parallelism, "workers", cfg.Workers, "capabilities", cfg.Capabilities.String())
 	return g.Wait()
 }
