@@ -399,7 +399,9 @@ return reply(s, 'changed')
 
 // begin: ARGV[5] commit id, ARGV[6] session id, ARGV[7] {imageId: new
 // identifier} of photos the GP asks to send again (needs_checking or
-// conflict), ARGV[8] "1" when a consent record is required. What is in the record stays there; refused photos are tried
+// conflict), ARGV[8] "1" when a consent record is required, ARGV[9] now
+// (Unix ms) and ARGV[10] user id for KEYS[3], the running commits the
+// committer's sweep reads. What is in the record stays there; refused photos are tried
 // again; a write left "sending" by a crash is unknown until looked up.
 var beginScript = script(`
 local s = load(KEYS[1])
@@ -450,12 +452,14 @@ s.commitId = ARGV[5]
 s.commit = {commitId = ARGV[5], requestedAt = ARGV[1], done = done, total = #s.images, success = false, mediaResourceIds = {}}
 bump(s)
 save(s, ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[9], ARGV[10]) -- running commits, for the sweep
 emit(s, {commitId = ARGV[5], done = done, total = #s.images})
 return reply(s, '')
 `)
 
-// finish: ARGV[5] commit id. Every photo must be in the record. ARGV[2] is
-// the short TTL a committed session is kept for.
+// finish: ARGV[5] commit id, ARGV[6] user id; KEYS[3] the running
+// commits. Every photo must be in the record. ARGV[2] is the short TTL a
+// committed session is kept for.
 var finishScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
@@ -478,11 +482,13 @@ s.commit.mediaResourceIds = ids
 s.commit.message = #ids .. ' images committed successfully'
 bump(s)
 save(s, ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[6])
 emit(s, {commitId = ARGV[5], success = true, done = #ids, total = #ids, mediaResourceIds = ids, message = s.commit.message})
 return reply(s, 'changed')
 `)
 
-// fail: ARGV[5] commit id, ARGV[6] message, ARGV[7] orphan Media ids. The
+// fail: ARGV[5] commit id, ARGV[6] message, ARGV[7] orphan Media ids,
+// ARGV[8] user id; KEYS[3] the running commits. The
 // commit ends without every photo in the record; every photo keeps its
 // state (those in the record stay in it) and the session is editable again.
 // The event's errors are the photos the GP must act on.
@@ -510,6 +516,7 @@ s.commit.orphans = cjson.decode(ARGV[7])
 s.commit.mediaResourceIds = {}
 bump(s)
 save(s, ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[8])
 emit(s, {commitId = ARGV[5], success = false, message = ARGV[6], errors = errs, orphans = s.commit.orphans, done = done, total = #s.images, mediaResourceIds = {}})
 return reply(s, 'changed')
 `)
@@ -614,7 +621,8 @@ emit(s, {commitId = ARGV[5], done = done, total = #s.images, attempt = n, waitin
 return reply(s, 'changed')
 `)
 
-// stop: ARGV[5] session id. The GP stops waiting: the session is editable
+// stop: ARGV[5] session id, ARGV[6] user id; KEYS[3] the running
+// commits. The GP stops waiting: the session is editable
 // again, photos in the record stay so, and a write still on its way becomes
 // unknown (looked up before anything is sent again). Emits commit.failed
 // with stopped.
@@ -648,6 +656,7 @@ else
 end
 bump(s)
 save(s, ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[6])
 emit(s, {commitId = s.commitId, success = false, stopped = true, done = done, total = #s.images, message = s.commit.message, errors = {}, mediaResourceIds = {}})
 return reply(s, '')
 `)
@@ -682,4 +691,23 @@ bump(s)
 save(s, ARGV[2])
 emit(s, {consent = s.consent})
 return reply(s, '')
+`)
+
+// claimStuck: KEYS[1] the running commits, ARGV[1] cutoff (Unix ms),
+// ARGV[2] now, ARGV[3] at most this many. Returns the users whose commit
+// has run since before the cutoff, each moved to now so that no other
+// sweeper takes it before another cutoff has passed.
+var claimStuckScript = redis.NewScript(`
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
+`)
+
+// forgetRunning: KEYS[1] the running commits, ARGV[1] user id, ARGV[2] the
+// time the sweep claimed it at. Removes the user only if no commit began
+// since (a new begin moves the time).
+var forgetRunningScript = redis.NewScript(`
+local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if at and tonumber(at) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
 `)

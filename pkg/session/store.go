@@ -168,6 +168,10 @@ func (k Keys) QR(userID string) string { return string(k) + "qr:" + userID }
 // Outbox is the stream of events waiting to be published to JetStream.
 func (k Keys) Outbox() string { return string(k) + "outbox" }
 
+// Running is the sorted set of users whose commit is in_progress, by the
+// time it began (or was last swept), in Unix ms.
+func (k Keys) Running() string { return string(k) + "commits-running" }
+
 // CommitLock is held by the one committer working on a user's commit.
 func (k Keys) CommitLock(userID string) string { return string(k) + "commit-lock:" + userID }
 
@@ -486,7 +490,8 @@ func (s *Store) BeginCommit(ctx context.Context, userID, sessionID, commitID str
 	if s.opt.RequireConsent {
 		need = "1"
 	}
-	r, err := s.run(ctx, beginScript, events.CommitRequested, userID, nil, commitID, sessionID, mustJSON(again), need)
+	r, err := s.run(ctx, beginScript, events.CommitRequested, userID, []string{s.Keys.Running()},
+		commitID, sessionID, mustJSON(again), need, s.opt.Now().UnixMilli(), userID)
 	if err != nil {
 		return Session{}, err
 	}
@@ -498,7 +503,7 @@ func (s *Store) BeginCommit(ctx context.Context, userID, sessionID, commitID str
 // screens see the outcome, and emits commit.succeeded. Calling it again
 // changes nothing.
 func (s *Store) FinishCommit(ctx context.Context, userID, commitID string) (Session, bool, error) {
-	r, err := s.runTTL(ctx, finishScript, events.CommitSucceeded, userID, nil, s.opt.CommittedTTL, commitID)
+	r, err := s.runTTL(ctx, finishScript, events.CommitSucceeded, userID, []string{s.Keys.Running()}, s.opt.CommittedTTL, commitID, userID)
 	if err != nil {
 		return Session{}, false, err
 	}
@@ -511,7 +516,7 @@ func (s *Store) FinishCommit(ctx context.Context, userID, commitID string) (Sess
 // must act on, and orphans (Media written for photos no longer in the
 // session that could not be withdrawn).
 func (s *Store) FailCommit(ctx context.Context, userID, commitID, message string, orphans []string) (Session, bool, error) {
-	r, err := s.run(ctx, failScript, events.CommitFailed, userID, nil, commitID, message, mustJSON(List[string](orphans)))
+	r, err := s.run(ctx, failScript, events.CommitFailed, userID, []string{s.Keys.Running()}, commitID, message, mustJSON(List[string](orphans)), userID)
 	if err != nil {
 		return Session{}, false, err
 	}
@@ -567,11 +572,33 @@ func (s *Store) CommitAttempt(ctx context.Context, userID, commitID string, n in
 // anything is sent again. It emits commit.failed with stopped set.
 // ErrNoCommit if none is running, ErrCommitted if it already finished.
 func (s *Store) StopCommit(ctx context.Context, userID, sessionID string) (Session, error) {
-	r, err := s.run(ctx, stopScript, events.CommitFailed, userID, nil, sessionID)
+	r, err := s.run(ctx, stopScript, events.CommitFailed, userID, []string{s.Keys.Running()}, sessionID, userID)
 	if err != nil {
 		return Session{}, err
 	}
 	return r.Session, nil
+}
+
+// ClaimStuck returns up to n users whose commit has been in_progress since
+// before cutoff (as far as the running-commits index knows), and marks each
+// claimed now: another sweeper, or the next sweep, takes it again only
+// after another cutoff. at is the time claimed, for ForgetRunning.
+func (s *Store) ClaimStuck(ctx context.Context, cutoff time.Time, n int) (users []string, at int64, err error) {
+	at = s.opt.Now().UnixMilli()
+	users, err = claimStuckScript.Run(ctx, s.rdb, []string{s.Keys.Running()}, cutoff.UnixMilli(), at, n).StringSlice()
+	if err != nil {
+		return nil, 0, fmt.Errorf("claim stuck commits: %w", err)
+	}
+	return users, at, nil
+}
+
+// ForgetRunning drops userID from the running commits if it is still as
+// ClaimStuck left it at at (no commit began since).
+func (s *Store) ForgetRunning(ctx context.Context, userID string, at int64) error {
+	if err := forgetRunningScript.Run(ctx, s.rdb, []string{s.Keys.Running()}, userID, at).Err(); err != nil {
+		return fmt.Errorf("forget running commit: %w", err)
+	}
+	return nil
 }
 
 // Delete removes a session outright (tests and explicit discards).

@@ -31,6 +31,7 @@ import (
 
 	"github.com/clinicalimages/clinimg/pkg/config"
 	"github.com/clinicalimages/clinimg/pkg/fhir"
+	"github.com/clinicalimages/clinimg/pkg/session"
 )
 
 // Config is everything the committer needs. Build it with ConfigFromEnv.
@@ -68,6 +69,16 @@ type Config struct {
 	LockTTL time.Duration
 	// TempDir holds photos the committer cleans itself (TMPDIR).
 	TempDir string
+	// Recheck confirms a commit has moved on before its event is acked on
+	// a read that says so (default session.DefaultRecheck).
+	Recheck session.Recheck
+	// SweepAfter is how long a commit may stay in_progress without a
+	// commit.requested being handled before the sweep sends it again
+	// (COMMIT_SWEEP_AFTER, default 15m); SweepEvery how often each
+	// committer looks (COMMIT_SWEEP_EVERY, default 1m).
+	SweepAfter, SweepEvery time.Duration
+
+	wrapPeek func(session.PeekFunc) session.PeekFunc // tests: a stale replica
 
 	// Logger is the service's logger (nil: JSON on stderr at LOG_LEVEL).
 	Logger *slog.Logger
@@ -99,6 +110,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		RetryMax:         r.Duration("COMMIT_RETRY_MAX", 30*time.Second),
 		LockTTL:          r.Duration("COMMIT_LOCK_TTL", 20*time.Second),
 		TempDir:          r.String("TMPDIR", ""),
+		SweepAfter:       r.Duration("COMMIT_SWEEP_AFTER", 15*time.Minute),
+		SweepEvery:       r.Duration("COMMIT_SWEEP_EVERY", time.Minute),
 	}
 	caps, err := fhir.ParseCapabilities(r.String("ALEX_CAPABILITIES", ""))
 	if err != nil {
@@ -110,6 +123,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	if c.Workers < 1 {
 		r.Fail("COMMIT_WORKERS: %d is not at least 1", c.Workers)
+	}
+	if c.SweepAfter < time.Minute || c.SweepEvery <= 0 {
+		r.Fail("COMMIT_SWEEP_AFTER must be at least 1m and COMMIT_SWEEP_EVERY positive")
 	}
 	if c.LockTTL < 3*time.Second {
 		r.Fail("COMMIT_LOCK_TTL: %s is shorter than 3s", c.LockTTL)

@@ -31,6 +31,7 @@ type photoStore interface {
 type worker struct {
 	cfg    Config
 	store  *session.Store
+	peek   session.PeekFunc // store.Peek; tests wrap it
 	rdb    redis.Cmdable
 	photos photoStore
 	alex   *fhir.Client
@@ -44,6 +45,12 @@ type worker struct {
 }
 
 func (w *worker) init() {
+	if w.peek == nil {
+		w.peek = w.store.Peek
+	}
+	if w.cfg.wrapPeek != nil {
+		w.peek = w.cfg.wrapPeek(w.peek)
+	}
 	if w.now == nil {
 		w.now = time.Now
 	}
@@ -95,16 +102,17 @@ func (w *worker) handle(ctx context.Context, ev events.Event) error {
 // current returns the session if commitID is still its commit, running or
 // committed; nil if the commit is stale (stopped, failed, replaced) or the
 // session gone.
+//
+// A read that says otherwise may be a stale replica's (Upstash), and
+// acking on it would leave the session in_progress for ever, so that
+// answer is confirmed by reading again (cfg.Recheck) first.
 func (w *worker) current(ctx context.Context, userID, commitID string) (*session.Session, error) {
-	s, err := w.store.Peek(ctx, userID)
-	if errors.Is(err, session.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
+	s, ok, err := w.cfg.Recheck.Peek(ctx, w.peek, userID, func(s session.Session) bool {
+		return s.CommitID == commitID && s.Commit != nil &&
+			(s.CommitStatus == session.CommitInProgress || s.CommitStatus == session.CommitCommitted)
+	})
+	if err != nil || !ok {
 		return nil, err
-	}
-	if s.CommitID != commitID || s.Commit == nil || (s.CommitStatus != session.CommitInProgress && s.CommitStatus != session.CommitCommitted) {
-		return nil, nil
 	}
 	return &s, nil
 }

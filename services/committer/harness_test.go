@@ -121,7 +121,17 @@ func (e *env) config(over map[string]string) committer.Config {
 // It returns the logs it wrote.
 func (e *env) startCommitter(over map[string]string) *testenv.Logs {
 	e.t.Helper()
+	return e.startCommitterWith(over, nil)
+}
+
+// startCommitterWith is startCommitter with the configuration changed by
+// change (if not nil) after it is read.
+func (e *env) startCommitterWith(over map[string]string, change func(*committer.Config)) *testenv.Logs {
+	e.t.Helper()
 	cfg := e.config(over)
+	if change != nil {
+		change(&cfg)
+	}
 	log, logs := testenv.Logger(e.t)
 	cfg.Logger = log
 	cfg.Registry = prometheus.NewRegistry()

@@ -10,6 +10,7 @@ import (
 // metrics are the committer's Prometheus series.
 type metrics struct {
 	commits       *prometheus.CounterVec   // outcome: succeeded, failed, gave_up, dead_lettered, retried, stale
+	swept         prometheus.Counter       // commit.requested sent again for a commit stuck in_progress
 	duration      *prometheus.HistogramVec // outcome; from commit request to outcome
 	photos        *prometheus.CounterVec   // how: created, found (already there after a crash or lost answer)
 	requests      *prometheus.CounterVec   // op, status
@@ -51,6 +52,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Media of ours that must not stay (photo discarded while its write was on the way, or a duplicate): deleted, marked entered-in-error, or left as orphans for manual clean-up.",
 		}, []string{"action"}),
 	}
+	m.swept = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "clinimg_committer_commits_swept_total",
+		Help: "Commits found in_progress past COMMIT_SWEEP_AFTER with no delivery handling them, sent again.",
+	})
+	reg.MustRegister(m.swept)
 	reg.MustRegister(m.commits, m.duration, m.photos, m.requests, m.reqDuration, m.retries, m.compensations)
 	return m
 }

@@ -77,6 +77,9 @@ func Run(ctx context.Context, cfg Config) error {
 	w := &worker{cfg: cfg, store: store, rdb: rdb, photos: photos, alex: alex, js: js, nc: nc,
 		names: cfg.Common.Names, log: log, m: m}
 	w.init()
+	sw := &sweeper{store: store, peek: w.peek, recheck: cfg.Recheck, js: js, names: cfg.Common.Names,
+		after: cfg.SweepAfter, log: log, now: time.Now, onSent: m.swept.Inc}
+	g.Go(ops.StageWork, "sweep", func(ctx context.Context) error { return sw.run(ctx, cfg.SweepEvery) })
 
 	g.Go(ops.StageWork, "consumer", func(ctx context.Context) error {
 		return consume.Run(ctx, cons, w.handle, consume.Options{

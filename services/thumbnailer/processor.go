@@ -50,6 +50,9 @@ type ProcessorOptions struct {
 	Logger *slog.Logger
 	// Registry receives the metrics (default: a private registry).
 	Registry prometheus.Registerer
+	// Recheck confirms a photo is gone before its event is dropped
+	// (default session.DefaultRecheck).
+	Recheck session.Recheck
 }
 
 // Processor makes the previews and the clean copy of each uploaded photo and
@@ -60,6 +63,7 @@ type Processor struct {
 	maker    *preview.Maker
 	maxBytes int64
 	timeout  time.Duration
+	recheck  session.Recheck
 	log      *slog.Logger
 	m        *metrics
 }
@@ -80,7 +84,7 @@ func NewProcessor(objects Objects, sessions Sessions, opt ProcessorOptions) *Pro
 	}
 	return &Processor{
 		objects: objects, sessions: sessions, maker: preview.New(opt.Preview),
-		maxBytes: opt.MaxBytes, timeout: opt.Timeout, log: opt.Logger, m: newMetrics(opt.Registry),
+		maxBytes: opt.MaxBytes, timeout: opt.Timeout, recheck: opt.Recheck, log: opt.Logger, m: newMetrics(opt.Registry),
 	}
 }
 
@@ -121,17 +125,21 @@ func (p *Processor) Handle(ctx context.Context, ev events.Event) error {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 
-	sess, err := p.sessions.Peek(ctx, userID)
-	if errors.Is(err, session.ErrNotFound) {
-		p.skip(log, "session_gone")
-		return nil
-	}
+	// A read that misses the photo may be a stale replica's (Upstash):
+	// confirm before dropping the work.
+	sess, found, err := p.recheck.Peek(ctx, p.sessions.Peek, userID, func(s session.Session) bool {
+		_, ok := s.Image(imageID)
+		return ok
+	})
 	if err != nil {
 		return fmt.Errorf("peek session: %w", err)
 	}
-	img, ok := sess.Image(imageID)
+	img, _ := sess.Image(imageID)
 	switch {
-	case !ok:
+	case !found && sess.SessionID == "":
+		p.skip(log, "session_gone")
+		return nil
+	case !found:
 		p.skip(log, "image_gone")
 		return nil
 	case img.Status != session.ImageProcessing:

@@ -504,3 +504,51 @@ func TestGiveUp(t *testing.T) {
 		t.Errorf("got %s %q", img.Status, img.RejectReason)
 	}
 }
+
+// staleSessions hides the session from the first hide reads, as a lagging
+// Upstash replica would answer a read from another process.
+type staleSessions struct {
+	Sessions
+	mu    sync.Mutex
+	hide  int
+	reads int
+}
+
+func (s *staleSessions) Peek(ctx context.Context, userID string) (session.Session, error) {
+	s.mu.Lock()
+	s.reads++
+	hidden := s.reads <= s.hide
+	s.mu.Unlock()
+	if hidden {
+		return session.Session{}, session.ErrNotFound
+	}
+	return s.Sessions.Peek(ctx, userID)
+}
+
+// A read that misses the photo does not drop the work: the photo hidden
+// from the first read (or the first two) is still processed; one hidden
+// from every read the recheck makes is dropped, after exactly that many.
+func TestStaleReadDoesNotDropWork(t *testing.T) {
+	rc := session.Recheck{Reads: 3, Delay: 10 * time.Millisecond}
+	for _, tt := range []struct {
+		hide      int
+		processed bool
+	}{{0, true}, {1, true}, {2, true}, {3, false}} {
+		t.Run(fmt.Sprintf("hidden from %d reads", tt.hide), func(t *testing.T) {
+			h := newHarness(t, ProcessorOptions{})
+			stale := &staleSessions{Sessions: h.store, hide: tt.hide}
+			h.proc = NewProcessor(h.objects, stale, ProcessorOptions{Recheck: rc})
+			ev := h.upload(phototest.Plain(64, 48))
+			if err := h.proc.Handle(context.Background(), ev); err != nil {
+				t.Fatal(err)
+			}
+			st := h.image(imageID(t, ev)).Status
+			if got := st == session.ImageReady; got != tt.processed {
+				t.Errorf("status %s after %d hidden reads, want processed %v", st, tt.hide, tt.processed)
+			}
+			if want := min(tt.hide+1, rc.Reads); stale.reads != want {
+				t.Errorf("%d reads, want %d", stale.reads, want)
+			}
+		})
+	}
+}
