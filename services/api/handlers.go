@@ -17,6 +17,7 @@ import (
 
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/hygiene"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
@@ -249,7 +250,7 @@ func (s *Server) verifyObject(ctx context.Context, key, contentType string) (blo
 		}
 		return blob.Info{}, clientErr(http.StatusUnprocessableEntity, "too_large", "the uploaded photo is over the size limit and was deleted")
 	}
-	if got := sniff(head); got != contentType {
+	if got := hygiene.Detect(head).ContentType(); got != contentType {
 		return blob.Info{}, clientErr(http.StatusUnprocessableEntity, "not_an_image", "the uploaded object is not a "+strings.TrimPrefix(contentType, "image/")+" image")
 	}
 	return info, nil

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"net/http"
 	"regexp"
 	"strings"
@@ -139,22 +138,4 @@ func checkKey(userID, key string) (string, *apiError) {
 		return "", clientErr(http.StatusForbidden, "key_outside_prefix", "s3Key is outside this user's upload area")
 	}
 	return typeForExt(m[3]), nil
-}
-
-// sniff reports the image type the first bytes of a file show, or "".
-func sniff(b []byte) string {
-	switch {
-	case bytes.HasPrefix(b, []byte{0xFF, 0xD8, 0xFF}):
-		return "image/jpeg"
-	case bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")):
-		return "image/png"
-	case len(b) >= 12 && bytes.Equal(b[:4], []byte("RIFF")) && bytes.Equal(b[8:12], []byte("WEBP")):
-		return "image/webp"
-	case len(b) >= 12 && bytes.Equal(b[4:8], []byte("ftyp")):
-		switch string(b[8:12]) {
-		case "heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1":
-			return "image/heic"
-		}
-	}
-	return ""
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"image"
@@ -283,34 +282,6 @@ func testJPEG(w, h int, seed uint64) []byte {
 		panic(err)
 	}
 	return b.Bytes()
-}
-
-// withEXIF inserts an APP1 Exif segment (orientation and a GPS IFD
-// pointer) and a COM segment after the SOI of a JPEG.
-func withEXIF(j []byte, orientation uint16) []byte {
-	var t bytes.Buffer
-	t.WriteString("Exif\x00\x00II*\x00")
-	binary.Write(&t, binary.LittleEndian, uint32(8))
-	binary.Write(&t, binary.LittleEndian, uint16(2))
-	// Orientation, SHORT, 1
-	binary.Write(&t, binary.LittleEndian, []uint16{0x0112, 3})
-	binary.Write(&t, binary.LittleEndian, uint32(1))
-	binary.Write(&t, binary.LittleEndian, []uint16{orientation, 0})
-	// GPSInfo pointer, LONG, 1 (the GPS data itself is in the ASCII below)
-	binary.Write(&t, binary.LittleEndian, []uint16{0x8825, 4})
-	binary.Write(&t, binary.LittleEndian, uint32(1))
-	binary.Write(&t, binary.LittleEndian, uint32(38))
-	binary.Write(&t, binary.LittleEndian, uint32(0))
-	t.WriteString("GPS -36.8485 174.7633 SECRETLOCATION")
-	seg := func(m byte, p []byte) []byte {
-		out := []byte{0xFF, m, 0, 0}
-		binary.BigEndian.PutUint16(out[2:], uint16(len(p)+2))
-		return append(out, p...)
-	}
-	out := append([]byte{}, j[:2]...)
-	out = append(out, seg(0xE1, t.Bytes())...)
-	out = append(out, seg(0xFE, []byte("patient comment SECRETCOMMENT"))...)
-	return append(out, j[2:]...)
 }
 
 // liveIDs returns the Media ids the simulator holds live for each

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/hygiene/hygienetest"
 	"github.com/clinicalimages/clinimg/pkg/session"
 	"github.com/clinicalimages/clinimg/pkg/testenv"
 	"github.com/clinicalimages/clinimg/services/thumbnailer/internal/phototest"
@@ -58,7 +59,7 @@ func BenchmarkPhotoPath(b *testing.B) {
 		{"1920px", "photo-1920.jpg"},
 		{"12MP-orient6", "photo-12mp-orient6.jpg"},
 	} {
-		src := phototest.Shared(b, p.file)
+		src := hygienetest.Shared(b, p.file)
 		b.Run(p.name+"/path", func(b *testing.B) {
 			h := newHarness(b, ProcessorOptions{})
 			evs := h.batch(b, src, b.N+1)

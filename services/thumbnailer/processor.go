@@ -18,6 +18,7 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/consume"
 	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/hygiene"
 	"github.com/clinicalimages/clinimg/pkg/session"
 	"github.com/clinicalimages/clinimg/services/thumbnailer/preview"
 )
@@ -187,7 +188,7 @@ func (p *Processor) Handle(ctx context.Context, ev events.Event) error {
 // an error; an error means a retry may succeed. written lists the keys
 // stored.
 func (p *Processor) process(ctx context.Context, log *slog.Logger, userID string, img session.Image) (res session.Processed, written []string, code string, err error) {
-	rejected := func(r *preview.Rejection) (session.Processed, []string, string, error) {
+	rejected := func(r *hygiene.Rejection) (session.Processed, []string, string, error) {
 		if r.Detail != "" {
 			log.Info("thumbnail.decode_failed", "code", r.Code, "detail", r.Detail)
 		}
@@ -195,18 +196,18 @@ func (p *Processor) process(ctx context.Context, log *slog.Logger, userID string
 		return res, nil, r.Code, nil
 	}
 	if !strings.HasPrefix(img.S3Key, "temp/"+userID+"/") {
-		return rejected(&preview.Rejection{Code: "bad_key", Reason: "the photo is not stored under this user's folder"})
+		return rejected(&hygiene.Rejection{Code: "bad_key", Reason: "the photo is not stored under this user's folder"})
 	}
 	body, size, _, err := p.objects.Open(ctx, img.S3Key)
 	if errors.Is(err, blob.ErrNotFound) {
-		return rejected(&preview.Rejection{Code: preview.CodeMissing, Reason: "the uploaded file is missing from storage; upload the photo again"})
+		return rejected(&hygiene.Rejection{Code: hygiene.CodeMissing, Reason: "the uploaded file is missing from storage; upload the photo again"})
 	}
 	if err != nil {
 		return res, nil, "", fmt.Errorf("open photo: %w", err)
 	}
 	src, err := readCapped(body, size, p.maxBytes)
 	body.Close()
-	var tooLarge *preview.Rejection
+	var tooLarge *hygiene.Rejection
 	if errors.As(err, &tooLarge) {
 		return rejected(tooLarge)
 	}
@@ -216,9 +217,9 @@ func (p *Processor) process(ctx context.Context, log *slog.Logger, userID string
 	res.Size = int64(len(src))
 
 	out, err := p.maker.Make(src)
-	var rej *preview.Rejection
+	var rej *hygiene.Rejection
 	if errors.As(err, &rej) {
-		if h, serr := preview.Sniff(src); serr == nil {
+		if h, serr := hygiene.Sniff(src); serr == nil {
 			res.ContentType = h.Format.ContentType()
 		}
 		return rejected(rej)
@@ -256,7 +257,7 @@ func (p *Processor) process(ctx context.Context, log *slog.Logger, userID string
 // larger than max (announced or actual) with a too-large rejection.
 func readCapped(r io.Reader, size, max int64) ([]byte, error) {
 	tooLarge := func(n int64) error {
-		return &preview.Rejection{Code: preview.CodeTooLarge,
+		return &hygiene.Rejection{Code: hygiene.CodeTooLarge,
 			Reason: fmt.Sprintf("file too large: %.1f MB (the limit is %.0f MB)", float64(n)/(1<<20), float64(max)/(1<<20))}
 	}
 	if size > max {
@@ -303,7 +304,7 @@ func (p *Processor) GiveUp(ctx context.Context, ev events.Event, reason string) 
 		return fmt.Errorf("record give-up: %w", err)
 	}
 	if changed {
-		p.m.rejected.WithLabelValues(preview.CodeFailed).Inc()
+		p.m.rejected.WithLabelValues(hygiene.CodeFailed).Inc()
 		p.log.Warn("thumbnail.gave_up", "user_id", ev.Subject, "image_id", data.Image.ID, "cause", reason)
 	}
 	return nil

@@ -22,9 +22,10 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/consume"
 	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/hygiene"
+	"github.com/clinicalimages/clinimg/pkg/hygiene/hygienetest"
 	"github.com/clinicalimages/clinimg/pkg/session"
 	"github.com/clinicalimages/clinimg/pkg/testenv"
-	"github.com/clinicalimages/clinimg/services/thumbnailer/internal/phototest"
 	"github.com/clinicalimages/clinimg/services/thumbnailer/preview"
 )
 
@@ -216,7 +217,7 @@ func (h *harness) object(key string) []byte {
 // metadataIn lists the metadata segments of a JPEG and any planted secret.
 func metadataIn(t testing.TB, b []byte) []string {
 	t.Helper()
-	segs, trailing, err := preview.Segments(b)
+	segs, trailing, err := hygiene.Segments(b)
 	if err != nil {
 		t.Fatalf("not a well-formed JPEG: %v", err)
 	}
@@ -233,7 +234,7 @@ func metadataIn(t testing.TB, b []byte) []string {
 	if trailing > 0 {
 		out = append(out, "trailer")
 	}
-	for _, s := range phototest.Secrets {
+	for _, s := range hygienetest.Secrets {
 		if bytes.Contains(b, []byte(s)) {
 			out = append(out, "secret "+s)
 		}
@@ -249,10 +250,10 @@ func TestReadyPhotos(t *testing.T) {
 		width, height   int
 		preview, viewer image.Point
 	}{
-		{"12 MP, orientation 6", phototest.Shared(t, "photo-12mp-orient6.jpg"), 3024, 4032, image.Pt(240, 320), image.Pt(960, 1280)},
-		{"1920 px from the phone page", phototest.Shared(t, "photo-1920.jpg"), 1920, 1440, image.Pt(320, 240), image.Pt(1280, 960)},
-		{"GPS-tagged, orientation 6", phototest.GPSJPEG(6), 640, 480, image.Pt(320, 240), image.Pt(640, 480)},
-		{"GPS-tagged, upright", phototest.GPSJPEG(1), 640, 480, image.Pt(320, 240), image.Pt(640, 480)},
+		{"12 MP, orientation 6", hygienetest.Shared(t, "photo-12mp-orient6.jpg"), 3024, 4032, image.Pt(240, 320), image.Pt(960, 1280)},
+		{"1920 px from the phone page", hygienetest.Shared(t, "photo-1920.jpg"), 1920, 1440, image.Pt(320, 240), image.Pt(1280, 960)},
+		{"GPS-tagged, orientation 6", hygienetest.GPSJPEG(6), 640, 480, image.Pt(320, 240), image.Pt(640, 480)},
+		{"GPS-tagged, upright", hygienetest.GPSJPEG(1), 640, 480, image.Pt(320, 240), image.Pt(640, 480)},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -279,7 +280,7 @@ func TestReadyPhotos(t *testing.T) {
 			}
 			for key, size := range map[string]image.Point{img.PreviewKey: c.preview, img.ViewerKey: c.viewer, img.CleanKey: image.Pt(c.width, c.height)} {
 				b := h.object(key)
-				h, err := preview.Sniff(b)
+				h, err := hygiene.Sniff(b)
 				if err != nil {
 					t.Fatalf("%s: %v", key, err)
 				}
@@ -302,7 +303,7 @@ func TestReadyPhotos(t *testing.T) {
 // the session and no preview.
 func TestRejectedPhotos(t *testing.T) {
 	h := newHarness(t, ProcessorOptions{MaxBytes: 1 << 20})
-	fix := phototest.Fixtures()
+	fix := hygienetest.Fixtures()
 	cases := []struct {
 		name, code, reason string
 		src                []byte
@@ -311,7 +312,7 @@ func TestRejectedPhotos(t *testing.T) {
 		{"HTML page", "not_image", "not an image: the file is an HTML page", fix["page.html"]},
 		{"truncated JPEG", "corrupt", "corrupt image: the JPEG is truncated (the upload may have been cut off)", fix["truncated.jpg"]},
 		{"pixel-flood PNG", "too_many_pixels", "image too large: 20000×20000 pixels (400 megapixels; the limit is 50)", fix["flood.png"]},
-		{"over the byte limit", "too_large", "file too large: 3.9 MB (the limit is 1 MB)", phototest.Shared(t, "photo-12mp-orient6.jpg")},
+		{"over the byte limit", "too_large", "file too large: 3.9 MB (the limit is 1 MB)", hygienetest.Shared(t, "photo-12mp-orient6.jpg")},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -348,7 +349,7 @@ func TestRejectedPhotos(t *testing.T) {
 
 func TestMissingObjectIsRejected(t *testing.T) {
 	h := newHarness(t, ProcessorOptions{})
-	ev := h.upload(phototest.Plain(64, 48))
+	ev := h.upload(hygienetest.Plain(64, 48))
 	id := imageID(t, ev)
 	if err := h.blobs.Delete(context.Background(), h.image(id).S3Key); err != nil {
 		t.Fatal(err)
@@ -364,7 +365,7 @@ func TestMissingObjectIsRejected(t *testing.T) {
 // Must show 4: a redelivered event does no second write.
 func TestRedeliveryWritesNothing(t *testing.T) {
 	h := newHarness(t, ProcessorOptions{})
-	ev := h.upload(phototest.Shared(t, "photo-1920.jpg"))
+	ev := h.upload(hygienetest.Shared(t, "photo-1920.jpg"))
 	id := imageID(t, ev)
 	for range 3 {
 		if err := h.proc.Handle(context.Background(), ev); err != nil {
@@ -382,7 +383,7 @@ func TestRedeliveryWritesNothing(t *testing.T) {
 		t.Errorf("status %s", img.Status)
 	}
 	// A rejected photo's redelivery reads nothing either.
-	ev = h.upload([]byte(phototest.Text))
+	ev = h.upload([]byte(hygienetest.Text))
 	for range 2 {
 		if err := h.proc.Handle(context.Background(), ev); err != nil {
 			t.Fatal(err)
@@ -410,7 +411,7 @@ func TestTransientFaultsRetry(t *testing.T) {
 		}
 		return nil
 	}
-	ev := h.upload(phototest.GPSJPEG(1))
+	ev := h.upload(hygienetest.GPSJPEG(1))
 	id := imageID(t, ev)
 	for attempt, wantErr := range []string{"open photo: s3 get: 503 SlowDown", "store " + id + ".viewer.jpg: s3 put: connection reset", ""} {
 		err := h.proc.Handle(context.Background(), ev)
@@ -437,7 +438,7 @@ func TestTransientFaultsRetry(t *testing.T) {
 // A photo removed while it was being processed leaves nothing behind.
 func TestRemovedMeanwhile(t *testing.T) {
 	h := newHarness(t, ProcessorOptions{})
-	ev := h.upload(phototest.GPSJPEG(1))
+	ev := h.upload(hygienetest.GPSJPEG(1))
 	id := imageID(t, ev)
 	h.objects.afterPut = func(key string) {
 		if strings.HasSuffix(key, ".clean.jpg") {
@@ -461,7 +462,7 @@ func TestRemovedMeanwhile(t *testing.T) {
 
 func TestEventsNeedingNoWork(t *testing.T) {
 	h := newHarness(t, ProcessorOptions{})
-	ev := h.upload(phototest.Plain(64, 48))
+	ev := h.upload(hygienetest.Plain(64, 48))
 	other, err := events.New("/clinimg/api", events.ImageUploaded, "user_nosuchsession",
 		session.ImageEvent{Image: session.Image{ID: "abc"}}, time.Now())
 	if err != nil {
@@ -494,7 +495,7 @@ func TestEventsNeedingNoWork(t *testing.T) {
 // for ever on the screens.
 func TestGiveUp(t *testing.T) {
 	h := newHarness(t, ProcessorOptions{})
-	ev := h.upload(phototest.Plain(64, 48))
+	ev := h.upload(hygienetest.Plain(64, 48))
 	id := imageID(t, ev)
 	if err := h.proc.GiveUp(context.Background(), ev, "s3 unavailable"); err != nil {
 		t.Fatal(err)

@@ -14,9 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/hygiene/hygienetest"
 	"github.com/clinicalimages/clinimg/pkg/session"
 	"github.com/clinicalimages/clinimg/pkg/testenv"
-	"github.com/clinicalimages/clinimg/services/thumbnailer/internal/phototest"
 )
 
 func TestConfigFromEnv(t *testing.T) {
@@ -106,9 +106,9 @@ func TestRunProcessesRecordedPhotos(t *testing.T) {
 		t.Fatal(err)
 	}
 	photos := map[string][]byte{
-		testenv.ID(): phototest.Shared(t, "photo-1920.jpg"),
-		testenv.ID(): phototest.GPSJPEG(6),
-		testenv.ID(): []byte(phototest.HTML),
+		testenv.ID(): hygienetest.Shared(t, "photo-1920.jpg"),
+		testenv.ID(): hygienetest.GPSJPEG(6),
+		testenv.ID(): []byte(hygienetest.HTML),
 	}
 	for id, b := range photos {
 		key := "temp/" + userID + "/" + id + ".jpg"

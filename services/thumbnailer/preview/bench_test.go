@@ -11,6 +11,7 @@ import (
 
 	"github.com/davidbyttow/govips/v2/vips"
 
+	"github.com/clinicalimages/clinimg/pkg/hygiene/hygienetest"
 	"github.com/clinicalimages/clinimg/services/thumbnailer/internal/phototest"
 	"github.com/clinicalimages/clinimg/services/thumbnailer/preview"
 )
@@ -105,7 +106,7 @@ func reportMemory(b *testing.B) {
 func BenchmarkPreview(b *testing.B) {
 	m := preview.New(preview.Options{})
 	for _, p := range benchPhotos {
-		src := phototest.Shared(b, p.file)
+		src := hygienetest.Shared(b, p.file)
 		b.Run(p.name+"/grid-320", func(b *testing.B) {
 			compare(b, func() error { _, err := m.Thumbnail(src, 320); return err },
 				func() error { return directThumbnail(src, 320) })

@@ -18,6 +18,8 @@ import (
 	"sync"
 
 	"github.com/davidbyttow/govips/v2/vips"
+
+	"github.com/clinicalimages/clinimg/pkg/hygiene"
 )
 
 // Settings tune libvips for the whole process.
@@ -130,10 +132,10 @@ func (m *Maker) Options() Options { return m.opt }
 
 // Result is what Make produced for one photo.
 type Result struct {
-	Header  Header // the source as sniffed
-	Preview []byte // JPEG, long side at most PreviewSize, upright, no metadata
-	Viewer  []byte // JPEG, long side at most ViewerSize, upright, no metadata
-	Clean   []byte // JPEG, full size, upright, no Exif/GPS/XMP/IPTC/comments
+	hygiene.Header        // the source as sniffed
+	Preview        []byte // JPEG, long side at most PreviewSize, upright, no metadata
+	Viewer         []byte // JPEG, long side at most ViewerSize, upright, no metadata
+	Clean          []byte // JPEG, full size, upright, no Exif/GPS/XMP/IPTC/comments
 	// Width and Height are the clean copy's upright size.
 	Width, Height int
 	// Lossless is true when the clean copy kept the original JPEG's scan
@@ -154,11 +156,11 @@ func (m *Maker) Make(src []byte) (Result, error) {
 	}
 	// The grid preview comes from the viewer image: decoding 1280 px at 1/4
 	// scale costs a few milliseconds, the original again far more.
-	if res.Preview, err = m.thumbnail(res.Viewer, JPEG, m.opt.PreviewSize); err != nil {
+	if res.Preview, err = m.thumbnail(res.Viewer, hygiene.JPEG, m.opt.PreviewSize); err != nil {
 		return Result{}, err
 	}
-	if h.Format == JPEG && p.orientation <= 1 && h.Components != 4 {
-		res.Clean, err = StripJPEG(src)
+	if h.Format == hygiene.JPEG && p.orientation <= 1 && h.Components != 4 {
+		res.Clean, err = hygiene.StripJPEG(src)
 		res.Width, res.Height, res.Lossless = p.width, p.height, true
 	} else {
 		res.Clean, res.Width, res.Height, err = m.reencode(src, h.Format)
@@ -187,38 +189,38 @@ type probed struct {
 
 // check sniffs the format, refuses floods and unsupported formats before any
 // decoder runs, then reads the header with libvips.
-func (m *Maker) check(src []byte) (Header, probed, error) {
-	h, err := Sniff(src)
+func (m *Maker) check(src []byte) (hygiene.Header, probed, error) {
+	h, err := hygiene.Sniff(src)
 	if err != nil {
-		return Header{}, probed{}, err
+		return hygiene.Header{}, probed{}, err
 	}
 	if err := m.checkPixels(h.Width, h.Height); err != nil {
-		return Header{}, probed{}, err
+		return hygiene.Header{}, probed{}, err
 	}
-	if h.Format == HEIC && !heicOK {
-		return Header{}, probed{}, reject(CodeUnsupported, "HEIC photos cannot be read on this server; set the camera to JPEG (Most Compatible) and take it again")
+	if h.Format == hygiene.HEIC && !heicOK {
+		return hygiene.Header{}, probed{}, hygiene.Reject(hygiene.CodeUnsupported, "HEIC photos cannot be read on this server; set the camera to JPEG (Most Compatible) and take it again")
 	}
-	if h.Format == JPEG {
-		if err := validateJPEG(src); err != nil {
-			return Header{}, probed{}, err
+	if h.Format == hygiene.JPEG {
+		if err := hygiene.ValidateJPEG(src); err != nil {
+			return hygiene.Header{}, probed{}, err
 		}
 	}
 	// Loading is lazy: this parses the header only.
 	img, err := vips.LoadImageFromBuffer(src, decodeParams(h.Format))
 	if err != nil {
-		return Header{}, probed{}, decodeError(h.Format, err)
+		return hygiene.Header{}, probed{}, decodeError(h.Format, err)
 	}
 	defer img.Close()
 	p := probed{width: img.Width(), height: img.Height(), orientation: img.Orientation()}
 	if err := m.checkPixels(p.width, p.height); err != nil {
-		return Header{}, probed{}, err
+		return hygiene.Header{}, probed{}, err
 	}
 	return h, p, nil
 }
 
 func (m *Maker) checkPixels(w, h int) error {
 	if px := int64(w) * int64(h); px > m.opt.MaxPixels {
-		return reject(CodeTooManyPixels, "image too large: %d×%d pixels (%.0f megapixels; the limit is %.0f)",
+		return hygiene.Reject(hygiene.CodeTooManyPixels, "image too large: %d×%d pixels (%.0f megapixels; the limit is %.0f)",
 			w, h, float64(px)/1e6, float64(m.opt.MaxPixels)/1e6)
 	}
 	return nil
@@ -229,16 +231,16 @@ func (m *Maker) checkPixels(w, h int) error {
 // the exception: its structure is checked by validateJPEG, and libjpeg's
 // warnings about harmless oddities (stray bytes before a marker, which some
 // cameras and editors write) must not refuse a good photo.
-func decodeParams(f Format) *vips.ImportParams {
+func decodeParams(f hygiene.Format) *vips.ImportParams {
 	p := vips.NewImportParams()
-	p.FailOnError.Set(f != JPEG)
+	p.FailOnError.Set(f != hygiene.JPEG)
 	return p
 }
 
 // thumbnail is libvips' thumbnail with shrink-on-load: it autorotates by the
 // EXIF orientation, never enlarges, and the result is sRGB JPEG without any
 // metadata.
-func (m *Maker) thumbnail(src []byte, f Format, size int) ([]byte, error) {
+func (m *Maker) thumbnail(src []byte, f hygiene.Format, size int) ([]byte, error) {
 	img, err := vips.LoadThumbnailFromBuffer(src, size, size, vips.InterestingNone, vips.SizeDown, decodeParams(f))
 	if err != nil {
 		return nil, decodeError(f, err)
@@ -251,7 +253,7 @@ func (m *Maker) thumbnail(src []byte, f Format, size int) ([]byte, error) {
 // high-quality JPEG without metadata. Huffman optimisation is off: for a
 // 12 MP photo it makes libjpeg hold every coefficient of the image (70 MB
 // more at peak) to save 2-3 % of the file.
-func (m *Maker) reencode(src []byte, f Format) ([]byte, int, int, error) {
+func (m *Maker) reencode(src []byte, f hygiene.Format) ([]byte, int, int, error) {
 	img, err := vips.LoadImageFromBuffer(src, decodeParams(f))
 	if err != nil {
 		return nil, 0, 0, decodeError(f, err)
@@ -269,7 +271,7 @@ func (m *Maker) reencode(src []byte, f Format) ([]byte, int, int, error) {
 
 // encode converts img to 8-bit sRGB without alpha (white behind transparent
 // parts) and writes a baseline JPEG with every metadata block stripped.
-func (m *Maker) encode(img *vips.ImageRef, f Format, quality int, optimize bool) ([]byte, error) {
+func (m *Maker) encode(img *vips.ImageRef, f hygiene.Format, quality int, optimize bool) ([]byte, error) {
 	if img.HasICCProfile() || img.Interpretation() == vips.InterpretationCMYK {
 		if err := img.TransformICCProfileWithFallback(srgbPath, srgbPath); err != nil {
 			return nil, decodeError(f, err)
@@ -301,21 +303,21 @@ func (m *Maker) encode(img *vips.ImageRef, f Format, quality int, optimize bool)
 // decodeError turns a libvips failure on the photo's bytes into a rejection.
 // The decoder's message goes to Detail, for logs: it means nothing to a GP.
 // govips appends a Go stack trace to it; only its first line is kept.
-func decodeError(f Format, err error) *Rejection {
-	var r *Rejection
+func decodeError(f hygiene.Format, err error) *hygiene.Rejection {
+	var r *hygiene.Rejection
 	if errors.As(err, &r) {
 		return r
 	}
 	what := "the image"
 	if f != "" {
-		what = "the " + formatName(f)
+		what = "the " + f.Name()
 	}
 	msg := firstLine(err.Error())
 	low := strings.ToLower(msg)
 	if strings.Contains(low, "premature end") || strings.Contains(low, "truncated") || strings.Contains(low, "read error") {
-		return &Rejection{Code: CodeCorrupt, Reason: fmt.Sprintf("corrupt image: %s is truncated or damaged (the upload may have been cut off)", what), Detail: msg}
+		return &hygiene.Rejection{Code: hygiene.CodeCorrupt, Reason: fmt.Sprintf("corrupt image: %s is truncated or damaged (the upload may have been cut off)", what), Detail: msg}
 	}
-	return &Rejection{Code: CodeCorrupt, Reason: fmt.Sprintf("corrupt image: %s cannot be decoded", what), Detail: msg}
+	return &hygiene.Rejection{Code: hygiene.CodeCorrupt, Reason: fmt.Sprintf("corrupt image: %s cannot be decoded", what), Detail: msg}
 }
 
 func firstLine(s string) string {

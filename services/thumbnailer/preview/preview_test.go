@@ -14,6 +14,8 @@ import (
 	"github.com/davidbyttow/govips/v2/vips"
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/clinicalimages/clinimg/pkg/hygiene"
+	"github.com/clinicalimages/clinimg/pkg/hygiene/hygienetest"
 	"github.com/clinicalimages/clinimg/services/thumbnailer/internal/phototest"
 	"github.com/clinicalimages/clinimg/services/thumbnailer/preview"
 )
@@ -45,7 +47,7 @@ func mustMake(t *testing.T, m *preview.Maker, src []byte) preview.Result {
 // size reads a JPEG's size from its header.
 func size(t *testing.T, b []byte) image.Point {
 	t.Helper()
-	h, err := preview.Sniff(b)
+	h, err := hygiene.Sniff(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,14 +68,14 @@ func diff(t *testing.T, a, b []byte) float64 {
 // clean copy.
 func TestOrientationSetMatchesLandscape1(t *testing.T) {
 	m := preview.New(preview.Options{})
-	ref := mustMake(t, m, phototest.Shared(t, "exif-orientation/Landscape_1.jpg"))
+	ref := mustMake(t, m, hygienetest.Shared(t, "exif-orientation/Landscape_1.jpg"))
 	if got, want := size(t, ref.Preview), (image.Point{320, 213}); got != want {
 		t.Fatalf("Landscape_1 preview is %v, want %v", got, want)
 	}
 	for i := 0; i <= 8; i++ {
 		name := fmt.Sprintf("Landscape_%d.jpg", i)
 		t.Run(name, func(t *testing.T) {
-			res := mustMake(t, m, phototest.Shared(t, "exif-orientation/"+name))
+			res := mustMake(t, m, hygienetest.Shared(t, "exif-orientation/"+name))
 			for _, c := range []struct {
 				what      string
 				got, want []byte
@@ -100,7 +102,7 @@ func TestOrientationSetMatchesLandscape1(t *testing.T) {
 // Must show 1: the 12 MP phone photo with orientation 6 comes out portrait.
 func TestTwelveMPOrientation6IsPortrait(t *testing.T) {
 	m := preview.New(preview.Options{})
-	res := mustMake(t, m, phototest.Shared(t, "photo-12mp-orient6.jpg"))
+	res := mustMake(t, m, hygienetest.Shared(t, "photo-12mp-orient6.jpg"))
 	got := []image.Point{size(t, res.Preview), size(t, res.Viewer), size(t, res.Clean), {res.Width, res.Height}}
 	want := []image.Point{{240, 320}, {960, 1280}, {3024, 4032}, {3024, 4032}}
 	if d := cmp.Diff(want, got); d != "" {
@@ -114,7 +116,7 @@ func TestTwelveMPOrientation6IsPortrait(t *testing.T) {
 // metadataIn lists what a JPEG carries besides pixels, or fails the test.
 func metadataIn(t *testing.T, b []byte) []string {
 	t.Helper()
-	segs, trailing, err := preview.Segments(b)
+	segs, trailing, err := hygiene.Segments(b)
 	if err != nil {
 		t.Fatalf("output is not a well-formed JPEG: %v", err)
 	}
@@ -131,7 +133,7 @@ func metadataIn(t *testing.T, b []byte) []string {
 	if trailing > 0 {
 		out = append(out, fmt.Sprintf("%d bytes after EOI", trailing))
 	}
-	for _, s := range phototest.Secrets {
+	for _, s := range hygienetest.Secrets {
 		if bytes.Contains(b, []byte(s)) {
 			out = append(out, "secret "+s)
 		}
@@ -143,11 +145,11 @@ func metadataIn(t *testing.T, b []byte) []string {
 // every orientation: nothing of it out, and the picture upright.
 func TestNoMetadataOut(t *testing.T) {
 	m := preview.New(preview.Options{})
-	upright := phototest.Plain(640, 480)
+	upright := hygienetest.Plain(640, 480)
 	for o := 1; o <= 8; o++ {
 		t.Run(fmt.Sprintf("orientation %d", o), func(t *testing.T) {
-			src := phototest.GPSJPEG(o)
-			if !phototest.GPSOf(src) || len(metadataIn(t, src)) < 7 {
+			src := hygienetest.GPSJPEG(o)
+			if !hygienetest.GPSOf(src) || len(metadataIn(t, src)) < 7 {
 				t.Fatalf("the source lacks its metadata: %v", metadataIn(t, src))
 			}
 			res := mustMake(t, m, src)
@@ -155,7 +157,7 @@ func TestNoMetadataOut(t *testing.T) {
 				if got := metadataIn(t, b); len(got) > 0 {
 					t.Errorf("%s carries %q", what, got)
 				}
-				if phototest.GPSOf(b) {
+				if hygienetest.GPSOf(b) {
 					t.Errorf("%s has GPS", what)
 				}
 			}
@@ -174,7 +176,7 @@ func TestNoMetadataOut(t *testing.T) {
 func TestLosslessCleanCopyKeepsPixels(t *testing.T) {
 	m := preview.New(preview.Options{})
 	for _, name := range []string{"photo-1920.jpg", "exif-orientation/Landscape_1.jpg"} {
-		src := phototest.Shared(t, name)
+		src := hygienetest.Shared(t, name)
 		res := mustMake(t, m, src)
 		if !res.Lossless {
 			t.Fatalf("%s: not lossless", name)
@@ -191,22 +193,22 @@ func TestLosslessCleanCopyKeepsPixels(t *testing.T) {
 // Must show 3: files posing as photos are rejected with a reason a GP can read.
 func TestRejections(t *testing.T) {
 	m := preview.New(preview.Options{})
-	fix := phototest.Fixtures()
+	fix := hygienetest.Fixtures()
 	cases := []struct {
 		name string
 		src  []byte
-		want preview.Rejection
+		want hygiene.Rejection
 	}{
-		{"text named .jpg", fix["notes.jpg"], preview.Rejection{Code: "not_image", Reason: "not an image: the file is text"}},
-		{"HTML page", fix["page.html"], preview.Rejection{Code: "not_image", Reason: "not an image: the file is an HTML page"}},
-		{"truncated JPEG", fix["truncated.jpg"], preview.Rejection{Code: "corrupt", Reason: "corrupt image: the JPEG is truncated (the upload may have been cut off)"}},
-		{"truncated PNG", phototest.Truncated(png16(t)), preview.Rejection{Code: "corrupt", Reason: "corrupt image: the PNG is truncated or damaged (the upload may have been cut off)"}},
-		{"pixel-flood PNG", fix["flood.png"], preview.Rejection{Code: "too_many_pixels", Reason: "image too large: 20000×20000 pixels (400 megapixels; the limit is 50)"}},
-		{"empty", nil, preview.Rejection{Code: "not_image", Reason: "not an image: the file is empty"}},
-		{"GIF", []byte("GIF89a\x01\x00\x01\x00\x00\x00\x00;"), preview.Rejection{Code: "unsupported", Reason: "GIF images are not accepted; send a JPEG, PNG, WebP or HEIC photo"}},
-		{"PDF", []byte("%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj"), preview.Rejection{Code: "not_image", Reason: "not an image: the file is a PDF document"}},
-		{"random bytes", []byte{0x00, 0x9f, 0x11, 0xfe, 0x02, 0x80, 0x81, 0x03}, preview.Rejection{Code: "not_image", Reason: "not an image: the content is not JPEG, PNG, WebP or HEIC"}},
-		{"JPEG header only", fix["gps.jpg"][:300], preview.Rejection{Code: "corrupt", Reason: "corrupt image: the JPEG is truncated (the upload may have been cut off)"}},
+		{"text named .jpg", fix["notes.jpg"], hygiene.Rejection{Code: "not_image", Reason: "not an image: the file is text"}},
+		{"HTML page", fix["page.html"], hygiene.Rejection{Code: "not_image", Reason: "not an image: the file is an HTML page"}},
+		{"truncated JPEG", fix["truncated.jpg"], hygiene.Rejection{Code: "corrupt", Reason: "corrupt image: the JPEG is truncated (the upload may have been cut off)"}},
+		{"truncated PNG", hygienetest.Truncated(png16(t)), hygiene.Rejection{Code: "corrupt", Reason: "corrupt image: the PNG is truncated or damaged (the upload may have been cut off)"}},
+		{"pixel-flood PNG", fix["flood.png"], hygiene.Rejection{Code: "too_many_pixels", Reason: "image too large: 20000×20000 pixels (400 megapixels; the limit is 50)"}},
+		{"empty", nil, hygiene.Rejection{Code: "not_image", Reason: "not an image: the file is empty"}},
+		{"GIF", []byte("GIF89a\x01\x00\x01\x00\x00\x00\x00;"), hygiene.Rejection{Code: "unsupported", Reason: "GIF images are not accepted; send a JPEG, PNG, WebP or HEIC photo"}},
+		{"PDF", []byte("%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj"), hygiene.Rejection{Code: "not_image", Reason: "not an image: the file is a PDF document"}},
+		{"random bytes", []byte{0x00, 0x9f, 0x11, 0xfe, 0x02, 0x80, 0x81, 0x03}, hygiene.Rejection{Code: "not_image", Reason: "not an image: the content is not JPEG, PNG, WebP or HEIC"}},
+		{"JPEG header only", fix["gps.jpg"][:300], hygiene.Rejection{Code: "corrupt", Reason: "corrupt image: the JPEG is truncated (the upload may have been cut off)"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -215,7 +217,7 @@ func TestRejections(t *testing.T) {
 				"Thumbnail": func() error { _, err := m.Thumbnail(c.src, 320); return err },
 			} {
 				err := f()
-				var got *preview.Rejection
+				var got *hygiene.Rejection
 				if err == nil || !asRejection(err, &got) {
 					t.Fatalf("%s: got %v, want a rejection", what, err)
 				}
@@ -228,8 +230,8 @@ func TestRejections(t *testing.T) {
 	}
 }
 
-func asRejection(err error, r **preview.Rejection) bool {
-	x, ok := err.(*preview.Rejection)
+func asRejection(err error, r **hygiene.Rejection) bool {
+	x, ok := err.(*hygiene.Rejection)
 	*r = x
 	return ok
 }
@@ -238,7 +240,7 @@ func asRejection(err error, r **preview.Rejection) bool {
 // warns ("extraneous bytes before marker") but the photo is whole. It must
 // be accepted, though a decoder that fails on warnings refuses it.
 func TestJPEGWithDecoderWarningIsAccepted(t *testing.T) {
-	plain := phototest.Plain(640, 480)
+	plain := hygienetest.Plain(640, 480)
 	i := bytes.Index(plain, []byte{0xFF, 0xC0}) // before the frame header
 	src := append(append(bytes.Clone(plain[:i]), 0x00, 0x11, 0x22), plain[i:]...)
 	strict := vips.NewImportParams()
@@ -265,7 +267,7 @@ func TestJPEGWithDecoderWarningIsAccepted(t *testing.T) {
 // A photo over the configured pixel limit is refused before decoding.
 func TestMaxPixels(t *testing.T) {
 	m := preview.New(preview.Options{MaxPixels: 2_000_000})
-	_, err := m.Make(phototest.Shared(t, "photo-12mp-orient6.jpg"))
+	_, err := m.Make(hygienetest.Shared(t, "photo-12mp-orient6.jpg"))
 	want := "image too large: 4032×3024 pixels (12 megapixels; the limit is 2)"
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v, want %q", err, want)
@@ -276,8 +278,8 @@ func TestMaxPixels(t *testing.T) {
 // outputs are JPEG.
 func TestOtherFormats(t *testing.T) {
 	m := preview.New(preview.Options{})
-	scene := phototest.Plain(640, 480)
-	whiteRight := phototest.Upright(640, 480)
+	scene := hygienetest.Plain(640, 480)
+	whiteRight := hygienetest.Upright(640, 480)
 	for y := 0; y < 480; y++ {
 		for x := 320; x < 640; x++ {
 			whiteRight.SetRGBA(x, y, color.RGBA{255, 255, 255, 255})
@@ -286,19 +288,19 @@ func TestOtherFormats(t *testing.T) {
 	cases := []struct {
 		name   string
 		src    []byte
-		format preview.Format
+		format hygiene.Format
 		want   image.Image
 	}{
-		{"PNG with alpha", pngWithAlpha(t), preview.PNG, whiteRight},
-		{"16-bit PNG", png16(t), preview.PNG, phototest.Upright(640, 480)},
+		{"PNG with alpha", pngWithAlpha(t), hygiene.PNG, whiteRight},
+		{"16-bit PNG", png16(t), hygiene.PNG, hygienetest.Upright(640, 480)},
 		{"WebP", convert(t, scene, func(r *vips.ImageRef) ([]byte, *vips.ImageMetadata, error) {
 			return r.ExportWebp(vips.NewWebpExportParams())
-		}), preview.WebP, phototest.Upright(640, 480)},
+		}), hygiene.WebP, hygienetest.Upright(640, 480)},
 		{"HEIC", convert(t, scene, func(r *vips.ImageRef) ([]byte, *vips.ImageMetadata, error) {
 			p := vips.NewHeifExportParams()
 			p.Quality = 90
 			return r.ExportHeif(p)
-		}), preview.HEIC, phototest.Upright(640, 480)},
+		}), hygiene.HEIC, hygienetest.Upright(640, 480)},
 	}
 	if !preview.HEICSupported() {
 		t.Fatal("this libvips cannot decode HEIC: install libheif with libde265")
@@ -340,7 +342,7 @@ func convert(t *testing.T, jpegBytes []byte, export func(*vips.ImageRef) ([]byte
 // pngWithAlpha is the scene with its right half fully transparent: it must
 // come out white there.
 func pngWithAlpha(t *testing.T) []byte {
-	u := phototest.Upright(640, 480)
+	u := hygienetest.Upright(640, 480)
 	for y := 0; y < 480; y++ {
 		for x := 0; x < 640; x++ {
 			if x >= 320 {
@@ -356,7 +358,7 @@ func pngWithAlpha(t *testing.T) []byte {
 }
 
 func png16(t *testing.T) []byte {
-	u := phototest.Upright(640, 480)
+	u := hygienetest.Upright(640, 480)
 	img := image.NewRGBA64(u.Bounds())
 	for y := 0; y < 480; y++ {
 		for x := 0; x < 640; x++ {
@@ -376,7 +378,7 @@ func png16(t *testing.T) []byte {
 // peak RSS is in the benchmarks.
 func TestMemoryCeilingTwoWorkers12MP(t *testing.T) {
 	m := preview.New(preview.Options{})
-	src := phototest.Shared(t, "photo-12mp-orient6.jpg")
+	src := hygienetest.Shared(t, "photo-12mp-orient6.jpg")
 	var wg sync.WaitGroup
 	for range 2 {
 		wg.Add(1)

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/clinicalimages/clinimg/pkg/hygiene/hygienetest"
 )
 
 var update = flag.Bool("update", false, "rewrite services/thumbnailer/testdata from the generators")
@@ -16,7 +18,7 @@ var update = flag.Bool("update", false, "rewrite services/thumbnailer/testdata f
 // that each one is what its name promises.
 func TestFixtures(t *testing.T) {
 	dir := filepath.Join("..", "..", "testdata")
-	for name, want := range Fixtures() {
+	for name, want := range hygienetest.Fixtures() {
 		path := filepath.Join(dir, name)
 		if *update {
 			if err := os.WriteFile(path, want, 0o644); err != nil {
@@ -31,12 +33,12 @@ func TestFixtures(t *testing.T) {
 			t.Errorf("%s differs from its generator (run go test ./internal/phototest -update)", name)
 		}
 	}
-	f := Fixtures()
+	f := hygienetest.Fixtures()
 	for _, name := range []string{"gps.jpg", "gps-orient6.jpg"} {
-		if !GPSOf(f[name]) {
+		if !hygienetest.GPSOf(f[name]) {
 			t.Errorf("%s has no GPS IFD", name)
 		}
-		for _, s := range Secrets {
+		for _, s := range hygienetest.Secrets {
 			if !bytes.Contains(f[name], []byte(s)) {
 				t.Errorf("%s lacks planted secret %q", name, s)
 			}
@@ -50,7 +52,7 @@ func TestFixtures(t *testing.T) {
 
 func TestSharedDirFindsTheOrientationSet(t *testing.T) {
 	for i := range 9 {
-		b := Shared(t, "exif-orientation/Landscape_"+string(rune('0'+i))+".jpg")
+		b := hygienetest.Shared(t, "exif-orientation/Landscape_"+string(rune('0'+i))+".jpg")
 		if len(b) < 1000 || b[0] != 0xFF || b[1] != 0xD8 {
 			t.Errorf("Landscape_%d.jpg is not a JPEG", i)
 		}

@@ -1,4 +1,4 @@
-package preview
+package hygiene
 
 import (
 	"bytes"
@@ -74,7 +74,8 @@ type Rejection struct {
 
 func (r *Rejection) Error() string { return r.Reason }
 
-func reject(code, format string, a ...any) *Rejection {
+// Reject is a Rejection with code and a reason formatted as by fmt.Sprintf.
+func Reject(code, format string, a ...any) *Rejection {
 	return &Rejection{Code: code, Reason: fmt.Sprintf(format, a...)}
 }
 
@@ -85,47 +86,72 @@ func reject(code, format string, a ...any) *Rejection {
 // header may sit further in, so pass the whole file.
 func Sniff(b []byte) (Header, error) {
 	switch {
-	case len(b) >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF:
+	case isJPEG(b):
 		return sniffJPEG(b)
-	case bytes.HasPrefix(b, pngMagic):
+	case isPNG(b):
 		return sniffPNG(b)
-	case len(b) >= 12 && string(b[0:4]) == "RIFF" && string(b[8:12]) == "WEBP":
+	case isWebP(b):
 		return sniffWebP(b)
-	case len(b) >= 12 && string(b[4:8]) == "ftyp":
+	case isFtyp(b):
 		return sniffFtyp(b)
 	}
 	return Header{}, classify(b)
 }
 
+// Detect names the accepted format the first bytes of a file claim (16 are
+// enough), or "" for any other: the magic bytes only, nothing checked
+// beyond them. An ISO media file counts as HEIC when its major brand is a
+// HEIC or generic HEIF one; Sniff reads further and tells AVIF apart.
+func Detect(b []byte) Format {
+	switch {
+	case isJPEG(b):
+		return JPEG
+	case isPNG(b):
+		return PNG
+	case isWebP(b):
+		return WebP
+	case isFtyp(b) && (heicBrands[string(b[8:12])] || string(b[8:12]) == "mif1" || string(b[8:12]) == "msf1"):
+		return HEIC
+	}
+	return ""
+}
+
 var pngMagic = []byte("\x89PNG\r\n\x1a\n")
+
+func isJPEG(b []byte) bool { return len(b) >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF }
+func isPNG(b []byte) bool  { return bytes.HasPrefix(b, pngMagic) }
+func isWebP(b []byte) bool {
+	return len(b) >= 12 && string(b[0:4]) == "RIFF" && string(b[8:12]) == "WEBP"
+}
+func isFtyp(b []byte) bool { return len(b) >= 12 && string(b[4:8]) == "ftyp" }
 
 // classify names what an unaccepted file is, for a clear rejection.
 func classify(b []byte) *Rejection {
 	if len(b) == 0 {
-		return reject(CodeNotImage, "not an image: the file is empty")
+		return Reject(CodeNotImage, "not an image: the file is empty")
 	}
 	head := b[:min(len(b), 1024)]
 	switch {
 	case bytes.HasPrefix(head, []byte("GIF87a")), bytes.HasPrefix(head, []byte("GIF89a")):
-		return reject(CodeUnsupported, "GIF images are not accepted; send a JPEG, PNG, WebP or HEIC photo")
+		return Reject(CodeUnsupported, "GIF images are not accepted; send a JPEG, PNG, WebP or HEIC photo")
 	case bytes.HasPrefix(head, []byte("II*\x00")), bytes.HasPrefix(head, []byte("MM\x00*")):
-		return reject(CodeUnsupported, "TIFF images are not accepted; send a JPEG, PNG, WebP or HEIC photo")
+		return Reject(CodeUnsupported, "TIFF images are not accepted; send a JPEG, PNG, WebP or HEIC photo")
 	case bytes.HasPrefix(head, []byte("BM")) && len(b) > 26:
-		return reject(CodeUnsupported, "BMP images are not accepted; send a JPEG, PNG, WebP or HEIC photo")
+		return Reject(CodeUnsupported, "BMP images are not accepted; send a JPEG, PNG, WebP or HEIC photo")
 	case bytes.HasPrefix(head, []byte("%PDF")):
-		return reject(CodeNotImage, "not an image: the file is a PDF document")
+		return Reject(CodeNotImage, "not an image: the file is a PDF document")
 	}
 	t := bytes.ToLower(bytes.TrimLeft(bytes.TrimPrefix(head, []byte("\xEF\xBB\xBF")), " \t\r\n"))
 	switch {
 	case bytes.HasPrefix(t, []byte("<!doctype html")), bytes.HasPrefix(t, []byte("<html")),
 		bytes.HasPrefix(t, []byte("<")) && (bytes.Contains(t, []byte("<html")) || bytes.Contains(t, []byte("<body")) || bytes.Contains(t, []byte("<head"))):
-		return reject(CodeNotImage, "not an image: the file is an HTML page")
+		return Reject(CodeNotImage, "not an image: the file is an HTML page")
 	case bytes.HasPrefix(t, []byte("<svg")), bytes.HasPrefix(t, []byte("<?xml")):
-		return reject(CodeUnsupported, "SVG and XML files are not accepted; send a JPEG, PNG, WebP or HEIC photo")
+		return Reject(CodeUnsupported, "SVG and XML files are not accepted; send a JPEG, PNG, WebP or HEIC photo")
 	case isText(head):
-		return reject(CodeNotImage, "not an image: the file is text")
+		return Reject(CodeNotImage, "not an image: the file is text")
 	}
-	return reject(CodeNotImage, "not an image: the content is not JPEG, PNG, WebP or HEIC")
+	return Reject(CodeNotImage, "not an image: the content is not JPEG, PNG, WebP or HEIC")
 }
 
 // isText reports whether b looks like UTF-8 text: valid, and almost no
@@ -148,16 +174,17 @@ func isText(b []byte) bool {
 }
 
 func corrupt(format Format, what string) *Rejection {
-	return reject(CodeCorrupt, "corrupt %s: %s", formatName(format), what)
+	return Reject(CodeCorrupt, "corrupt %s: %s", format.Name(), what)
 }
 
 // truncated is the rejection of a file that ends too early, as an upload
 // cut off mid-way does.
 func truncated(format Format) *Rejection {
-	return reject(CodeCorrupt, "corrupt image: the %s is truncated (the upload may have been cut off)", formatName(format))
+	return Reject(CodeCorrupt, "corrupt image: the %s is truncated (the upload may have been cut off)", format.Name())
 }
 
-func formatName(f Format) string {
+// Name is how the format is written for people: JPEG, PNG, WebP, HEIC.
+func (f Format) Name() string {
 	switch f {
 	case JPEG:
 		return "JPEG"
@@ -318,7 +345,7 @@ var heicBrands = map[string]bool{"heic": true, "heix": true, "heim": true, "heis
 func sniffFtyp(b []byte) (Header, error) {
 	size := int(binary.BigEndian.Uint32(b[0:4]))
 	if size < 16 || size > len(b) || size%4 != 0 {
-		return Header{}, reject(CodeNotImage, "not an image: unrecognised ISO media file")
+		return Header{}, Reject(CodeNotImage, "not an image: unrecognised ISO media file")
 	}
 	heic, avif := false, false
 	brands := [][]byte{b[8:12]}
@@ -332,9 +359,9 @@ func sniffFtyp(b []byte) (Header, error) {
 	switch {
 	case heic:
 	case avif:
-		return Header{}, reject(CodeUnsupported, "AVIF images are not accepted; send a JPEG, PNG, WebP or HEIC photo")
+		return Header{}, Reject(CodeUnsupported, "AVIF images are not accepted; send a JPEG, PNG, WebP or HEIC photo")
 	default:
-		return Header{}, reject(CodeUnsupported, "video and other ISO media files are not accepted; send a JPEG, PNG, WebP or HEIC photo")
+		return Header{}, Reject(CodeUnsupported, "video and other ISO media files are not accepted; send a JPEG, PNG, WebP or HEIC photo")
 	}
 	h := Header{Format: HEIC}
 	// meta is a full box (4 bytes version and flags) holding iprp > ipco > ispe.

@@ -1,4 +1,4 @@
-package preview
+package hygiene
 
 import (
 	"bytes"
@@ -139,11 +139,11 @@ func appIdent(d []byte) string {
 	return string(d)
 }
 
-// validateJPEG checks a JPEG's structure from SOI to EOI: a frame, at least
+// ValidateJPEG checks a JPEG's structure from SOI to EOI: a frame, at least
 // one scan, and no cut. It is how a truncated upload is told from a photo
 // whose decoder merely warns (libjpeg's "extraneous bytes before marker",
 // common in phone photos, which a decoder failing on warnings would refuse).
-func validateJPEG(b []byte) error {
+func ValidateJPEG(b []byte) error {
 	frames, scans, eoi := 0, 0, false
 	err := walkJPEG(b, false, func(s segment) (bool, error) {
 		switch {
