@@ -539,7 +539,7 @@ func TestStaleReadDoesNotDropWork(t *testing.T) {
 			h := newHarness(t, ProcessorOptions{})
 			stale := &staleSessions{Sessions: h.store, hide: tt.hide}
 			h.proc = NewProcessor(h.objects, stale, ProcessorOptions{Recheck: rc})
-			ev := h.upload(phototest.Plain(64, 48))
+			ev := h.upload(hygienetest.Plain(64, 48))
 			if err := h.proc.Handle(context.Background(), ev); err != nil {
 				t.Fatal(err)
 			}
