@@ -66,7 +66,8 @@ func (s *Server) resolve(ctx context.Context, token string) (caller, error) {
 
 // requirePaired admits a phone only while its credential's session is the
 // user's current one and the desktop has not removed the phone: the
-// credential ends with its session. Desktop callers pass.
+// credential ends with its session. While the session is held for another
+// patient, a phone only reads (whileHeld aside). Desktop callers pass.
 func (s *Server) requirePaired(c *gin.Context) {
 	who := callerOf(c)
 	if !who.phone {
@@ -86,7 +87,20 @@ func (s *Server) requirePaired(c *gin.Context) {
 		s.respondErr(c, session.ErrPhoneRemoved)
 		return
 	}
+	if sess.Held && c.Request.Method != http.MethodGet && !whileHeld[c.FullPath()] {
+		// Another patient is open: the phone keeps its photos waiting and
+		// changes nothing of this patient's session (it is not told who).
+		s.respondErr(c, session.ErrPatientMismatch)
+		return
+	}
 	c.Next()
+}
+
+// whileHeld are the changes a phone still makes while the session is held:
+// reporting the photos it holds and uploading one to keep waiting.
+var whileHeld = map[string]bool{
+	"/api/users/:userId/pending":       true,
+	"/api/users/:userId/presigned-url": true,
 }
 
 // requireUser checks the :userId of the path against the caller: no one acts
