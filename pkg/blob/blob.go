@@ -29,7 +29,21 @@ type Config struct {
 	SecretKey string
 	// PathStyle addresses the bucket in the path (local servers).
 	PathStyle bool
+	// URLLifetime is the longest lifetime of a URL this store presigns.
+	// A presigned URL stops working when the credentials that signed it
+	// expire (a role's session credentials), so credentials are renewed
+	// this long plus CredentialMargin before they expire, and a URL is
+	// never signed with credentials that would die first (default 1h, the
+	// longest the API allows).
+	URLLifetime time.Duration
+	// Credentials, if set, replaces the static keys and the default chain
+	// (tests).
+	Credentials aws.CredentialsProvider
 }
+
+// CredentialMargin is how much longer than the URL lifetime credentials
+// must still be valid when they sign a URL.
+const CredentialMargin = time.Minute
 
 // ErrNotFound is returned for a missing object.
 var ErrNotFound = errors.New("object not found")
@@ -50,8 +64,20 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Region == "" {
 		cfg.Region = "ap-southeast-2"
 	}
-	opts := []func(*awsconfig.LoadOptions) error{awsconfig.WithRegion(cfg.Region)}
-	if cfg.AccessKey != "" {
+	if cfg.URLLifetime <= 0 {
+		cfg.URLLifetime = time.Hour
+	}
+	// Renew role credentials before the last URL they could sign would
+	// outlive them (the SDK's cache otherwise keeps them to the end, and
+	// the ECS provider's window is 5 minutes).
+	opts := []func(*awsconfig.LoadOptions) error{awsconfig.WithRegion(cfg.Region),
+		awsconfig.WithCredentialsCacheOptions(func(o *aws.CredentialsCacheOptions) {
+			o.ExpiryWindow = cfg.URLLifetime + CredentialMargin
+		})}
+	switch {
+	case cfg.Credentials != nil:
+		opts = append(opts, awsconfig.WithCredentialsProvider(cfg.Credentials))
+	case cfg.AccessKey != "":
 		opts = append(opts, awsconfig.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(cfg.AccessKey, cfg.SecretKey, "")))
 	}
 	ac, err := awsconfig.LoadDefaultConfig(ctx, opts...)
@@ -90,6 +116,10 @@ func (s *Store) PresignPut(ctx context.Context, key, contentType string, length 
 	in := &s3.PutObjectInput{Bucket: &s.bucket, Key: &key, ContentType: &contentType}
 	if length > 0 {
 		in.ContentLength = &length
+	}
+	expires, err := s.direct.lifetime(ctx, expires, time.Now())
+	if err != nil {
+		return "", fmt.Errorf("presign put: %w", err)
 	}
 	req, err := s.presign.PresignPutObject(ctx, in, s3.WithPresignExpires(expires))
 	if err != nil {

@@ -111,10 +111,12 @@ func (d *direct) presignGet(ctx context.Context, key string, expires time.Durati
 	if ok && now.Sub(p.at) < expires/3 && !now.Before(p.at) {
 		return p.url, nil
 	}
-	creds, err := d.creds.Retrieve(ctx)
+	creds, err := d.fresh(ctx, expires, now)
 	if err != nil {
 		return "", fmt.Errorf("presign get: credentials: %w", err)
 	}
+	full := expires
+	expires = usable(creds, expires, now)
 	u := d.objectURL(key)
 	u.RawQuery = "X-Amz-Expires=" + strconv.FormatInt(int64(expires/time.Second), 10)
 	req := &http.Request{Method: http.MethodGet, URL: u, Host: u.Host, Header: http.Header{}}
@@ -131,10 +133,49 @@ func (d *direct) presignGet(ctx context.Context, key string, expires time.Durati
 			}
 		}
 	}
-	if len(d.signed) < maxPresigned {
+	if len(d.signed) < maxPresigned && expires == full {
 		d.signed[k] = presigned{signed, now}
 	}
 	return signed, nil
+}
+
+// fresh returns credentials that outlive a URL signed now for expires
+// (plus CredentialMargin) when the provider has such: credentials cached
+// since before a role rotated them are dropped and fetched again once.
+func (d *direct) fresh(ctx context.Context, expires time.Duration, now time.Time) (aws.Credentials, error) {
+	creds, err := d.creds.Retrieve(ctx)
+	if err != nil || usable(creds, expires, now) == expires {
+		return creds, err
+	}
+	if c, ok := d.creds.(*aws.CredentialsCache); ok {
+		c.Invalidate()
+		return c.Retrieve(ctx)
+	}
+	return creds, nil
+}
+
+// lifetime is how long a URL signed now for expires can really work: all of
+// it, or what is left of the credentials' life (less the margin) when even
+// fresh ones die sooner.
+func (d *direct) lifetime(ctx context.Context, expires time.Duration, now time.Time) (time.Duration, error) {
+	creds, err := d.fresh(ctx, expires, now)
+	if err != nil {
+		return 0, err
+	}
+	return usable(creds, expires, now), nil
+}
+
+// usable is expires, or the whole seconds creds have left less the margin
+// when that is shorter (at least one second).
+func usable(creds aws.Credentials, expires time.Duration, now time.Time) time.Duration {
+	if !creds.CanExpire {
+		return expires
+	}
+	left := creds.Expires.Sub(now) - CredentialMargin
+	if left >= expires {
+		return expires
+	}
+	return max(left.Truncate(time.Second), time.Second)
 }
 
 // emptySHA256 is the payload hash of a request without a body.

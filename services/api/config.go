@@ -127,6 +127,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	if c.UploadExpiry < time.Minute || c.UploadExpiry > time.Hour {
 		r.Fail("UPLOAD_URL_EXPIRY must be between 1m and 1h")
 	}
+	// Role credentials are renewed before the longest URL could outlive them.
+	c.Common.S3.URLLifetime = max(c.UploadExpiry, c.ViewExpiry)
 	if c.MaxImages < 1 || c.MaxImages > 500 {
 		r.Fail("MAX_IMAGES must be between 1 and 500")
 	}
