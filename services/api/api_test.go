@@ -148,7 +148,7 @@ var jpegBytes = append([]byte{0xFF, 0xD8, 0xFF, 0xE0, 0, 16, 'J', 'F', 'I', 'F',
 // upload presigns and PUTs body as the phone would, returning the key.
 func (h *harness) upload(user, token string, body []byte) (key, imageID string) {
 	h.t.Helper()
-	r := h.do("POST", "/api/users/"+user+"/presigned-url", token, map[string]any{"fileName": "IMG_0001.JPG", "contentType": "image/jpeg"})
+	r := h.do("POST", "/api/users/"+user+"/presigned-url", token, map[string]any{"fileName": "IMG_0001.JPG", "contentType": "image/jpeg", "contentLength": len(body)})
 	if r.status != 200 {
 		h.t.Fatalf("presign: %d %s", r.status, r.raw)
 	}
@@ -279,6 +279,8 @@ func TestBadInputsChangeNothing(t *testing.T) {
 		{"unknown field", "POST", "/api/users/u1/presigned-url", phone, `{"contentType":"image/jpeg","bucket":"x"}`, nil, 400, "invalid_json"},
 		{"two objects", "POST", "/api/users/u1/presigned-url", phone, `{"contentType":"image/jpeg"}{}`, nil, 400, "invalid_json"},
 		{"not an image type", "POST", "/api/users/u1/presigned-url", phone, `{"contentType":"text/html"}`, nil, 415, "unsupported_image_type"},
+		{"no length", "POST", "/api/users/u1/presigned-url", phone, `{"contentType":"image/jpeg"}`, nil, 400, "invalid_content_length"},
+		{"zero length", "POST", "/api/users/u1/presigned-url", phone, `{"contentType":"image/jpeg","contentLength":0}`, nil, 400, "invalid_content_length"},
 		{"length over limit", "POST", "/api/users/u1/presigned-url", phone, `{"contentType":"image/jpeg","contentLength":99999999}`, nil, 413, "too_large"},
 		{"body over limit", "POST", "/api/users/u1/presigned-url", phone, big, nil, 413, "body_too_large"},
 		{"wrong content type", "POST", "/api/users/u1/presigned-url", phone, `{"contentType":"image/jpeg"}`, []string{"Content-Type", "text/plain"}, 415, "unsupported_media_type"},
@@ -294,6 +296,12 @@ func TestBadInputsChangeNothing(t *testing.T) {
 		{"metadata wrong type", "PATCH", "/api/users/u1/images/a", desk, `{"notes": 5}`, nil, 400, "invalid_json"},
 		{"unknown image patch", "PATCH", "/api/users/u1/images/nope", desk, `{"notes":"x"}`, nil, 404, "image_not_found"},
 		{"unknown image delete", "DELETE", "/api/users/u1/images/nope", desk, nil, nil, 404, "image_not_found"},
+		{"note with NUL", "PATCH", "/api/users/u1/images/nope", desk, `{"notes":"a\u0000b"}`, nil, 400, "invalid_text"},
+		{"note with ESC", "POST", "/api/users/u1/images", phone, `{"imageId":"a","s3Key":"temp/u1/x.jpg","source":"mobile","metadata":{"notes":"\u001b[31mred"}}`, nil, 400, "invalid_text"},
+		{"note with RLO", "PATCH", "/api/users/u1/images/nope", desk, `{"metadata":{"notes":"left \u202e thgir"}}`, nil, 400, "invalid_text"},
+		{"note with CR", "PATCH", "/api/users/u1/images/nope", desk, `{"notes":"a\rb"}`, nil, 400, "invalid_text"},
+		{"body site with isolate", "PATCH", "/api/users/u1/images/nope", desk, `{"bodySite":"arm\u2067"}`, nil, 400, "invalid_text"},
+		{"unknown SNOMED body site", "PATCH", "/api/users/u1/images/nope", desk, `{"bodySite":"123456789"}`, nil, 400, "unknown_body_site"},
 		{"bad view", "PATCH", "/api/users/u1/images/nope", desk, `{"viewType":"sideways"}`, nil, 400, "invalid_metadata"},
 		{"commit with body", "POST", "/api/users/u1/commit", desk, `{"all": true}`, nil, 400, "invalid_json"},
 		{"phone cannot start", "POST", "/api/session-tokens", phone, `{"patientId":"p9","encounterId":"e9"}`, nil, 403, "forbidden"},
@@ -436,14 +444,14 @@ func TestPresignedUpload(t *testing.T) {
 		return r.body["uploadUrl"].(string)
 	}
 	t.Run("content type only", func(t *testing.T) {
-		u := presign(map[string]any{"fileName": "x.exe", "contentType": "image/jpeg"})
+		u := presign(map[string]any{"fileName": "x.exe", "contentType": "image/jpeg", "contentLength": len(jpegBytes)})
 		if strings.Contains(u, "server-side-encryption") {
 			t.Fatal("the URL signs an encryption header the seeds' client never sends")
 		}
 		put(t, u, "image/jpeg", jpegBytes, 200)
 	})
 	t.Run("tampered signature", func(t *testing.T) {
-		u := presign(map[string]any{"contentType": "image/jpeg"})
+		u := presign(map[string]any{"contentType": "image/jpeg", "contentLength": len(jpegBytes)})
 		i := strings.Index(u, "X-Amz-Signature=") + len("X-Amz-Signature=")
 		flip := map[byte]byte{'0': '1'}
 		c := u[i]
@@ -455,7 +463,7 @@ func TestPresignedUpload(t *testing.T) {
 		put(t, u[:i]+string(c)+u[i+1:], "image/jpeg", jpegBytes, 403)
 	})
 	t.Run("other content type", func(t *testing.T) {
-		put(t, presign(map[string]any{"contentType": "image/jpeg"}), "text/html", jpegBytes, 403)
+		put(t, presign(map[string]any{"contentType": "image/jpeg", "contentLength": len(jpegBytes)}), "text/html", jpegBytes, 403)
 	})
 	t.Run("body over signed length", func(t *testing.T) {
 		u := presign(map[string]any{"contentType": "image/jpeg", "contentLength": 100})
@@ -464,7 +472,7 @@ func TestPresignedUpload(t *testing.T) {
 	t.Run("expired", func(t *testing.T) {
 		short := newHarness(t, func(c *Config) { c.UploadExpiry = time.Second })
 		p := short.start("u1", "p1")
-		r := short.do("POST", "/api/users/u1/presigned-url", p, map[string]any{"contentType": "image/jpeg"})
+		r := short.do("POST", "/api/users/u1/presigned-url", p, map[string]any{"contentType": "image/jpeg", "contentLength": len(jpegBytes)})
 		u := r.body["uploadUrl"].(string)
 		testenv.Eventually(t, 5*time.Second, "the URL to expire", func() bool {
 			req, _ := http.NewRequest("PUT", u, bytes.NewReader(jpegBytes))
@@ -480,7 +488,13 @@ func TestPresignedUpload(t *testing.T) {
 	t.Run("oversize object deleted on record", func(t *testing.T) {
 		small := newHarness(t, func(c *Config) { c.MaxImageBytes = 1000 })
 		p := small.start("u1", "p1")
-		key, id := small.upload("u1", p, jpegBytes) // 2 KB, over the 1000-byte limit
+		// A presigned URL is signed for a size within the limit, so an
+		// oversize object can only come another way: written directly.
+		id := testenv.ID()
+		key := "temp/u1/" + id + ".jpg"
+		if err := small.objects.Put(context.Background(), key, "image/jpeg", bytes.NewReader(jpegBytes), int64(len(jpegBytes))); err != nil {
+			t.Fatal(err)
+		}
 		r := small.do("POST", "/api/users/u1/images", p, map[string]any{"imageId": id, "s3Key": key, "source": "mobile"})
 		if r.status != 422 || r.body["code"] != "too_large" {
 			t.Fatalf("record: %d %s", r.status, r.raw)
@@ -517,6 +531,19 @@ func TestMetadataEditAndDelete(t *testing.T) {
 	want := session.Metadata{BodySite: "368208006", BodySiteDisplay: "Left upper arm structure", Laterality: "left", ViewType: "anterior", Notes: "lesion 4mm"}
 	if diff := cmp.Diff(want, s.Images[0].Metadata); diff != "" {
 		t.Fatalf("metadata (-want +got):\n%s", diff)
+	}
+	// The display always comes from the code, whatever the client says;
+	// notes are stored in NFC (an "e" and a combining acute become "é").
+	h.do("PATCH", "/api/users/u1/images/"+id, phone, map[string]any{"bodySite": "14975008", "bodySiteDisplay": "Sole of foot", "notes": "cafe\u0301 au lait\n\tmacule"})
+	s, _ = h.store.Peek(context.Background(), "u1")
+	if m := s.Images[0].Metadata; m.BodySiteDisplay != "Forearm structure" || m.Notes != "caf\u00e9 au lait\n\tmacule" {
+		t.Fatalf("display %q, notes %q: want the code's display and NFC", m.BodySiteDisplay, m.Notes)
+	}
+	h.do("PATCH", "/api/users/u1/images/"+id, phone, map[string]any{"bodySiteDisplay": "Sole of foot"})
+	h.do("PATCH", "/api/users/u1/images/"+id, phone, map[string]any{"bodySite": "left_arm"})
+	s, _ = h.store.Peek(context.Background(), "u1")
+	if m := s.Images[0].Metadata; m.BodySite != "left_arm" || m.BodySiteDisplay != "" {
+		t.Fatalf("free-text site %q kept the display %q", m.BodySite, m.BodySiteDisplay)
 	}
 	// Wrapped form, clearing notes.
 	h.do("PATCH", "/api/users/u1/images/"+id, phone, map[string]any{"metadata": map[string]any{"notes": ""}})
@@ -645,7 +672,7 @@ func TestPhonesListRemoveAndCap(t *testing.T) {
 	if rm.status != 200 || len(rm.body["phones"].([]any)) != 1 {
 		t.Fatalf("remove: %d %s", rm.status, rm.raw)
 	}
-	if r := h.do("POST", "/api/users/u1/presigned-url", phoneOne, map[string]any{"contentType": "image/jpeg"}); r.status != 410 || r.body["code"] != "phone_removed" {
+	if r := h.do("POST", "/api/users/u1/presigned-url", phoneOne, map[string]any{"contentType": "image/jpeg", "contentLength": 100}); r.status != 410 || r.body["code"] != "phone_removed" {
 		t.Fatalf("removed phone presigns: %d %s", r.status, r.raw)
 	}
 	if r := h.do("GET", "/api/users/u1/session", two.body["phoneToken"].(string), nil); r.status != 200 {

@@ -125,7 +125,7 @@ type presignRequest struct {
 
 // presign is the seeds' POST presigned-url. The key is the server's choice
 // under the caller's prefix, its extension from the allowed content type;
-// the content type (and length, when given) are signed, nothing else.
+// the content type and length are signed, nothing else.
 func (s *Server) presign(c *gin.Context) {
 	var req presignRequest
 	if err := decodeJSON(c, &req, false); err != nil {
@@ -137,7 +137,13 @@ func (s *Server) presign(c *gin.Context) {
 		s.respondErr(c, clientErr(http.StatusUnsupportedMediaType, "unsupported_image_type", "contentType must be image/jpeg, image/png, image/webp or image/heic"))
 		return
 	}
-	if req.ContentLength < 0 || req.ContentLength > s.cfg.MaxImageBytes {
+	if req.ContentLength <= 0 {
+		// Signed into the URL, so S3 refuses any other size: without it a
+		// presigned PUT would take an object of any size.
+		s.respondErr(c, clientErr(http.StatusBadRequest, "invalid_content_length", "contentLength is required: the photo's size in bytes, which the upload URL is signed for"))
+		return
+	}
+	if req.ContentLength > s.cfg.MaxImageBytes {
 		s.respondErr(c, clientErr(http.StatusRequestEntityTooLarge, "too_large", "contentLength is over the photo size limit"))
 		return
 	}
@@ -187,8 +193,8 @@ func (s *Server) recordImage(c *gin.Context) {
 	}
 	var meta session.Metadata
 	if req.Metadata != nil {
-		p := withDisplay(patchOf(*req.Metadata))
-		if err := validMetadata(p); err != nil {
+		p, err := cleanMetadata(patchOf(*req.Metadata))
+		if err != nil {
 			s.respondErr(c, err)
 			return
 		}
@@ -272,9 +278,9 @@ func (s *Server) updateImage(c *gin.Context) {
 	if req.Metadata != nil {
 		p = *req.Metadata
 	}
-	p = withDisplay(p)
-	if err := validMetadata(p); err != nil {
-		s.respondErr(c, err)
+	p, aerr := cleanMetadata(p)
+	if aerr != nil {
+		s.respondErr(c, aerr)
 		return
 	}
 	ctx := c.Request.Context()

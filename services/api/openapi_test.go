@@ -234,7 +234,7 @@ func TestOpenAPIMatchesLiveAnswers(t *testing.T) {
 	expect("POST", U+"/presigned-url", h.do("POST", u+"/presigned-url", phone, map[string]any{"contentType": "image/gif"}), 415)
 	expect("POST", U+"/presigned-url", h.do("POST", u+"/presigned-url", phone, map[string]any{"contentType": "image/jpeg", "contentLength": 1 << 30}), 413)
 	expect("POST", U+"/presigned-url", h.do("POST", "/api/users/"+other+"/presigned-url", phone, map[string]any{"contentType": "image/jpeg"}), 403)
-	ps := h.do("POST", u+"/presigned-url", phone, map[string]any{"fileName": "IMG_1.JPG", "contentType": "image/jpeg"})
+	ps := h.do("POST", u+"/presigned-url", phone, map[string]any{"fileName": "IMG_1.JPG", "contentType": "image/jpeg", "contentLength": len(jpegBytes)})
 	expect("POST", U+"/presigned-url", ps, 200)
 	key, id := ps.body["s3Key"].(string), ps.body["imageId"].(string)
 	record := map[string]any{"imageId": id, "s3Key": key, "source": "mobile", "metadata": map[string]any{"bodySite": "14975008", "laterality": "left"}}

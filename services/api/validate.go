@@ -1,10 +1,14 @@
 package api
 
 import (
+	"fmt"
 	"net/http"
 	"regexp"
 	"strings"
+	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/clinicalimages/clinimg/pkg/fhir"
 	"github.com/clinicalimages/clinimg/pkg/session"
@@ -78,15 +82,77 @@ func validMetadata(p session.MetadataPatch) *apiError {
 	return nil
 }
 
-// withDisplay fills the display text of a known SNOMED body site the client
-// did not name.
-func withDisplay(p session.MetadataPatch) session.MetadataPatch {
-	if p.BodySite != nil && snomed.MatchString(*p.BodySite) && p.BodySiteDisplay == nil {
-		if d, ok := bodySiteDisplay[*p.BodySite]; ok {
-			p.BodySiteDisplay = &d
+// withDisplay derives the body site's display text from its code, whatever
+// the client sent, so the two screens and the record never disagree: a
+// SNOMED code of the vocabulary gets its display, free text (or clearing the
+// site) gets none, and a display sent without a site is dropped. A SNOMED
+// code outside the vocabulary has no display to derive and is refused.
+func withDisplay(p session.MetadataPatch) (session.MetadataPatch, *apiError) {
+	p.BodySiteDisplay = nil
+	if p.BodySite == nil {
+		return p, nil
+	}
+	d := ""
+	if snomed.MatchString(*p.BodySite) {
+		var ok bool
+		if d, ok = bodySiteDisplay[*p.BodySite]; !ok {
+			return p, clientErr(http.StatusBadRequest, "unknown_body_site", "bodySite is not a SNOMED code of GET /api/vocabulary")
 		}
 	}
-	return p
+	p.BodySiteDisplay = &d
+	return p, nil
+}
+
+// bidiControls are the characters that reorder how the text around them is
+// displayed (embeddings, overrides, isolates): a note holding one can read
+// differently in the record than it was typed.
+var bidiControls = map[rune]string{
+	0x202A: "LEFT-TO-RIGHT EMBEDDING", 0x202B: "RIGHT-TO-LEFT EMBEDDING", 0x202C: "POP DIRECTIONAL FORMATTING",
+	0x202D: "LEFT-TO-RIGHT OVERRIDE", 0x202E: "RIGHT-TO-LEFT OVERRIDE",
+	0x2066: "LEFT-TO-RIGHT ISOLATE", 0x2067: "RIGHT-TO-LEFT ISOLATE", 0x2068: "FIRST STRONG ISOLATE",
+	0x2069: "POP DIRECTIONAL ISOLATE",
+}
+
+// cleanText checks one free-text field and returns it normalised to NFC:
+// control characters other than newline and tab, and bidi controls, are
+// refused with a 400 naming the character and where it is.
+func cleanText(field string, v *string) (*string, *apiError) {
+	if v == nil {
+		return nil, nil
+	}
+	if !utf8.ValidString(*v) {
+		return nil, clientErr(http.StatusBadRequest, "invalid_text", field+" is not valid UTF-8")
+	}
+	i := 0
+	for _, r := range *v {
+		i++
+		if name, ok := bidiControls[r]; ok {
+			return nil, clientErr(http.StatusBadRequest, "invalid_text",
+				fmt.Sprintf("%s contains U+%04X %s (character %d): bidi controls are not allowed", field, r, name, i))
+		}
+		if unicode.IsControl(r) && r != '\n' && r != '\t' {
+			return nil, clientErr(http.StatusBadRequest, "invalid_text",
+				fmt.Sprintf("%s contains control character U+%04X (character %d): only newline and tab are allowed", field, r, i))
+		}
+	}
+	n := norm.NFC.String(*v)
+	return &n, nil
+}
+
+// cleanMetadata checks and normalises p's free text and derives its body
+// site display; see cleanText and withDisplay.
+func cleanMetadata(p session.MetadataPatch) (session.MetadataPatch, *apiError) {
+	var err *apiError
+	if p.BodySite, err = cleanText("bodySite", p.BodySite); err != nil {
+		return p, err
+	}
+	if p.Notes, err = cleanText("notes", p.Notes); err != nil {
+		return p, err
+	}
+	if p, err = withDisplay(p); err != nil {
+		return p, err
+	}
+	return p, validMetadata(p)
 }
 
 // patchOf turns a full metadata object (as recorded with an image) into a
