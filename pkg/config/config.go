@@ -141,7 +141,8 @@ func (r *Reader) Bool(name string, def bool) bool {
 type Common struct {
 	RedisURL    string        // REDIS_URL (or REDIS_URL_FILE), default redis://127.0.0.1:6379/0 (rediss:// for TLS, e.g. Upstash)
 	RedisPrefix string        // REDIS_KEY_PREFIX, default empty (the seeds' key names)
-	NATSURL     string        // NATS_URL, default nats://127.0.0.1:4222
+	NATSURL     string        // NATS_URL, default nats://127.0.0.1:4222 (tls:// for TLS; user:password@ in the URL or NATS_URL_FILE)
+	NATSAuth    NATSAuth      // NATS_CREDS, NATS_NKEY_SEED, NATS_TLS_CA, NATS_TLS_CERT, NATS_TLS_KEY
 	Names       events.Names  // NATS_STREAM (CLINIMG), NATS_SUBJECT_PREFIX (clinimg)
 	Replicas    int           // NATS_REPLICAS, default 1; 3 in production
 	AckWait     time.Duration // NATS_ACK_WAIT: how long the service's claim on an event outlives a worker that died (default the consumer's own)
@@ -151,13 +152,30 @@ type Common struct {
 	LogLevel    string        // LOG_LEVEL: debug, info (default), warn, error
 }
 
+// NATSAuth is how a service proves itself to NATS and checks the server:
+// each a path to a mounted file, empty for none.
+type NATSAuth struct {
+	CredsFile string // NATS_CREDS: a user JWT and NKey seed (.creds, Synadia Cloud or an operator-mode server)
+	NKeySeed  string // NATS_NKEY_SEED: a file holding an NKey user seed (SU...)
+	CAFile    string // NATS_TLS_CA: the CA that signed the servers' certificates (a private CA)
+	CertFile  string // NATS_TLS_CERT and NATS_TLS_KEY: a client certificate, for servers that verify clients
+	KeyFile   string
+}
+
 // ReadCommon reads the common settings; opsAddr is the service's default
 // operations address.
 func (r *Reader) ReadCommon(opsAddr string) Common {
 	c := Common{
 		RedisURL:    cmp.Or(r.Secret("REDIS_URL"), "redis://127.0.0.1:6379/0"), // an Upstash URL holds its password
 		RedisPrefix: r.String("REDIS_KEY_PREFIX", ""),
-		NATSURL:     r.String("NATS_URL", "nats://127.0.0.1:4222"),
+		NATSURL:     cmp.Or(r.Secret("NATS_URL"), "nats://127.0.0.1:4222"),
+		NATSAuth: NATSAuth{
+			CredsFile: r.String("NATS_CREDS", ""),
+			NKeySeed:  r.String("NATS_NKEY_SEED", ""),
+			CAFile:    r.String("NATS_TLS_CA", ""),
+			CertFile:  r.String("NATS_TLS_CERT", ""),
+			KeyFile:   r.String("NATS_TLS_KEY", ""),
+		},
 		Names: events.Names{
 			Stream: r.String("NATS_STREAM", events.DefaultNames.Stream),
 			Prefix: r.String("NATS_SUBJECT_PREFIX", events.DefaultNames.Prefix),
@@ -175,6 +193,12 @@ func (r *Reader) ReadCommon(opsAddr string) Common {
 		OpsAddr:  r.String("OPS_ADDR", opsAddr),
 		Grace:    r.Duration("SHUTDOWN_GRACE", 10*time.Second),
 		LogLevel: r.String("LOG_LEVEL", "info"),
+	}
+	if a := c.NATSAuth; a.CredsFile != "" && a.NKeySeed != "" {
+		r.Fail("NATS_CREDS and NATS_NKEY_SEED are both set: set one")
+	}
+	if a := c.NATSAuth; (a.CertFile == "") != (a.KeyFile == "") {
+		r.Fail("NATS_TLS_CERT and NATS_TLS_KEY go together")
 	}
 	if c.AckWait != 0 && c.AckWait < 2*time.Second {
 		r.Fail("NATS_ACK_WAIT: %s is shorter than 2s", c.AckWait)

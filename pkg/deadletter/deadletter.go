@@ -34,12 +34,14 @@ const MaxAge = 30 * 24 * time.Hour
 // StreamName is the dead-letter stream of the event stream names.
 func StreamName(n events.Names) string { return n.Stream + "_DLQ" }
 
-// Ensure creates or updates the dead-letter stream, idempotently.
+// Ensure creates or updates the dead-letter stream, idempotently, never
+// lowering its replicas.
 func Ensure(ctx context.Context, js jetstream.JetStream, n events.Names, replicas int) error {
-	if replicas <= 0 {
-		replicas = 1
+	replicas, err := events.StreamReplicas(ctx, js, StreamName(n), replicas)
+	if err != nil {
+		return err
 	}
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        StreamName(n),
 		Description: "Clinical Images events a service gave up on",
 		Subjects:    []string{n.DeadLetterSubject("*")},

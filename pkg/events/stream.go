@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -100,13 +101,39 @@ func (n Names) DeadLetterSubject(consumer string) string {
 }
 
 // Ensure creates or updates the stream, idempotently; every service calls it
-// at start-up so none depends on another having run first.
+// at start-up so none depends on another having run first. It never lowers
+// the stream's replicas (see KeepReplicas): a service started without
+// NATS_REPLICAS must not scale an R3 stream down to one copy.
 func Ensure(ctx context.Context, js jetstream.JetStream, n Names, replicas int) (jetstream.Stream, error) {
+	replicas, err := StreamReplicas(ctx, js, n.Stream, replicas)
+	if err != nil {
+		return nil, err
+	}
 	s, err := js.CreateOrUpdateStream(ctx, n.StreamConfig(replicas))
 	if err != nil {
 		return nil, fmt.Errorf("ensure stream %s: %w", n.Stream, err)
 	}
 	return s, nil
+}
+
+// KeepReplicas is the replica count a service sets on a stream that has
+// existing replicas (0: none yet) when it asks for requested: never fewer
+// than the stream has. Lowering is an operator's decision (nats stream
+// edit), not a side effect of a restart with a missing variable.
+func KeepReplicas(existing, requested int) int {
+	return max(existing, requested, 1)
+}
+
+// StreamReplicas is KeepReplicas for the stream name as the server has it.
+func StreamReplicas(ctx context.Context, js jetstream.JetStream, name string, requested int) (int, error) {
+	st, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return KeepReplicas(0, requested), nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", name, err)
+	}
+	return KeepReplicas(st.CachedInfo().Config.Replicas, requested), nil
 }
 
 // EnsureConsumer creates or updates one service's durable consumer (see

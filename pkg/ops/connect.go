@@ -116,13 +116,56 @@ func Redis(ctx context.Context, url string, log *slog.Logger) (*redis.Client, er
 	return rdb, nil
 }
 
+// NATSAuthOptions are the connection options a: a credentials file or an
+// NKey seed file, a private CA, a client certificate. A file named that
+// cannot be read is an error here, before any connection is tried.
+func NATSAuthOptions(a config.NATSAuth) ([]nats.Option, error) {
+	var opts []nats.Option
+	check := func(setting, path string) error {
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("%s: %w", setting, err)
+		}
+		return nil
+	}
+	if a.CredsFile != "" {
+		if err := check("NATS_CREDS", a.CredsFile); err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.UserCredentials(a.CredsFile))
+	}
+	if a.NKeySeed != "" {
+		o, err := nats.NkeyOptionFromSeed(a.NKeySeed)
+		if err != nil {
+			return nil, fmt.Errorf("NATS_NKEY_SEED: %w", err)
+		}
+		opts = append(opts, o)
+	}
+	if a.CAFile != "" {
+		if err := check("NATS_TLS_CA", a.CAFile); err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.RootCAs(a.CAFile))
+	}
+	if a.CertFile != "" {
+		if err := check("NATS_TLS_CERT", a.CertFile); err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.ClientCert(a.CertFile, a.KeyFile))
+	}
+	return opts, nil
+}
+
 // JetStream connects to NATS (reconnecting for ever, named name), waits
 // until it is connected and the event stream exists with c's settings
 // (created or updated), and returns the connection and its JetStream
 // context. A cluster still electing its leaders answers errors for a
 // while: they are waited out the same way.
 func JetStream(ctx context.Context, c config.Common, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := nats.Connect(c.NATSURL,
+	auth, err := NATSAuthOptions(c.NATSAuth)
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := nats.Connect(c.NATSURL, append(auth,
 		nats.Name(name),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
@@ -133,7 +176,7 @@ func JetStream(ctx context.Context, c config.Common, name string, log *slog.Logg
 			}
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { log.Info("nats.reconnected") }),
-	)
+	)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("nats connect: %w", err)
 	}
