@@ -171,6 +171,10 @@ type Image struct {
 	// Tries counts writes begun; a committer changes a photo's state only
 	// from the count it saw, so a late answer never undoes a newer write.
 	Tries int `json:"tries,omitempty"`
+	// SentAt is when the last write of the photo began. A write whose
+	// answer was lost may still land until ALEX_REQUEST_TIMEOUT after it,
+	// so until then a lookup that finds nothing is not yet the truth.
+	SentAt *time.Time `json:"sentAt,omitempty"`
 }
 
 // State is the photo's commit state, pending when none is recorded.

@@ -429,6 +429,7 @@ for _, im in ipairs(s.images) do
     im.mediaIdentifier = resend[im.id]
     im.sentHashes = {}
     im.tries = 0
+    im.sentAt = nil
     st = 'pending'
   elseif st == 'sending' then
     st = 'unknown'
@@ -577,6 +578,7 @@ elseif want == 'sending' then
   if cur == 'in_record' or cur == 'refused' or cur == 'conflict' or tonumber(ARGV[9]) ~= tries then return fail('STALE') end
   img.tries = tries + 1
   img.commitState = 'sending'
+  img.sentAt = ARGV[1]
   if type(img.sentHashes) ~= 'table' then img.sentHashes = {} end
   local known = false
   for _, h in ipairs(img.sentHashes) do known = known or h == ARGV[11] end

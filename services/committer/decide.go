@@ -177,11 +177,23 @@ func retryDelay(n int, initial, ceiling, retryAfter time.Duration, u float64) ti
 	return max(d, retryAfter)
 }
 
+// settlingError is a photo waiting until a write of it whose answer was
+// lost can no longer be under way at ALEX (left from now).
+type settlingError struct{ left time.Duration }
+
+func (e *settlingError) Error() string {
+	return "a write of this photo may still be under way at ALEX"
+}
+
 // describe says why a fault makes the commit wait: a session.Wait* reason
 // and what the GP reads.
 func describe(err error) (reason, message string) {
 	var e *fhir.Error
-	if !errors.As(err, &e) {
+	var s *settlingError
+	switch {
+	case errors.As(err, &s):
+		return session.WaitALEXUnclear, "ALEX did not answer a write; the photo is looked up once that write can no longer land"
+	case !errors.As(err, &e):
 		return session.WaitInternal, "The photos could not be read from storage"
 	}
 	switch {
@@ -219,8 +231,12 @@ func worstWait(errs []error) (retryAfter time.Duration, worst error) {
 			worst = err
 		}
 		var e *fhir.Error
-		if errors.As(err, &e) {
+		var s *settlingError
+		switch {
+		case errors.As(err, &e):
 			retryAfter = max(retryAfter, e.RetryAfter)
+		case errors.As(err, &s):
+			retryAfter = max(retryAfter, s.left)
 		}
 	}
 	return retryAfter, worst

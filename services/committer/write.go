@@ -125,6 +125,9 @@ func (a *attempt) write(ctx context.Context, img session.Image) photoResult {
 		case stepSend:
 			return a.send(ctx, img, false)
 		case stepSendNew:
+			if r, wait := a.settling(img); wait {
+				return r
+			}
 			return a.send(ctx, img, true)
 		case stepWaitInfo:
 			can, err := a.canLookUp(ctx)
@@ -147,11 +150,30 @@ func (a *attempt) write(ctx context.Context, img session.Image) photoResult {
 			case conflicting:
 				return a.set(ctx, img, session.PhotoConflict, nil, why)
 			}
-			// ALEX does not hold it: safe to send. The ledger still checks
-			// that nobody moved the photo on since it was read.
+			// ALEX does not hold it: safe to send once no earlier write
+			// can still land. The ledger still checks that nobody moved the
+			// photo on since it was read.
+			if r, wait := a.settling(img); wait {
+				return r
+			}
 			k.state = session.PhotoPending
 		}
 	}
+}
+
+// settling holds back a photo whose last write may still be under way at
+// ALEX: its answer was lost (a gateway's 504, a reset, a crash) less than
+// ALEX_REQUEST_TIMEOUT after it was sent, so a lookup that finds nothing,
+// or a conditional create, cannot yet say it is absent.
+func (a *attempt) settling(img session.Image) (photoResult, bool) {
+	if img.SentAt == nil {
+		return photoResult{}, false
+	}
+	left := img.SentAt.Add(a.w.cfg.ALEX.Timeout).Sub(a.w.now())
+	if left <= 0 {
+		return photoResult{}, false
+	}
+	return photoResult{state: img.State(), err: &settlingError{left: left}}, true
 }
 
 // send writes one photo: recorded as sending first, so a crash at any
