@@ -44,7 +44,7 @@ func TestHeldSessionRefusesPhoneChanges(t *testing.T) {
 	if r := h.do("PUT", "/api/users/u1/pending", phone, map[string]any{"count": 2}); r.status != 200 {
 		t.Fatalf("phone reports what it holds: %d %s", r.status, r.raw)
 	}
-	if r := h.do("POST", "/api/users/u1/presigned-url", phone, map[string]any{"fileName": "a.jpg", "contentType": "image/jpeg"}); r.status != 200 {
+	if r := h.do("POST", "/api/users/u1/presigned-url", phone, map[string]any{"fileName": "a.jpg", "contentType": "image/jpeg", "contentLength": len(jpegBytes)}); r.status != 200 {
 		t.Fatalf("phone uploads a photo to keep waiting: %d %s", r.status, r.raw)
 	}
 	if r := h.do("POST", "/api/users/u1/commit", desk, nil, "Prefer", "respond-async"); r.status != http.StatusAccepted {
