@@ -38,14 +38,17 @@ type Options struct {
 	// once (default 256).
 	Batch int
 	// Block is how long a read waits for new entries before it asks again
-	// (default 2 s). New entries end the wait at once, so this sets only the
-	// idle cost, not the latency.
+	// (default 5 s). New entries end the wait at once, so this sets only the
+	// idle cost, not the latency; it also bounds how long a stop waits for
+	// the read in progress (a blocked read does not see its context end).
 	Block time.Duration
 	// ClaimIdle is how long an entry may sit unacked with a dead publisher
 	// before another takes it over (default 30 s).
 	ClaimIdle time.Duration
 	// ClaimEvery is how often a publisher looks for a dead one's entries
-	// (default ClaimIdle/2).
+	// (default 2*ClaimIdle, 1 min: a crashed publisher's events wait up to
+	// ClaimIdle plus this; every publisher pays one command each time, idle
+	// or not).
 	ClaimEvery time.Duration
 	// Window is how many batches may be in flight at once (default 4):
 	// the next is read and sent while earlier ones wait for their acks.
@@ -69,13 +72,13 @@ func (o Options) withDefaults() Options {
 		o.Window = 4
 	}
 	if o.Block <= 0 {
-		o.Block = 2 * time.Second
+		o.Block = 5 * time.Second
 	}
 	if o.ClaimIdle <= 0 {
 		o.ClaimIdle = 30 * time.Second
 	}
 	if o.ClaimEvery <= 0 {
-		o.ClaimEvery = o.ClaimIdle / 2
+		o.ClaimEvery = 2 * o.ClaimIdle
 	}
 	if o.AckWait <= 0 {
 		o.AckWait = 10 * time.Second

@@ -27,7 +27,7 @@ type Config struct {
 	Common config.Common
 
 	// Workers is how many photos are processed at once
-	// (THUMBNAIL_WORKERS, default the number of CPUs).
+	// (THUMBNAIL_WORKERS, default GOMAXPROCS: the container's CPU limit, which Go reads from the cgroup, not the node's CPUs).
 	Workers int
 	// MaxBytes is the largest photo read from S3 (THUMBNAIL_MAX_BYTES,
 	// default 25 MiB); a bigger one is rejected unread.
@@ -63,7 +63,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	r := config.New(getenv)
 	c := Config{
 		Common:         r.ReadCommon(":9094"),
-		Workers:        r.Int("THUMBNAIL_WORKERS", runtime.NumCPU()),
+		Workers:        r.Int("THUMBNAIL_WORKERS", runtime.GOMAXPROCS(0)),
 		MaxBytes:       int64(r.Int("THUMBNAIL_MAX_BYTES", DefaultMaxBytes)),
 		MaxPixels:      int64(r.Int("THUMBNAIL_MAX_PIXELS", DefaultMaxPixels)),
 		PreviewSize:    r.Int("PREVIEW_SIZE", 320),
