@@ -119,7 +119,7 @@ type Server struct {
 	mu       sync.Mutex
 	faults   []Fault
 	outages  []Outage
-	seen     map[string]time.Time // message id -> first accepted
+	seen     map[string]time.Time // channel + "\x00" + message id -> first accepted (Ably dedupes per channel)
 	messages []Message
 	requests []*Request
 	buckets  map[string]*bucket
@@ -229,7 +229,7 @@ func (s *Server) PendingFaults() int {
 }
 
 // Messages returns the messages accepted on channel ("" for all), in order,
-// each id once.
+// each id once per channel.
 func (s *Server) Messages(channel string) []Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -442,7 +442,7 @@ func (s *Server) count(code int) {
 	s.mu.Unlock()
 }
 
-// accept stores the messages whose ids were not seen within the window and
+// accept stores the messages whose ids were not seen on channel within the window and
 // hands them to SSE subscribers.
 func (s *Server) accept(channel string, msgs []wireMessage) (ids []string, dupes int) {
 	now := s.opt.Now()
@@ -455,12 +455,13 @@ func (s *Server) accept(channel string, msgs []wireMessage) (ids []string, dupes
 	}
 	for _, m := range msgs {
 		if m.ID != "" {
-			if _, dup := s.seen[m.ID]; dup {
+			seen := channel + "\x00" + m.ID
+			if _, dup := s.seen[seen]; dup {
 				dupes++
 				ids = append(ids, m.ID)
 				continue
 			}
-			s.seen[m.ID] = now
+			s.seen[seen] = now
 		}
 		s.serial++
 		id := m.ID

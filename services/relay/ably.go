@@ -33,6 +33,14 @@ import (
 // screens ignore older repeats). Ably's channel limit counts messages, not
 // publishes, so batches would not carry a channel's events any faster.
 //
+// Each event goes to the user's channel (session:<userId>, the desktop's)
+// and, when it belongs to a session, then to that session's channel
+// (session:<userId>:<sessionId>), the only one a phone's token names: a
+// phone never receives another session's events, replayed or live, since
+// none is ever published where it listens. The event is acked once both
+// took it; after a failure only the channels still missing it are tried
+// again.
+//
 // Order: one relay at a time receives events (the consumer's pinned
 // priority group), each channel's events leave one after another in stream
 // order, and an event waiting for Ably stays claimed: the relay renews the
@@ -73,15 +81,23 @@ type item struct {
 	msg jetstream.Msg // the latest delivery (guarded by ablyRelay.mu)
 	bm  browserMessage
 	typ events.Type
+	// targets are the channels the event goes to, in order: the user's,
+	// then its session's if it has one; sent counts those that took it.
+	targets []string
+	sent    int
 }
 
-// channelQueue is one channel's events in stream order, sent by one
-// goroutine at a time, paced by the channel's limiter.
+// channelQueue is one user channel's events in stream order, sent by one
+// goroutine at a time, paced by the channel's limiter. The same events'
+// copies on the user's session channels keep that order and are paced by a
+// limiter of their own (a session channel carries a subset of the user's
+// events, so one limiter for all of them keeps each under Ably's limit).
 type channelQueue struct {
 	name    string
 	items   []*item
 	running bool
 	lim     *rate.Limiter
+	slim    *rate.Limiter
 	idle    time.Time
 }
 
@@ -198,12 +214,15 @@ func (r *ablyRelay) take(ctx context.Context, msg jetstream.Msg, workers *sync.W
 		it.msg = msg
 		return
 	}
-	it := &item{seq: seq, msg: msg, bm: bm, typ: ev.Type}
+	it := &item{seq: seq, msg: msg, bm: bm, typ: ev.Type, targets: []string{bm.Channel}}
+	if sc := bm.SessionChannel(); sc != "" {
+		it.targets = append(it.targets, sc)
+	}
 	r.held[seq] = it
 	r.m.held.Set(float64(len(r.held)))
 	q := r.channels[bm.Channel]
 	if q == nil {
-		q = &channelQueue{name: bm.Channel, lim: channelLimiter(r.cfg.ChannelRate)}
+		q = &channelQueue{name: bm.Channel, lim: channelLimiter(r.cfg.ChannelRate), slim: channelLimiter(r.cfg.ChannelRate)}
 		r.channels[bm.Channel] = q
 	}
 	// In stream order: a redelivered event may arrive after later ones.
@@ -295,10 +314,10 @@ func (r *ablyRelay) send(ctx context.Context, q *channelQueue) {
 	}
 }
 
-// deliver publishes one event, retrying until Ably accepts it, and acks
-// it. It returns false, with the event still held, if ctx ended first. An
-// event Ably refuses for good is terminated (logged), except one too large,
-// which is sent again as a resync marker.
+// deliver publishes one event to each of its channels in turn, retrying
+// until Ably accepts it, and acks it. It returns false, with the event still
+// held, if ctx ended first. An event Ably refuses for good is terminated
+// (logged), except one too large, which is sent again as a resync marker.
 func (r *ablyRelay) deliver(ctx context.Context, q *channelQueue, it *item) bool {
 	log := r.log.With("channel", q.name, "event_id", it.bm.EventID)
 	bo := backoff.NewExponentialBackOff(
@@ -306,10 +325,14 @@ func (r *ablyRelay) deliver(ctx context.Context, q *channelQueue, it *item) bool
 		backoff.WithMaxInterval(10*time.Second),
 		backoff.WithMaxElapsedTime(0),
 	)
-	channel := r.rest.Channels.Get(q.name)
 	resized := false
 	for attempt := 1; ; attempt++ {
-		if err := q.lim.Wait(ctx); err != nil {
+		lim := q.lim
+		if it.sent > 0 {
+			lim = q.slim
+		}
+		channel := r.rest.Channels.Get(it.targets[it.sent])
+		if err := lim.Wait(ctx); err != nil {
 			return false
 		}
 		select {
@@ -324,6 +347,9 @@ func (r *ablyRelay) deliver(ctx context.Context, q *channelQueue, it *item) bool
 		<-r.sem
 		if err == nil {
 			r.m.publishSeconds.Observe(time.Since(start).Seconds())
+			if it.sent++; it.sent < len(it.targets) {
+				continue
+			}
 			r.settle(it, func(m jetstream.Msg) error { return m.Ack() }, log)
 			r.m.relayed.WithLabelValues(string(it.typ)).Inc()
 			log.Debug("relay.published", "attempt", attempt)

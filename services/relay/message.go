@@ -31,6 +31,26 @@ type browserMessage struct {
 	Channel string          // session:<userId>
 	Time    int64           // event time, ms since the epoch
 	Data    json.RawMessage // the payload the screen applies
+	Scope   scope
+}
+
+// scope is what a phone's stream is scoped by: the session an event belongs
+// to, the session a session.started replaced, the phone a pairing concerns.
+type scope struct {
+	SessionID         string `json:"sessionId"`
+	PreviousSessionID string `json:"previousSessionId"`
+	PhoneID           string `json:"phoneId"`
+}
+
+// SessionChannel is the channel of the event's own session, where phones
+// paired with it listen, or "" for an event of no session (it reaches
+// desktops only).
+func (m browserMessage) SessionChannel() string {
+	if !events.ValidUserID(m.Scope.SessionID) {
+		return ""
+	}
+	user, _ := realtime.ChannelUser(m.Channel)
+	return realtime.SessionChannel(user, m.Scope.SessionID)
 }
 
 // toBrowser turns an event into its browser message; ok is false for events
@@ -47,8 +67,10 @@ func toBrowser(ev events.Event) (browserMessage, bool, error) {
 	if len(data) > maxDataBytes {
 		data = resyncMarker(data)
 	}
+	var sc scope
+	_ = json.Unmarshal(ev.Data, &sc) // an event without them reaches desktops only
 	return browserMessage{EventID: ev.ID, Name: name, Channel: realtime.Channel(ev.Subject),
-		Time: ev.Time.UnixMilli(), Data: data}, true, nil
+		Time: ev.Time.UnixMilli(), Data: data, Scope: sc}, true, nil
 }
 
 // sanitize removes the stripped fields at any depth, keeping numbers as

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clinicalimages/clinimg/pkg/ablysim"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 	"github.com/clinicalimages/clinimg/pkg/session"
 	"github.com/clinicalimages/clinimg/pkg/testenv"
@@ -93,14 +94,7 @@ func TestSSEPhoneStreamIsScopedToItsSession(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	photo := func(sessionID, id, notes string) {
-		t.Helper()
-		img := session.Image{ID: id, S3Key: "temp/gp1/" + id + ".jpg", Uploaded: true, Source: "mobile", ContentType: "image/jpeg",
-			Size: 1000, CapturedAt: time.Now().UTC(), Metadata: session.Metadata{Notes: notes}}
-		if _, _, err := s.store.AddImage(ctx, "gp1", sessionID, img); err != nil {
-			t.Fatal(err)
-		}
-	}
+	photo := func(sessionID, id, notes string) { t.Helper(); s.notedPhoto(t, sessionID, id, notes) }
 	phoneURL := func(sessionID, phoneID, last string) string {
 		tok, _, err := realtime.MintGrant(s.key, realtime.Grant{UserID: "gp1", SessionID: sessionID, PhoneID: phoneID}, time.Hour, time.Now())
 		if err != nil {
@@ -196,6 +190,16 @@ func TestSSEPhoneStreamIsScopedToItsSession(t *testing.T) {
 	}
 }
 
+// notedPhoto records a photo with notes in gp1's session sessionID.
+func (s *stack) notedPhoto(t *testing.T, sessionID, id, notes string) {
+	t.Helper()
+	img := session.Image{ID: id, S3Key: "temp/gp1/" + id + ".jpg", Uploaded: true, Source: "mobile", ContentType: "image/jpeg",
+		Size: 1000, CapturedAt: time.Now().UTC(), Metadata: session.Metadata{Notes: notes}}
+	if _, _, err := s.store.AddImage(context.Background(), "gp1", sessionID, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // pairC pairs a phone holding cred with the user's current session through
 // a fresh QR token, as the API's exchange does.
 func pairC(t *testing.T, s *stack, sessionID, cred string) {
@@ -211,5 +215,79 @@ func pairC(t *testing.T, s *stack, sessionID, cred string) {
 	}
 	if _, err := s.store.Pair(ctx, tok, cred, "test phone"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Promise 6 with Ably: the relay publishes each session's events to that
+// session's channel as well as the user's, and a phone's token names only
+// its session's channel, so a phone of C neither replays nor receives A's
+// events (checked by patient id and note text) and is refused the user's
+// channel with 40160, status 401, as the built-in SSE refuses it.
+func TestAblyPhoneChannelIsScopedToItsSession(t *testing.T) {
+	s := newStack(t)
+	sim := startSim(t, ablysim.Options{})
+	s.start(t, s.ablyConfig(sim))
+	ctx := context.Background()
+	settings := realtime.Settings{Mode: realtime.ModeAbly, Key: ablyKey, URL: sim.URL() + "/sse", TTL: time.Hour}
+	begin := func(sessionID, patient string) {
+		t.Helper()
+		if _, err := s.store.Start(ctx, session.StartParams{UserID: "gp1", PatientID: patient, EncounterID: "enc-1",
+			Token: "tok-" + testenv.ID(), SessionID: sessionID, Discard: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	photo := func(sessionID, id, notes string) { t.Helper(); s.notedPhoto(t, sessionID, id, notes) }
+	phoneToken := func(sessionID string) realtime.Token {
+		tok, err := settings.Issue(realtime.Grant{UserID: "gp1", SessionID: sessionID, PhoneID: "ph-" + sessionID}, time.Now().Add(time.Hour), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+
+	begin("sessA", "PATIENT-AAA")
+	photo("sessA", "a1", "note-of-A mole")
+	begin("sessC", "PATIENT-CCC")
+	photo("sessC", "c1", "note-of-C rash")
+	carries := func(ch, text string) bool {
+		for _, m := range sim.Messages(ch) {
+			if strings.Contains(m.Data, text) {
+				return true
+			}
+		}
+		return false
+	}
+	testenv.Eventually(t, 20*time.Second, "both sessions published", func() bool {
+		return carries("session:gp1:sessA", "note-of-A") && carries("session:gp1:sessC", "note-of-C")
+	})
+
+	tok := phoneToken("sessC")
+	if tok.Channel != "session:gp1:sessC" {
+		t.Fatalf("phone token channel %q", tok.Channel)
+	}
+	for _, ch := range []string{"session:gp1", "session:gp1:sessA"} {
+		resp, err := http.Get(realtime.SubscribeURL(tok.URL, ch, tok.Token, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if e, _ := realtime.ReadError(b); resp.StatusCode != 401 || e.Code != realtime.CodeNotPermitted {
+			t.Errorf("phone of C on %s: %d %s", ch, resp.StatusCode, b)
+		}
+	}
+
+	phone := openRaw(t, realtime.SubscribeURL(tok.URL, tok.Channel, tok.Token, "0"))
+	if phone.status != 200 {
+		t.Fatalf("phone of C: %d", phone.status)
+	}
+	testenv.Eventually(t, 20*time.Second, "phone C's replay", func() bool { return strings.Contains(phone.text(), "note-of-C rash") })
+	photo("sessC", "c2", "barrier")
+	testenv.Eventually(t, 20*time.Second, "phone C live", func() bool { return strings.Contains(phone.text(), "barrier") })
+	if txt := phone.text(); strings.Contains(txt, "PATIENT-AAA") || strings.Contains(txt, "note-of-A") {
+		t.Fatalf("phone C received session A:\n%s", txt)
+	}
+	if carries("session:gp1:sessC", "PATIENT-AAA") || carries("session:gp1:sessC", "note-of-A") {
+		t.Fatal("session A's event on C's channel")
 	}
 }

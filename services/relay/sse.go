@@ -35,7 +35,7 @@ import (
 // with a ":" comment line every RELAY_HEARTBEAT. The token is the API's
 // realtime token (HS256 with REALTIME_SIGNING_KEY): a bad or missing token
 // answers 401 (code 40101/40144), an expired one 401 (40142), a channel
-// outside its capability 403 (40160), a channel that is not a session's 400
+// outside its capability 401 (40160, as Ably answers), a channel that is not a session's 400
 // (40010), each as {"error":{"code","statusCode","message"}}. When the token
 // expires mid-stream the relay sends `event: error` with data
 // {"code":40142,"statusCode":401,"message":"access token expired"} and
@@ -213,19 +213,13 @@ func (h *hub) frame(data []byte, seq uint64) (frame, string, bool) {
 	if !ok {
 		return frame{}, "", false
 	}
-	var scope struct {
-		SessionID         string `json:"sessionId"`
-		PreviousSessionID string `json:"previousSessionId"`
-		PhoneID           string `json:"phoneId"`
-	}
-	_ = json.Unmarshal(ev.Data, &scope) // an event without them reaches desktops only
 	id := strconv.FormatUint(seq, 10)
 	env, _ := json.Marshal(bm.envelope())
 	f := frame{seq: seq, b: realtime.Frame("message", id, env), typ: ev.Type,
-		session: scope.SessionID, previous: scope.PreviousSessionID, phone: scope.PhoneID}
-	if events.ValidUserID(f.session) {
+		session: bm.Scope.SessionID, previous: bm.Scope.PreviousSessionID, phone: bm.Scope.PhoneID}
+	if sc := bm.SessionChannel(); sc != "" {
 		m := bm.envelope()
-		m.Channel = realtime.SessionChannel(ev.Subject, f.session)
+		m.Channel = sc
 		env, _ := json.Marshal(m)
 		f.bs = realtime.Frame("message", id, env)
 	}
