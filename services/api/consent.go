@@ -12,6 +12,9 @@ type consentRequest struct {
 	Method   string   `json:"method"`
 	Reason   string   `json:"reason"`
 	Purposes []string `json:"purposes"`
+	// SessionID, from a desktop, is the session it shows: consent for one
+	// patient never lands on a session another desktop has since started.
+	SessionID string `json:"sessionId"`
 }
 
 // setConsent is PUT consent: the desktop or a paired phone records how the
@@ -24,7 +27,11 @@ func (s *Server) setConsent(c *gin.Context) {
 		s.respondErr(c, err)
 		return
 	}
-	who := callerOf(c)
+	who, err := boundTo(callerOf(c), req.SessionID)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
 	rec := session.Consent{Method: req.Method, Reason: req.Reason, Purposes: req.Purposes, RecordedBy: who.userID, Via: "desktop"}
 	if who.phone {
 		rec.RecordedBy, rec.Via = "phone "+who.phoneID, "phone"

@@ -385,6 +385,24 @@ type commitRequest struct {
 	// Resend names photos that need checking or are in conflict which the
 	// GP, having checked the record, wants sent again.
 	Resend []string `json:"resend"`
+	// SessionID, from a desktop, is the session it shows (see boundTo).
+	SessionID string `json:"sessionId"`
+}
+
+// boundTo is who with the session a desktop names: a change a desktop
+// makes for the session it shows fails with session_changed once another
+// desktop has replaced that session (perhaps for another patient), as a
+// phone's does through its credential. A desktop that names none acts on
+// the current session.
+func boundTo(who caller, sessionID string) (caller, error) {
+	if sessionID == "" || who.phone {
+		return who, nil
+	}
+	if !imageID.MatchString(sessionID) {
+		return who, invalid("session_id", "sessionId must be the id of a session")
+	}
+	who.sessionID = sessionID
+	return who, nil
 }
 
 // commit is the seeds' POST commit. The work is a JetStream job for the
@@ -412,7 +430,12 @@ func (s *Server) commit(c *gin.Context) {
 		outcome, cancel = s.waiter.Wait(commitID)
 		defer cancel()
 	}
-	sess, err := s.store.BeginCommit(ctx, userID, callerOf(c).sessionID, commitID, req.Resend...)
+	who, err := boundTo(callerOf(c), req.SessionID)
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	sess, err := s.store.BeginCommit(ctx, userID, who.sessionID, commitID, req.Resend...)
 	if err != nil {
 		s.respondErr(c, err)
 		return

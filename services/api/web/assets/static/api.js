@@ -88,8 +88,9 @@ export class Api {
   deleteImage(imageId) {
     return this.request('DELETE', this.user(`/images/${encodeURIComponent(imageId)}`));
   }
-  commit(async = false) {
-    return this.request('POST', this.user('/commit'), undefined, async ? { Prefer: 'respond-async' } : {});
+  /** commit begins the commit; sessionId (the desktop's) refuses it once another desktop replaced that session. */
+  commit(async = false, sessionId = '') {
+    return this.request('POST', this.user('/commit'), sessionId ? { sessionId } : undefined, async ? { Prefer: 'respond-async' } : {});
   }
   commitStatus() { return this.request('GET', this.user('/commit')); }
   stopCommit() { return this.request('POST', this.user('/commit/stop')); }

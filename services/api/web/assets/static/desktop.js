@@ -68,7 +68,7 @@ async function main() {
 
   setupCapture();
   consent = new ConsentPanel($('consent'), async (body) => {
-    await api.setConsent(body);
+    await api.setConsent({ ...body, sessionId: state.model.sessionId });
     await live.reconcile();
   });
   $('start-btn').addEventListener('click', () => startCapture());
@@ -248,7 +248,7 @@ async function commit() {
   state.failure = null;
   render();
   try {
-    const r = await api.commit(true);
+    const r = await api.commit(true, m.sessionId);
     if (r.__status !== 202) live.reconcile();
   } catch (e) {
     if (e.code !== 'commit_in_progress') {
