@@ -35,6 +35,7 @@ const (
 	ConsumerThumbnailer = "thumbnailer"
 	ConsumerCommitter   = "committer"
 	ConsumerRelay       = "relay"
+	ConsumerAudit       = "audit"
 )
 
 // RelayGroup is the relay consumer's priority group. Its policy is
@@ -78,6 +79,14 @@ func (n Names) ConsumerConfig(name string, ackWait time.Duration) jetstream.Cons
 		c.AckWait = 15 * time.Second
 		c.MaxDeliver = -1 // a screen event is never dropped; the relay retries Ably forever
 		c.MaxAckPending = 1024
+	case ConsumerAudit:
+		// The audit trail appends every event of a session in stream
+		// order: one message in flight at a time, across every instance,
+		// and never dropped (it waits out an S3 outage).
+		c.FilterSubject = n.All()
+		c.AckWait = 30 * time.Second
+		c.MaxDeliver = -1
+		c.MaxAckPending = 1
 	}
 	if ackWait > 0 {
 		c.AckWait = ackWait

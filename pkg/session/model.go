@@ -142,18 +142,26 @@ type Image struct {
 	Size        int64       `json:"size"`
 	Status      ImageStatus `json:"status"`
 	Version     int64       `json:"version"`
+	// Device is a short summary of the device that recorded the photo (its
+	// browser and system, from the user agent), for the audit trail.
+	Device string `json:"device,omitempty"`
 
 	// Set by the thumbnailer.
-	PreviewKey   string `json:"previewKey,omitempty"`
-	ViewerKey    string `json:"viewerKey,omitempty"`
-	CleanKey     string `json:"cleanKey,omitempty"`
-	CleanSize    int64  `json:"cleanSize,omitempty"`
-	SHA256       string `json:"sha256,omitempty"`
-	Width        int    `json:"width,omitempty"`
-	Height       int    `json:"height,omitempty"`
-	RejectReason string `json:"rejectReason,omitempty"`
-	PreviewURL   string `json:"previewUrl,omitempty"`
-	ViewerURL    string `json:"viewerUrl,omitempty"`
+	PreviewKey string `json:"previewKey,omitempty"`
+	ViewerKey  string `json:"viewerKey,omitempty"`
+	CleanKey   string `json:"cleanKey,omitempty"`
+	CleanSize  int64  `json:"cleanSize,omitempty"`
+	SHA256     string `json:"sha256,omitempty"` // of the clean copy, hex
+	// OriginalSHA256 is the SHA-256 (hex) of the bytes uploaded, as the
+	// thumbnailer read them; CleanSHA1 the SHA-1 (base64, as
+	// Media.content.hash) of the clean copy, the bytes committed.
+	OriginalSHA256 string `json:"originalSha256,omitempty"`
+	CleanSHA1      string `json:"cleanSha1,omitempty"`
+	Width          int    `json:"width,omitempty"`
+	Height         int    `json:"height,omitempty"`
+	RejectReason   string `json:"rejectReason,omitempty"`
+	PreviewURL     string `json:"previewUrl,omitempty"`
+	ViewerURL      string `json:"viewerUrl,omitempty"`
 
 	// MediaIdentifier is the value of the Media.identifier this photo is
 	// written under: the server's, set when the photo is recorded and never
@@ -318,6 +326,11 @@ type ImageEvent struct {
 	Version    int64  `json:"version"`
 	ImageCount int    `json:"imageCount"`
 	Image      Image  `json:"image"`
+	// Fields names the metadata fields an image.updated changed (never
+	// their values).
+	Fields List[string] `json:"fields,omitempty"`
+	// By is who made the change (ActorDesktop, ActorPhone), when known.
+	By Actor `json:"by,omitempty"`
 }
 
 // ImageRemovedEvent is the data of image.removed.
@@ -326,6 +339,7 @@ type ImageRemovedEvent struct {
 	Version    int64  `json:"version"`
 	ImageCount int    `json:"imageCount"`
 	ImageID    string `json:"imageId"`
+	By         Actor  `json:"by,omitempty"`
 }
 
 // SessionEvent is the data of session.started, session.paired and
@@ -371,6 +385,9 @@ type CommitEvent struct {
 	// State and Error are imageId's new commit state (commit.progress).
 	State PhotoState `json:"state,omitempty"`
 	Error string     `json:"error,omitempty"`
+	// Hash is the SHA-1 (base64) of the bytes in the record, with state
+	// in_record when the committer knows it.
+	Hash string `json:"hash,omitempty"`
 	// Attempt and Waiting follow a commit that is retrying
 	// (commit.progress); Waiting is absent while an attempt runs.
 	Attempt int         `json:"attempt,omitempty"`

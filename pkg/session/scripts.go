@@ -28,7 +28,7 @@ import "github.com/redis/go-redis/v9"
 // cjson writes an empty table as {}, so enc() restores [] for the fields
 // that are arrays; a plain find (a memchr scan) guards each substitution.
 const prelude = `
-local arrays = {'images', 'mediaResourceIds', 'orphans', 'errors', 'sentHashes', 'phones', 'imageIds', 'purposes'}
+local arrays = {'images', 'mediaResourceIds', 'orphans', 'errors', 'sentHashes', 'phones', 'imageIds', 'purposes', 'fields'}
 local function enc(v)
   local s = cjson.encode(v)
   if not string.find(s, ':{}', 1, true) then return s end
@@ -352,13 +352,18 @@ if not img then return fail('IMAGE_NOT_FOUND') end
 bad = changeable(img)
 if bad then return bad end
 if type(img.metadata) ~= 'table' then img.metadata = {} end
+-- fields names what changed (never its value), for the audit trail
+local fields = {}
 for k, v in pairs(cjson.decode(ARGV[6])) do
+  local was = img.metadata[k]
   if v == '' and k ~= 'bodySite' then img.metadata[k] = nil else img.metadata[k] = v end
+  if (was or '') ~= (img.metadata[k] or '') then table.insert(fields, k) end
 end
+table.sort(fields)
 bump(s)
 img.version = s.version
 save(s, ARGV[2])
-emit(s, {image = img})
+emit(s, {image = img, fields = fields})
 return reply(s, '')
 `)
 
@@ -550,7 +555,8 @@ return reply(s, 'changed')
 
 // photo: ARGV[5] commit id, ARGV[6] image id, ARGV[7] its media
 // identifier, ARGV[8] new state, ARGV[9] tries the caller saw, ARGV[10]
-// media id (in_record), ARGV[11] SHA-1 being sent (sending), ARGV[12] error.
+// media id (in_record), ARGV[11] SHA-1 being sent (sending) or of the
+// bytes in the record (in_record, "" if unknown), ARGV[12] error.
 // in_record is a fact and always lands (a second, different Media for one
 // photo fails DUPLICATE). sending needs the commit to be current and starts
 // a new try; every other state lands only from the tries the caller saw,
@@ -598,7 +604,9 @@ if s.commit and s.commitId == ARGV[5] and s.commitStatus == 'in_progress' then s
 bump(s)
 img.version = s.version
 save(s, ARGV[2])
-emit(s, {commitId = s.commitId, done = done, total = #s.images, imageId = img.id, mediaId = img.mediaId, state = want, error = img.error})
+local hash = nil
+if want == 'in_record' and ARGV[11] ~= '' then hash = ARGV[11] end
+emit(s, {commitId = s.commitId, done = done, total = #s.images, imageId = img.id, mediaId = img.mediaId, state = want, error = img.error, hash = hash})
 return reply(s, 'changed')
 `)
 

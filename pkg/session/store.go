@@ -447,17 +447,20 @@ func (s *Store) RemoveImage(ctx context.Context, userID, sessionID, imageID stri
 
 // Processed is what the thumbnailer found and made for one photo.
 type Processed struct {
-	Status       ImageStatus `json:"status"` // ready or rejected
-	PreviewKey   string      `json:"previewKey,omitempty"`
-	ViewerKey    string      `json:"viewerKey,omitempty"`
-	CleanKey     string      `json:"cleanKey,omitempty"`
-	CleanSize    int64       `json:"cleanSize,omitempty"`
-	SHA256       string      `json:"sha256,omitempty"`
-	Width        int         `json:"width,omitempty"`
-	Height       int         `json:"height,omitempty"`
-	Size         int64       `json:"size,omitempty"`
-	ContentType  string      `json:"contentType,omitempty"`
-	RejectReason string      `json:"rejectReason,omitempty"`
+	Status     ImageStatus `json:"status"` // ready or rejected
+	PreviewKey string      `json:"previewKey,omitempty"`
+	ViewerKey  string      `json:"viewerKey,omitempty"`
+	CleanKey   string      `json:"cleanKey,omitempty"`
+	CleanSize  int64       `json:"cleanSize,omitempty"`
+	SHA256     string      `json:"sha256,omitempty"`
+	// OriginalSHA256 and CleanSHA1: see Image.
+	OriginalSHA256 string `json:"originalSha256,omitempty"`
+	CleanSHA1      string `json:"cleanSha1,omitempty"`
+	Width          int    `json:"width,omitempty"`
+	Height         int    `json:"height,omitempty"`
+	Size           int64  `json:"size,omitempty"`
+	ContentType    string `json:"contentType,omitempty"`
+	RejectReason   string `json:"rejectReason,omitempty"`
 }
 
 // SetProcessed records the thumbnailer's result for a photo still
@@ -531,7 +534,7 @@ type PhotoUpdate struct {
 	State      PhotoState // the new state
 	Tries      int        // the photo's Tries the caller saw (not for in_record)
 	MediaID    string     // in_record
-	Hash       string     // sending: SHA-1 (base64) of the body about to be sent
+	Hash       string     // sending: SHA-1 (base64) of the body about to be sent; in_record: of the bytes in the record, if known
 	Error      string     // refused, unknown, needs_checking, conflict: why
 }
 
@@ -679,7 +682,11 @@ func (s *Store) call(ctx context.Context, t events.Type, userID string, extraKey
 		return nil, nil, ErrNotFound
 	}
 	now := s.opt.Now().UTC()
-	ev, err := events.New(s.opt.Source, t, userID, struct{}{}, now)
+	data := map[string]Actor{}
+	if a := ActorFrom(ctx); a != "" {
+		data["by"] = a
+	}
+	ev, err := events.New(s.opt.Source, t, userID, data, now)
 	if err != nil {
 		return nil, nil, err
 	}

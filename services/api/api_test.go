@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/clinicalimages/clinimg/pkg/audit"
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/config"
 	"github.com/clinicalimages/clinimg/pkg/events"
@@ -74,7 +75,7 @@ func newHarnessOn(t testing.TB, rdb *redis.Client, prefix string, objects *blob.
 	if cfg.JWKSURL != "" {
 		verifier = jwtauth.NewVerifier(jwtauth.NewJWKS(cfg.JWKSURL), cfg.Issuer, cfg.Audience)
 	}
-	s := NewServer(cfg, Deps{Store: store, Redis: rdb, Objects: objects, Verifier: verifier, Waiter: waiter, Logger: log})
+	s := NewServer(cfg, Deps{Store: store, Redis: rdb, Objects: objects, Verifier: verifier, Waiter: waiter, Logger: log, Audit: audit.NewStore(objects)})
 	h := &harness{t: t, rdb: rdb, srv: httptest.NewServer(s.Router()), store: store, objects: objects, issuer: issuer, cfg: cfg}
 	t.Cleanup(h.srv.Close)
 	return h

@@ -39,6 +39,12 @@ func (s *Server) authenticate(c *gin.Context) {
 		return
 	}
 	c.Set(callerKey, who)
+	// Every change this request makes says who made it (the audit trail).
+	actor := session.ActorDesktop
+	if who.phone {
+		actor = session.ActorPhone
+	}
+	c.Request = c.Request.WithContext(session.WithActor(c.Request.Context(), actor))
 	c.Next()
 }
 

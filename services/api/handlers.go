@@ -214,6 +214,7 @@ func (s *Server) recordImage(c *gin.Context) {
 	img := session.Image{
 		ID: req.ImageID, S3Key: req.S3Key, Uploaded: true, Source: req.Source, CapturedAt: s.now().UTC(),
 		Metadata: meta, ContentType: contentType, Size: info.Size, Status: session.ImageProcessing,
+		Device: deviceSummary(c.GetHeader("User-Agent")),
 	}
 	who := callerOf(c)
 	bind := session.Binding{SessionID: who.sessionID, PatientID: req.PatientID, PhoneID: who.phoneID}

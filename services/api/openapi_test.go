@@ -11,11 +11,13 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/gin-gonic/gin"
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/clinicalimages/clinimg/pkg/audit"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 )
 
@@ -284,6 +286,23 @@ func TestOpenAPIMatchesLiveAnswers(t *testing.T) {
 	expect("POST", U+"/commit", h.do("POST", u+"/commit", desk, map[string]any{"resend": []string{id}}, "Prefer", "respond-async"), 409)
 
 	expect("DELETE", U+"/phones/{phoneId}", h.do("DELETE", u+"/phones/"+pair.body["phoneId"].(string), desk, nil), 200)
+
+	// The audit trail (written by the consumer, here by hand).
+	A := U + "/sessions/{sessionId}/audit"
+	sid, _ := start.body["sessionId"].(string)
+	expect("GET", A, h.do("GET", u+"/sessions/"+sid+"/audit", desk, nil), 404)
+	if _, err := audit.NewStore(h.objects).Append(context.Background(), user, sid, []audit.Record{{ID: "e1", EventID: "e1",
+		At: time.Now().UTC(), Version: 1, SessionID: sid, Step: audit.Captured, ImageID: id, By: "phone", Source: "mobile", Device: "iPhone, iOS 18.1"}}); err != nil {
+		t.Fatal(err)
+	}
+	expect("GET", A, h.do("GET", u+"/sessions/"+sid+"/audit", desk, nil), 200)
+	if r := h.do("GET", u+"/sessions/"+sid+"/audit?format=csv", desk, nil); r.status != 200 || !strings.HasPrefix(string(r.raw), "at,step,image_id") {
+		t.Errorf("audit as CSV: %d %s", r.status, r.raw)
+	}
+	expect("GET", A, h.do("GET", u+"/sessions/"+sid+"/audit?format=pdf", desk, nil), 400)
+	expect("GET", A, h.do("GET", u+"/sessions/bad%20id/audit", desk, nil), 400)
+	expect("GET", A, h.do("GET", "/api/users/"+other+"/sessions/"+sid+"/audit", desk, nil), 403)
+	expect("GET", A, h.do("GET", u+"/sessions/"+sid+"/audit", "", nil), 401)
 
 	// A new session for another patient would drop the uncommitted photo.
 	h2 := h.desktop("user_oa3")

@@ -7,6 +7,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/clinicalimages/clinimg/pkg/audit"
+	"github.com/clinicalimages/clinimg/pkg/consume"
+	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/ops"
@@ -57,9 +60,22 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return g.Stop(err)
 	}
+	trail := audit.NewStore(conns.Blob)
 	srv := NewServer(cfg, Deps{
-		Store: store, Redis: rdb, Objects: conns.Blob, Verifier: verifier, Waiter: waiter,
+		Store: store, Redis: rdb, Objects: conns.Blob, Verifier: verifier, Waiter: waiter, Audit: trail,
 		Registry: reg, Logger: log,
+	})
+	// The audit trail is written from the event stream, beside the
+	// requests and never in their way.
+	cons, err := ops.Consumer(g.Context(), log, conns.JS, cfg.Common, events.ConsumerAudit)
+	if err != nil {
+		return g.Stop(err)
+	}
+	writer := audit.NewWriter(trail, log)
+	g.Go(ops.StageWork, "audit", func(ctx context.Context) error {
+		return consume.Run(ctx, cons, writer.Handle, consume.Options{
+			Grace: g.Grace(), Logger: log, DeadLetters: deadletter.New(conns.JS, cfg.Common.Names),
+		})
 	})
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "clinimg_outbox_depth", Help: "Events waiting in the Redis outbox.",

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/clinicalimages/clinimg/pkg/audit"
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/ops"
@@ -41,6 +42,8 @@ type Deps struct {
 	Objects  objects
 	Verifier *jwtauth.Verifier
 	Waiter   *Waiter
+	// Audit reads the sessions' chains of custody (nil: none kept).
+	Audit    *audit.Store
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
 	Now      func() time.Time
@@ -53,6 +56,7 @@ type Server struct {
 	objects  objects
 	verifier *jwtauth.Verifier
 	waiter   *Waiter
+	audit    *audit.Store
 	reg      *prometheus.Registry
 	log      *slog.Logger
 	now      func() time.Time
@@ -77,7 +81,7 @@ func NewServer(cfg Config, d Deps) *Server {
 		keys = string(d.Store.Keys)
 	}
 	return &Server{
-		cfg: cfg, store: d.Store, objects: d.Objects, verifier: d.Verifier, waiter: d.Waiter,
+		cfg: cfg, store: d.Store, objects: d.Objects, verifier: d.Verifier, waiter: d.Waiter, audit: d.Audit,
 		reg: d.Registry, log: d.Logger, now: d.Now, metrics: newMetrics(d.Registry),
 		redeemLimit: &rateLimiter{rdb: d.Redis, prefix: keys + "ratelimit:qr:",
 			limit: cmp.Or(cfg.QRRedeemLimit, DefaultQRRedeemLimit), window: time.Minute, now: d.Now},
@@ -136,6 +140,7 @@ func (s *Server) Router() http.Handler {
 	u.PUT("/consent", s.setConsent)
 	u.GET("/phones", s.requireDesktop, s.listPhones)
 	u.DELETE("/phones/:phoneId", s.requireDesktop, s.removePhone)
+	u.GET("/sessions/:sessionId/audit", s.requireDesktop, s.getAudit)
 	return r
 }
 

@@ -44,9 +44,10 @@ func (l ledger) sending(ctx context.Context, img session.Image, hash string) (se
 // inRecord records that img is in the record as mediaID. It lands whatever
 // became of the commit: it is a fact about the record. A photo already in
 // the record as another Media gives *session.DuplicateError.
-func (l ledger) inRecord(ctx context.Context, img session.Image, mediaID string) error {
+// hash, the SHA-1 of the bytes in the record if known, goes on the event.
+func (l ledger) inRecord(ctx context.Context, img session.Image, mediaID, hash string) error {
 	_, _, err := l.store.RecordPhoto(ctx, l.userID, session.PhotoUpdate{CommitID: l.commitID, ImageID: img.ID,
-		Identifier: img.MediaIdentifier, State: session.PhotoInRecord, MediaID: mediaID})
+		Identifier: img.MediaIdentifier, State: session.PhotoInRecord, MediaID: mediaID, Hash: hash})
 	var dup *session.DuplicateError
 	if errors.As(err, &dup) {
 		return err

@@ -102,7 +102,7 @@ func (a *attempt) recheck(ctx context.Context, out []photoResult) {
 		}
 		switch v, id, extra, why := judge(refs, a.claim(r.img)); v {
 		case found:
-			out[i] = a.inRecord(ctx, r.img, id, extra, "found")
+			out[i] = a.inRecord(ctx, r.img, id, extra, "found", hashOf(refs, id))
 		case conflicting:
 			out[i] = a.set(ctx, r.img, session.PhotoConflict, nil, why)
 		default:
@@ -146,7 +146,7 @@ func (a *attempt) write(ctx context.Context, img session.Image) photoResult {
 			}
 			switch v, id, extra, why := judge(refs, a.claim(img)); v {
 			case found:
-				return a.inRecord(ctx, img, id, extra, "found")
+				return a.inRecord(ctx, img, id, extra, "found", hashOf(refs, id))
 			case conflicting:
 				return a.set(ctx, img, session.PhotoConflict, nil, why)
 			}
@@ -201,7 +201,7 @@ func (a *attempt) send(ctx context.Context, img session.Image, ifAbsent bool) ph
 	switch classify(err) {
 	case written:
 		if !c.Existing {
-			return a.inRecord(ctx, sent, c.ID, nil, "created")
+			return a.inRecord(ctx, sent, c.ID, nil, "created", p.hash)
 		}
 		// Conditional create found a Media with the identifier: it is this
 		// photo only if its patient and bytes are.
@@ -209,7 +209,7 @@ func (a *attempt) send(ctx context.Context, img session.Image, ifAbsent bool) ph
 		ref.ID = c.ID
 		switch v, _, _, why := judge([]fhir.MediaRef{ref}, a.claim(sent)); v {
 		case found:
-			return a.inRecord(ctx, sent, c.ID, nil, "found")
+			return a.inRecord(ctx, sent, c.ID, nil, "found", ref.Hash)
 		case conflicting:
 			return a.set(ctx, sent, session.PhotoConflict, nil, why)
 		}
@@ -228,10 +228,12 @@ func (a *attempt) send(ctx context.Context, img session.Image, ifAbsent bool) ph
 
 // inRecord records the photo as the Media id. The answer is a fact about
 // the record, so it is recorded even if the attempt is being abandoned.
-func (a *attempt) inRecord(ctx context.Context, img session.Image, mediaID string, extra []string, how string) photoResult {
+// hash is the SHA-1 of the bytes the Media carries ("" if unknown), for
+// the audit trail.
+func (a *attempt) inRecord(ctx context.Context, img session.Image, mediaID string, extra []string, how, hash string) photoResult {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	err := a.ledger.inRecord(rctx, img, mediaID)
+	err := a.ledger.inRecord(rctx, img, mediaID, hash)
 	var dup *session.DuplicateError
 	switch {
 	case errors.As(err, &dup):
@@ -345,4 +347,14 @@ func (a *attempt) withdraw(ctx context.Context, mediaID string) {
 		a.orphans = append(a.orphans, mediaID)
 		a.mu.Unlock()
 	}
+}
+
+// hashOf is the content.hash of the Media id among refs, or "".
+func hashOf(refs []fhir.MediaRef, id string) string {
+	for _, r := range refs {
+		if r.ID == id {
+			return r.Hash
+		}
+	}
+	return ""
 }

@@ -3,7 +3,9 @@ package thumbnailer
 import (
 	"bytes"
 	"context"
+	"crypto/sha1"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -228,17 +230,22 @@ func (p *Processor) process(ctx context.Context, log *slog.Logger, userID string
 		return res, nil, "", fmt.Errorf("make previews: %w", err)
 	}
 	clean := sha256.Sum256(out.Clean)
+	original := sha256.Sum256(src)
+	cleanSHA1 := sha1.Sum(out.Clean)
 	res = session.Processed{
-		Status:      session.ImageReady,
-		PreviewKey:  PreviewKey(userID, img.ID),
-		ViewerKey:   ViewerKey(userID, img.ID),
-		CleanKey:    CleanKey(userID, img.ID),
-		CleanSize:   int64(len(out.Clean)),
-		SHA256:      hex.EncodeToString(clean[:]),
-		Width:       out.Width,
-		Height:      out.Height,
-		Size:        int64(len(src)),
-		ContentType: out.Header.Format.ContentType(),
+		Status:     session.ImageReady,
+		PreviewKey: PreviewKey(userID, img.ID),
+		ViewerKey:  ViewerKey(userID, img.ID),
+		CleanKey:   CleanKey(userID, img.ID),
+		CleanSize:  int64(len(out.Clean)),
+		SHA256:     hex.EncodeToString(clean[:]),
+		// The chain of custody: what was uploaded, and what the record gets.
+		OriginalSHA256: hex.EncodeToString(original[:]),
+		CleanSHA1:      base64.StdEncoding.EncodeToString(cleanSHA1[:]),
+		Width:          out.Width,
+		Height:         out.Height,
+		Size:           int64(len(src)),
+		ContentType:    out.Header.Format.ContentType(),
 	}
 	for _, o := range []struct {
 		key  string
