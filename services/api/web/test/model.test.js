@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import * as M from '../assets/static/model.js';
-import { plural, limitText, coding, consentText, FALLBACK } from '../assets/static/words.js';
+import { plural, limitText, coding, consentText, discardText, FALLBACK } from '../assets/static/words.js';
 
 const img = (id, v, extra = {}) => ({ id, status: 'processing', metadata: { bodySite: '' }, version: v, ...extra });
 const snap = (version, images, extra = {}) => ({
@@ -149,6 +149,21 @@ test('words', () => {
   assert.equal(limitText(19, FALLBACK.limits).kind, '');
   const vocab = { views: [{ code: 'anterior', display: 'Anterior' }], lateralities: [{ code: 'bilateral', display: 'Both sides' }] };
   assert.equal(coding({ bodySiteDisplay: 'Forearm structure', laterality: 'bilateral', viewType: 'anterior' }, vocab), 'Forearm · Both sides · Anterior');
+});
+
+// Discarding a session never claims its photos never reached a record:
+// ALEX has no undo, so photos in the record stay there and photos that may
+// be there are named as such.
+test('discard: says which photos stay in the record', () => {
+  const im = (commitState) => ({ id: commitState || 'x', commitState });
+  assert.deepEqual(discardText([im(), im('pending')], 'A'),
+    ['2 photos of patient A have not reached the record and will be deleted.']);
+  const mixed = discardText([im(), im('in_record'), im('unknown'), im('refused')], 'A');
+  assert.equal(mixed[0], '2 photos of patient A have not reached the record and will be deleted.');
+  assert.match(mixed[1], /^1 photo is in patient A's record already and stays there/);
+  assert.match(mixed[2], /^1 photo may be in patient A's record/);
+  assert.ok(!mixed.join(' ').includes('never reaching any record'));
+  assert.deepEqual(discardText([im('in_record')], 'A').length, 1);
 });
 
 // A seeded random schedule: the session's true history is a list of events

@@ -14,7 +14,7 @@ import { renderGrid, setCardNote, openViewer } from './desktop-view.js';
 import { Live } from './live.js';
 import * as M from './model.js';
 import { UploadQueue } from './upload.js';
-import { CONSENT_MISSING, FALLBACK, RECORD_RULE, ago, committedText, coding, isAre, limitText, plural, stuckText } from './words.js';
+import { CONSENT_MISSING, FALLBACK, RECORD_RULE, ago, committedText, coding, discardText, isAre, limitText, plural, stuckText } from './words.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -210,7 +210,7 @@ async function discardOther() {
   const n = m.images.length;
   const ok = await confirmDialog({
     title: `Discard patient ${m.patientId}'s photos?`,
-    body: [`${plural(n, 'photo')} of patient ${m.patientId} ${n === 1 ? 'has' : 'have'} not been committed and will be deleted, never reaching any record.`,
+    body: [...discardText(m.images, m.patientId),
       `A new capture then starts for patient ${state.patientId}, who is open in the practice system.`],
     ok: `Discard ${plural(n, 'photo')} of patient ${m.patientId}`, danger: true,
   });

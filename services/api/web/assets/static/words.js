@@ -47,6 +47,26 @@ export function limitText(n, limits) {
 export const RECORD_RULE = 'A photo that reaches the patient record stays there: ALEX has no undo. '
   + 'If the commit stops part-way, those photos stay marked as in the record and the next commit sends only the rest, each photo once.';
 
+/**
+ * discardText is what discarding a session's photos does to each, ALEX
+ * having no undo: photos in the record stay there, photos whose write was
+ * never answered may be there, and only the rest never reach it.
+ */
+export function discardText(images, patientId) {
+  const inRecord = images.filter((im) => im.commitState === 'in_record').length;
+  const maybe = images.filter((im) => ['sending', 'unknown', 'needs_checking'].includes(im.commitState)).length;
+  const rest = images.length - inRecord - maybe;
+  const out = [];
+  if (rest) out.push(`${plural(rest, 'photo')} of patient ${patientId} ${rest === 1 ? 'has' : 'have'} not reached the record and will be deleted.`);
+  if (inRecord) {
+    out.push(`${plural(inRecord, 'photo')} ${isAre(inRecord)} in patient ${patientId}'s record already and ${inRecord === 1 ? 'stays' : 'stay'} there: ALEX has no undo. Only the copies here are deleted.`);
+  }
+  if (maybe) {
+    out.push(`${plural(maybe, 'photo')} may be in patient ${patientId}'s record (ALEX did not say); once discarded, this screen cannot tell. Check the record.`);
+  }
+  return out;
+}
+
 /** stuckText says why a commit is waiting and when it tries again. */
 export function stuckText(c) {
   const at = (iso) => (iso ? new Date(iso).toLocaleTimeString() : '');
