@@ -187,3 +187,40 @@ func TestImagesPinned(t *testing.T) {
 		}
 	}
 }
+
+// TestAWSPolicy: the API's IAM policy file (docs/deploy.md) reaches only
+// temp/: objects under it, and a listing only with a temp/ prefix.
+func TestAWSPolicy(t *testing.T) {
+	var pol struct {
+		Statement []struct {
+			Effect    string
+			Principal any
+			Action    []string
+			Resource  []string
+			Condition map[string]map[string][]string
+		}
+	}
+	readJSON(t, filepath.Join("..", "aws", "app-policy.json"), &pol)
+	if len(pol.Statement) == 0 {
+		t.Fatal("no statements")
+	}
+	for _, st := range pol.Statement {
+		if st.Effect != "Allow" || st.Principal != nil {
+			t.Errorf("statement %+v: want Allow without a Principal (an identity policy)", st)
+		}
+		for _, a := range st.Action {
+			switch a {
+			case "s3:GetObject", "s3:PutObject", "s3:DeleteObject":
+				if !slices.Equal(st.Resource, []string{"arn:aws:s3:::BUCKET/temp/*"}) {
+					t.Errorf("%s on %v, want only temp/*", a, st.Resource)
+				}
+			case "s3:ListBucket":
+				if !slices.Equal(st.Condition["StringLike"]["s3:prefix"], []string{"temp/*"}) {
+					t.Errorf("s3:ListBucket without the temp/ prefix condition: %v", st.Condition)
+				}
+			default:
+				t.Errorf("action %s: the API needs only object reads, writes, deletes and a prefixed listing", a)
+			}
+		}
+	}
+}
