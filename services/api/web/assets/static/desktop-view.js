@@ -104,6 +104,7 @@ function imageCard(id, ui) {
   const view = el('select', { id: `${uid}-view`, class: 'view', 'data-test': 'view' });
   const notes = el('textarea', { id: `${uid}-notes`, class: 'notes', rows: 2, 'data-test': 'notes' });
   const del = el('button', { type: 'button', class: 'btn small danger', 'data-test': 'delete' }, 'Delete');
+  const trail = el('button', { type: 'button', class: 'btn small trail-open', 'data-test': 'trail-open', onclick: () => ui.trail(id) }, 'Trail');
   const zoom = el('button', { type: 'button', class: 'zoom', 'data-test': 'zoom', onclick: () => ui.view(id) },
     el('img', { alt: '', 'data-test': 'preview', hidden: true }));
   card.append(
@@ -118,7 +119,7 @@ function imageCard(id, ui) {
         el('span', {}, el('label', { for: lat.id }, 'Side'), lat),
         el('span', {}, el('label', { for: view.id }, 'View'), view)),
       el('label', { for: notes.id }, 'Notes'), notes,
-      el('p', { class: 'row' }, el('span', { class: 'note', 'aria-live': 'polite', 'data-test': 'card-note' }), del)));
+      el('p', { class: 'row' }, el('span', { class: 'note', 'aria-live': 'polite', 'data-test': 'card-note' }), trail, del)));
 
   lat.addEventListener('change', () => ui.patch(id, { laterality: lat.value }, card));
   view.addEventListener('change', () => ui.patch(id, { viewType: view.value }, card));
@@ -211,7 +212,7 @@ function updateImageCard(card, im, n, ui) {
   // ALEX has no undo: a photo in the record (or that may be) stays as sent
   const locked = ui.readOnly || im.status === 'committed' || ['in_record', 'sending', 'unknown'].includes(im.commitState);
   card.site.disable(locked);
-  for (const f of card.querySelectorAll('select, textarea, button:not(.zoom)')) f.disabled = locked;
+  for (const f of card.querySelectorAll('select, textarea, button:not(.zoom):not(.trail-open)')) f.disabled = locked;
   card.classList.toggle('locked', locked);
   zoom.disabled = !src;
   const note = card.querySelector('.note');
@@ -235,4 +236,51 @@ export function openViewer(src, caption) {
   $('viewer-img').alt = caption;
   $('viewer-caption').textContent = caption;
   $('viewer').showModal();
+}
+
+// TRAIL_WORDS is what each audit step reads as on a photo's trail.
+const TRAIL_WORDS = {
+  session_started: 'Session started', phone_paired: 'Phone paired', phone_removed: 'Phone removed',
+  consent_recorded: 'Consent recorded', captured: 'Captured', uploaded: 'Uploaded', verified: 'Verified',
+  cleaned: 'Cleaned (metadata removed)', rejected: 'Rejected', coded: 'Coding changed', deleted: 'Deleted',
+  commit_requested: 'Commit requested', commit_attempt: 'Commit attempt', commit_photo: 'Commit',
+  commit_succeeded: 'Commit succeeded', commit_failed: 'Commit failed',
+};
+
+const OUTCOME_WORDS = {
+  in_record: 'in the record', refused: 'refused by ALEX', unknown: 'answer unclear, looked up before sending again',
+  pending: 'not stored, will be sent again', needs_checking: 'needs checking', conflict: 'conflict',
+  waiting: 'waiting to try again', started: 'started', stopped: 'stopped by the GP', failed: 'failed', committed: 'committed',
+};
+
+/** trailLine is one audit record as a line of a photo's trail: when, what, who, and the evidence. */
+export function trailLine(r) {
+  const when = new Date(r.at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+  const bits = [];
+  if (r.by) bits.push(`by ${r.by}`);
+  if (r.device) bits.push(r.device);
+  if (r.bytes) bits.push(`${r.bytes.toLocaleString()} bytes`);
+  if (r.fields && r.fields.length) bits.push(r.fields.join(', '));
+  if (r.attempt) bits.push(`attempt ${r.attempt}`);
+  if (r.outcome && r.step !== 'commit_succeeded' && r.outcome !== 'failed') bits.push(OUTCOME_WORDS[r.outcome] || r.outcome);
+  if (r.mediaId) bits.push(`Media ${r.mediaId}`);
+  if (r.detail) bits.push(r.detail);
+  const hashes = [];
+  if (r.sha256) hashes.push(el('code', { title: r.sha256, 'data-test': 'trail-sha256' }, `SHA-256 ${r.sha256.slice(0, 16)}…`));
+  if (r.sha1) hashes.push(el('code', { title: r.sha1, 'data-test': 'trail-sha1' }, `SHA-1 ${r.sha1}`));
+  return el('li', { dataset: { step: r.step, test: 'trail-step' } },
+    el('time', { datetime: r.at }, when), ' ',
+    el('strong', {}, TRAIL_WORDS[r.step] || r.step),
+    bits.length ? ` · ${bits.join(' · ')}` : '',
+    ...hashes.flatMap((h) => [' ', h]));
+}
+
+/** openTrail shows one photo's chain of custody: its own records and the commits'. */
+export function openTrail(title, records, onExport) {
+  const list = document.getElementById('trail-list');
+  list.replaceChildren(...(records.length ? records.map(trailLine)
+    : [el('li', { class: 'muted', 'data-test': 'trail-empty' }, 'Nothing recorded yet: the trail follows within seconds.')]));
+  document.getElementById('trail-title').textContent = title;
+  document.getElementById('trail-csv').onclick = onExport;
+  document.getElementById('trail').showModal();
 }

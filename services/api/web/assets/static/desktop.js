@@ -10,7 +10,7 @@
 
 import { Api, ApiError, confirmDialog, el } from './api.js';
 import { ConsentPanel } from './consent.js';
-import { renderGrid, setCardNote, openViewer } from './desktop-view.js';
+import { renderGrid, setCardNote, openViewer, openTrail } from './desktop-view.js';
 import { Live } from './live.js';
 import * as M from './model.js';
 import { UploadQueue } from './upload.js';
@@ -79,6 +79,7 @@ async function main() {
   $('mismatch-commit').addEventListener('click', () => commit());
   $('mismatch-discard').addEventListener('click', () => discardOther());
   $('viewer-close').addEventListener('click', () => $('viewer').close());
+  $('trail-close').addEventListener('click', () => $('trail').close());
   $('viewer').addEventListener('click', (e) => { if (e.target === $('viewer')) $('viewer').close(); });
   setInterval(renderClock, 1000);
 
@@ -329,6 +330,43 @@ function view(id) {
   openViewer(src, `Photo ${n}${what ? ` · ${what}` : ''}`);
 }
 
+// trail shows a photo's chain of custody, read from the audit trail the
+// server keeps for the session: the photo's own steps and the commits'.
+async function trail(id) {
+  const m = state.model;
+  const n = M.photoNumber(m, id);
+  const path = api.user(`/sessions/${encodeURIComponent(m.sessionId)}/audit`);
+  let records = [];
+  try {
+    records = (await api.request('GET', path)).records || [];
+  } catch (e) {
+    if (!(e instanceof ApiError) || e.status !== 404) {
+      banner('error', `The photo's trail could not be read: ${e.message}`);
+      return;
+    }
+  }
+  const mine = records.filter((r) => r.imageId === id || (!r.imageId && r.step.startsWith('commit_')));
+  const first = mine.findIndex((r) => r.imageId === id);
+  openTrail(`Photo ${n}: chain of custody`, first < 0 ? [] : mine.slice(first), () => exportTrail(path, m.sessionId));
+}
+
+// exportTrail downloads the session's whole trail as CSV (the request
+// carries the desktop's token, so it cannot be a plain link).
+async function exportTrail(path, sessionId) {
+  try {
+    const res = await fetch(`${path}?format=csv`, { headers: { Authorization: `Bearer ${state.token}` }, cache: 'no-store' });
+    if (!res.ok) throw new Error(`${res.status}`);
+    const url = URL.createObjectURL(await res.blob());
+    const a = el('a', { href: url, download: `audit-${sessionId}.csv` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (e) {
+    banner('error', `The trail could not be exported (${e.message}).`);
+  }
+}
+
 // ---------- desktop upload ----------
 
 function setupCapture() {
@@ -466,7 +504,7 @@ function render() {
   renderGrid({
     api, model: m, uploads, vocab: state.vocab, localThumbs,
     readOnly: !active || busy || mismatch,
-    patch, remove, view,
+    patch, remove, view, trail,
     retry: (id) => uploads.retry(id), discard: (id) => uploads.discard(id), reconcile: () => reconcileSoon(0),
   });
   $('empty').hidden = n > 0;
