@@ -189,7 +189,8 @@ func TestImagesPinned(t *testing.T) {
 }
 
 // TestAWSPolicy: the API's IAM policy file (docs/deploy.md) reaches only
-// temp/: objects under it, and a listing only with a temp/ prefix.
+// temp/ (objects under it, and a listing only with a temp/ prefix) and the
+// audit trail under audit/, which it reads and appends to but never deletes.
 func TestAWSPolicy(t *testing.T) {
 	var pol struct {
 		Statement []struct {
@@ -211,8 +212,10 @@ func TestAWSPolicy(t *testing.T) {
 		for _, a := range st.Action {
 			switch a {
 			case "s3:GetObject", "s3:PutObject", "s3:DeleteObject":
-				if !slices.Equal(st.Resource, []string{"arn:aws:s3:::BUCKET/temp/*"}) {
-					t.Errorf("%s on %v, want only temp/*", a, st.Resource)
+				// The audit trail is read and appended to, never deleted.
+				audit := a != "s3:DeleteObject" && slices.Equal(st.Resource, []string{"arn:aws:s3:::BUCKET/audit/*"})
+				if !audit && !slices.Equal(st.Resource, []string{"arn:aws:s3:::BUCKET/temp/*"}) {
+					t.Errorf("%s on %v, want only temp/* (or audit/* to read and append)", a, st.Resource)
 				}
 			case "s3:ListBucket":
 				if !slices.Equal(st.Condition["StringLike"]["s3:prefix"], []string{"temp/*"}) {
