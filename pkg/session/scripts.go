@@ -527,13 +527,18 @@ emit(s, {commitId = ARGV[5], success = false, message = ARGV[6], errors = errs, 
 return reply(s, 'changed')
 `)
 
-// pending: ARGV[5] session id, ARGV[6] phone id, ARGV[7] count. A phone's
-// count is information, not a change of the photos: it is kept whatever the
-// commit status. Returns {session, "changed"|"unchanged"}.
+// pending: ARGV[5] session id, ARGV[6] phone id, which must still be
+// paired (a report racing the phone's removal would leave a count nothing
+// clears), ARGV[7] count. A phone's count is information, not a change of
+// the photos: it is kept whatever the commit status. Returns {session,
+// "changed"|"unchanged"}.
 var pendingScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
 if ARGV[5] ~= '' and s.sessionId ~= ARGV[5] then return fail('SESSION_CHANGED') end
+local paired = false
+for _, p in ipairs(s.phones) do paired = paired or p.id == ARGV[6] end
+if not paired then return fail('PHONE_REMOVED') end
 local n = tonumber(ARGV[7])
 local cur = type(s.pending) == 'table' and s.pending[ARGV[6]] or nil
 if (cur and cur.count == n) or (not cur and n == 0) then return reply(s, 'unchanged') end

@@ -403,7 +403,8 @@ func (s *Store) SetOpenPatient(ctx context.Context, userID, patientID string) (S
 // SetPending records how many photos one phone still holds unrecorded, so
 // the desktop can say they are coming and ask before a commit leaves them
 // behind. A count of 0 removes the phone's entry; the same count again
-// changes nothing (changed false, no event).
+// changes nothing (changed false, no event). A phone no longer paired gets
+// ErrPhoneRemoved.
 func (s *Store) SetPending(ctx context.Context, userID, sessionID, phoneID string, count int) (Session, bool, error) {
 	r, err := s.run(ctx, pendingScript, events.PhonePending, userID, nil, sessionID, phoneID, strconv.Itoa(count))
 	if err != nil {

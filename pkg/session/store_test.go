@@ -381,19 +381,30 @@ func TestSetPending(t *testing.T) {
 	eachBackend(t, func(t *testing.T, st *session.Store, rdb redis.Cmdable) {
 		ctx := context.Background()
 		sid := start(t, st, "u1", "p1").Session.SessionID
+		// Two phones paired with the session (a QR code each).
+		for i, cred := range []string{"cred-a", "cred-b"} {
+			tok := fmt.Sprintf("tok-pending-%d", i)
+			if _, err := st.Start(ctx, session.StartParams{UserID: "u1", PatientID: "p1", EncounterID: "enc_1", Token: tok, SessionID: "ignored"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := st.Pair(ctx, tok, cred, "test"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		aaa, bbb := session.PhoneID("cred-a"), session.PhoneID("cred-b")
 		steps := []struct {
 			phone   string
 			count   int
 			changed bool
 			total   int
 		}{
-			{"aaa", 0, false, 0}, // a phone that holds nothing, before anything was reported
-			{"aaa", 2, true, 2},
-			{"aaa", 2, false, 2},
-			{"bbb", 1, true, 3},
-			{"aaa", 0, true, 1},
-			{"aaa", 0, false, 1},
-			{"bbb", 0, true, 0},
+			{aaa, 0, false, 0}, // a phone that holds nothing, before anything was reported
+			{aaa, 2, true, 2},
+			{aaa, 2, false, 2},
+			{bbb, 1, true, 3},
+			{aaa, 0, true, 1},
+			{aaa, 0, false, 1},
+			{bbb, 0, true, 0},
 		}
 		for i, s := range steps {
 			before := outboxLen(t, rdb, st)
@@ -406,8 +417,24 @@ func TestSetPending(t *testing.T) {
 				t.Fatalf("step %d: changed=%v total=%d events=%d, want changed=%v total=%d", i, changed, got.PendingPhotos(), events, s.changed, s.total)
 			}
 		}
-		if _, _, err := st.SetPending(ctx, "u1", "another-session", "aaa", 1); !errors.Is(err, session.ErrSessionChanged) {
+		if _, _, err := st.SetPending(ctx, "u1", "another-session", aaa, 1); !errors.Is(err, session.ErrSessionChanged) {
 			t.Fatalf("pending for an ended session: %v", err)
+		}
+		// A phone removed on the desktop while its report was on the way:
+		// the report is refused, so no count is left that nothing clears.
+		if _, _, err := st.SetPending(ctx, "u1", sid, bbb, 2); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.RemovePhone(ctx, "u1", "", bbb); err != nil {
+			t.Fatal(err)
+		}
+		before := outboxLen(t, rdb, st)
+		if _, _, err := st.SetPending(ctx, "u1", sid, bbb, 3); !errors.Is(err, session.ErrPhoneRemoved) {
+			t.Fatalf("pending from a removed phone: %v, want ErrPhoneRemoved", err)
+		}
+		got, err := st.Peek(ctx, "u1")
+		if err != nil || got.PendingPhotos() != 0 || outboxLen(t, rdb, st) != before {
+			t.Fatalf("after a removed phone's report: pending %d, err %v", got.PendingPhotos(), err)
 		}
 	})
 }
