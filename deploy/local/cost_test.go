@@ -81,13 +81,13 @@ func TestRedisCommandCost(t *testing.T) {
 	elapsed := time.Since(began)
 	perHour := float64(idle) * float64(time.Hour) / float64(elapsed)
 	// Three publishers (api, committer, thumbnailer): one blocking read per
-	// 5 s and one claim per minute each; the committer's sweep once a
+	// 5 s and one claim per 30 s each; the committer's sweep once a
 	// minute (a script and the ZRANGEBYSCORE it runs, which commandstats
 	// counts too). A blocked read that times out counts once. The first
 	// sweep loads its script and a pool may open a connection (HELLO): a
 	// quarter's room for those.
 	const publishers = 3
-	bound := publishers*(3600/5+60) + 2*60
+	bound := publishers*(3600/5+3600/30) + 2*60
 	t.Logf("idle: %d commands in %s = %.0f an hour (%v); bound %d an hour", idle, elapsed.Round(time.Second), perHour, idleBy, bound)
 	if perHour > float64(bound)*1.25 {
 		t.Errorf("idle stack: %.0f commands an hour, want at most %d", perHour, bound)

@@ -46,9 +46,8 @@ type Options struct {
 	// before another takes it over (default 30 s).
 	ClaimIdle time.Duration
 	// ClaimEvery is how often a publisher looks for a dead one's entries
-	// (default 2*ClaimIdle, 1 min: a crashed publisher's events wait up to
-	// ClaimIdle plus this; every publisher pays one command each time, idle
-	// or not).
+	// (default ClaimIdle, 30 s: a crashed publisher's events wait up to
+	// twice that; every publisher pays one command each time, idle or not).
 	ClaimEvery time.Duration
 	// Window is how many batches may be in flight at once (default 4):
 	// the next is read and sent while earlier ones wait for their acks.
@@ -78,7 +77,7 @@ func (o Options) withDefaults() Options {
 		o.ClaimIdle = 30 * time.Second
 	}
 	if o.ClaimEvery <= 0 {
-		o.ClaimEvery = 2 * o.ClaimIdle
+		o.ClaimEvery = o.ClaimIdle
 	}
 	if o.AckWait <= 0 {
 		o.AckWait = 10 * time.Second
