@@ -227,3 +227,35 @@ func TestAWSPolicy(t *testing.T) {
 		}
 	}
 }
+
+// TestComposeHardening: every image built here runs with a read-only root
+// (a tmpfs /tmp), no capabilities, no privilege gained after start, and
+// memory and process limits.
+func TestComposeHardening(t *testing.T) {
+	p := loadCompose(t, "sim")
+	n := 0
+	for name, s := range p.Services {
+		if s.Build == nil {
+			continue
+		}
+		n++
+		if !s.ReadOnly || !slices.Contains(s.Tmpfs, "/tmp") {
+			t.Errorf("%s: read_only %v, tmpfs %v; want a read-only root with /tmp on tmpfs", name, s.ReadOnly, s.Tmpfs)
+		}
+		if !slices.Equal(s.CapDrop, []string{"ALL"}) || len(s.CapAdd) != 0 {
+			t.Errorf("%s: cap_drop %v cap_add %v; want every capability dropped", name, s.CapDrop, s.CapAdd)
+		}
+		if !slices.Contains(s.SecurityOpt, "no-new-privileges:true") {
+			t.Errorf("%s: security_opt %v lacks no-new-privileges", name, s.SecurityOpt)
+		}
+		if name == "alexsim" || name == "devissuer" {
+			continue // stand-ins: no limits needed
+		}
+		if s.Deploy == nil || s.Deploy.Resources.Limits == nil || s.Deploy.Resources.Limits.MemoryBytes == 0 || s.Deploy.Resources.Limits.Pids == 0 {
+			t.Errorf("%s: no memory and process limits", name)
+		}
+	}
+	if n != 6 {
+		t.Errorf("%d built services, want 6", n)
+	}
+}
