@@ -216,10 +216,14 @@ type clinic struct {
 	c  *client
 }
 
-func newClinic(t *testing.T, env map[string]string) *clinic {
+func newClinic(t *testing.T, env map[string]string, tweak ...func(*Options)) *clinic {
 	t.Helper()
 	log, _ := testenv.Logger(t)
-	st, err := Start(context.Background(), Options{Logger: log, NATSURL: testenv.StartNATS(t).URL, Env: env})
+	opt := Options{Logger: log, NATSURL: testenv.StartNATS(t).URL, Env: env}
+	for _, f := range tweak {
+		f(&opt)
+	}
+	st, err := Start(context.Background(), opt)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -150,6 +150,7 @@ type Common struct {
 	OpsAddr     string        // OPS_ADDR: /healthz, /readyz, /metrics (default per service)
 	Grace       time.Duration // SHUTDOWN_GRACE: how long work in flight may take once told to stop (default 10s)
 	LogLevel    string        // LOG_LEVEL: debug, info (default), warn, error
+	SessionTTL  time.Duration // SESSION_TTL: a capture session's idle lifetime, the same for every service (default 2h)
 }
 
 // NATSAuth is how a service proves itself to NATS and checks the server:
@@ -190,9 +191,13 @@ func (r *Reader) ReadCommon(opsAddr string) Common {
 			SecretKey: r.Secret("AWS_SECRET_ACCESS_KEY"),
 			PathStyle: r.Bool("S3_PATH_STYLE", false),
 		},
-		OpsAddr:  r.String("OPS_ADDR", opsAddr),
-		Grace:    r.Duration("SHUTDOWN_GRACE", 10*time.Second),
-		LogLevel: r.String("LOG_LEVEL", "info"),
+		OpsAddr:    r.String("OPS_ADDR", opsAddr),
+		Grace:      r.Duration("SHUTDOWN_GRACE", 10*time.Second),
+		LogLevel:   r.String("LOG_LEVEL", "info"),
+		SessionTTL: r.Duration("SESSION_TTL", 2*time.Hour),
+	}
+	if c.SessionTTL < 2*time.Second || c.SessionTTL > 24*time.Hour {
+		r.Fail("SESSION_TTL must be between 2s and 24h")
 	}
 	if a := c.NATSAuth; a.CredsFile != "" && a.NKeySeed != "" {
 		r.Fail("NATS_CREDS and NATS_NKEY_SEED are both set: set one")

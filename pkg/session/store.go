@@ -86,6 +86,9 @@ type Options struct {
 	MaxImages int
 	// MaxPhones caps the phones paired with one session at once (default 2).
 	MaxPhones int
+	// MaxUploads caps a session's outstanding presigned uploads (default
+	// DefaultMaxUploads).
+	MaxUploads int
 	// RequireConsent refuses a commit while the session has no consent
 	// record (ErrConsentRequired); the API sets it from CONSENT_REQUIRED.
 	RequireConsent bool
@@ -129,6 +132,9 @@ func NewStore(rdb redis.Cmdable, opt Options) *Store {
 	}
 	if opt.MaxPhones <= 0 {
 		opt.MaxPhones = DefaultMaxPhones
+	}
+	if opt.MaxUploads <= 0 {
+		opt.MaxUploads = DefaultMaxUploads
 	}
 	if opt.Now == nil {
 		opt.Now = time.Now

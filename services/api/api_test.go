@@ -64,7 +64,7 @@ func newHarnessOn(t testing.TB, rdb *redis.Client, prefix string, objects *blob.
 	for _, f := range tweak {
 		f(&cfg)
 	}
-	store := session.NewStore(rdb, session.Options{Prefix: prefix, MaxImages: cfg.MaxImages, MaxPhones: cfg.MaxPhones, RequireConsent: cfg.ConsentRequired})
+	store := session.NewStore(rdb, session.Options{Prefix: prefix, MaxImages: cfg.MaxImages, MaxPhones: cfg.MaxPhones, RequireConsent: cfg.ConsentRequired, MaxUploads: cfg.MaxUploads})
 	log, _ := testenv.Logger(t)
 	waiter, err := NewWaiter(nc, events.DefaultNames, log)
 	if err != nil {
@@ -504,6 +504,32 @@ func TestPresignedUpload(t *testing.T) {
 			t.Fatalf("oversize object kept: %v", err)
 		}
 	})
+}
+
+// A session holds at most MaxUploads presigned uploads neither recorded nor
+// expired; recording one frees its place. A desktop without a session gets
+// no upload URL.
+func TestOutstandingUploadCap(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxUploads = 2 })
+	desk := h.desktop("u1")
+	presign := func(token string) response {
+		return h.do("POST", "/api/users/u1/presigned-url", token, map[string]any{"contentType": "image/jpeg", "contentLength": len(jpegBytes)})
+	}
+	if r := presign(desk); r.status != 404 || r.body["code"] != "session_not_found" {
+		t.Fatalf("no session: %d %s", r.status, r.raw)
+	}
+	phone := h.start("u1", "p1")
+	key, id := h.upload("u1", phone, jpegBytes)
+	h.upload("u1", desk, jpegBytes)
+	if r := presign(phone); r.status != 429 || r.body["code"] != "upload_limit" {
+		t.Fatalf("third outstanding upload: %d %s", r.status, r.raw)
+	}
+	if r := h.do("POST", "/api/users/u1/images", phone, map[string]any{"imageId": id, "s3Key": key, "source": "mobile"}); r.status != 200 {
+		t.Fatalf("record: %d %s", r.status, r.raw)
+	}
+	if r := presign(desk); r.status != 200 {
+		t.Fatalf("after one was recorded: %d %s", r.status, r.raw)
+	}
 }
 
 func TestImageCapViaAPI(t *testing.T) {

@@ -54,6 +54,13 @@ type Config struct {
 	// MaxPhones caps the phones paired with one session at once (MAX_PHONES,
 	// default 2).
 	MaxPhones int
+	// MaxUploads caps a session's outstanding presigned uploads, issued and
+	// neither recorded nor expired (MAX_UPLOADS, default 20).
+	MaxUploads int
+	// SweepInterval is how often the sweep looks for ended sessions whose
+	// objects are left (SESSION_SWEEP_INTERVAL, default 30s): they are
+	// deleted within about SESSION_TTL plus this.
+	SweepInterval time.Duration
 	// QRRedeemLimit is how many QR codes one client address may try per
 	// minute (QR_REDEEM_LIMIT, default 30).
 	QRRedeemLimit int
@@ -109,6 +116,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		CommitWait:      r.Duration("COMMIT_WAIT", 25*time.Second),
 		MaxPhones:       r.Int("MAX_PHONES", session.DefaultMaxPhones),
 		ConsentRequired: r.Bool("CONSENT_REQUIRED", true),
+		MaxUploads:      r.Int("MAX_UPLOADS", session.DefaultMaxUploads),
+		SweepInterval:   r.Duration("SESSION_SWEEP_INTERVAL", 30*time.Second),
 		QRRedeemLimit:   r.Int("QR_REDEEM_LIMIT", DefaultQRRedeemLimit),
 		TrustedProxies:  r.List("TRUSTED_PROXIES"),
 		HTTP:            ops.ReadLimits(r, ops.DefaultLimits()),
@@ -134,6 +143,12 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	if c.MaxPhones < 1 || c.MaxPhones > 10 {
 		r.Fail("MAX_PHONES must be between 1 and 10")
+	}
+	if c.MaxUploads < 1 || c.MaxUploads > 500 {
+		r.Fail("MAX_UPLOADS must be between 1 and 500")
+	}
+	if c.SweepInterval < 100*time.Millisecond || c.SweepInterval > time.Hour {
+		r.Fail("SESSION_SWEEP_INTERVAL must be between 100ms and 1h")
 	}
 	if c.QRRedeemLimit < 1 {
 		r.Fail("QR_REDEEM_LIMIT must be positive")

@@ -89,6 +89,7 @@ func domainErr(err error) *apiError {
 		{session.ErrTokenUsed, http.StatusGone, "token_used"},
 		{session.ErrTokenRevoked, http.StatusGone, "token_revoked"},
 		{session.ErrPhoneLimit, http.StatusConflict, "phone_limit"},
+		{session.ErrUploadLimit, http.StatusTooManyRequests, "upload_limit"},
 		{session.ErrPhoneNotFound, http.StatusNotFound, "phone_not_found"},
 		{session.ErrPhoneRemoved, http.StatusGone, "phone_removed"},
 		{session.ErrSessionChanged, http.StatusGone, "session_changed"},

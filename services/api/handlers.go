@@ -148,8 +148,23 @@ func (s *Server) presign(c *gin.Context) {
 		return
 	}
 	id := uuid.NewString()
-	key := "temp/" + c.Param("userId") + "/" + id + "." + ext
-	u, err := s.objects.PresignPut(c.Request.Context(), key, req.ContentType, req.ContentLength, s.cfg.UploadExpiry)
+	userID, ctx := c.Param("userId"), c.Request.Context()
+	key := "temp/" + userID + "/" + id + "." + ext
+	sessionID := callerOf(c).sessionID
+	if sessionID == "" {
+		var err error
+		if sessionID, err = s.store.SessionIDOf(ctx, userID); err != nil {
+			s.respondErr(c, err)
+			return
+		}
+	}
+	// Counted and kept for the sweep before the URL exists: an upload the
+	// session never records is still deleted when the session ends.
+	if err := s.store.TrackUpload(ctx, userID, sessionID, key, s.now().Add(s.cfg.UploadExpiry)); err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	u, err := s.objects.PresignPut(ctx, key, req.ContentType, req.ContentLength, s.cfg.UploadExpiry)
 	if err != nil {
 		s.respondErr(c, err)
 		return
@@ -229,6 +244,10 @@ func (s *Server) recordImage(c *gin.Context) {
 	outcome := "added"
 	if !added {
 		outcome = "duplicate"
+	}
+	if err := s.store.UploadRecorded(ctx, userID, sess.SessionID, req.S3Key); err != nil {
+		// It counts as outstanding until its URL expires: harmless.
+		s.log.WarnContext(ctx, "upload.untracked", "user_id", userID, "err", err)
 	}
 	s.metrics.recorded.WithLabelValues(outcome).Inc()
 	s.log.InfoContext(ctx, "image.recorded", "user_id", userID, "image_id", req.ImageID, "outcome", outcome, "bytes", info.Size)

@@ -53,7 +53,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 	store := session.NewStore(rdb, session.Options{
 		Prefix: cfg.Common.RedisPrefix, Names: cfg.Common.Names, Source: "/clinimg/api", MaxImages: cfg.MaxImages,
-		MaxPhones: cfg.MaxPhones, RequireConsent: cfg.ConsentRequired,
+		MaxPhones: cfg.MaxPhones, RequireConsent: cfg.ConsentRequired, MaxUploads: cfg.MaxUploads,
+		SessionTTL: cfg.Common.SessionTTL,
 	})
 	// The waiter's subscriptions end with the NATS connection's drain.
 	waiter, err := NewWaiter(conns.NATS, cfg.Common.Names, log)
@@ -89,6 +90,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := conns.Publish(g, store.Keys.Outbox(), log, published); err != nil {
 		return g.Stop(err)
 	}
+	g.Go(ops.StageWork, "sweep", sweeper{store: store, objects: conns.Blob, every: cfg.SweepInterval, log: log}.Run)
 	g.Go(ops.StageWork, "http", ops.Server{Addr: cfg.Addr, Handler: srv.Router(), Limits: cfg.HTTP, Ready: cfg.Ready, Grace: g.Grace()}.Run)
 	g.Ready(checks)
 	log.Info("api.start", "addr", cfg.Addr, "ops_addr", cfg.Common.OpsAddr, "public_url", cfg.PublicURL, "realtime", string(cfg.Realtime.Mode))

@@ -73,7 +73,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return g.Stop(err)
 	}
-	store := session.NewStore(rdb, session.Options{Prefix: cfg.Common.RedisPrefix, Names: cfg.Common.Names, Source: "/clinimg/committer"})
+	store := session.NewStore(rdb, session.Options{Prefix: cfg.Common.RedisPrefix, Names: cfg.Common.Names, Source: "/clinimg/committer", SessionTTL: cfg.Common.SessionTTL})
 	w := &worker{cfg: cfg, store: store, rdb: rdb, photos: photos, alex: alex, js: js, nc: nc,
 		names: cfg.Common.Names, log: log, m: m}
 	w.init()

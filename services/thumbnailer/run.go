@@ -48,7 +48,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return g.Stop(err)
 	}
-	store := session.NewStore(rdb, session.Options{Prefix: cfg.Common.RedisPrefix, Names: cfg.Common.Names, Source: "/clinimg/thumbnailer"})
+	store := session.NewStore(rdb, session.Options{Prefix: cfg.Common.RedisPrefix, Names: cfg.Common.Names, Source: "/clinimg/thumbnailer", SessionTTL: cfg.Common.SessionTTL})
 	proc := NewProcessor(photos, store, ProcessorOptions{
 		Preview: preview.Options{
 			PreviewSize: cfg.PreviewSize, ViewerSize: cfg.ViewerSize, MaxPixels: cfg.MaxPixels,
