@@ -3,7 +3,9 @@ package thumbnailer
 import (
 	"bytes"
 	"context"
+	"crypto/sha1"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -265,6 +267,8 @@ func TestReadyPhotos(t *testing.T) {
 			img := h.image(id)
 			clean := h.object(CleanKey(h.userID, id))
 			sum := sha256.Sum256(clean)
+			orig := sha256.Sum256(c.src)
+			sha1sum := sha1.Sum(clean)
 			want := session.Processed{
 				Status:     session.ImageReady,
 				PreviewKey: "temp/" + h.userID + "/" + id + ".preview.jpg",
@@ -272,9 +276,12 @@ func TestReadyPhotos(t *testing.T) {
 				CleanKey:   "temp/" + h.userID + "/" + id + ".clean.jpg",
 				CleanSize:  int64(len(clean)), SHA256: hex.EncodeToString(sum[:]),
 				Width: c.width, Height: c.height, Size: int64(len(c.src)), ContentType: "image/jpeg",
+				// The chain of custody: the bytes uploaded, the bytes the record gets.
+				OriginalSHA256: hex.EncodeToString(orig[:]), CleanSHA1: base64.StdEncoding.EncodeToString(sha1sum[:]),
 			}
 			got := session.Processed{Status: img.Status, PreviewKey: img.PreviewKey, ViewerKey: img.ViewerKey, CleanKey: img.CleanKey,
-				CleanSize: img.CleanSize, SHA256: img.SHA256, Width: img.Width, Height: img.Height, Size: img.Size, ContentType: img.ContentType, RejectReason: img.RejectReason}
+				CleanSize: img.CleanSize, SHA256: img.SHA256, Width: img.Width, Height: img.Height, Size: img.Size, ContentType: img.ContentType, RejectReason: img.RejectReason,
+				OriginalSHA256: img.OriginalSHA256, CleanSHA1: img.CleanSHA1}
 			if d := cmp.Diff(want, got); d != "" {
 				t.Errorf("session image (-want +got):\n%s", d)
 			}
