@@ -5,13 +5,16 @@ PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 ARTIFACTS ?= $(CURDIR)/artifacts
 export CLINIMG_ARTIFACTS := $(ARTIFACTS)
 
-.PHONY: help run test test-go test-js property lint build tidy-check smoke bench deps deps-run
+.PHONY: help run stack test test-go test-js property lint build tidy-check smoke bench deps deps-run
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 run: deps-run ## Start the whole system on embedded parts and print the URL to open.
 	go run ./deploy/local/cmd/clinimg-local
+
+stack: deps ## Run the production topology deploy/compose.yaml describes as processes here (redis with AOF, three NATS nodes, versitygw, ALEX simulator, 2 APIs, 2 relays, 2 committers, a thumbnailer).
+	go run ./deploy/local/cmd/clinimg-stack
 
 test: deps lint build test-js test-go smoke ## Install what is missing, then lint, build every module alone, run the pages' unit tests and every Go test with -race, and a newcomer's curl run.
 
