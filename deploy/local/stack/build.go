@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,7 +16,11 @@ import (
 // VersityGW is the S3 server the stack runs: versitygw's POSIX gateway,
 // built from the module proxy at this version. It checks SigV4 on every
 // request and presigned URL.
-const VersityGW = "github.com/versity/versitygw/cmd/versitygw@v1.8.0"
+const (
+	VersityGW        = "github.com/versity/versitygw/cmd/versitygw@" + versitygwVersion
+	versitygwModule  = "github.com/versity/versitygw@" + versitygwVersion
+	versitygwVersion = "v1.8.0"
+)
 
 // dockerBuild is the build step of a service's Dockerfile:
 //
@@ -75,7 +80,8 @@ func (b *builder) do(key string, f func(path string) error) (string, error) {
 func goCmd(dir string, env []string, args ...string) error {
 	cmd := exec.Command("go", args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), append([]string{"GOWORK=off", "GOFLAGS=-trimpath"}, env...)...)
+	// No flags of its own: the build cache is shared with `make build`.
+	cmd.Env = append(os.Environ(), append([]string{"GOWORK=off"}, env...)...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go %s (in %s): %v\n%s", strings.Join(args, " "), dir, err, out)
 	}
@@ -94,6 +100,24 @@ func (b *builder) natsServer(dir string) (string, error) {
 	return b.do("nats-server", func(path string) error {
 		return goCmd(dir, nil, "build", "-o", path, "github.com/nats-io/nats-server/v2")
 	})
+}
+
+// versitygwEntrypoint is the versitygw image's entrypoint script, from the
+// same module: it turns the VGW_* variables compose sets into the
+// gateway's command line.
+func versitygwEntrypoint() (string, error) {
+	cmd := exec.Command("go", "mod", "download", "-json", versitygwModule)
+	cmd.Dir = os.TempDir()
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("go mod download versitygw: %w", err)
+	}
+	var m struct{ Dir string }
+	if err := json.Unmarshal(out, &m); err != nil || m.Dir == "" {
+		return "", fmt.Errorf("go mod download versitygw: %q: %v", out, err)
+	}
+	return filepath.Join(m.Dir, "docker-entrypoint.sh"), nil
 }
 
 // versitygw installs the S3 gateway from the module proxy.

@@ -86,7 +86,7 @@ var hostPort = regexp.MustCompile(`([A-Za-z0-9_.-]+):([0-9]{2,5})`)
 type addresses struct {
 	internal  map[string]string // "service:port" -> 127.0.0.1:P
 	published map[string]string // "port" -> 127.0.0.1:P
-	hosts     []string          // names a browser uses for the host (localhost, S3_PUBLIC_HOST)
+	hosts     []string          // names a browser uses for the host besides *.localhost (127.0.0.1, S3_PUBLIC_HOST)
 	natsURLs  string            // every node of the cluster, for NATS_URL
 	natsHost  string
 }
@@ -104,7 +104,8 @@ func (a addresses) rewrite(key, v string) (string, error) {
 		if addr, ok := a.internal[host+":"+port]; ok {
 			return addr
 		}
-		if slices.Contains(a.hosts, host) {
+		// *.localhost is the host itself (RFC 6761), as are the names given.
+		if host == "localhost" || strings.HasSuffix(host, ".localhost") || slices.Contains(a.hosts, host) {
 			if addr, ok := a.published[port]; ok {
 				return addr
 			}

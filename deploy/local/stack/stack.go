@@ -52,7 +52,7 @@ type Options struct {
 	// Bin holds the built binaries (default <Dir>/bin); the same Bin
 	// across runs only relinks what changed.
 	Bin string
-	// Env is the operator's variables compose interpolates (deploy/.env):
+	// Env is the operator's variables compose interpolates, over deploy/dev.env:
 	// NATS_REPLICAS=3 is always added.
 	Env []string
 	// Scale is how many processes of a service to run (default: api 2,
@@ -135,7 +135,13 @@ func Start(ctx context.Context, opt Options) (top *Topology, err error) {
 			return nil, err
 		}
 	}
-	env := append([]string{"NATS_REPLICAS=3"}, opt.Env...)
+	// deploy/dev.env is the env file of the sim profile (as `--env-file
+	// deploy/dev.env`); the caller's variables win over it.
+	env, err := readEnvFile(filepath.Join(opt.Root, "deploy", "dev.env"))
+	if err != nil {
+		return nil, err
+	}
+	env = append(append(env, "NATS_REPLICAS=3"), opt.Env...)
 	p, err := loadCompose(ctx, filepath.Join(opt.Root, "deploy", "compose.yaml"), env)
 	if err != nil {
 		return nil, err
@@ -192,7 +198,7 @@ func Start(ctx context.Context, opt Options) (top *Topology, err error) {
 	say("built in %s", t.BuildTime.Round(time.Millisecond))
 
 	// Addresses: a free port for everything that listens.
-	a := addresses{internal: map[string]string{}, published: map[string]string{}, hosts: []string{"localhost", "127.0.0.1"}, natsHost: r.nats}
+	a := addresses{internal: map[string]string{}, published: map[string]string{}, hosts: []string{"127.0.0.1"}, natsHost: r.nats}
 	if h := envValue(env, "S3_PUBLIC_HOST"); h != "" {
 		a.hosts = append(a.hosts, h)
 	}
@@ -355,7 +361,9 @@ func Start(ctx context.Context, opt Options) (top *Topology, err error) {
 		}))
 	}
 
-	// S3: versitygw with the services' key pair, serving a directory.
+	// S3: versitygw with compose's environment, its volumes directories
+	// here; then compose's one-shot set-up (s3-init: the services' user and
+	// the bucket) with the same binary as its admin client.
 	ccfg := p.Services["committer"].Environment
 	get := func(m types.MappingWithEquals, k string) string {
 		if v := m[k]; v != nil {
@@ -363,16 +371,62 @@ func Start(ctx context.Context, opt Options) (top *Topology, err error) {
 		}
 		return ""
 	}
-	s3Dir := filepath.Join(opt.Dir, "s3")
-	if err := os.MkdirAll(s3Dir, 0o755); err != nil {
-		return nil, err
-	}
 	t.S3Config = blob.Config{Bucket: get(ccfg, "S3_BUCKET_NAME"), Region: get(ccfg, "AWS_REGION"), Endpoint: "http://" + infra[r.s3],
 		AccessKey: get(ccfg, "AWS_ACCESS_KEY_ID"), SecretKey: get(ccfg, "AWS_SECRET_ACCESS_KEY"), PathStyle: true}
-	t.S3 = newProc("s3", r.s3, bins["versitygw"],
-		[]string{"--port", infra[r.s3], "--region", t.S3Config.Region, "posix", "--sidecar", filepath.Join(opt.Dir, "s3meta"), s3Dir},
-		append(baseEnv(), "ROOT_ACCESS_KEY="+t.S3Config.AccessKey, "ROOT_SECRET_KEY="+t.S3Config.SecretKey),
-		func(ctx context.Context) error { return httpUp(ctx, t.S3Config.Endpoint+"/") })
+	s3s := p.Services[r.s3]
+	s3Listen := map[string]string{}
+	for k, v := range s3s.Environment {
+		if v != nil {
+			if _, ok := targetPort(*v); ok {
+				s3Listen[k] = infra[r.s3]
+			}
+		}
+	}
+	s3Env, err := envFor(r.s3, s3Listen)
+	if err != nil {
+		return nil, err
+	}
+	if s3Env, err = mountVolumes(s3s, s3Env, opt.Dir); err != nil {
+		return nil, err
+	}
+	health := envValue(s3Env, "VGW_HEALTH")
+	if health == "" {
+		return nil, fmt.Errorf("compose %s sets no VGW_HEALTH", r.s3)
+	}
+	entry, err := versitygwEntrypoint()
+	if err != nil {
+		return nil, err
+	}
+	t.S3 = newProc("s3", r.s3, "/bin/sh", []string{entry}, append(s3Env, "VGW_BINARY="+bins["versitygw"]),
+		func(ctx context.Context) error { return httpOK(ctx, t.S3Config.Endpoint+health) })
+	var inits []*Proc
+	for name, dep := range p.Services["api"].DependsOn {
+		if dep.Condition != types.ServiceConditionCompletedSuccessfully {
+			continue
+		}
+		s := p.Services[name]
+		env, err := envFor(name, nil)
+		if err != nil {
+			return nil, err
+		}
+		if env, err = mountVolumes(s, env, opt.Dir); err != nil {
+			return nil, err
+		}
+		// The image's own binary (versitygw) is on its PATH.
+		env = append(env, "PATH="+opt.Bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+		args := append(slices.Clone(s.Entrypoint), s.Command...)
+		if len(args) == 0 {
+			return nil, fmt.Errorf("compose %s: no entrypoint or command", name)
+		}
+		for i, a := range args {
+			args[i] = mapPath(s, a, opt.Dir)
+		}
+		bin, err := exec.LookPath(args[0])
+		if err != nil {
+			return nil, fmt.Errorf("compose %s: %w", name, err)
+		}
+		inits = append(inits, newProc(name, name, bin, args[1:], env, nil))
+	}
 
 	// The stand-ins.
 	alexEnv, err := envFor(r.alex, map[string]string{"ALEXSIM_ADDR": infra[r.alex]})
@@ -429,8 +483,19 @@ func Start(ctx context.Context, opt Options) (top *Topology, err error) {
 	if err := startAll(append([]*Proc{t.Redis, t.S3, t.ALEX, t.Auth}, t.NATS...)); err != nil {
 		return nil, err
 	}
-	if err := makeBucket(ctx, t.S3Config); err != nil {
-		return nil, err
+	for _, in := range inits {
+		say("running %s", in.Name)
+		if err := in.Start(); err != nil {
+			return nil, err
+		}
+		select {
+		case <-in.Exited():
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if c := in.ExitCode(); c != 0 {
+			return nil, fmt.Errorf("%s exited %d (see %s)", in.Name, c, in.LogPath())
+		}
 	}
 	var svc []*Proc
 	for _, name := range services {
@@ -465,6 +530,60 @@ func (t *Topology) Spawn(service string) (*Proc, error) {
 	ops := "http://" + p.Getenv("OPS_ADDR")
 	p.ready = func(ctx context.Context) error { return httpOK(ctx, ops+"/readyz") }
 	return p, nil
+}
+
+// readEnvFile reads NAME=value lines, skipping blank lines and comments.
+func readEnvFile(path string) ([]string, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, l := range strings.Split(string(raw), "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		if !strings.Contains(l, "=") {
+			return nil, fmt.Errorf("%s: %q is not NAME=value", path, l)
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// mountVolumes gives each of a service's volumes a directory here: a bind
+// mount its source, a named volume <dir>/volumes/<name>. A variable that
+// names a path inside a volume names the same path here.
+func mountVolumes(s types.ServiceConfig, env []string, dir string) ([]string, error) {
+	for _, v := range s.Volumes {
+		if v.Type == types.VolumeTypeVolume {
+			if err := os.MkdirAll(filepath.Join(dir, "volumes", v.Source), 0o755); err != nil {
+				return nil, err
+			}
+		}
+	}
+	out := make([]string, len(env))
+	for i, kv := range env {
+		k, val, _ := cut(kv)
+		out[i] = k + "=" + mapPath(s, val, dir)
+	}
+	return out, nil
+}
+
+// mapPath maps a path inside a service's container to this machine's.
+func mapPath(s types.ServiceConfig, p, dir string) string {
+	for _, v := range s.Volumes {
+		if v.Target == "" || (p != v.Target && !strings.HasPrefix(p, v.Target+"/")) {
+			continue
+		}
+		local := v.Source
+		if v.Type == types.VolumeTypeVolume {
+			local = filepath.Join(dir, "volumes", v.Source)
+		}
+		return local + strings.TrimPrefix(p, v.Target)
+	}
+	return p
 }
 
 // natsSettings is the JetStream sync setting of compose's nats.conf, read
@@ -580,12 +699,4 @@ func httpUp(ctx context.Context, url string) error {
 	}
 	resp.Body.Close()
 	return nil
-}
-
-func makeBucket(ctx context.Context, cfg blob.Config) error {
-	st, err := blob.Open(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	return st.EnsureBucket(ctx)
 }

@@ -17,6 +17,14 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
 
+// Issue 14's "Must show" against the production topology: 1 and 3 are
+// TestFlowSurvivesFaults, 2 TestRedisDownThenBack (in one process:
+// pkg/ops TestConnectWaitsForDependencies, services/api
+// TestRedisStoppedGives503AndRecovers), 4 TestMakeRunCommitsToASeparateALEX.
+// 5, the Ably outage, is services/relay TestAblyChannelOutageLongerThanAckWait:
+// an outage of six AckWaits against the Ably stand-in, which is what an
+// outage of two minutes is to a 15 s AckWait, in seconds.
+//
 // The production topology (package stack) is started once for the whole
 // suite: every test has its own GP and patient, and the tests that kill or
 // stop a process start it again before they end, so the next finds the
