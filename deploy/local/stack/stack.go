@@ -312,7 +312,7 @@ func Start(ctx context.Context, opt Options) (top *Topology, err error) {
 	}
 	rs := p.Services[r.redis]
 	if len(rs.Command) == 0 || rs.Command[0] != "redis-server" {
-		return nil, fmt.Errorf("compose %s command %v: want redis-server ...", r.redis, rs.Command)
+		return nil, fmt.Errorf("compose %s command %v: want redis-server and its arguments", r.redis, rs.Command)
 	}
 	redisDir := filepath.Join(opt.Dir, "redis")
 	if err := os.MkdirAll(redisDir, 0o755); err != nil {
@@ -684,19 +684,5 @@ func httpOK(ctx context.Context, url string) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
-	return nil
-}
-
-// httpUp is nil once url answers at all (S3 answers 403 to an unsigned GET).
-func httpUp(ctx context.Context, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
 	return nil
 }
