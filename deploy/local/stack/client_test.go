@@ -448,6 +448,13 @@ func checkScreen(t *testing.T, s *screen, stored map[string]time.Time) {
 	})
 }
 
+// streams is how many times the screen opened its stream.
+func (s *screen) streams() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opened
+}
+
 func (s *screen) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -116,6 +116,9 @@ func TestFlowSurvivesFaults(t *testing.T) {
 		return func(t *testing.T) (string, func()) {
 			ps := top.Services[kind]
 			p := ps[rnd.IntN(len(ps))]
+			if kind == "relay" {
+				p = ps[0] // the one the desktop's stream opens first
+			}
 			p.Kill()
 			return p.Name, func() { restart(t, p) }
 		}
@@ -145,14 +148,20 @@ func TestFlowSurvivesFaults(t *testing.T) {
 		// all)
 		during string
 		fault  fault
+		// hit fails the test if the fault could not have been felt.
+		hit func(t *testing.T, c *client, scr *screen)
 	}{
-		{"no fault", "photos", func(*testing.T) (string, func()) { return "", func() {} }},
-		{"api killed", "photos", kill("api")},
-		{"relay killed", "photos", kill("relay")},
-		{"thumbnailer killed", "photos", kill("thumbnailer")},
-		{"thumbnailer stopped mid-thumbnail", "photos", term("thumbnailer")},
-		{"committer killed mid-commit", "commit", kill("committer")},
-		{"committers stopped mid-commit", "commit", term("committer")},
+		{"no fault", "photos", func(*testing.T) (string, func()) { return "", func() {} }, nil},
+		{"api killed", "photos", kill("api"), failedOver},
+		{"relay killed", "photos", kill("relay"), func(t *testing.T, _ *client, scr *screen) {
+			if scr.streams() < 2 {
+				t.Errorf("the desktop's stream was never cut")
+			}
+		}},
+		{"thumbnailer killed", "photos", kill("thumbnailer"), nil},
+		{"thumbnailer stopped mid-thumbnail", "photos", term("thumbnailer"), nil},
+		{"committer killed mid-commit", "commit", kill("committer"), nil},
+		{"committers stopped mid-commit", "commit", term("committer"), nil},
 		{"stream leader killed mid-commit", "commit", func(t *testing.T) (string, func()) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -162,7 +171,7 @@ func TestFlowSurvivesFaults(t *testing.T) {
 			}
 			leader.Kill()
 			return leader.Name, func() { restart(t, leader) }
-		}},
+		}, nil},
 		{"redis restarted from its AOF", "photos", func(t *testing.T) (string, func()) {
 			top.Redis.Kill()
 			// Back after two seconds, while the phone keeps recording.
@@ -178,7 +187,7 @@ func TestFlowSurvivesFaults(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-		}},
+		}, failedOver},
 	}
 	const photos = 20
 	for i, tt := range tests {
@@ -231,8 +240,18 @@ func TestFlowSurvivesFaults(t *testing.T) {
 			})
 			checkInALEXOnce(t, top, own, s, photos)
 			checkScreen(t, scr, storedEvents(t, js, top, user))
+			if tt.hit != nil {
+				tt.hit(t, c, scr)
+			}
 			t.Logf("fault %q hit %s; screen: %s; %d retries on 503 or a refused connection", tt.name, faulted, scr, c.unavailable.Load())
 		})
+	}
+}
+
+// failedOver fails unless the client met a dead or unavailable API.
+func failedOver(t *testing.T, c *client, _ *screen) {
+	if c.unavailable.Load() == 0 {
+		t.Errorf("no request met the fault")
 	}
 }
 
