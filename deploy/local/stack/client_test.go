@@ -399,13 +399,15 @@ func (s *screen) stream(ctx context.Context, base, tok string) error {
 // when each was published.
 func storedEvents(t *testing.T, js jetstream.JetStream, top *stack.Topology, user string) map[string]time.Time {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	names := events.DefaultNames
-	cons, err := js.OrderedConsumer(ctx, top.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{names.Prefix + ".*." + user}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var cons jetstream.Consumer
+	within(t, 30*time.Second, "a consumer on the stream", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var err error
+		cons, err = js.OrderedConsumer(ctx, top.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{names.Prefix + ".*." + user}})
+		return err == nil
+	})
 	out := map[string]time.Time{}
 	for {
 		batch, err := cons.FetchNoWait(256)
