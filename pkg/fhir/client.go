@@ -263,28 +263,18 @@ func (r mediaResource) ref() MediaRef {
 // patient.identifier=<NHI system>|<NHI> on ALEX.
 func (c *Client) SearchMedia(ctx context.Context, query url.Values) ([]MediaRef, error) {
 	var out []MediaRef
-	next := "Media?" + query.Encode()
-	for page := 0; next != "" && page < 100; page++ {
-		var b struct {
-			Link  []BundleLink `json:"link"`
-			Entry []struct {
-				Resource mediaResource `json:"resource"`
-			} `json:"entry"`
+	err := c.eachMedia(ctx, query, func(m Media) {
+		r := MediaRef{ID: m.ID, Status: m.Status, Identifier: m.Identifier}
+		if m.Subject != nil {
+			r.Subject = m.Subject.Reference
 		}
-		if err := c.getJSON(ctx, "search", next, &b); err != nil {
-			return nil, err
+		if m.Content != nil {
+			r.Hash = m.Content.Hash
 		}
-		for _, e := range b.Entry {
-			if e.Resource.ResourceType == "Media" {
-				out = append(out, e.Resource.ref())
-			}
-		}
-		next = ""
-		for _, l := range b.Link {
-			if l.Relation == "next" {
-				next = l.URL
-			}
-		}
+		out = append(out, r)
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
