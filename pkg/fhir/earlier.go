@@ -76,11 +76,11 @@ func (c *Client) MediaContent(ctx context.Context, id string) ([]byte, string, e
 		return nil, "", err
 	}
 	if m.Content == nil {
-		return nil, "", fmt.Errorf("Media/%s carries no photo", id)
+		return nil, "", fmt.Errorf("read media %s: it carries no photo", id)
 	}
 	b, err := base64.StdEncoding.DecodeString(m.Content.Data)
 	if err != nil || len(b) == 0 {
-		return nil, "", fmt.Errorf("Media/%s carries no photo", id)
+		return nil, "", fmt.Errorf("read media %s: it carries no photo", id)
 	}
 	return b, cmp.Or(m.Content.ContentType, "application/octet-stream"), nil
 }
