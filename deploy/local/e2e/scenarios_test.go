@@ -205,8 +205,13 @@ func TestDesktopOpenedLate(t *testing.T) {
 		t.Errorf("desktop phone state %q, want connected", st)
 	}
 	r.shot("all-three")
-	d.checkConsole()
 	ph.checkConsole()
+	// The desktop removes the phone (issue 12): it leaves the list at once.
+	d.click(`[data-test=phone-remove]`)
+	d.click(`[data-test=confirm-ok]`)
+	d.waitJS(20*time.Second, "the phone removed", `document.querySelectorAll('[data-test=phone-remove]').length === 0`)
+	r.shot("phone-removed")
+	d.checkConsole()
 }
 
 // The desktop's event stream breaks: it says so, keeps up by polling, and

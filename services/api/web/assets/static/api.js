@@ -85,6 +85,8 @@ export class Api {
   patchImage(imageId, fields) {
     return this.request('PATCH', this.user(`/images/${encodeURIComponent(imageId)}`), fields);
   }
+  /** removePhone ends a paired phone's access at once: its credential and token renewal (desktop). */
+  removePhone(phoneId) { return this.request('DELETE', this.user(`/phones/${encodeURIComponent(phoneId)}`)); }
   deleteImage(imageId) {
     return this.request('DELETE', this.user(`/images/${encodeURIComponent(imageId)}`));
   }

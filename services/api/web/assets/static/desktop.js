@@ -482,6 +482,7 @@ function render() {
     $('qr-show').textContent = paired ? 'Pair another phone' : 'Show QR code';
     $('qr-show').disabled = mismatch;
   }
+  renderPhones(active && !qrVisible ? m.phones : [], busy);
   $('qr-new').disabled = mismatch;
   renderClock();
 
@@ -512,6 +513,43 @@ function render() {
   if (active && !mismatch && consent) consent.update(m.consent, state.vocab, !busy && m.commitStatus === 'none');
   renderLimit(n, active && !mismatch);
   renderCommit(phase, mismatch, pending);
+}
+
+// renderPhones lists the paired phones, each with a Remove button that ends
+// its access at once (rebuilt only when the list changes).
+function renderPhones(phones, busy) {
+  const ul = $('phones');
+  const key = phones.map((p) => p.id).join(',') + (busy ? '!' : '');
+  if (ul.dataset.key === key) return;
+  ul.dataset.key = key;
+  ul.replaceChildren(...phones.map((p) => {
+    const li = document.createElement('li');
+    // One phone is named above; several are told apart here.
+    if (phones.length > 1) li.textContent = phoneText(p) + ' ';
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'btn small';
+    b.textContent = phones.length > 1 ? 'Remove' : 'Remove phone';
+    b.dataset.test = 'phone-remove';
+    b.disabled = busy;
+    b.addEventListener('click', () => removePhone(p));
+    li.append(b);
+    return li;
+  }));
+  ul.hidden = phones.length === 0;
+}
+
+async function removePhone(p) {
+  const ok = await confirmDialog({
+    title: 'Remove this phone?', body: `${phoneText(p)}. It can no longer add photos or see this session.`, ok: 'Remove phone', danger: true,
+  });
+  if (!ok) return;
+  try {
+    await api.removePhone(p.id);
+  } catch (e) {
+    banner('error', `Could not remove the phone: ${e.message}`);
+  }
+  await live.reconcile();
 }
 
 function phoneText(p) {

@@ -21,6 +21,7 @@ export function empty() {
     commit: null,       // the session's commit record (CommitResult and what the committer adds)
     commitV: 0,         // version the commit fields reflect
     phone: null,
+    phones: [],         // every phone paired and not removed: {id, pairedAt, userAgent}
     pending: {},        // phone id -> {count, updatedAt}
     pendingV: 0,
     consent: null,      // the patient's consent record, once made
@@ -65,6 +66,7 @@ export function applySnapshot(m, s) {
     commit: s.commit || null,
     commitV: v,
     phone: s.phone || null,
+    phones: s.phones || [],
     pending: s.pending || {},
     pendingV: v,
     consent: s.consent || null,
