@@ -19,6 +19,8 @@ import (
 
 	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
+
+	"github.com/clinicalimages/clinimg/pkg/retry"
 )
 
 // Handler is a service's logic for one event.
@@ -92,10 +94,7 @@ func Run(ctx context.Context, c jetstream.Consumer, h Handler, opt Options) erro
 		opt.InProgressEvery = max(info.Config.AckWait/3, time.Second)
 	}
 	if opt.Backoff == nil {
-		opt.Backoff = func(n uint64) time.Duration {
-			d := time.Second << min(n, 6)
-			return min(d, time.Minute)
-		}
+		opt.Backoff = func(n uint64) time.Duration { return retry.Delay(n, time.Second, time.Minute) }
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)

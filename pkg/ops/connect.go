@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
@@ -19,6 +18,8 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/outbox"
+
+	"github.com/clinicalimages/clinimg/pkg/retry"
 )
 
 // Conns are the connections a service that changes sessions opens: Redis,
@@ -249,11 +250,7 @@ func DrainNATS(ctx context.Context, nc *nats.Conn) error {
 // to 5 s between attempts and logging what it waits for (at most every
 // 10 s). It returns ctx's error if ctx ended first.
 func WaitFor(ctx context.Context, log *slog.Logger, what string, try func(ctx context.Context) error) error {
-	bo := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(100*time.Millisecond),
-		backoff.WithMaxInterval(5*time.Second),
-		backoff.WithMaxElapsedTime(0),
-	)
+	bo := retry.Backoff(100*time.Millisecond, 5*time.Second)
 	var logged time.Time
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -272,12 +269,8 @@ func WaitFor(ctx context.Context, log *slog.Logger, what string, try func(ctx co
 			log.Warn("ops.waiting_for_dependency", "dependency", what, "attempt", attempt, "err", err)
 			logged = time.Now()
 		}
-		t := time.NewTimer(bo.NextBackOff())
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("wait for %s: %w", what, ctx.Err())
-		case <-t.C:
+		if err := retry.Sleep(ctx, bo.NextBackOff()); err != nil {
+			return fmt.Errorf("wait for %s: %w", what, err)
 		}
 	}
 }

@@ -24,6 +24,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/clinicalimages/clinimg/pkg/events"
+
+	"github.com/clinicalimages/clinimg/pkg/retry"
 )
 
 // Group is the Redis consumer group every publisher joins; entries are shared
@@ -212,7 +214,7 @@ func (r *pipeline) publish(ctx context.Context) {
 	p := r.p
 	pending, from := true, "0" // own pending entries after from
 	lastClaim := time.Time{}
-	backoff := 100 * time.Millisecond
+	bo := retry.Backoff(100*time.Millisecond, 5*time.Second)
 	var failed error
 	for ctx.Err() == nil {
 		if failed = r.collect(failed, r.inflight == p.opt.Window); r.isDead() {
@@ -224,8 +226,7 @@ func (r *pipeline) publish(ctx context.Context) {
 			}
 			p.log.Warn("outbox.retry", "err", failed)
 			failed, pending, from = nil, true, "0" // what failed is still ours, pending: retry it first
-			sleep(ctx, backoff)
-			backoff = min(backoff*2, 5*time.Second)
+			_ = retry.Sleep(ctx, bo.NextBackOff()) // the loop ends with ctx
 			continue
 		}
 		if r.inflight == p.opt.Window {
@@ -270,7 +271,7 @@ func (r *pipeline) publish(ctx context.Context) {
 			continue
 		}
 		if len(msgs) == 0 {
-			backoff = 100 * time.Millisecond
+			bo.Reset()
 			continue
 		}
 		if !r.at("read") {
@@ -489,13 +490,4 @@ func (p *Publisher) done(ctx context.Context, entries []string) error {
 // Depth is the number of entries waiting in the outbox (a metric).
 func Depth(ctx context.Context, rdb redis.Cmdable, stream string) (int64, error) {
 	return rdb.XLen(ctx, stream).Result()
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/clinicalimages/clinimg/pkg/retry"
 )
 
 // Recheck is how a worker confirms that what it came to do is really gone
@@ -41,12 +43,8 @@ func (rc Recheck) Peek(ctx context.Context, peek PeekFunc, userID string, has fu
 	}
 	for i := range reads {
 		if i > 0 {
-			t := time.NewTimer(delay)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return Session{}, false, ctx.Err()
-			case <-t.C:
+			if err := retry.Sleep(ctx, delay); err != nil {
+				return Session{}, false, err
 			}
 		}
 		sess, err = peek(ctx, userID)

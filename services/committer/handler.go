@@ -17,6 +17,7 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/consume"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/fhir"
+	"github.com/clinicalimages/clinimg/pkg/retry"
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
 
@@ -137,7 +138,7 @@ func (w *worker) lock(ctx context.Context, userID string, wait time.Duration, lo
 		if !errors.Is(err, errLocked) || time.Now().After(deadline) {
 			return l, lctx, err
 		}
-		if err := sleep(ctx, 250*time.Millisecond); err != nil {
+		if err := retry.Sleep(ctx, 250*time.Millisecond); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -341,17 +342,6 @@ func (w *worker) deadLetter(ctx context.Context, ev events.Event, reason string)
 	msgText := fmt.Sprintf("The commit could not be carried out. %d of %d photos are in the patient record and stay there; nothing is lost. Commit again to send the rest.",
 		sess.Commit.Done, len(sess.Images))
 	return w.fail(ctx, log, led, msgText, nil, "dead_lettered")
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // photoStore must keep matching blob.Store.

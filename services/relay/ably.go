@@ -13,12 +13,12 @@ import (
 	"time"
 
 	"github.com/ably/ably-go/ably"
-	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 
 	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/retry"
 )
 
 // ablyRelay publishes the durable consumer's events to Ably, one event per
@@ -287,7 +287,7 @@ func (r *ablyRelay) gate(ctx context.Context, cons jetstream.Consumer, workers *
 			r.log.Debug("relay.gate_open", "held", held)
 			continue
 		}
-		sleepCtx(ctx, 100*time.Millisecond)
+		_ = retry.Sleep(ctx, 100*time.Millisecond) // the loop ends with ctx
 	}
 }
 
@@ -320,11 +320,7 @@ func (r *ablyRelay) send(ctx context.Context, q *channelQueue) {
 // (logged), except one too large, which is sent again as a resync marker.
 func (r *ablyRelay) deliver(ctx context.Context, q *channelQueue, it *item) bool {
 	log := r.log.With("channel", q.name, "event_id", it.bm.EventID)
-	bo := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(200*time.Millisecond),
-		backoff.WithMaxInterval(10*time.Second),
-		backoff.WithMaxElapsedTime(0),
-	)
+	bo := retry.Backoff(200*time.Millisecond, 10*time.Second)
 	resized := false
 	for attempt := 1; ; attempt++ {
 		lim := q.lim
@@ -379,8 +375,7 @@ func (r *ablyRelay) deliver(ctx context.Context, q *channelQueue, it *item) bool
 			d = max(d, time.Second)
 		}
 		log.Warn("relay.publish_retry", "attempt", attempt, "reason", reason, "delay", d.String(), "err", err)
-		sleepCtx(ctx, d)
-		if ctx.Err() != nil {
+		if retry.Sleep(ctx, d) != nil {
 			return false
 		}
 	}

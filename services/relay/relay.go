@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -147,14 +146,4 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(m.publishSeconds, m.publishFailures, m.relayed, m.held,
 		m.subscribers, m.dropped, m.resumes, m.refused)
 	return m
-}
-
-// sleepCtx waits d or until ctx is done.
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
