@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/clinicalimages/clinimg/pkg/fhir"
+	"github.com/clinicalimages/clinimg/pkg/retry"
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
 
@@ -168,11 +169,7 @@ func carries(r fhir.MediaRef, system, value string) bool {
 // initial doubling up to ceiling, with jitter from u in [0, 1) of -20% to
 // +20%, and never less than ALEX's Retry-After.
 func retryDelay(n int, initial, ceiling, retryAfter time.Duration, u float64) time.Duration {
-	d := initial
-	for i := 1; i < n && d < ceiling; i++ {
-		d *= 2
-	}
-	d = min(d, ceiling)
+	d := retry.Delay(uint64(max(n, 1)), initial, ceiling)
 	d = time.Duration(float64(d) * (0.8 + 0.4*u))
 	return max(d, retryAfter)
 }
