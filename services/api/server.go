@@ -88,9 +88,9 @@ func NewServer(cfg Config, d Deps) *Server {
 	}
 }
 
-// Router registers every route in one place.
+// Router registers every route in one place. Gin's mode is the process's
+// to set (main sets release mode; GIN_MODE also does).
 func (s *Server) Router() http.Handler {
-	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
 	// Client addresses (for rate limits) come from X-Forwarded-For only

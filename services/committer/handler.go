@@ -206,8 +206,8 @@ func (w *worker) attempt(ctx context.Context, log *slog.Logger, sess session.Ses
 	}
 	w.m.commits.WithLabelValues("retried").Inc()
 	w.m.retries.WithLabelValues(reason).Inc()
-	log.Warn("commit.waiting", "attempt", n, "reason", reason, "photos_waiting", len(waitOn), "in_record", inRecord, "delay_ms", delay.Milliseconds(), "err", worst)
-	return consume.RetryAfter(worst, delay)
+	// Logged once, by consume (consume.retry), with this context.
+	return consume.RetryAfter(fmt.Errorf("commit waiting (%s, attempt %d, %d photos waiting, %d in record): %w", reason, n, len(waitOn), inRecord, worst), delay)
 }
 
 // slowAnswer is how long an attempt runs before both screens are told
@@ -325,9 +325,8 @@ func (w *worker) cleanup(ctx context.Context, log *slog.Logger, sess session.Ses
 // fails with every photo's state kept.
 func (w *worker) deadLetter(ctx context.Context, ev events.Event, reason string) error {
 	var ce session.CommitEvent
-	if err := ev.DataAs(&ce); err != nil {
-		w.log.Error("commit.dead_lettered", "reason", reason, "err", err)
-		return nil
+	if ev.DataAs(&ce) != nil {
+		return nil // Handle refused it for good, and consume logged why
 	}
 	log := w.log.With("user_id", ev.Subject, "session_id", ce.SessionID, "commit_id", ce.CommitID)
 	sess, err := w.current(ctx, ev.Subject, ce.CommitID)

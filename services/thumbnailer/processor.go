@@ -118,7 +118,7 @@ func (p *Processor) Handle(ctx context.Context, ev events.Event) error {
 	}
 	var data session.ImageEvent
 	if err := ev.DataAs(&data); err != nil {
-		return consume.Permanent(fmt.Errorf("decode %s: %w", ev.Type, err))
+		return consume.Permanent(err) // DataAs names the event type
 	}
 	userID, imageID := ev.Subject, data.Image.ID
 	if !events.ValidUserID(userID) || !imageIDPattern.MatchString(imageID) {
@@ -298,7 +298,7 @@ func readCapped(r io.Reader, size, max int64) ([]byte, error) {
 func (p *Processor) GiveUp(ctx context.Context, ev events.Event, reason string) error {
 	var data session.ImageEvent
 	if ev.Type != events.ImageUploaded || ev.DataAs(&data) != nil || data.Image.ID == "" {
-		return nil
+		return nil // Handle refused it for good, and consume logged why
 	}
 	_, changed, err := p.sessions.SetProcessed(ctx, ev.Subject, data.Image.ID, session.Processed{
 		Status:       session.ImageRejected,

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 
+	"github.com/gin-gonic/gin"
+
 	"github.com/clinicalimages/clinimg/deploy/local"
 	"github.com/clinicalimages/clinimg/pkg/ops"
 )
@@ -22,6 +24,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	gin.SetMode(gin.ReleaseMode)
 	if err := run(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "clinimg-local:", err)
 		os.Exit(1)

@@ -8,12 +8,15 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/gin-gonic/gin"
+
 	"github.com/clinicalimages/clinimg/services/api"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	gin.SetMode(gin.ReleaseMode)
 	cfg, err := api.ConfigFromEnv(os.Getenv)
 	if err == nil {
 		err = api.Run(ctx, cfg)
