@@ -270,7 +270,7 @@ func TestWriterOnJetStreamRedelivery(t *testing.T) {
 	s3, _ := testenv.S3(t)
 	_, js, names := testenv.Streams(t)
 	ctx := context.Background()
-	cfg := names.ConsumerConfig(events.ConsumerAudit, 0)
+	cfg := names.ConsumerConfig(audit.Consumer(0))
 	cons, err := js.CreateOrUpdateConsumer(ctx, names.Stream, cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -1,10 +1,12 @@
 package audit
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/clinicalimages/clinimg/pkg/consume"
 	"github.com/clinicalimages/clinimg/pkg/events"
@@ -46,4 +48,13 @@ func (w *Writer) Handle(ctx context.Context, ev events.Event) error {
 	}
 	w.log.Debug("audit.appended", "event_id", ev.ID, "type", string(ev.Type), "session_id", recs[0].SessionID, "records", n)
 	return nil
+}
+
+// Consumer is the audit consumer's JetStream settings. The trail appends
+// every event of a session in stream order: one message in flight at a
+// time, across every instance, and never dropped (it waits out an S3
+// outage). ackWait, if positive (NATS_ACK_WAIT), replaces the default 30 s.
+func Consumer(ackWait time.Duration) events.Consumer {
+	return events.Consumer{Name: events.ConsumerAudit, AckWait: cmp.Or(ackWait, 30*time.Second),
+		MaxDeliver: -1, MaxAckPending: 1}
 }

@@ -26,7 +26,7 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	_, js, names := testenv.Streams(t)
-	cons, err := events.EnsureConsumer(context.Background(), js, names, events.ConsumerThumbnailer, 0)
+	cons, err := events.EnsureConsumer(context.Background(), js, names, events.Consumer{Name: events.ConsumerThumbnailer, Type: events.ImageUploaded, AckWait: time.Minute, MaxDeliver: 10})
 	if err != nil {
 		t.Fatal(err)
 	}

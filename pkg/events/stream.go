@@ -48,60 +48,53 @@ const RelayGroup = "relay"
 // often.
 const RelayPullExpiry = 5 * time.Second
 
-// ConsumerConfig is the durable pull consumer of one service. Every service
-// acks explicitly; redeliveries back off so a poison message does not spin.
-// ackWait, if positive, replaces the consumer's default AckWait: how long a
-// claim on a message outlives a worker that died holding it
-// (NATS_ACK_WAIT).
-func (n Names) ConsumerConfig(name string, ackWait time.Duration) jetstream.ConsumerConfig {
-	c := jetstream.ConsumerConfig{
-		Durable:       name,
+// Consumer is one service's durable pull consumer, as the service sets it
+// from its own configuration. Every consumer acks explicitly and starts
+// from the first event kept.
+type Consumer struct {
+	// Name is the durable name, shared by every instance of the service
+	// (ConsumerThumbnailer, ConsumerCommitter, ConsumerRelay).
+	Name string
+	// Type is the event it reads; "" means every event.
+	Type Type
+	// AckWait is how long a claim on a message outlives a worker that died
+	// holding it (a working handler renews it with InProgress).
+	AckWait time.Duration
+	// MaxDeliver is how many deliveries a message gets before package
+	// consume dead-letters it; -1 is no limit.
+	MaxDeliver int
+	// MaxAckPending bounds the messages claimed and not yet acked.
+	MaxAckPending int
+	// Pinned lets one instance at a time receive messages (priority group
+	// RelayGroup), the others waiting to take over: the relay's stream order.
+	Pinned bool
+}
+
+// ConsumerConfig is c as JetStream's consumer configuration.
+func (n Names) ConsumerConfig(c Consumer) jetstream.ConsumerConfig {
+	cc := jetstream.ConsumerConfig{
+		Durable:       c.Name,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-		MaxAckPending: 256,
+		AckWait:       c.AckWait,
+		MaxDeliver:    c.MaxDeliver,
+		MaxAckPending: c.MaxAckPending,
+		FilterSubject: n.All(),
 	}
-	switch name {
-	case ConsumerThumbnailer:
-		c.FilterSubject = n.Filter(ImageUploaded)
-		c.AckWait = time.Minute
-		c.MaxDeliver = 10
-	case ConsumerCommitter:
-		c.FilterSubject = n.Filter(CommitRequested)
-		// A commit of 50 photos takes a while: the worker sends InProgress
-		// to hold its claim; AckWait is how long a crashed worker's claim
-		// lasts (NATS_ACK_WAIT overrides it). A commit ends
-		// when its retry budget runs out, not after a number of deliveries.
-		c.AckWait = 30 * time.Second
-		c.MaxDeliver = -1
-		c.MaxAckPending = 64
-	case ConsumerRelay:
-		c.FilterSubject = n.All()
-		c.AckWait = 15 * time.Second
-		c.MaxDeliver = -1 // a screen event is never dropped; the relay retries Ably forever
-		c.MaxAckPending = 1024
-	case ConsumerAudit:
-		// The audit trail appends every event of a session in stream
-		// order: one message in flight at a time, across every instance,
-		// and never dropped (it waits out an S3 outage).
-		c.FilterSubject = n.All()
-		c.AckWait = 30 * time.Second
-		c.MaxDeliver = -1
-		c.MaxAckPending = 1
+	if c.Type != "" {
+		cc.FilterSubject = n.Filter(c.Type)
 	}
-	if ackWait > 0 {
-		c.AckWait = ackWait
-	}
-	if name == ConsumerRelay {
-		// A relay that dies keeps its pin this long after its last pull
+	if c.Pinned {
+		// A process that dies keeps its pin this long after its last pull
 		// (every RelayPullExpiry at most); its held events come back after
 		// AckWait. The next relay publishes nothing until it holds every
 		// pending event (see services/relay), so order does not depend on
 		// which comes first.
-		c.PriorityGroups = []string{RelayGroup}
-		c.PriorityPolicy = jetstream.PriorityPolicyPinned
-		c.PinnedTTL = max(c.AckWait, 2*RelayPullExpiry)
+		cc.PriorityGroups = []string{RelayGroup}
+		cc.PriorityPolicy = jetstream.PriorityPolicyPinned
+		cc.PinnedTTL = max(c.AckWait, 2*RelayPullExpiry)
 	}
-	return c
+	return cc
 }
 
 // DeadLetterSubject is where a message goes after its last delivery fails.
@@ -145,14 +138,13 @@ func StreamReplicas(ctx context.Context, js jetstream.JetStream, name string, re
 	return KeepReplicas(st.CachedInfo().Config.Replicas, requested), nil
 }
 
-// EnsureConsumer creates or updates one service's durable consumer (see
-// ConsumerConfig for ackWait).
-func EnsureConsumer(ctx context.Context, js jetstream.JetStream, n Names, name string, ackWait time.Duration) (jetstream.Consumer, error) {
-	c, err := js.CreateOrUpdateConsumer(ctx, n.Stream, n.ConsumerConfig(name, ackWait))
+// EnsureConsumer creates or updates one service's durable consumer.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, n Names, c Consumer) (jetstream.Consumer, error) {
+	cons, err := js.CreateOrUpdateConsumer(ctx, n.Stream, n.ConsumerConfig(c))
 	if err != nil {
-		return nil, fmt.Errorf("ensure consumer %s: %w", name, err)
+		return nil, fmt.Errorf("ensure consumer %s: %w", c.Name, err)
 	}
-	return c, nil
+	return cons, nil
 }
 
 // Publish sends ev to its subject with its id as Nats-Msg-Id and waits for

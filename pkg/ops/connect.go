@@ -204,11 +204,11 @@ func JetStream(ctx context.Context, c config.Common, name string, log *slog.Logg
 
 // Consumer waits until the service's durable consumer exists with its
 // settings (see events.EnsureConsumer).
-func Consumer(ctx context.Context, log *slog.Logger, js jetstream.JetStream, c config.Common, name string) (jetstream.Consumer, error) {
+func Consumer(ctx context.Context, log *slog.Logger, js jetstream.JetStream, names events.Names, c events.Consumer) (jetstream.Consumer, error) {
 	var cons jetstream.Consumer
-	err := WaitFor(ctx, log, "consumer "+name, func(ctx context.Context) error {
+	err := WaitFor(ctx, log, "consumer "+c.Name, func(ctx context.Context) error {
 		var err error
-		cons, err = events.EnsureConsumer(ctx, js, c.Names, name, c.AckWait)
+		cons, err = events.EnsureConsumer(ctx, js, names, c)
 		return err
 	})
 	return cons, err

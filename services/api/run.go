@@ -68,7 +68,7 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	// The audit trail is written from the event stream, beside the
 	// requests and never in their way.
-	cons, err := ops.Consumer(g.Context(), log, conns.JS, cfg.Common, events.ConsumerAudit)
+	cons, err := ops.Consumer(g.Context(), log, conns.JS, cfg.Common.Names, audit.Consumer(cfg.Common.AckWait))
 	if err != nil {
 		return g.Stop(err)
 	}

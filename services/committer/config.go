@@ -24,12 +24,14 @@
 package committer
 
 import (
+	"cmp"
 	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clinicalimages/clinimg/pkg/config"
+	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/fhir"
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
@@ -140,4 +142,14 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// Consumer is the committer's JetStream consumer. A commit of 50 photos
+// takes a while: the worker sends InProgress to hold its claim, and
+// AckWait (NATS_ACK_WAIT, default 30s) is how long a crashed worker's claim
+// lasts. A commit ends when its retry budget runs out, not after a number
+// of deliveries; 64 commits at most are claimed at once.
+func (c Config) Consumer() events.Consumer {
+	return events.Consumer{Name: events.ConsumerCommitter, Type: events.CommitRequested,
+		AckWait: cmp.Or(c.Common.AckWait, 30*time.Second), MaxDeliver: -1, MaxAckPending: 64}
 }

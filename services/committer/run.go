@@ -7,7 +7,6 @@ import (
 
 	"github.com/clinicalimages/clinimg/pkg/consume"
 	"github.com/clinicalimages/clinimg/pkg/deadletter"
-	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/fhir"
 	"github.com/clinicalimages/clinimg/pkg/ops"
 	"github.com/clinicalimages/clinimg/pkg/outbox"
@@ -62,7 +61,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return g.Stop(err)
 	}
 	rdb, nc, js, photos := conns.Redis, conns.NATS, conns.JS, conns.Blob
-	cons, err := ops.Consumer(g.Context(), log, js, cfg.Common, events.ConsumerCommitter)
+	cons, err := ops.Consumer(g.Context(), log, js, cfg.Common.Names, cfg.Consumer())
 	if err != nil {
 		return g.Stop(err)
 	}

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"errors"
 	"log/slog"
 	"net/url"
@@ -10,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clinicalimages/clinimg/pkg/config"
+	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/ops"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 )
@@ -161,4 +163,13 @@ func splitList(v string) []string {
 		}
 	}
 	return out
+}
+
+// Consumer is the relay's JetStream consumer: every event, one relay at a
+// time (pinned, so each channel's events leave in stream order), never
+// dropped (the relay retries Ably for ever); a dead relay's held events
+// come back after AckWait (NATS_ACK_WAIT, default 15s).
+func (c Config) Consumer() events.Consumer {
+	return events.Consumer{Name: events.ConsumerRelay, AckWait: cmp.Or(c.Common.AckWait, 15*time.Second),
+		MaxDeliver: -1, MaxAckPending: 1024, Pinned: true}
 }

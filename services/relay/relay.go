@@ -28,7 +28,6 @@ import (
 
 	"github.com/clinicalimages/clinimg/pkg/consume"
 	"github.com/clinicalimages/clinimg/pkg/deadletter"
-	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/ops"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 )
@@ -79,7 +78,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	switch cfg.Realtime.Mode {
 	case realtime.ModeAbly:
-		cons, err := ops.Consumer(g.Context(), log, js, cfg.Common, events.ConsumerRelay)
+		cons, err := ops.Consumer(g.Context(), log, js, cfg.Common.Names, cfg.Consumer())
 		if err != nil {
 			return g.Stop(err)
 		}

@@ -14,12 +14,15 @@
 package thumbnailer
 
 import (
+	"cmp"
 	"log/slog"
 	"runtime"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clinicalimages/clinimg/pkg/config"
+	"github.com/clinicalimages/clinimg/pkg/events"
 )
 
 // Config is everything the thumbnailer needs. Build it with ConfigFromEnv.
@@ -99,4 +102,12 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// Consumer is the thumbnailer's JetStream consumer: a claim outlives a
+// crashed worker by AckWait (NATS_ACK_WAIT, default 1m); a photo that fails
+// ten deliveries is dead-lettered and marked rejected.
+func (c Config) Consumer() events.Consumer {
+	return events.Consumer{Name: events.ConsumerThumbnailer, Type: events.ImageUploaded,
+		AckWait: cmp.Or(c.Common.AckWait, time.Minute), MaxDeliver: 10, MaxAckPending: 256}
 }

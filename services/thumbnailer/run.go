@@ -44,7 +44,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return g.Stop(err)
 	}
 	rdb, js, photos := conns.Redis, conns.JS, conns.Blob
-	cons, err := ops.Consumer(g.Context(), log, js, cfg.Common, events.ConsumerThumbnailer)
+	cons, err := ops.Consumer(g.Context(), log, js, cfg.Common.Names, cfg.Consumer())
 	if err != nil {
 		return g.Stop(err)
 	}

@@ -26,7 +26,7 @@ func TestListAndReplay(t *testing.T) {
 	if _, err := events.Publish(ctx, js, names, ev); err != nil {
 		t.Fatal(err)
 	}
-	cons, err := events.EnsureConsumer(ctx, js, names, events.ConsumerCommitter, 0)
+	cons, err := events.EnsureConsumer(ctx, js, names, events.Consumer{Name: events.ConsumerCommitter, Type: events.CommitRequested, MaxDeliver: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
