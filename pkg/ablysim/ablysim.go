@@ -289,64 +289,78 @@ type wireMessage struct {
 	Extras   json.RawMessage `json:"extras"`
 }
 
-func (s *Server) publish(w http.ResponseWriter, r *http.Request) {
+// readPublish checks a publish request and decodes its messages, answering
+// the request itself when it is refused.
+func (s *Server) readPublish(w http.ResponseWriter, r *http.Request) (string, []wireMessage, Request, bool) {
 	channel := strings.TrimSuffix(strings.TrimPrefix(r.URL.EscapedPath(), "/channels/"), "/messages")
 	channel, err := url.PathUnescape(channel)
 	if err != nil || channel == "" {
 		s.refuse(w, realtime.ErrorInfo{Code: realtime.CodeBadChannel, StatusCode: 400, Message: "invalid channel name"})
-		return
+		return "", nil, Request{}, false
 	}
 	if !s.basicAuth(r) {
 		s.refuse(w, realtime.ErrorInfo{Code: realtime.CodeBadCredentials, StatusCode: 401, Message: "invalid credentials"})
-		return
+		return "", nil, Request{}, false
 	}
 	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		s.refuse(w, realtime.ErrorInfo{Code: realtime.CodeBadRequest, StatusCode: 400, Message: "only the JSON protocol is supported: use WithUseBinaryProtocol(false)"})
-		return
+		return "", nil, Request{}, false
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
 	if err != nil {
-		return
+		return "", nil, Request{}, false
 	}
 	msgs, err := decodeMessages(body)
 	if err != nil {
 		s.refuse(w, realtime.ErrorInfo{Code: realtime.CodeBadRequest, StatusCode: 400, Message: "malformed message body"})
-		return
+		return "", nil, Request{}, false
 	}
 	req := Request{Channel: channel}
-	size := 0
 	for _, m := range msgs {
 		req.IDs = append(req.IDs, m.ID)
 		req.Names = append(req.Names, m.Name)
-		size += len(m.Name) + len(m.ClientID) + len(dataString(m.Data)) + len(m.Extras)
+		req.Bytes += len(m.Name) + len(m.ClientID) + len(dataString(m.Data)) + len(m.Extras)
 	}
-	req.Bytes = size
+	return channel, msgs, req, true
+}
 
+// record keeps req in the history and takes the next scripted fault, or
+// answers the request itself (refused) while its channel is in an outage.
+func (s *Server) record(w http.ResponseWriter, channel string, req Request) (rec *Request, fault *Fault, refused bool) {
 	s.mu.Lock()
+	s.requests = trim(s.requests, s.opt.History)
+	rec = &req
+	s.requests = append(s.requests, rec)
 	if o, ok := s.refusing(channel); ok {
 		req.Status = o.Status
 		req.Faulted = true
-		s.requests = trim(s.requests, s.opt.History)
-		s.requests = append(s.requests, &req)
 		s.mu.Unlock()
 		code := o.Code
 		if code == 0 {
 			code = o.Status * 100
 		}
 		realtime.WriteError(w, realtime.ErrorInfo{Code: code, StatusCode: o.Status, Message: "channel refused (outage)"})
-		return
+		return nil, nil, true
 	}
-	var fault *Fault
+	defer s.mu.Unlock()
 	if len(s.faults) > 0 {
 		f := s.faults[0]
 		s.faults = s.faults[1:]
 		fault = &f
 		req.Faulted = true
 	}
-	s.requests = trim(s.requests, s.opt.History)
-	rec := &req
-	s.requests = append(s.requests, rec)
-	s.mu.Unlock()
+	return rec, fault, false
+}
+
+func (s *Server) publish(w http.ResponseWriter, r *http.Request) {
+	channel, msgs, req, ok := s.readPublish(w, r)
+	if !ok {
+		return
+	}
+	rec, fault, refused := s.record(w, channel, req)
+	if refused {
+		return
+	}
 
 	setStatus := func(status, dupes int) {
 		s.mu.Lock()
@@ -359,7 +373,7 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) {
 		s.applyFault(w, r, *fault, setStatus)
 		return
 	}
-	if e, ok := s.check(channel, msgs, size); !ok {
+	if e, ok := s.check(channel, msgs, req.Bytes); !ok {
 		setStatus(e.StatusCode, 0)
 		s.refuse(w, e)
 		return

@@ -52,30 +52,8 @@ func (s *Server) sse(w http.ResponseWriter, r *http.Request) {
 	}
 	after, _ := strconv.ParseInt(last, 10, 64)
 
-	sub := &subscriber{ch: make(chan Message, 1024), done: make(chan struct{})}
-	s.mu.Lock()
-	var backlog []Message
-	if last != "" {
-		for _, m := range s.messages {
-			if m.Serial > after && contains(channels, m.Channel) {
-				backlog = append(backlog, m)
-			}
-		}
-	}
-	for _, ch := range channels {
-		if s.subs[ch] == nil {
-			s.subs[ch] = map[*subscriber]struct{}{}
-		}
-		s.subs[ch][sub] = struct{}{}
-	}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		for _, ch := range channels {
-			delete(s.subs[ch], sub)
-		}
-		s.mu.Unlock()
-	}()
+	sub, backlog, unsubscribe := s.subscribe(channels, last != "", after)
+	defer unsubscribe()
 
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
@@ -165,4 +143,33 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// subscribe adds a subscriber to channels and, when resuming, returns the
+// kept messages after serial after, both under one lock so none is missed
+// or sent twice. The caller calls unsubscribe.
+func (s *Server) subscribe(channels []string, resume bool, after int64) (sub *subscriber, backlog []Message, unsubscribe func()) {
+	sub = &subscriber{ch: make(chan Message, 1024), done: make(chan struct{})}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if resume {
+		for _, m := range s.messages {
+			if m.Serial > after && contains(channels, m.Channel) {
+				backlog = append(backlog, m)
+			}
+		}
+	}
+	for _, ch := range channels {
+		if s.subs[ch] == nil {
+			s.subs[ch] = map[*subscriber]struct{}{}
+		}
+		s.subs[ch][sub] = struct{}{}
+	}
+	return sub, backlog, func() {
+		s.mu.Lock()
+		for _, ch := range channels {
+			delete(s.subs[ch], sub)
+		}
+		s.mu.Unlock()
+	}
 }
