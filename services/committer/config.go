@@ -153,3 +153,33 @@ func (c Config) Consumer() events.Consumer {
 	return events.Consumer{Name: events.ConsumerCommitter, Type: events.CommitRequested,
 		AckWait: cmp.Or(c.Common.AckWait, 30*time.Second), MaxDeliver: -1, MaxAckPending: 64}
 }
+
+// withDefaults fills what a Config built by hand (as tests do) leaves zero
+// with the defaults ConfigFromEnv documents.
+func (c Config) withDefaults() Config {
+	if c.Parallelism <= 0 {
+		c.Parallelism = 4
+	}
+	if c.Workers <= 0 {
+		c.Workers = 2
+	}
+	if c.RetryBudget <= 0 {
+		c.RetryBudget = 10 * time.Minute
+	}
+	if c.RetryInitial <= 0 {
+		c.RetryInitial = time.Second
+	}
+	if c.RetryMax < c.RetryInitial {
+		c.RetryMax = max(30*time.Second, c.RetryInitial)
+	}
+	if c.ALEX.Timeout <= 0 {
+		c.ALEX.Timeout = 2 * time.Minute
+	}
+	if c.LockTTL <= 0 {
+		c.LockTTL = 20 * time.Second
+	}
+	if c.IdentifierSystem == "" {
+		c.IdentifierSystem = fhir.DefaultImageIDNS
+	}
+	return c
+}

@@ -28,30 +28,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if reg == nil {
 		reg = ops.Registry()
 	}
-	if cfg.Parallelism <= 0 {
-		cfg.Parallelism = 4
-	}
-	if cfg.Workers <= 0 {
-		cfg.Workers = 2
-	}
-	if cfg.RetryBudget <= 0 {
-		cfg.RetryBudget = 10 * time.Minute
-	}
-	if cfg.RetryInitial <= 0 {
-		cfg.RetryInitial = time.Second
-	}
-	if cfg.RetryMax < cfg.RetryInitial {
-		cfg.RetryMax = max(30*time.Second, cfg.RetryInitial)
-	}
-	if cfg.ALEX.Timeout <= 0 {
-		cfg.ALEX.Timeout = 2 * time.Minute
-	}
-	if cfg.LockTTL <= 0 {
-		cfg.LockTTL = 20 * time.Second
-	}
-	if cfg.IdentifierSystem == "" {
-		cfg.IdentifierSystem = fhir.DefaultImageIDNS
-	}
+	cfg = cfg.withDefaults()
 	m := newMetrics(reg)
 
 	g := ops.NewGroup(ctx, log, cfg.Common.Grace)
