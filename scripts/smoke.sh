@@ -18,9 +18,10 @@ for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.1;
 field() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p"; }
 fail() { echo "smoke: $*" >&2; tail -20 "$log" >&2; exit 1; }
 
-photo=""
-for d in ../shared/testdata ../../shared/testdata; do [ -f "$d/photo-1920.jpg" ] && photo="$d/photo-1920.jpg" && break; done
-[ -n "$photo" ] || fail "shared/testdata/photo-1920.jpg not found beside the repo"
+# A photo from the repository itself (a 640x480 JPEG full of metadata to
+# strip), so a fresh clone runs this with nothing from outside it.
+photo=services/thumbnailer/testdata/gps.jpg
+[ -f "$photo" ] || fail "$photo not found: run from the repository's root"
 
 desk=$(curl -sf "$base/dev/token?userId=user_abc" | field token)
 [ -n "$desk" ] || fail "no desktop token"
