@@ -32,25 +32,35 @@ func TestFaults(t *testing.T) {
 		fault alexsim.Fault
 		times int
 		want  want
+		// then, if set, answers the photo's next write (after fault's).
+		then *alexsim.Fault
 	}{
-		{"500", "", alexsim.Fault{Status: 500}, 1, committed},
-		{"500 twice", "", alexsim.Fault{Status: 500}, 2, committed},
-		{"500 after the write", "", alexsim.Fault{Status: 500, AfterStore: true}, 1, committed},
-		{"503 Retry-After", "", alexsim.Fault{Status: 503, RetryAfter: time.Second}, 1, committed},
-		{"429 Retry-After", "", alexsim.Fault{Status: 429, RetryAfter: time.Second}, 1, committed},
-		{"timeout", "", alexsim.Fault{Kind: alexsim.FaultTimeout}, 1, committed},
-		{"timeout after the write", "", alexsim.Fault{Kind: alexsim.FaultTimeout, AfterStore: true}, 1, committed},
-		{"reset", "", alexsim.Fault{Kind: alexsim.FaultReset}, 1, committed},
-		{"reset after the write", "", alexsim.Fault{Kind: alexsim.FaultReset, AfterStore: true}, 1, committed},
-		{"empty 200", "", alexsim.Fault{Kind: alexsim.FaultEmpty}, 1, committed},
-		{"empty 200 after the write", "", alexsim.Fault{Kind: alexsim.FaultEmpty, AfterStore: true}, 2, committed},
-		{"token expiry mid-commit", "", alexsim.Fault{Kind: alexsim.FaultExpireToken}, 1, committed},
-		{"422", "", alexsim.Fault{Status: 422, Code: "business-rule", Message: "Image rejected"}, 1, refused},
-		{"400 plain JSON", "", alexsim.Fault{Status: 400, Code: "plain", Message: "Bad request"}, 1, refused},
-		{"reset after the write, conditional create", "conditional-create", alexsim.Fault{Kind: alexsim.FaultReset, AfterStore: true}, 1, committed},
-		{"empty 200 after the write, conditional create", "conditional-create", alexsim.Fault{Kind: alexsim.FaultEmpty, AfterStore: true}, 1, committed},
-		{"reset after the write, identifier search", "search", alexsim.Fault{Kind: alexsim.FaultReset, AfterStore: true}, 1, committed},
-		{"422, identifier search", "search", alexsim.Fault{Status: 422, Code: "processing"}, 1, refused},
+		{"500", "", alexsim.Fault{Status: 500}, 1, committed, nil},
+		{"500 twice", "", alexsim.Fault{Status: 500}, 2, committed, nil},
+		{"500 after the write", "", alexsim.Fault{Status: 500, AfterStore: true}, 1, committed, nil},
+		{"503 Retry-After", "", alexsim.Fault{Status: 503, RetryAfter: time.Second}, 1, committed, nil},
+		{"429 Retry-After", "", alexsim.Fault{Status: 429, RetryAfter: time.Second}, 1, committed, nil},
+		{"timeout", "", alexsim.Fault{Kind: alexsim.FaultTimeout}, 1, committed, nil},
+		{"timeout after the write", "", alexsim.Fault{Kind: alexsim.FaultTimeout, AfterStore: true}, 1, committed, nil},
+		{"reset", "", alexsim.Fault{Kind: alexsim.FaultReset}, 1, committed, nil},
+		{"reset after the write", "", alexsim.Fault{Kind: alexsim.FaultReset, AfterStore: true}, 1, committed, nil},
+		{"empty 200", "", alexsim.Fault{Kind: alexsim.FaultEmpty}, 1, committed, nil},
+		{"empty 200 after the write", "", alexsim.Fault{Kind: alexsim.FaultEmpty, AfterStore: true}, 2, committed, nil},
+		{"token expiry mid-commit", "", alexsim.Fault{Kind: alexsim.FaultExpireToken}, 1, committed, nil},
+		{"422", "", alexsim.Fault{Status: 422, Code: "business-rule", Message: "Image rejected"}, 1, refused, nil},
+		{"400 plain JSON", "", alexsim.Fault{Status: 400, Code: "plain", Message: "Bad request"}, 1, refused, nil},
+		{"reset after the write, conditional create", "conditional-create", alexsim.Fault{Kind: alexsim.FaultReset, AfterStore: true}, 1, committed, nil},
+		{"empty 200 after the write, conditional create", "conditional-create", alexsim.Fault{Kind: alexsim.FaultEmpty, AfterStore: true}, 1, committed, nil},
+		{"reset after the write, identifier search", "search", alexsim.Fault{Kind: alexsim.FaultReset, AfterStore: true}, 1, committed, nil},
+		{"422, identifier search", "search", alexsim.Fault{Status: 422, Code: "processing"}, 1, refused, nil},
+		// The first write is stored, its answer lost; the conditional create
+		// that follows is refused, or finds several Media, before ALEX
+		// looks: the photo is in the record all the same, and is found
+		// there rather than sent again unconditionally or left in conflict.
+		{"reset after the write, then 422, conditional create", "conditional-create", alexsim.Fault{Kind: alexsim.FaultReset, AfterStore: true}, 1, committed,
+			&alexsim.Fault{Status: 422, Code: "processing", Message: "Image rejected"}},
+		{"reset after the write, then 412, conditional create", "conditional-create", alexsim.Fault{Kind: alexsim.FaultReset, AfterStore: true}, 1, committed,
+			&alexsim.Fault{Status: 412, Code: "duplicate", Message: "several Media match"}},
 	}
 	// Rows run side by side, one simulator and committer per set of
 	// capabilities, each row on a session of its own.
@@ -81,6 +91,9 @@ func TestFaults(t *testing.T) {
 					userID, sess := e.seed(specs(n))
 					target := sess.Images[k.i]
 					e.sim.Inject(alexsim.Rule{Method: "POST", Path: "/Media", Identifier: target.MediaIdentifier, Times: row.times, Fault: row.fault})
+					if row.then != nil {
+						e.sim.Inject(alexsim.Rule{Method: "POST", Path: "/Media", Identifier: target.MediaIdentifier, Nth: row.times + 1, Fault: *row.then})
+					}
 					runs = append(runs, run{row.name + "/" + k.name, userID, target.ID, e.commit(userID, sess), row.want})
 				}
 			}

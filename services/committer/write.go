@@ -217,13 +217,62 @@ func (a *attempt) send(ctx context.Context, img session.Image, ifAbsent bool) ph
 	case notWritten:
 		return a.set(ctx, sent, session.PhotoPending, err, "")
 	case unclear:
-		r := a.set(ctx, sent, session.PhotoUnknown, err, "ALEX's answer did not say whether it stored this photo; it is looked up before it is sent again")
+		r := a.set(ctx, sent, session.PhotoUnknown, err, unknownWhy)
 		r.img, r.recheck = sent, answered(err)
 		return r
 	case severalMatch:
+		// Several Media carry our identifier: earlier writes of ours whose
+		// answers were lost, or someone else's. A lookup tells which.
+		if r, ok := a.settle(ctx, sent, err); ok {
+			return r
+		}
 		return a.set(ctx, sent, session.PhotoConflict, nil, "ALEX holds several Media under this photo's identifier; none was claimed")
 	}
+	if ifAbsent {
+		// This write stored nothing, but an earlier one whose answer was
+		// lost may have: a refusal (made before the conditional check)
+		// does not say. Once refused, the GP's next commit sends the photo
+		// unconditionally, so it must be known absent first.
+		if r, ok := a.settle(ctx, sent, err); ok {
+			return r
+		}
+		return a.set(ctx, sent, session.PhotoNeedsChecking, nil, refusal(err)+
+			". An earlier write of it may have been stored and ALEX offers no way to check: look in the patient's record; if the photo is not there, send it again; if it is, delete it here.")
+	}
 	return a.set(ctx, sent, session.PhotoRefused, nil, refusal(err))
+}
+
+const unknownWhy = "ALEX's answer did not say whether it stored this photo; it is looked up before it is sent again"
+
+// settle decides, by a lookup made now, a photo whose write ALEX answered
+// (cause) without storing it or naming its Media, while an earlier write
+// of it may be in the record. Found, it is in the record (further Media
+// of its own are withdrawn); another's, in conflict. ok is false if ALEX
+// holds none of it after all, or cannot be asked. A lookup that fails
+// leaves it unknown, for the next attempt.
+func (a *attempt) settle(ctx context.Context, img session.Image, cause error) (photoResult, bool) {
+	can, err := a.canLookUp(ctx)
+	if err == nil && !can {
+		return photoResult{}, false
+	}
+	var refs []fhir.MediaRef
+	if err == nil {
+		a.mu.Lock()
+		a.media = nil // searched before this write was answered: search again
+		a.mu.Unlock()
+		refs, err = a.lookUp(ctx, img)
+	}
+	if err != nil {
+		return a.set(ctx, img, session.PhotoUnknown, err, unknownWhy), true
+	}
+	switch v, id, extra, why := judge(refs, a.claim(img)); v {
+	case found:
+		return a.inRecord(ctx, img, id, extra, "found", hashOf(refs, id)), true
+	case conflicting:
+		return a.set(ctx, img, session.PhotoConflict, nil, why), true
+	}
+	a.log.Debug("photo.absent", "image_id", img.ID, "err", cause)
+	return photoResult{}, false
 }
 
 // inRecord records the photo as the Media id. The answer is a fact about
