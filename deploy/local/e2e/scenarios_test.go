@@ -488,12 +488,13 @@ func TestPatientSwitch(t *testing.T) {
 	}
 	r.shot("other-patient")
 
-	// Every action that adds, edits, pairs or commits is off; the viewer is not an edit.
+	// Every action that adds, edits, pairs or commits is off; the viewer and
+	// a photo's trail only read (desktop-view.js leaves both on).
 	var enabled []string
 	d.eval(`(() => {
 		const on = (e) => e && !e.disabled && !e.hidden && !e.closest('[hidden]') && e.offsetParent !== null;
 		const out = [];
-		for (const e of document.querySelectorAll('[data-test=image-card] input, [data-test=image-card] select, [data-test=image-card] textarea, [data-test=image-card] button:not(.zoom)')) if (on(e)) out.push(e.dataset.test || e.className);
+		for (const e of document.querySelectorAll('[data-test=image-card] input, [data-test=image-card] select, [data-test=image-card] textarea, [data-test=image-card] button:not(.zoom):not(.trail-open)')) if (on(e)) out.push(e.dataset.test || e.className);
 		for (const sel of ['[data-test=file]', '[data-test=commit]', '[data-test=qr-new]', '[data-test=qr-show]', '[data-test=start]']) if (on(document.querySelector(sel))) out.push(sel);
 		if (on(document.querySelector('[data-test=drop]'))) out.push('drop zone');
 		return out; })()`, &enabled)
