@@ -395,8 +395,13 @@ func attackInput(t *testing.T, k *clinic) {
 		t.Errorf("stored notes %q, display %q", m.Notes, m.BodySiteDisplay)
 	}
 
-	if st, code := a.try("POST", a.path("/presigned-url"), phone, map[string]any{"contentType": "image/jpeg"}); st != 400 || code != "invalid_content_length" {
-		t.Errorf("upload URL without a length: %d %s", st, code)
+	// A client written for the seeds sends no length: it still gets a URL
+	// (recording refuses an oversize object); a nonsense length is refused.
+	if st, code := a.try("POST", a.path("/presigned-url"), phone, map[string]any{"fileName": "IMG_1.JPG", "contentType": "image/jpeg"}); st != 200 {
+		t.Errorf("the seeds' upload URL request (no length): %d %s, want 200", st, code)
+	}
+	if st, code := a.try("POST", a.path("/presigned-url"), phone, map[string]any{"contentType": "image/jpeg", "contentLength": -1}); st != 400 || code != "invalid_content_length" {
+		t.Errorf("upload URL with a negative length: %d %s", st, code)
 	}
 	var pre struct {
 		UploadURL string            `json:"uploadUrl"`
@@ -421,9 +426,8 @@ func attackInput(t *testing.T, k *clinic) {
 	if st, code := a.try("POST", a.path("/images"), phone, map[string]any{"imageId": pre.ImageID, "s3Key": pre.S3Key, "source": "mobile"}); st != 422 || code != "empty_object" {
 		t.Errorf("0-byte upload: %d %s", st, code)
 	}
-	// One URL is outstanding (the 0-byte one was never recorded; MAX_UPLOADS
-	// is 3): two more, then refused.
-	a.c.call("POST", a.path("/presigned-url"), phone, map[string]any{"contentType": "image/jpeg", "contentLength": 1000}, http.StatusOK, nil)
+	// Two URLs are outstanding (the seeds-style one and the 0-byte one,
+	// neither recorded; MAX_UPLOADS is 3): one more, then refused.
 	a.c.call("POST", a.path("/presigned-url"), a.desk, map[string]any{"contentType": "image/jpeg", "contentLength": 1000}, http.StatusOK, nil)
 	if st, code := a.try("POST", a.path("/presigned-url"), a.desk, map[string]any{"contentType": "image/jpeg", "contentLength": 1000}); st != 429 || code != "upload_limit" {
 		t.Errorf("fourth outstanding upload URL: %d %s", st, code)

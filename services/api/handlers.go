@@ -137,10 +137,12 @@ func (s *Server) presign(c *gin.Context) {
 		s.respondErr(c, clientErr(http.StatusUnsupportedMediaType, "unsupported_image_type", "contentType must be image/jpeg, image/png, image/webp or image/heic"))
 		return
 	}
-	if req.ContentLength <= 0 {
-		// Signed into the URL, so S3 refuses any other size: without it a
-		// presigned PUT would take an object of any size.
-		s.respondErr(c, clientErr(http.StatusBadRequest, "invalid_content_length", "contentLength is required: the photo's size in bytes, which the upload URL is signed for"))
+	// contentLength is signed into the URL, so S3 refuses any other size;
+	// the pages always send it. A client written for the seeds does not:
+	// its URL takes any size, and recording refuses (and deletes) an object
+	// over MAX_IMAGE_BYTES, so nothing oversize reaches a session.
+	if req.ContentLength < 0 {
+		s.respondErr(c, clientErr(http.StatusBadRequest, "invalid_content_length", "contentLength must be the photo's size in bytes"))
 		return
 	}
 	if req.ContentLength > s.cfg.MaxImageBytes {
