@@ -61,6 +61,12 @@ func TestFaults(t *testing.T) {
 			&alexsim.Fault{Status: 422, Code: "processing", Message: "Image rejected"}},
 		{"reset after the write, then 412, conditional create", "conditional-create", alexsim.Fault{Kind: alexsim.FaultReset, AfterStore: true}, 1, committed,
 			&alexsim.Fault{Status: 412, Code: "duplicate", Message: "several Media match"}},
+		// The first write's answer is lost but nothing was stored; the
+		// conditional create that follows is refused: the lookup finds
+		// nothing, so the photo is refused (ALEX holds none of it), not
+		// left for the GP to check by hand although ALEX could be asked.
+		{"reset, then 422, conditional create", "conditional-create", alexsim.Fault{Kind: alexsim.FaultReset}, 1, refused,
+			&alexsim.Fault{Status: 422, Code: "processing", Message: "Image rejected"}},
 	}
 	// Rows run side by side, one simulator and committer per set of
 	// capabilities, each row on a session of its own.
@@ -90,10 +96,14 @@ func TestFaults(t *testing.T) {
 				}{{"first", 0}, {"middle", n / 2}, {"last", n - 1}} {
 					userID, sess := e.seed(specs(n))
 					target := sess.Images[k.i]
-					e.sim.Inject(alexsim.Rule{Method: "POST", Path: "/Media", Identifier: target.MediaIdentifier, Times: row.times, Fault: row.fault})
+					// then's rule goes first: the simulator counts a rule's
+					// requests only up to the first rule that fires, so
+					// placed after fault's it would miss the requests
+					// fault took.
 					if row.then != nil {
 						e.sim.Inject(alexsim.Rule{Method: "POST", Path: "/Media", Identifier: target.MediaIdentifier, Nth: row.times + 1, Fault: *row.then})
 					}
+					e.sim.Inject(alexsim.Rule{Method: "POST", Path: "/Media", Identifier: target.MediaIdentifier, Times: row.times, Fault: row.fault})
 					runs = append(runs, run{row.name + "/" + k.name, userID, target.ID, e.commit(userID, sess), row.want})
 				}
 			}

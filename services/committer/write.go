@@ -223,7 +223,7 @@ func (a *attempt) send(ctx context.Context, img session.Image, ifAbsent bool) ph
 	case severalMatch:
 		// Several Media carry our identifier: earlier writes of ours whose
 		// answers were lost, or someone else's. A lookup tells which.
-		if r, ok := a.settle(ctx, sent, err); ok {
+		if r, how := a.settle(ctx, sent, err); how == settled {
 			return r
 		}
 		return a.set(ctx, sent, session.PhotoConflict, nil, "ALEX holds several Media under this photo's identifier; none was claimed")
@@ -232,28 +232,41 @@ func (a *attempt) send(ctx context.Context, img session.Image, ifAbsent bool) ph
 		// This write stored nothing, but an earlier one whose answer was
 		// lost may have: a refusal (made before the conditional check)
 		// does not say. Once refused, the GP's next commit sends the photo
-		// unconditionally, so it must be known absent first.
-		if r, ok := a.settle(ctx, sent, err); ok {
+		// unconditionally, so it must be known absent first: refused if
+		// so, left for the GP only if ALEX cannot be asked.
+		switch r, how := a.settle(ctx, sent, err); how {
+		case settled:
 			return r
+		case noLookUp:
+			return a.set(ctx, sent, session.PhotoNeedsChecking, nil, refusal(err)+
+				". An earlier write of it may have been stored and ALEX offers no way to check: look in the patient's record; if the photo is not there, send it again; if it is, delete it here.")
 		}
-		return a.set(ctx, sent, session.PhotoNeedsChecking, nil, refusal(err)+
-			". An earlier write of it may have been stored and ALEX offers no way to check: look in the patient's record; if the photo is not there, send it again; if it is, delete it here.")
 	}
 	return a.set(ctx, sent, session.PhotoRefused, nil, refusal(err))
 }
 
 const unknownWhy = "ALEX's answer did not say whether it stored this photo; it is looked up before it is sent again"
 
+// settlement is what a lookup made by settle decided.
+type settlement int
+
+const (
+	settled     settlement = iota // the result says where the photo stands
+	knownAbsent                   // ALEX holds none of it: the caller decides
+	noLookUp                      // ALEX cannot be asked: the caller decides
+)
+
 // settle decides, by a lookup made now, a photo whose write ALEX answered
 // (cause) without storing it or naming its Media, while an earlier write
 // of it may be in the record. Found, it is in the record (further Media
-// of its own are withdrawn); another's, in conflict. ok is false if ALEX
-// holds none of it after all, or cannot be asked. A lookup that fails
-// leaves it unknown, for the next attempt.
-func (a *attempt) settle(ctx context.Context, img session.Image, cause error) (photoResult, bool) {
+// of its own are withdrawn); another's, in conflict; a lookup that fails
+// leaves it unknown, for the next attempt (all settled). Otherwise ALEX
+// holds none of it (knownAbsent), or cannot be asked (noLookUp), and
+// nothing is recorded.
+func (a *attempt) settle(ctx context.Context, img session.Image, cause error) (photoResult, settlement) {
 	can, err := a.canLookUp(ctx)
 	if err == nil && !can {
-		return photoResult{}, false
+		return photoResult{}, noLookUp
 	}
 	var refs []fhir.MediaRef
 	if err == nil {
@@ -263,16 +276,16 @@ func (a *attempt) settle(ctx context.Context, img session.Image, cause error) (p
 		refs, err = a.lookUp(ctx, img)
 	}
 	if err != nil {
-		return a.set(ctx, img, session.PhotoUnknown, err, unknownWhy), true
+		return a.set(ctx, img, session.PhotoUnknown, err, unknownWhy), settled
 	}
 	switch v, id, extra, why := judge(refs, a.claim(img)); v {
 	case found:
-		return a.inRecord(ctx, img, id, extra, "found", hashOf(refs, id)), true
+		return a.inRecord(ctx, img, id, extra, "found", hashOf(refs, id)), settled
 	case conflicting:
-		return a.set(ctx, img, session.PhotoConflict, nil, why), true
+		return a.set(ctx, img, session.PhotoConflict, nil, why), settled
 	}
 	a.log.Debug("photo.absent", "image_id", img.ID, "err", cause)
-	return photoResult{}, false
+	return photoResult{}, knownAbsent
 }
 
 // inRecord records the photo as the Media id. The answer is a fact about
