@@ -396,39 +396,56 @@ func (s *screen) stream(ctx context.Context, base, tok string) error {
 }
 
 // storedEvents are the ids of every event the stream holds for user, and
-// when each was published.
+// when each was published. A read that meets a cluster still settling after
+// a node was killed (no responders, a consumer lost with its node) is
+// started again from the beginning, so the answer is always a whole read.
 func storedEvents(t *testing.T, js jetstream.JetStream, top *stack.Topology, user string) map[string]time.Time {
 	t.Helper()
-	names := events.DefaultNames
-	var cons jetstream.Consumer
-	within(t, 30*time.Second, "a consumer on the stream", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
+	var out map[string]time.Time
+	within(t, time.Minute, "a whole read of the stream", func() bool {
 		var err error
-		cons, err = js.OrderedConsumer(ctx, top.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{names.Prefix + ".*." + user}})
-		return err == nil
+		out, err = readStored(js, top.Stream, events.DefaultNames.Prefix+".*."+user)
+		if err != nil {
+			t.Logf("reading the stream again: %v", err)
+			return false
+		}
+		return true
 	})
+	return out
+}
+
+// readStored reads every message on subject from an ordered consumer.
+func readStored(js jetstream.JetStream, stream, subject string) (map[string]time.Time, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		return nil, err
+	}
 	out := map[string]time.Time{}
 	for {
 		batch, err := cons.FetchNoWait(256)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		n := 0
 		for msg := range batch.Messages() {
 			n++
 			ev, err := events.Decode(msg.Data())
 			if err != nil {
-				t.Fatalf("stored event: %v", err)
+				return nil, fmt.Errorf("stored event %s does not decode: %w", msg.Subject(), err)
 			}
-			md, _ := msg.Metadata()
+			md, err := msg.Metadata()
+			if err != nil {
+				return nil, err
+			}
 			out[ev.ID] = md.Timestamp
 		}
-		if batch.Error() != nil {
-			t.Fatal(batch.Error())
+		if err := batch.Error(); err != nil {
+			return nil, err
 		}
 		if n == 0 {
-			return out
+			return out, nil
 		}
 	}
 }
