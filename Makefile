@@ -21,7 +21,7 @@ test: deps lint build test-js test-go smoke ## Install what is missing, then lin
 test-go: ## Run every Go test with the race detector.
 	go test -race -count=1 -p 1 -timeout 25m $(PKGS)
 
-test-js: ## The pages' unit tests (the shared session model) with Node's built-in runner.
+test-js: ## The pages' unit tests (the shared session model, the upload queue) with Node's built-in runner.
 	cd services/api/web && node --test test/
 
 N ?= 5000

@@ -241,6 +241,14 @@ else
   if cur then
     new.version = (cur.version or 0)
     extra.previousSessionId = cur.sessionId
+    -- the tombstones were the ended session's: the new one starts without
+    if not whole then
+      local dead = {}
+      for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+        if string.sub(f, 1, 8) == 'deleted:' then table.insert(dead, f) end
+      end
+      if #dead > 0 then redis.call('HDEL', KEYS[1], unpack(dead)) end
+    end
   end
   bump(new)
   save(new, ARGV[2])
@@ -304,7 +312,10 @@ return reply(s, '')
 // any), ARGV[7] cap, ARGV[8] patient the desktop has open ("" for any),
 // ARGV[9] the phone the caller is ("" for the desktop), which must still be
 // paired. A session whose openPatientId names another patient takes
-// nothing either. Returns {session, "added"|"duplicate"}.
+// nothing either, and a photo deleted from this session (its tombstone
+// "deleted:<id>", see remove) is never recorded again: IMAGE_DELETED for
+// its own object, IMAGE_ID_CONFLICT for another. Returns {session,
+// "added"|"duplicate"}.
 var addScript = script(`
 local s = head(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
@@ -320,8 +331,13 @@ if s.images then
   local _, o = find(s, img.id)
   old = o
 else
-  local raw = redis.call('HGET', KEYS[1], 'image:' .. img.id)
-  if raw then old = cjson.decode(raw) end
+  -- the photo and its tombstone in one read: a deleted id never comes back
+  local raws = redis.call('HMGET', KEYS[1], 'image:' .. img.id, 'deleted:' .. img.id)
+  if raws[1] then old = cjson.decode(raws[1]) end
+  if raws[2] then
+    if raws[2] ~= img.s3Key then return fail('IMAGE_ID_CONFLICT') end
+    return fail('IMAGE_DELETED')
+  end
 end
 if old then
   if old.s3Key ~= img.s3Key then return fail('IMAGE_ID_CONFLICT') end
@@ -368,6 +384,10 @@ return reply(s, '')
 `)
 
 // remove: ARGV[5] image id, ARGV[6] session id. Returns {session, image}.
+// It leaves a tombstone, field "deleted:<id>" holding the photo's s3Key,
+// which lives and dies with the session: a phone whose record answer was
+// lost retries the same id, and add refuses it rather than bring the
+// photo back.
 var removeScript = script(`
 local s = load(KEYS[1])
 if not s then return fail('SESSION_NOT_FOUND') end
@@ -381,6 +401,7 @@ if bad then return bad end
 table.remove(s.images, i)
 bump(s)
 save(s, ARGV[2])
+redis.call('HSET', KEYS[1], 'deleted:' .. img.id, img.s3Key or '')
 emit(s, {imageId = img.id})
 return reply(s, '', cjson.encode(img))
 `)

@@ -29,6 +29,7 @@ var (
 	ErrSessionChanged   = errors.New("the session this credential was issued for has ended")
 	ErrImageNotFound    = errors.New("image not found")
 	ErrImageIDConflict  = errors.New("image id already used for another object")
+	ErrImageDeleted     = errors.New("this photo was deleted from the session on the desktop; it is not added again")
 	ErrCapReached       = errors.New("the session holds the maximum number of photos")
 	ErrPatientMismatch  = errors.New("the session belongs to another patient than the one open")
 	ErrCommitInProgress = errors.New("commit already in progress")
@@ -359,7 +360,9 @@ func (s *Store) Credential(ctx context.Context, credential string) (PhoneCredent
 
 // AddImage records a photo. sessionID binds the call to one session ("" for
 // the user's current one). Recording the same image id again returns the
-// session unchanged with added false.
+// session unchanged with added false; recording an id deleted from the
+// session (RemoveImage) fails with ErrImageDeleted for as long as the
+// session lasts.
 func (s *Store) AddImage(ctx context.Context, userID, sessionID string, img Image) (sess Session, added bool, err error) {
 	return s.AddImageBound(ctx, userID, Binding{SessionID: sessionID}, img)
 }
@@ -439,7 +442,8 @@ func (s *Store) UpdateMetadata(ctx context.Context, userID, sessionID, imageID s
 }
 
 // RemoveImage deletes one photo from the session and returns it so the caller
-// can delete its objects.
+// can delete its objects. The id stays deleted: a later AddImage of it
+// fails with ErrImageDeleted until the session ends.
 func (s *Store) RemoveImage(ctx context.Context, userID, sessionID, imageID string) (Session, Image, error) {
 	r, err := s.run(ctx, removeScript, events.ImageRemoved, userID, nil, imageID, sessionID)
 	if err != nil {
@@ -450,6 +454,21 @@ func (s *Store) RemoveImage(ctx context.Context, userID, sessionID, imageID stri
 		return Session{}, Image{}, fmt.Errorf("decode image: %w", err)
 	}
 	return r.Session, img, nil
+}
+
+// Deleted reports whether imageID was deleted from the user's session
+// (RemoveImage) and, if so, the object key it had. It reads only: AddImage
+// checks the same tombstone atomically. A caller whose photo's object is
+// gone uses it to tell a deleted photo from an upload that never landed.
+func (s *Store) Deleted(ctx context.Context, userID, imageID string) (s3Key string, deleted bool, err error) {
+	key, err := s.rdb.HGet(ctx, s.Keys.User(userID), "deleted:"+imageID).Result()
+	switch {
+	case errors.Is(err, redis.Nil), err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE"):
+		return "", false, nil // no such session, or one stored whole: it has no tombstones
+	case err != nil:
+		return "", false, fmt.Errorf("read tombstone: %w", err)
+	}
+	return key, true, nil
 }
 
 // Processed is what the thumbnailer found and made for one photo.
@@ -729,6 +748,8 @@ func scriptError(t events.Type, err error) error {
 		return ErrImageNotFound
 	case "CI_IMAGE_ID_CONFLICT":
 		return ErrImageIDConflict
+	case "CI_IMAGE_DELETED":
+		return ErrImageDeleted
 	case "CI_CAP":
 		return ErrCapReached
 	case "CI_PATIENT_MISMATCH":

@@ -854,3 +854,62 @@ func TestCommitNeedsConsent(t *testing.T) {
 		t.Fatalf("CONSENT_REQUIRED defaults to on: %v %v", cfg.ConsentRequired, err)
 	}
 }
+
+// A photo the GP deleted never comes back: the phone whose answer to its
+// record was lost retries the same id and gets 410 image_deleted, whether
+// the delete removed its object (the retry finds none) or S3 failed then
+// (the object is deleted now). Another object under the deleted id is
+// refused and left alone.
+func TestRecordAfterDeleteIsGone(t *testing.T) {
+	h := newHarness(t)
+	phone := h.start("u1", "p1")
+	desk := h.desktop("u1")
+	ctx := context.Background()
+	key, id := h.upload("u1", phone, jpegBytes)
+	rec := func() response {
+		return h.do("POST", "/api/users/u1/images", phone, map[string]any{"imageId": id, "s3Key": key, "source": "mobile"})
+	}
+	if r := rec(); r.status != 200 {
+		t.Fatalf("record: %d %s", r.status, r.raw)
+	}
+	otherKey, _ := h.upload("u1", phone, jpegBytes) // another photo's object, not recorded
+	if r := h.do("DELETE", "/api/users/u1/images/"+id, desk, nil); r.status != 200 {
+		t.Fatalf("delete: %d %s", r.status, r.raw)
+	}
+	for _, tc := range []struct {
+		name     string
+		s3Key    string
+		survived bool // the delete's S3 call failed: the object is still there
+		status   int
+		code     string
+	}{
+		{"object deleted", key, false, 410, "image_deleted"},
+		{"object survived the delete", key, true, 410, "image_deleted"},
+		{"another object under the deleted id", otherKey, false, 409, "image_id_conflict"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.survived {
+				if err := h.objects.Put(ctx, key, "image/jpeg", bytes.NewReader(jpegBytes), int64(len(jpegBytes))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := h.do("POST", "/api/users/u1/images", phone, map[string]any{"imageId": id, "s3Key": tc.s3Key, "source": "mobile"})
+			if r.status != tc.status || r.body["code"] != tc.code {
+				t.Fatalf("record after delete: %d %s, want %d %s", r.status, r.raw, tc.status, tc.code)
+			}
+			if _, err := h.objects.Head(ctx, key); err != blob.ErrNotFound {
+				t.Fatalf("the deleted photo's object is there after the late record: %v", err)
+			}
+			if _, err := h.objects.Head(ctx, otherKey); err != nil {
+				t.Fatalf("another photo's object was touched: %v", err)
+			}
+			s, err := h.store.Peek(ctx, "u1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := s.Image(id); ok || len(s.Images) != 0 {
+				t.Fatalf("session holds %d photos after the late record, want none", len(s.Images))
+			}
+		})
+	}
+}

@@ -95,6 +95,7 @@ func domainErr(err error) *apiError {
 		{session.ErrSessionChanged, http.StatusGone, "session_changed"},
 		{session.ErrImageNotFound, http.StatusNotFound, "image_not_found"},
 		{session.ErrImageIDConflict, http.StatusConflict, "image_id_conflict"},
+		{session.ErrImageDeleted, http.StatusGone, "image_deleted"},
 		{session.ErrPatientMismatch, http.StatusConflict, "patient_mismatch"},
 		{session.ErrCommitInProgress, http.StatusConflict, "commit_in_progress"},
 		{session.ErrCommitted, http.StatusConflict, "committed"},

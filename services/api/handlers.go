@@ -225,7 +225,7 @@ func (s *Server) recordImage(c *gin.Context) {
 	ctx := c.Request.Context()
 	info, err := s.verifyObject(ctx, req.S3Key, contentType)
 	if err != nil {
-		s.respondErr(c, err)
+		s.respondErr(c, s.deletedOr(ctx, userID, req, err))
 		return
 	}
 	img := session.Image{
@@ -238,6 +238,12 @@ func (s *Server) recordImage(c *gin.Context) {
 	sess, added, err := s.store.AddImageBound(ctx, userID, bind, img)
 	if who.phone && errors.Is(err, session.ErrNotFound) {
 		err = session.ErrSessionChanged // the phone's session has ended
+	}
+	if errors.Is(err, session.ErrImageDeleted) {
+		// A late retry of a photo the GP deleted: its object may have
+		// survived the delete (S3 failed then), so it goes again now.
+		s.deleteObjects(ctx, session.Image{S3Key: req.S3Key})
+		s.log.InfoContext(ctx, "image.record_after_delete", "user_id", userID, "image_id", req.ImageID)
 	}
 	if err != nil {
 		s.respondErr(c, err)
@@ -254,6 +260,26 @@ func (s *Server) recordImage(c *gin.Context) {
 	s.metrics.recorded.WithLabelValues(outcome).Inc()
 	s.log.InfoContext(ctx, "image.recorded", "user_id", userID, "image_id", req.ImageID, "outcome", outcome, "bytes", info.Size)
 	c.JSON(http.StatusOK, gin.H{"success": true, "imageId": req.ImageID, "session": s.view(ctx, sess)})
+}
+
+// deletedOr is err, unless the object is missing because the GP deleted
+// the photo: then ErrImageDeleted, so the phone drops the photo instead of
+// uploading it again under a new id. Only the object the photo had counts:
+// the tombstone holds its key.
+func (s *Server) deletedOr(ctx context.Context, userID string, req recordRequest, err error) error {
+	var ae *apiError
+	if !errors.As(err, &ae) || ae.code != "object_missing" {
+		return err
+	}
+	key, deleted, derr := s.store.Deleted(ctx, userID, req.ImageID)
+	if derr != nil {
+		s.log.WarnContext(ctx, "image.tombstone_unread", "user_id", userID, "err", derr)
+		return err
+	}
+	if deleted && key == req.S3Key {
+		return session.ErrImageDeleted
+	}
+	return err
 }
 
 // verifyObject checks the uploaded object in one ranged GET, which

@@ -10,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 
 const STATUS_TEXT = {
   compressing: 'Preparing', waiting: 'Waiting', uploading: 'Uploading', recording: 'Uploading',
-  retrying: 'Waiting', blocked: 'Not added',
+  retrying: 'Waiting', blocked: 'Not added', removed: 'Deleted',
   processing: 'Processing', ready: 'Ready', rejected: 'Rejected', committed: 'In the record',
   failedcommit: 'Not committed', checking: 'Checking', needscheck: 'Check the record', conflict: 'Conflict',
 };
@@ -87,7 +87,7 @@ function updateUploadCard(card, it, ui) {
   retry.hidden = it.state !== 'retrying' || ui.readOnly;
   retry.onclick = () => ui.retry(it.localId);
   const discard = card.querySelector('.discard');
-  discard.hidden = it.state !== 'blocked' && it.state !== 'retrying';
+  discard.hidden = it.state !== 'blocked' && it.state !== 'retrying' && it.state !== 'removed';
   discard.onclick = () => ui.discard(it.localId);
 }
 

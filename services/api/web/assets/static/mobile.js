@@ -40,7 +40,7 @@ const localThumbs = new Map(); // imageId -> object URL of the photo this phone 
 
 const STATE_TEXT = {
   compressing: 'Preparing…', waiting: 'Waiting to send', uploading: 'Sending…', recording: 'Sending…',
-  retrying: 'Waiting for a connection', blocked: 'Not sent', done: 'Sent',
+  retrying: 'Waiting for a connection', blocked: 'Not sent', removed: 'Deleted on the desktop', done: 'Sent',
 };
 const SERVER_TEXT = {
   processing: 'Sent', ready: 'Sent', rejected: 'Rejected', committed: 'In the record', failed: 'Not committed',
@@ -408,7 +408,8 @@ function uploadRow(it) {
       el('div', { class: 'bar-track' }, el('span')),
       it.error && it.error !== STATE_TEXT[it.state] ? el('p', { class: it.state === 'blocked' ? 'error' : 'muted' }, it.error) : ''),
     waiting ? el('button', { type: 'button', class: 'btn', 'data-test': 'retry', onclick: () => uploads.retry(it.localId) }, 'Try now') : '',
-    it.state === 'blocked' ? el('button', { type: 'button', class: 'btn', 'data-test': 'remove-upload', onclick: () => uploads.discard(it.localId) }, 'Remove') : '');
+    it.state === 'blocked' ? el('button', { type: 'button', class: 'btn', 'data-test': 'remove-upload', onclick: () => uploads.discard(it.localId) }, 'Remove') : '',
+    it.state === 'removed' ? el('button', { type: 'button', class: 'btn', 'data-test': 'dismiss-upload', onclick: () => uploads.discard(it.localId) }, 'OK') : '');
 }
 
 function serverRow(im, n, editable) {

@@ -5,7 +5,8 @@
 // its own: network failures retry with a backoff capped at two minutes, at
 // once when the browser comes back online or the API answers again, and at a
 // tap. Only the server refusing it for good (the cap, another patient, a
-// committed session) stops it, and then the GP decides.
+// committed session) stops it, and then the GP decides; a photo the GP
+// deleted on the desktop (410 image_deleted) is dropped at once.
 
 import { ApiError } from './api.js';
 
@@ -75,6 +76,9 @@ const PERMANENT_TEXT = {
   too_large: 'This photo is too large.',
 };
 
+/** DELETED_TEXT tells the GP why a photo stopped: it was deleted on the desktop. */
+export const DELETED_TEXT = 'This photo was deleted on the desktop, so it was not sent again.';
+
 /** DELAYS are the waits between attempts (ms): doubling, then two minutes for as long as it takes. */
 export const DELAYS = [1000, 2000, 4000, 8000, 15000, 30000, 60000, 120000];
 
@@ -92,7 +96,8 @@ export function newId() {
  * UploadQueue runs uploads two at a time. Each item is
  * {localId, name, blob, thumb (object URL), state, progress, error, imageId, s3Key, putDone, nextTryAt}
  * with state one of compressing | waiting | uploading | recording | retrying |
- * blocked (refused for good, the GP decides) | done.
+ * blocked (refused for good, the GP decides) | removed (deleted on the desktop:
+ * dropped from the store, never sent again, shown until dismissed) | done.
  * onChange(item) is called after every change; onRecorded(item, response) when the
  * server confirmed the photo. store (optional) keeps items across reloads.
  * extra() (optional) returns fields added to each record request.
@@ -118,14 +123,14 @@ export class UploadQueue {
   /** active counts photos on their way: neither confirmed nor refused. */
   get active() {
     let n = 0;
-    for (const it of this.items.values()) if (it.state !== 'done' && it.state !== 'blocked') n++;
+    for (const it of this.items.values()) if (it.state !== 'done' && it.state !== 'blocked' && it.state !== 'removed') n++;
     return n;
   }
 
   /** held counts photos this page holds that the server has not confirmed, refused ones included. */
   get held() {
     let n = 0;
-    for (const it of this.items.values()) if (it.state !== 'done') n++;
+    for (const it of this.items.values()) if (it.state !== 'done' && it.state !== 'removed') n++;
     return n;
   }
 
@@ -209,7 +214,7 @@ export class UploadQueue {
   /** discard forgets an item that will not be uploaded. */
   async discard(localId) {
     const it = this.items.get(localId);
-    if (!it || (it.state !== 'blocked' && it.state !== 'retrying')) return;
+    if (!it || (it.state !== 'blocked' && it.state !== 'retrying' && it.state !== 'removed')) return;
     it.discarded = true;
     if (it.wake) it.wake();
     this.items.delete(localId);
@@ -250,6 +255,16 @@ export class UploadQueue {
       } catch (e) {
         if (it.discarded) return;
         const err = e instanceof ApiError ? e : new ApiError(0, 'network', String(e && e.message));
+        if (err.code === 'image_deleted') {
+          // The GP deleted it on the desktop after it was recorded (this
+          // page missed the answer): never send it again, under any id.
+          it.state = 'removed';
+          it.error = DELETED_TEXT;
+          it.code = err.code;
+          if (this.store) await this.store.delete(it.localId);
+          this.onChange(it);
+          return;
+        }
         if (err.code === 'object_missing') it.putDone = false; // the bytes never landed: PUT again
         if (!transient(err)) {
           it.state = 'blocked';
