@@ -100,6 +100,9 @@ type page struct {
 	errors  []string // console errors and uncaught exceptions
 	fail    func(method, url string) bool
 	failed  int // requests failed by fail
+	hold    func(method, url string) bool
+	held    []fetch.RequestID // requests hold keeps waiting, until release
+	fetchOn bool              // request interception is enabled
 }
 
 // viewport sizes: a desktop browser, the narrow side panel, a mid-range phone.
@@ -157,7 +160,14 @@ func (b *browser) page(name string, size [2]int64, mobile bool) *page {
 			if drop {
 				p.failed++
 			}
+			wait := !drop && p.hold != nil && p.hold(e.Request.Method, e.Request.URL)
+			if wait {
+				p.held = append(p.held, e.RequestID)
+			}
 			p.mu.Unlock()
+			if wait {
+				return
+			}
 			go func() {
 				var act chromedp.Action = fetch.ContinueRequest(e.RequestID)
 				if drop {
@@ -425,10 +435,51 @@ func (p *page) failedCount() int {
 func (p *page) interceptFail(rule func(method, url string) bool) {
 	p.t.Helper()
 	p.mu.Lock()
-	first := p.fail == nil && rule != nil
 	p.fail = rule
+	p.mu.Unlock()
+	if rule != nil {
+		p.intercept()
+	}
+}
+
+// intercept routes every request of this tab through Fetch.requestPaused
+// (once), for interceptFail and holdRequests.
+func (p *page) intercept() {
+	p.t.Helper()
+	p.mu.Lock()
+	first := !p.fetchOn
+	p.fetchOn = true
 	p.mu.Unlock()
 	if first {
 		p.run("intercept", fetch.Enable().WithPatterns([]*fetch.RequestPattern{{URLPattern: "*"}}))
+	}
+}
+
+// holdRequests keeps every request rule picks waiting, as a slow network
+// does, until release.
+func (p *page) holdRequests(rule func(method, url string) bool) {
+	p.t.Helper()
+	p.mu.Lock()
+	p.hold = rule
+	p.mu.Unlock()
+	p.intercept()
+}
+
+// heldCount is how many requests holdRequests keeps waiting.
+func (p *page) heldCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.held)
+}
+
+// release lets the held requests go on, and holds no more.
+func (p *page) release() {
+	p.t.Helper()
+	p.mu.Lock()
+	held := p.held
+	p.held, p.hold = nil, nil
+	p.mu.Unlock()
+	for _, id := range held {
+		p.run("release a held request", fetch.ContinueRequest(id))
 	}
 }

@@ -245,6 +245,41 @@ func TestRealtimeCut(t *testing.T) {
 	ph.checkConsole()
 }
 
+// A photo arrives from the phone while the desktop is still looking up the
+// body site the GP typed and tabbed away from (a slow network, a busy
+// machine): what was typed is neither wiped by the new card's render nor
+// lost, it is saved once the lookup answers.
+func TestBodySiteTypedWhilePhotoArrives(t *testing.T) {
+	r := newRig(t)
+	d := r.openDesktop(desktopView, false)
+	link := r.startCapture(d)
+	ph := r.openPhone(link)
+	r.takePhotos(ph, 1, testdata(t, "photo-1920.jpg"))
+	waitCards(d, 1, 30*time.Second)
+
+	d.holdRequests(func(method, url string) bool { return strings.Contains(url, "/api/body-sites") })
+	site := `[data-test=image-card]:nth-child(1) [data-test=body-site]`
+	d.typeInto(site, "368208006")
+	testenv.Eventually(t, 10*time.Second, "the lookup of what was typed on its way", func() bool { return d.heldCount() > 0 })
+	r.takePhotos(ph, 2, testdata(t, "exif-orientation/Landscape_3.jpg"))
+	waitCards(d, 2, 30*time.Second)
+	var typed string
+	d.eval(fmt.Sprintf(`document.querySelector(%q).value`, site), &typed)
+	if typed != "368208006" {
+		t.Errorf("while its lookup waits, the body site field shows %q, want what was typed", typed)
+	}
+	r.shot("typed-while-photo-arrived")
+
+	d.release()
+	d.waitJS(15*time.Second, "body site saved", `document.querySelector('[data-test=image-card]:nth-child(1) [data-test=card-note]').textContent === 'Saved'`)
+	testenv.Eventually(t, 10*time.Second, "the body site stored", func() bool {
+		return r.api().session().Images[0].Metadata.BodySite == "368208006"
+	})
+	r.shot("saved")
+	d.checkConsole()
+	ph.checkConsole()
+}
+
 // Reloading the desktop mid-session loses nothing: photos, coding, phone state.
 func TestDesktopReload(t *testing.T) {
 	r := newRig(t)

@@ -4,6 +4,11 @@
 // keys and Enter. Leaving the field with text that names exactly one site
 // (its code, its name, or the only match) picks that site; anything else is
 // marked and nothing is saved.
+//
+// What the GP typed is theirs until it is picked or given up: the page
+// re-renders on every live event (a photo arriving, a token renewal), and
+// set() must not put the stored site back over text still being looked up
+// after the field was left, or over text that named no site.
 
 import { el } from './api.js';
 
@@ -25,6 +30,8 @@ export function bodySitePicker(api, { label, onPick, onInvalid }) {
   const code = el('p', { id: `${id}-code`, class: 'site-code', 'data-test': 'body-site-code' });
   const root = el('div', { class: 'site-picker' }, el('label', { for: id }, label), input, list, code);
   let current = { code: '', display: '' };
+  let stored = { code: '', display: '' }; // the site the page last said is stored
+  let edited = false; // the field holds typed text that is not a picked site yet
   let results = [];
   let active = -1;
   let timer;
@@ -68,6 +75,7 @@ export function bodySitePicker(api, { label, onPick, onInvalid }) {
     input.value = text(s);
     code.textContent = s.code ? `SNOMED CT ${s.code}` : '';
     input.removeAttribute('aria-invalid');
+    edited = false;
     close();
     onPick(s.code, s.display);
   };
@@ -87,6 +95,7 @@ export function bodySitePicker(api, { label, onPick, onInvalid }) {
   };
 
   input.addEventListener('input', () => {
+    edited = true;
     clearTimeout(timer);
     timer = setTimeout(() => search(input.value.trim()), 120);
   });
@@ -109,12 +118,18 @@ export function bodySitePicker(api, { label, onPick, onInvalid }) {
   input.addEventListener('blur', async () => {
     close();
     const typed = input.value;
-    if (current.code && typed === text(current)) return;
+    if (current.code && typed === text(current)) {
+      edited = false;
+      return;
+    }
     const s = await resolve(typed);
-    if (input.value !== typed) return; // typed on meanwhile
+    if (input.value !== typed) return; // typed on meanwhile, or locked and reset
     if (s) {
       if (s.code !== current.code) choose(s);
-      else input.value = text(s);
+      else {
+        input.value = text(s);
+        edited = false;
+      }
       return;
     }
     input.setAttribute('aria-invalid', 'true');
@@ -124,15 +139,28 @@ export function bodySitePicker(api, { label, onPick, onInvalid }) {
   return {
     root,
     input,
-    /** set shows the stored site unless the GP is typing in the field. */
+    /**
+     * set shows the stored site, unless the GP is typing in the field or
+     * left it with text not yet picked (being looked up, or naming no site).
+     */
     set(c, display) {
-      if (document.activeElement === input) return;
-      current = { code: c || '', display: display || '' };
+      stored = { code: c || '', display: display || '' };
+      if (document.activeElement === input || edited) return;
+      current = stored;
       input.value = c ? text(current) : '';
       input.title = c ? `${text(current)} (SNOMED CT ${c})` : '';
       code.textContent = c ? `SNOMED CT ${c}` : '';
       input.removeAttribute('aria-invalid');
     },
-    disable(on) { input.disabled = on; if (on) close(); },
+    /** disable locks the field; a locked field shows the stored site, whatever was typed. */
+    disable(on) {
+      input.disabled = on;
+      if (!on) return;
+      close();
+      if (edited) {
+        edited = false;
+        this.set(stored.code, stored.display);
+      }
+    },
   };
 }
