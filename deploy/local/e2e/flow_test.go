@@ -134,13 +134,35 @@ func waitCards(d *page, n int, d2 time.Duration) {
 
 // setBodySite types a body site (its code, or its name and code as the
 // picker lists it) into the n-th card's picker (1-based) from the keyboard,
-// tabs away, and waits until it is saved.
+// tabs away, and waits until it is saved. The card's note is cleared first,
+// so a "Saved" left by an earlier edit of the card does not count.
 func setBodySite(d *page, n int, text string) {
 	d.t.Helper()
-	sel := fmt.Sprintf(`[data-test=image-card]:nth-child(%d) [data-test=body-site]`, n)
-	d.typeInto(sel, text)
-	d.waitJS(10*time.Second, "body site saved", fmt.Sprintf(
-		`document.querySelector('[data-test=image-card]:nth-child(%d) [data-test=card-note]').textContent === 'Saved'`, n))
+	card := fmt.Sprintf(`[data-test=image-card]:nth-child(%d)`, n)
+	d.eval(fmt.Sprintf(`(() => { document.querySelector(%q).textContent = ''; return true; })()`, card+` [data-test=card-note]`), new(bool))
+	d.typeInto(card+` [data-test=body-site]`, text)
+	d.waitJS(15*time.Second, "body site saved", fmt.Sprintf(
+		`document.querySelector(%q).textContent === 'Saved'`, card+` [data-test=card-note]`))
+}
+
+// pickOption picks value in the n-th card's select (data-test field), as a
+// GP's choice does: the value and its change event in one step, so no
+// re-render of the card comes between them. It waits until it is saved.
+func pickOption(d *page, n int, field, value string) {
+	d.t.Helper()
+	card := fmt.Sprintf(`[data-test=image-card]:nth-child(%d)`, n)
+	var ok bool
+	d.eval(fmt.Sprintf(`(() => {
+		document.querySelector(%q).textContent = '';
+		const s = document.querySelector(%q);
+		s.value = %q;
+		s.dispatchEvent(new Event('change'));
+		return s.value === %q; })()`, card+` [data-test=card-note]`, card+` [data-test=`+field+`]`, value, value), &ok)
+	if !ok {
+		d.t.Fatalf("%s: photo %d's %s offers no %q", d.name, n, field, value)
+	}
+	d.waitJS(15*time.Second, field+" saved", fmt.Sprintf(
+		`document.querySelector(%q).textContent === 'Saved'`, card+` [data-test=card-note]`))
 }
 
 // apiClient calls the API from the test, as the desktop user.

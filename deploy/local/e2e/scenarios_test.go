@@ -108,9 +108,10 @@ func TestHappyPath(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		setBodySite(d, i, "368208006")
 	}
-	d.run("laterality", chromedp.SetValue(`[data-test=image-card]:nth-child(1) [data-test=laterality]`, "left", chromedp.ByQuery),
-		chromedp.Evaluate(`document.querySelector('[data-test=image-card]:nth-child(1) [data-test=laterality]').dispatchEvent(new Event('change'))`, nil))
-	d.waitJS(10*time.Second, "laterality saved", `document.querySelector('[data-test=image-card]:nth-child(1) [data-test=card-note]').textContent === 'Saved'`)
+	pickOption(d, 1, "laterality", "left")
+	if got := api.session().Images[0].Metadata.Laterality; got != "left" {
+		t.Errorf("photo 1 stored with laterality %q, want left", got)
+	}
 	r.shot("coded")
 	ph.waitJS(15*time.Second, "coding on the phone",
 		`[...document.querySelectorAll('[data-test=coding]')].filter(e => /upper arm/i.test(e.textContent)).length === 3`)
