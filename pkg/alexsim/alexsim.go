@@ -24,6 +24,8 @@ package alexsim
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha1"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -270,11 +272,27 @@ func (s *Server) AddFacility(id string) {
 	s.facilities[id] = true
 }
 
-// AddPatient registers a patient and its NHI.
+// AddPatient registers a patient and its NHI; an empty nhi registers a
+// patient without one (its Patient has no identifier).
 func (s *Server) AddPatient(id, nhi string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.patients[id] = nhi
+}
+
+// Seed stores a Media as if it had been created earlier, with photo as its
+// content (data, size and SHA-1 hash filled in) and no request recorded:
+// a patient's record before a test begins. m is stored as given
+// otherwise (it is not validated).
+func (s *Server) Seed(m fhir.Media, photo []byte) Stored {
+	if m.Content == nil {
+		m.Content = &fhir.Attachment{ContentType: "image/jpeg"}
+	}
+	c := *m.Content
+	sum := sha1.Sum(photo)
+	c.Data, c.Size, c.Hash = base64.StdEncoding.EncodeToString(photo), int64(len(photo)), base64.StdEncoding.EncodeToString(sum[:])
+	m.Content = &c
+	return s.store(m, nil, "")
 }
 
 // SetLatency slows every request from now on.

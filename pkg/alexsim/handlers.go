@@ -411,18 +411,26 @@ func (s *Server) searchMedia(w http.ResponseWriter, r *http.Request, caps fhir.C
 		writeOutcome(w, http.StatusBadRequest, "required", "Media search needs patient.identifier")
 		return
 	}
-	b := fhir.Bundle{ResourceType: "Bundle", ID: s.newID(), Type: "searchset"}
+	// As ALEX answers: a searchset with its self link, each Media a
+	// "match" entry, and an empty result carrying an OperationOutcome
+	// entry (search mode "outcome") with total 0.
+	self := base + "/Media?" + r.URL.RawQuery
+	b := fhir.Bundle{ResourceType: "Bundle", ID: s.newID(), Type: "searchset", Link: []fhir.BundleLink{{Relation: "self", URL: self}}}
 	for _, m := range s.Media() {
 		if m.Deleted || !match(m) {
 			continue
 		}
-		b.Entry = append(b.Entry, fhir.BundleEntry{FullURL: base + "/Media/" + m.ID, Resource: m.Resource})
+		e := fhir.BundleEntry{FullURL: base + "/Media/" + m.ID, Resource: m.Resource}
+		e.Search = &fhir.BundleSearch{Mode: "match"}
+		b.Entry = append(b.Entry, e)
 	}
 	n := len(b.Entry)
 	b.Total = &n
 	if n == 0 {
 		oo, _ := json.Marshal(fhir.Outcome("information", "not-found", "No Media found"))
-		b.Entry = append(b.Entry, fhir.BundleEntry{Resource: oo})
+		e := fhir.BundleEntry{Resource: oo}
+		e.Search = &fhir.BundleSearch{Mode: "outcome"}
+		b.Entry = append(b.Entry, e)
 	}
 	writeFHIR(w, http.StatusOK, mustJSON(b))
 }
@@ -518,10 +526,14 @@ func (s *Server) readPatient(w http.ResponseWriter, id string) {
 		writePlain(w, http.StatusNotFound, "Resource not found")
 		return
 	}
-	writeFHIR(w, http.StatusOK, mustJSON(map[string]any{
-		"resourceType": "Patient", "id": id,
-		"identifier": []fhir.Identifier{{Use: "official", System: fhir.NHISystem, Value: nhi}},
-	}))
+	p := map[string]any{"resourceType": "Patient", "id": id}
+	if nhi != "" {
+		// A patient registered without an NHI (AddPatient(id, "")) has no
+		// identifier at all, as in a practice whose patient was never
+		// matched to the NHI.
+		p["identifier"] = []fhir.Identifier{{Use: "official", System: fhir.NHISystem, Value: nhi}}
+	}
+	writeFHIR(w, http.StatusOK, mustJSON(p))
 }
 
 // transaction stores every Media of a transaction Bundle, or none.

@@ -18,6 +18,8 @@ type Earlier struct {
 	Taken           time.Time // createdDateTime, else issued; zero if neither
 	BodySite        string    // the first SNOMED CT code of bodySite
 	BodySiteDisplay string
+	Laterality      string // a code of Lateralities, from the qualifier beside the site
+	View            string // the view's display or text
 	Note            string // the notes, joined by newlines
 	ContentType     string
 	HasData         bool // the search answer carried content.data
@@ -48,12 +50,20 @@ func (c *Client) PatientMedia(ctx context.Context, nhi string) ([]Earlier, error
 		}
 		if m.BodySite != nil {
 			for _, cd := range m.BodySite.Coding {
-				if e.BodySite == "" && cd.System == SNOMED {
+				if lat, ok := lateralityOf(cd); ok {
+					e.Laterality = cmp.Or(e.Laterality, lat)
+				} else if e.BodySite == "" && cd.System == SNOMED {
 					e.BodySite, e.BodySiteDisplay = cd.Code, cd.Display
 				}
 			}
 			// The text names the side too ("Forearm structure (left)").
 			e.BodySiteDisplay = cmp.Or(m.BodySite.Text, e.BodySiteDisplay)
+		}
+		if m.View != nil {
+			e.View = m.View.Text
+			for _, cd := range m.View.Coding {
+				e.View = cmp.Or(e.View, cd.Display, cd.Code)
+			}
 		}
 		var notes []string
 		for _, n := range m.Note {
@@ -67,6 +77,17 @@ func (c *Client) PatientMedia(ctx context.Context, nhi string) ([]Earlier, error
 	}
 	slices.SortStableFunc(out, func(a, b Earlier) int { return b.Taken.Compare(a.Taken) })
 	return out, nil
+}
+
+// lateralityOf reads a laterality qualifier (SNOMED CT left, right, both)
+// as the code of Lateralities it stands for.
+func lateralityOf(cd Coding) (string, bool) {
+	for _, t := range Lateralities {
+		if cd.System == t.Coding.System && cd.Code == t.Coding.Code {
+			return t.Code, true
+		}
+	}
+	return "", false
 }
 
 // MediaContent reads Media/{id} and returns its photo's bytes and type.

@@ -277,9 +277,13 @@ type BundleEntry struct {
 	Resource json.RawMessage `json:"resource,omitempty"`
 	Request  *BundleRequest  `json:"request,omitempty"`
 	Response *BundleResponse `json:"response,omitempty"`
-	Search   *struct {
-		Mode string `json:"mode,omitempty"`
-	} `json:"search,omitempty"`
+	Search   *BundleSearch   `json:"search,omitempty"`
+}
+
+// BundleSearch says why a search result entry is there: "match", or
+// "outcome" for the OperationOutcome of an empty or partial search.
+type BundleSearch struct {
+	Mode string `json:"mode,omitempty"`
 }
 
 // BundleRequest is a transaction entry's request.
