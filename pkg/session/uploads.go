@@ -118,6 +118,52 @@ func (s *Store) TrackUpload(ctx context.Context, userID, sessionID, key string, 
 	return fmt.Errorf("track upload: unexpected %q", res)
 }
 
+// trackObjectScript: KEYS user, objects, expiry; ARGV sessionId, now ms,
+// session TTL ms, expiry member, grace ms, keys...
+var trackObjectScript = redis.NewScript(`
+local t = redis.call('TYPE', KEYS[1]).ok
+local raw
+if t == 'hash' then raw = redis.call('HGET', KEYS[1], 'session') elseif t == 'string' then raw = redis.call('GET', KEYS[1]) end
+if not raw then return 'not_found' end
+local s = cjson.decode(raw)
+if s.sessionId ~= ARGV[1] then return 'changed' end
+for i = 6, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then ttl = tonumber(ARGV[3]) end
+redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + ttl, ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[5]))
+return 'ok'
+`)
+
+// TrackObjects adds keys, objects the server itself writes for userID's
+// session sessionID (earlier photos' previews), to what the sweep deletes
+// once the session has ended, as TrackUpload does for a photo's original.
+// Call it before writing the objects. It fails with ErrNotFound without a
+// session and ErrSessionChanged if the user's session is no longer
+// sessionID.
+func (s *Store) TrackObjects(ctx context.Context, userID, sessionID string, keys ...string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	args := []any{sessionID, s.opt.Now().UnixMilli(), s.opt.SessionTTL.Milliseconds(), userID + " " + sessionID, objectsGrace.Milliseconds()}
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	res, err := trackObjectScript.Run(ctx, s.rdb, []string{s.Keys.User(userID), s.Keys.Objects(userID, sessionID), s.Keys.Expiry()}, args...).Text()
+	if err != nil {
+		return fmt.Errorf("track objects: %w", err)
+	}
+	switch res {
+	case "ok":
+		return nil
+	case "not_found":
+		return ErrNotFound
+	case "changed":
+		return ErrSessionChanged
+	}
+	return fmt.Errorf("track objects: unexpected %q", res)
+}
+
 // UploadRecorded ends key's count against its session's outstanding
 // uploads: the photo is in the session.
 func (s *Store) UploadRecorded(ctx context.Context, userID, sessionID, key string) error {

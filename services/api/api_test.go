@@ -19,6 +19,7 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/config"
 	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/fhir"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 	"github.com/clinicalimages/clinimg/pkg/session"
@@ -35,6 +36,7 @@ type harness struct {
 	objects *blob.Store
 	issuer  *jwtauth.Issuer
 	cfg     Config
+	logs    *testenv.Logs
 }
 
 func newHarness(t *testing.T, tweak ...func(*Config)) *harness { return newHarnessTB(t, tweak...) }
@@ -65,7 +67,7 @@ func newHarnessOn(t testing.TB, rdb *redis.Client, prefix string, objects *blob.
 		f(&cfg)
 	}
 	store := session.NewStore(rdb, session.Options{Prefix: prefix, MaxImages: cfg.MaxImages, MaxPhones: cfg.MaxPhones, RequireConsent: cfg.ConsentRequired, MaxUploads: cfg.MaxUploads})
-	log, _ := testenv.Logger(t)
+	log, logs := testenv.Logger(t)
 	waiter, err := NewWaiter(nc, events.DefaultNames, log)
 	if err != nil {
 		t.Fatal(err)
@@ -75,8 +77,18 @@ func newHarnessOn(t testing.TB, rdb *redis.Client, prefix string, objects *blob.
 	if cfg.JWKSURL != "" {
 		verifier = jwtauth.NewVerifier(jwtauth.NewJWKS(cfg.JWKSURL), cfg.Issuer, cfg.Audience)
 	}
-	s := NewServer(cfg, Deps{Store: store, Redis: rdb, Objects: objects, Verifier: verifier, Waiter: waiter, Logger: log, Audit: audit.NewStore(objects)})
-	h := &harness{t: t, rdb: rdb, srv: httptest.NewServer(s.Router()), store: store, objects: objects, issuer: issuer, cfg: cfg}
+	deps := Deps{Store: store, Redis: rdb, Objects: objects, Verifier: verifier, Waiter: waiter, Logger: log, Audit: audit.NewStore(objects)}
+	if cfg.ALEX != nil {
+		alexCfg := *cfg.ALEX
+		alexCfg.Logger = log
+		c, err := fhir.NewClient(alexCfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		deps.ALEX = c
+	}
+	s := NewServer(cfg, deps)
+	h := &harness{t: t, rdb: rdb, srv: httptest.NewServer(s.Router()), store: store, objects: objects, issuer: issuer, cfg: cfg, logs: logs}
 	t.Cleanup(h.srv.Close)
 	return h
 }

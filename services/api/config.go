@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clinicalimages/clinimg/pkg/config"
+	"github.com/clinicalimages/clinimg/pkg/fhir"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/ops"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
@@ -72,6 +73,14 @@ type Config struct {
 	// answering 202 (COMMIT_WAIT, default 25s).
 	CommitWait time.Duration
 
+	// ALEX, when ALEX_API_URL is set, is how the API reads the session
+	// patient's earlier photos from the record with the practice's
+	// credentials: the committer's ALEX_API_URL, ALEX_OAUTH_TOKEN_URL,
+	// ALEX_CLIENT_ID, ALEX_CLIENT_SECRET, ALEX_SCOPE, ALEX_FACILITY_ID,
+	// ALEX_APP_ID, and ALEX_REQUEST_TIMEOUT (default 15s here: a GP is
+	// waiting). Nil (the default) answers earlier photos "not_configured".
+	ALEX *fhir.Config
+
 	// HTTP bounds what clients can hold of the API's server (HTTP_* in
 	// ops.ReadLimits). The write timeout must exceed CommitWait.
 	HTTP ops.Limits
@@ -123,6 +132,21 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		HTTP:            ops.ReadLimits(r, ops.DefaultLimits()),
 		FrameAncestors:  r.String("FRAME_ANCESTORS", "'none'"),
 		Realtime:        realtime.ReadSettings(r),
+	}
+	if r.String("ALEX_API_URL", "") != "" {
+		c.ALEX = &fhir.Config{
+			BaseURL:      r.Required("ALEX_API_URL"),
+			TokenURL:     r.Required("ALEX_OAUTH_TOKEN_URL"),
+			ClientID:     r.Required("ALEX_CLIENT_ID"),
+			ClientSecret: r.RequiredSecret("ALEX_CLIENT_SECRET"),
+			Scope:        r.Required("ALEX_SCOPE"),
+			FacilityID:   r.Required("ALEX_FACILITY_ID"),
+			AppID:        r.String("ALEX_APP_ID", "clinicalimages"),
+			Timeout:      r.Duration("ALEX_REQUEST_TIMEOUT", 15*time.Second),
+		}
+		if c.ALEX.Timeout <= 0 || c.ALEX.Timeout >= c.HTTP.WriteTimeout {
+			r.Fail("ALEX_REQUEST_TIMEOUT (%s) must be positive and shorter than HTTP_WRITE_TIMEOUT (%s)", c.ALEX.Timeout, c.HTTP.WriteTimeout)
+		}
 	}
 	if _, err := url.ParseRequestURI(c.PublicURL); c.PublicURL != "" && err != nil {
 		r.Fail("PUBLIC_URL: %q is not a URL", c.PublicURL)

@@ -47,6 +47,8 @@ func (s *Server) startSession(c *gin.Context) {
 	}
 	who := callerOf(c)
 	token := randomHex(16) // 128 bits
+	ctx := c.Request.Context()
+	prev, _ := s.store.SessionIDOf(ctx, who.userID) // for its earlier previews, if replaced
 	out, err := s.store.Start(c.Request.Context(), session.StartParams{
 		UserID: who.userID, PatientID: req.PatientID, EncounterID: req.EncounterID,
 		Token: token, SessionID: uuid.NewString(), Discard: req.Discard,
@@ -54,6 +56,11 @@ func (s *Server) startSession(c *gin.Context) {
 	if err != nil {
 		s.respondErr(c, err)
 		return
+	}
+	if s.earlier != nil && prev != "" && prev != out.Session.SessionID {
+		// Another patient's session ended: its earlier previews go now, not
+		// at the sweep.
+		s.earlier.forget(context.WithoutCancel(ctx), who.userID, prev)
 	}
 	if len(out.Discarded) > 0 {
 		s.deleteObjects(c.Request.Context(), out.Discarded...)

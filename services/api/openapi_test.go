@@ -22,7 +22,7 @@ import (
 )
 
 // loadOpenAPI parses the embedded document with kin-openapi.
-func loadOpenAPI(t *testing.T) *openapi3.T {
+func loadOpenAPI(t testing.TB) *openapi3.T {
 	t.Helper()
 	doc, err := openapi3.NewLoader().LoadFromData(openAPIDoc)
 	if err != nil {
@@ -267,6 +267,11 @@ func TestOpenAPIMatchesLiveAnswers(t *testing.T) {
 	expect("GET", U+"/realtime-token", h.do("GET", u+"/realtime-token", desk, nil), 200)
 	expect("GET", U+"/phones", h.do("GET", u+"/phones", desk, nil), 200)
 	expect("GET", U+"/phones", h.do("GET", u+"/phones", phone, nil), 403)
+	// Earlier photos: this harness has no ALEX settings, a clear state.
+	expect("GET", U+"/earlier-photos", h.do("GET", u+"/earlier-photos", desk, nil), 200)
+	expect("GET", U+"/earlier-photos", h.do("GET", u+"/earlier-photos", phone, nil), 403)
+	expect("GET", U+"/earlier-photos", h.do("GET", "/api/users/user_nobody/earlier-photos", h.desktop("user_nobody"), nil), 404)
+
 	expect("DELETE", U+"/phones/{phoneId}", h.do("DELETE", u+"/phones/nope", desk, nil), 404)
 	expect("DELETE", U+"/phones/{phoneId}", h.do("DELETE", u+"/phones/"+pair.body["phoneId"].(string), phone, nil), 403)
 

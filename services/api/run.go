@@ -11,6 +11,7 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/consume"
 	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
+	"github.com/clinicalimages/clinimg/pkg/fhir"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/ops"
 	"github.com/clinicalimages/clinimg/pkg/outbox"
@@ -62,10 +63,22 @@ func Run(ctx context.Context, cfg Config) error {
 		return g.Stop(err)
 	}
 	trail := audit.NewStore(conns.Blob)
-	srv := NewServer(cfg, Deps{
+	deps := Deps{
 		Store: store, Redis: rdb, Objects: conns.Blob, Verifier: verifier, Waiter: waiter, Audit: trail,
 		Registry: reg, Logger: log,
-	})
+	}
+	if cfg.ALEX != nil {
+		// Earlier photos: the practice's ALEX credentials, on the server
+		// only. Its logger never sees tokens or query strings.
+		alexCfg := *cfg.ALEX
+		alexCfg.Logger = log
+		alex, err := fhir.NewClient(alexCfg)
+		if err != nil {
+			return g.Stop(err)
+		}
+		deps.ALEX = alex
+	}
+	srv := NewServer(cfg, deps)
 	// The audit trail is written from the event stream, beside the
 	// requests and never in their way.
 	cons, err := ops.Consumer(g.Context(), log, conns.JS, cfg.Common.Names, audit.Consumer(cfg.Common.AckWait))
@@ -93,6 +106,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(ops.StageWork, "sweep", sweeper{store: store, objects: conns.Blob, every: cfg.SweepInterval, log: log}.Run)
 	g.Go(ops.StageWork, "http", ops.Server{Addr: cfg.Addr, Handler: srv.Router(), Limits: cfg.HTTP, Ready: cfg.Ready, Grace: g.Grace()}.Run)
 	g.Ready(checks)
-	log.Info("api.start", "addr", cfg.Addr, "ops_addr", cfg.Common.OpsAddr, "public_url", cfg.PublicURL, "realtime", string(cfg.Realtime.Mode))
+	log.Info("api.start", "addr", cfg.Addr, "ops_addr", cfg.Common.OpsAddr, "public_url", cfg.PublicURL, "realtime", string(cfg.Realtime.Mode),
+		"earlier_photos", cfg.ALEX != nil)
 	return g.Wait()
 }

@@ -7,6 +7,7 @@ package api
 import (
 	"cmp"
 	"context"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -32,6 +33,7 @@ type objects interface {
 	PresignPut(ctx context.Context, key, contentType string, length int64, expires time.Duration) (string, error)
 	PresignGet(ctx context.Context, key string, expires time.Duration) (string, error)
 	Sniff(ctx context.Context, key string, n int) (blob.Info, []byte, error)
+	Put(ctx context.Context, key, contentType string, body io.ReadSeeker, size int64) error
 	Delete(ctx context.Context, keys ...string) error
 }
 
@@ -43,7 +45,10 @@ type Deps struct {
 	Verifier *jwtauth.Verifier
 	Waiter   *Waiter
 	// Audit reads the sessions' chains of custody (nil: none kept).
-	Audit    *audit.Store
+	Audit *audit.Store
+	// ALEX reads patients' earlier photos (a *fhir.Client; nil: earlier
+	// photos are not configured).
+	ALEX     alexReader
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
 	Now      func() time.Time
@@ -61,6 +66,7 @@ type Server struct {
 	log      *slog.Logger
 	now      func() time.Time
 	metrics  *metrics
+	earlier  *earlierStore // nil without ALEX
 
 	redeemLimit *rateLimiter // QR redemptions per client address
 }
@@ -80,12 +86,16 @@ func NewServer(cfg Config, d Deps) *Server {
 	if d.Store != nil {
 		keys = string(d.Store.Keys)
 	}
-	return &Server{
+	s := &Server{
 		cfg: cfg, store: d.Store, objects: d.Objects, verifier: d.Verifier, waiter: d.Waiter, audit: d.Audit,
 		reg: d.Registry, log: d.Logger, now: d.Now, metrics: newMetrics(d.Registry),
 		redeemLimit: &rateLimiter{rdb: d.Redis, prefix: keys + "ratelimit:qr:",
 			limit: cmp.Or(cfg.QRRedeemLimit, DefaultQRRedeemLimit), window: time.Minute, now: d.Now},
 	}
+	if d.ALEX != nil {
+		s.earlier = &earlierStore{alex: d.ALEX, objects: d.Objects, store: d.Store, rdb: d.Redis, log: d.Logger, now: d.Now}
+	}
+	return s
 }
 
 // Router registers every route in one place. Gin's mode is the process's
@@ -141,6 +151,7 @@ func (s *Server) Router() http.Handler {
 	u.GET("/phones", s.requireDesktop, s.listPhones)
 	u.DELETE("/phones/:phoneId", s.requireDesktop, s.removePhone)
 	u.GET("/sessions/:sessionId/audit", s.requireDesktop, s.getAudit)
+	u.GET("/earlier-photos", s.requireDesktop, s.getEarlierPhotos)
 	return r
 }
 
