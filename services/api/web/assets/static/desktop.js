@@ -10,6 +10,7 @@
 
 import { Api, ApiError, confirmDialog, el } from './api.js';
 import { ConsentPanel } from './consent.js';
+import { EarlierPanel } from './earlier.js';
 import { renderGrid, setCardNote, openViewer, openTrail } from './desktop-view.js';
 import { Live } from './live.js';
 import * as M from './model.js';
@@ -30,12 +31,14 @@ const state = {
   requesting: false,    // a commit request is on its way
   failure: null,        // {message, errors} the last commit request answered, until the session says more
   conn: '',
+  focusId: '',          // the photo in focus: earlier photos are filtered to its body site
 };
 
 const api = new Api(async () => state.token, async () => (state.dev ? refreshDevToken() : ''));
 let live;
 let uploads;
 let consent;
+let earlier;
 const localThumbs = new Map(); // imageId -> object URL of what this page uploaded
 
 // ---------- start-up ----------
@@ -71,6 +74,10 @@ async function main() {
     await api.setConsent({ ...body, sessionId: state.model.sessionId });
     await live.reconcile();
   });
+  earlier = new EarlierPanel({ api, focus: focusPhoto, photos: comparable });
+  // the photo in focus is the one last clicked or tabbed into
+  $('grid').addEventListener('focusin', (e) => focusOn(e.target));
+  $('grid').addEventListener('pointerdown', (e) => focusOn(e.target));
   $('start-btn').addEventListener('click', () => startCapture());
   $('qr-new').addEventListener('click', () => startCapture(false, true));
   $('qr-show').addEventListener('click', () => startCapture(false, true));
@@ -126,6 +133,31 @@ function setupDemo() {
     localStorage.setItem('clinimg.demo', JSON.stringify(ctx));
     location.search = new URLSearchParams(ctx).toString();
   });
+}
+
+function focusOn(target) {
+  const card = target.closest && target.closest('[data-id]');
+  if (!card || card.dataset.id === state.focusId) return;
+  state.focusId = card.dataset.id;
+  earlier.render();
+}
+
+// focusPhoto is the new photo in focus (else the newest): its number and
+// body site, for the earlier photos' filter.
+function focusPhoto() {
+  const imgs = state.model.images;
+  const im = imgs.find((x) => x.id === state.focusId) || imgs[imgs.length - 1];
+  if (!im) return null;
+  const md = im.metadata || {};
+  return { id: im.id, n: M.photoNumber(state.model, im.id), site: md.bodySite || '', siteDisplay: md.bodySiteDisplay || '' };
+}
+
+// comparable lists the session's photos that have a picture to compare.
+function comparable() {
+  return state.model.images.map((im) => ({
+    id: im.id, n: M.photoNumber(state.model, im.id), src: im.viewerUrl || im.previewUrl || localThumbs.get(im.id) || '',
+    what: coding(im.metadata, state.vocab),
+  })).filter((x) => x.src);
 }
 
 function fatal(text) {
@@ -510,6 +542,7 @@ function render() {
   });
   $('empty').hidden = n > 0;
   $('consent').hidden = !active || mismatch;
+  if (earlier) earlier.update(m.sessionId, active && !mismatch);
   if (active && !mismatch && consent) consent.update(m.consent, state.vocab, !busy && m.commitStatus === 'none');
   renderLimit(n, active && !mismatch);
   renderCommit(phase, mismatch, pending);
