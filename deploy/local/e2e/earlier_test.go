@@ -12,6 +12,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/clinicalimages/clinimg/pkg/alexsim"
 	"github.com/clinicalimages/clinimg/pkg/fhir"
 )
 
@@ -57,7 +58,8 @@ func earlierJPEG(t *testing.T, w, h int, c color.RGBA) []byte {
 // all three newest first, then, once the new photo is coded as the
 // forearm, only the two of the forearm, with Show all bringing the hand
 // back; Compare opens the May photo beside the new one, both panes the same
-// size. A patient with no earlier Media gets a sentence, not an error.
+// size. A patient with no earlier Media gets a sentence, not an error;
+// while ALEX fails, the panel says so and the rest of the widget works.
 // Screenshots, narrow panel and phone together: consent recorded, a photo's
 // trail, the earlier photos, the comparison, the empty state.
 func TestEarlierPhotosSideBySide(t *testing.T) {
@@ -159,9 +161,19 @@ func TestEarlierPhotosSideBySide(t *testing.T) {
 	// Another patient, with an NHI and nothing in the record: a sentence.
 	none := "pat_none_" + r.patient
 	sim.AddPatient(none, fmt.Sprintf("ZEB%04d", time.Now().UnixNano()%10000))
+	// ALEX fails the first look-up: the panel says earlier photos are
+	// unavailable, the rest of the widget (the QR code) works, and Try
+	// again gets the answer.
+	sim.Inject(alexsim.Rule{Method: "GET", Path: "/Patient/" + none, Times: 1, Fault: alexsim.Fault{Status: 503}})
 	e := r.page("desktop-none", panelView, false)
 	e.navigate(fmt.Sprintf("%s/?userId=%s_b&patientId=%s&encounterId=%s", r.env.URL, r.user, none, r.encounter))
 	e.click(`[data-test=start]`)
+	e.waitJS(60*time.Second, "earlier photos unavailable, the QR code shown", `document.querySelector('[data-test=earlier-state]').dataset.state === 'unavailable' &&
+		!document.getElementById('qr').hidden && document.getElementById('qr-img').naturalWidth > 0`)
+	if s := e.text(`[data-test=earlier-state]`); !strings.Contains(s, "Earlier photos are unavailable") {
+		t.Errorf("ALEX down reads %q", s)
+	}
+	e.click(`[data-test=earlier-retry]`)
 	e.waitJS(60*time.Second, "the empty state", `document.querySelector('[data-test=earlier-state]').dataset.state === 'none' && !document.querySelector('[data-test=earlier-state]').hidden`)
 	if s := e.text(`[data-test=earlier-state]`); s != "No earlier photos of this patient in the record." {
 		t.Errorf("empty state reads %q", s)
