@@ -375,6 +375,10 @@ func TestComposeEnvironment(t *testing.T) {
 	if diff := cmp.Diff(wantALEX, gotALEX); diff != "" {
 		t.Errorf("committer's ALEX credentials differ from the simulator's (-sim +committer):\n%s", diff)
 	}
+	// The API reads earlier photos with the committer's ALEX settings.
+	if acfg.ALEX == nil || acfg.ALEX.BaseURL != ccfg.ALEX.BaseURL || acfg.ALEX.ClientSecret != ccfg.ALEX.ClientSecret || acfg.ALEX.FacilityID != ccfg.ALEX.FacilityID {
+		t.Errorf("the API's ALEX settings (earlier photos) are not the committer's (set: %v)", acfg.ALEX != nil)
+	}
 }
 
 // With an Ably key, browsers are sent to Ably's SSE endpoint (or the one
