@@ -9,6 +9,10 @@ import { ApiError, el } from './api.js';
 
 const $ = (id) => document.getElementById(id);
 
+// STALE_MS is how old an answer may grow before its preview URLs are
+// fetched again: well inside VIEW_URL_EXPIRY's default of 15 minutes.
+const STALE_MS = 10 * 60 * 1000;
+
 /** when is a date as the list reads it: "9 May 2026". */
 export function when(iso) {
   if (!iso) return 'Date unknown';
@@ -42,6 +46,8 @@ export class EarlierPanel {
     this.error = null;
     this.loading = false;
     this.showAll = false;
+    this.loadedAt = 0; // when the answer came: its preview URLs are presigned for VIEW_URL_EXPIRY (15 min)
+    this.loads = 0;
     this.root = $('earlier');
     $('earlier-all').addEventListener('click', () => { this.showAll = !this.showAll; this.render(); });
     $('earlier-retry').addEventListener('click', () => this.load(true));
@@ -58,8 +64,15 @@ export class EarlierPanel {
       this.answer = null;
       this.error = null;
       this.load();
+    } else if (this.stale()) {
+      this.load(); // fresh preview URLs; the API answers from its cache, ALEX is not asked
     }
     this.render();
+  }
+
+  /** stale is true when the previews' URLs may be about to expire. */
+  stale() {
+    return !!this.answer && !this.loading && Date.now() - this.loadedAt > STALE_MS;
   }
 
   async load(again = false) {
@@ -70,7 +83,11 @@ export class EarlierPanel {
     this.render();
     try {
       const a = await this.ui.api.request('GET', this.ui.api.user('/earlier-photos'));
-      if (sid === this.sessionId) this.answer = a;
+      if (sid === this.sessionId) {
+        this.answer = a;
+        this.loadedAt = Date.now();
+        this.loads++;
+      }
     } catch (e) {
       if (sid === this.sessionId) this.error = e instanceof ApiError ? e : new ApiError(0, 'network', String(e));
     } finally {
@@ -127,7 +144,7 @@ export class EarlierPanel {
       stateP.hidden = true;
       stateP.dataset.state = 'ok';
     }
-    const key = shown.map((p) => p.id).join(',') + (focus ? `|${focus.id}` : '');
+    const key = `${this.loads}:${shown.map((p) => p.id).join(',')}${focus ? `|${focus.id}` : ''}`;
     if (list.dataset.key === key) return;
     list.dataset.key = key;
     list.replaceChildren(...shown.map((p) => this.row(p)));
@@ -159,7 +176,11 @@ export class EarlierPanel {
   }
 
   /** compare opens earlier photo p beside a new photo, both the same size. */
-  compare(p) {
+  async compare(p) {
+    if (this.stale()) {
+      await this.load();
+      p = ((this.answer && this.answer.photos) || []).find((x) => x.id === p.id) || p;
+    }
     const left = $('compare-earlier');
     left.src = p.previewUrl || '';
     left.alt = `Earlier photo, ${when(p.taken)}, ${siteText(p)}`;
