@@ -168,7 +168,7 @@ func (s *Store) SetConsent(ctx context.Context, userID, sessionID string, c Cons
 		return Session{}, err
 	}
 	c.RecordedAt = s.opt.Now().UTC()
-	r, err := s.run(ctx, consentScript, events.ConsentRecorded, userID, nil, sessionID, mustJSON(c))
+	r, err := s.run(ctx, consentScript, events.ConsentRecorded, userID, nil, args{"sessionId": sessionID, "consent": mustJSON(c)})
 	if err != nil {
 		return Session{}, err
 	}

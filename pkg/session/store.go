@@ -214,8 +214,8 @@ func (s *Store) Start(ctx context.Context, p StartParams) (Started, error) {
 	if p.Discard {
 		discard = "1"
 	}
-	r, err := s.run(ctx, startScript, events.SessionStarted, p.UserID, []string{s.Keys.Token(p.Token), s.Keys.QR(p.UserID)},
-		mustJSON(sess), mustJSON(tok), secs(s.opt.TokenTTL), discard)
+	r, err := s.run(ctx, startScript, events.SessionStarted, p.UserID, keyNames{"token": s.Keys.Token(p.Token), "qr": s.Keys.QR(p.UserID)},
+		args{"newSession": mustJSON(sess), "tokenRecord": mustJSON(tok), "tokenTtl": secs(s.opt.TokenTTL), "discard": discard})
 	if err != nil {
 		return Started{}, err
 	}
@@ -318,8 +318,8 @@ func (s *Store) Pair(ctx context.Context, token, credential, userAgent string) (
 		return SessionToken{}, ErrTokenUsed
 	}
 	r, err := s.run(ctx, pairScript, events.PhonePaired, t.UserID,
-		[]string{s.Keys.Token(token), s.Keys.Phone(credential), s.Keys.QR(t.UserID)},
-		userAgent, secs(s.opt.CredentialTTL), PhoneID(credential), strconv.Itoa(s.opt.MaxPhones))
+		keyNames{"token": s.Keys.Token(token), "phone": s.Keys.Phone(credential), "qr": s.Keys.QR(t.UserID)},
+		args{"userAgent": userAgent, "credentialTtl": secs(s.opt.CredentialTTL), "phoneId": PhoneID(credential), "maxPhones": strconv.Itoa(s.opt.MaxPhones)})
 	if err != nil {
 		return SessionToken{}, err
 	}
@@ -334,7 +334,7 @@ func (s *Store) Pair(ctx context.Context, token, credential, userAgent string) (
 // resolves and the session.unpaired event ends its realtime stream.
 // sessionID binds the call to one session ("" for the current one).
 func (s *Store) RemovePhone(ctx context.Context, userID, sessionID, phoneID string) (Session, error) {
-	r, err := s.run(ctx, unpairScript, events.PhoneRemoved, userID, nil, phoneID, sessionID)
+	r, err := s.run(ctx, unpairScript, events.PhoneRemoved, userID, nil, args{"phoneId": phoneID, "sessionId": sessionID})
 	if err != nil {
 		return Session{}, err
 	}
@@ -390,7 +390,9 @@ func (s *Store) AddImageBound(ctx context.Context, userID string, b Binding, img
 	img.MediaIdentifier = rand.Text()
 	img.CommitState = PhotoPending
 	img.MediaID, img.Error, img.SentHashes, img.Tries = "", "", nil, 0
-	r, err := s.runRead(ctx, addScript, events.ImageUploaded, userID, mustJSON(img), b.SessionID, strconv.Itoa(s.opt.MaxImages), b.PatientID, b.PhoneID)
+	r, err := s.runRead(ctx, addScript, events.ImageUploaded, userID, args{
+		"image": mustJSON(img), "sessionId": b.SessionID, "cap": strconv.Itoa(s.opt.MaxImages), "patientId": b.PatientID, "phoneId": b.PhoneID,
+	})
 	if err != nil {
 		return Session{}, false, err
 	}
@@ -402,7 +404,7 @@ func (s *Store) AddImageBound(ctx context.Context, userID string, b Binding, img
 // is added to the session (ErrPatientMismatch), from a phone either; the
 // session's own patient lifts that. Saying the same again changes nothing.
 func (s *Store) SetOpenPatient(ctx context.Context, userID, patientID string) (Session, bool, error) {
-	r, err := s.run(ctx, openedScript, events.PatientOpened, userID, nil, patientID)
+	r, err := s.run(ctx, openedScript, events.PatientOpened, userID, nil, args{"patientId": patientID})
 	if err != nil {
 		return Session{}, false, err
 	}
@@ -415,7 +417,7 @@ func (s *Store) SetOpenPatient(ctx context.Context, userID, patientID string) (S
 // changes nothing (changed false, no event). A phone no longer paired gets
 // ErrPhoneRemoved.
 func (s *Store) SetPending(ctx context.Context, userID, sessionID, phoneID string, count int) (Session, bool, error) {
-	r, err := s.run(ctx, pendingScript, events.PhonePending, userID, nil, sessionID, phoneID, strconv.Itoa(count))
+	r, err := s.run(ctx, pendingScript, events.PhonePending, userID, nil, args{"sessionId": sessionID, "phoneId": phoneID, "count": strconv.Itoa(count)})
 	if err != nil {
 		return Session{}, false, err
 	}
@@ -434,7 +436,7 @@ type MetadataPatch struct {
 
 // UpdateMetadata applies p to one photo.
 func (s *Store) UpdateMetadata(ctx context.Context, userID, sessionID, imageID string, p MetadataPatch) (Session, error) {
-	r, err := s.run(ctx, updateScript, events.ImageUpdated, userID, nil, imageID, mustJSON(p), sessionID)
+	r, err := s.run(ctx, updateScript, events.ImageUpdated, userID, nil, args{"imageId": imageID, "patch": mustJSON(p), "sessionId": sessionID})
 	if err != nil {
 		return Session{}, err
 	}
@@ -445,7 +447,7 @@ func (s *Store) UpdateMetadata(ctx context.Context, userID, sessionID, imageID s
 // can delete its objects. The id stays deleted: a later AddImage of it
 // fails with ErrImageDeleted until the session ends.
 func (s *Store) RemoveImage(ctx context.Context, userID, sessionID, imageID string) (Session, Image, error) {
-	r, err := s.run(ctx, removeScript, events.ImageRemoved, userID, nil, imageID, sessionID)
+	r, err := s.run(ctx, removeScript, events.ImageRemoved, userID, nil, args{"imageId": imageID, "sessionId": sessionID})
 	if err != nil {
 		return Session{}, Image{}, err
 	}
@@ -497,7 +499,7 @@ func (s *Store) SetProcessed(ctx context.Context, userID, imageID string, p Proc
 	if p.Status == ImageRejected {
 		t = events.ImageRejected
 	}
-	r, err := s.run(ctx, processedScript, t, userID, nil, imageID, mustJSON(p))
+	r, err := s.run(ctx, processedScript, t, userID, nil, args{"imageId": imageID, "fields": mustJSON(p)})
 	if err != nil {
 		return Session{}, false, err
 	}
@@ -519,8 +521,10 @@ func (s *Store) BeginCommit(ctx context.Context, userID, sessionID, commitID str
 	if s.opt.RequireConsent {
 		need = "1"
 	}
-	r, err := s.run(ctx, beginScript, events.CommitRequested, userID, []string{s.Keys.Running()},
-		commitID, sessionID, mustJSON(again), need, s.opt.Now().UnixMilli(), userID)
+	r, err := s.run(ctx, beginScript, events.CommitRequested, userID, keyNames{"running": s.Keys.Running()}, args{
+		"commitId": commitID, "sessionId": sessionID, "resend": mustJSON(again), "consentRequired": need,
+		"nowMs": s.opt.Now().UnixMilli(), "userId": userID,
+	})
 	if err != nil {
 		return Session{}, err
 	}
@@ -532,7 +536,8 @@ func (s *Store) BeginCommit(ctx context.Context, userID, sessionID, commitID str
 // screens see the outcome, and emits commit.succeeded. Calling it again
 // changes nothing.
 func (s *Store) FinishCommit(ctx context.Context, userID, commitID string) (Session, bool, error) {
-	r, err := s.runTTL(ctx, finishScript, events.CommitSucceeded, userID, []string{s.Keys.Running()}, s.opt.CommittedTTL, commitID, userID)
+	r, err := s.runTTL(ctx, finishScript, events.CommitSucceeded, userID, keyNames{"running": s.Keys.Running()}, s.opt.CommittedTTL,
+		args{"commitId": commitID, "userId": userID})
 	if err != nil {
 		return Session{}, false, err
 	}
@@ -545,7 +550,8 @@ func (s *Store) FinishCommit(ctx context.Context, userID, commitID string) (Sess
 // must act on, and orphans (Media written for photos no longer in the
 // session that could not be withdrawn).
 func (s *Store) FailCommit(ctx context.Context, userID, commitID, message string, orphans []string) (Session, bool, error) {
-	r, err := s.run(ctx, failScript, events.CommitFailed, userID, []string{s.Keys.Running()}, commitID, message, mustJSON(List[string](orphans)), userID)
+	r, err := s.run(ctx, failScript, events.CommitFailed, userID, keyNames{"running": s.Keys.Running()},
+		args{"commitId": commitID, "message": message, "orphans": mustJSON(List[string](orphans)), "userId": userID})
 	if err != nil {
 		return Session{}, false, err
 	}
@@ -572,8 +578,10 @@ type PhotoUpdate struct {
 // on (or, for sending, the commit did); ErrImageNotFound that the photo,
 // with that identifier, is no longer in the session.
 func (s *Store) RecordPhoto(ctx context.Context, userID string, u PhotoUpdate) (Session, bool, error) {
-	r, err := s.run(ctx, photoScript, events.CommitProgress, userID, nil,
-		u.CommitID, u.ImageID, u.Identifier, string(u.State), strconv.Itoa(u.Tries), u.MediaID, u.Hash, u.Error)
+	r, err := s.run(ctx, photoScript, events.CommitProgress, userID, nil, args{
+		"commitId": u.CommitID, "imageId": u.ImageID, "identifier": u.Identifier, "state": string(u.State),
+		"tries": strconv.Itoa(u.Tries), "mediaId": u.MediaID, "hash": u.Hash, "error": u.Error,
+	})
 	if err != nil {
 		return Session{}, false, err
 	}
@@ -588,7 +596,7 @@ func (s *Store) CommitAttempt(ctx context.Context, userID, commitID string, n in
 	if wait != nil {
 		w = mustJSON(wait)
 	}
-	r, err := s.run(ctx, attemptScript, events.CommitProgress, userID, nil, commitID, strconv.Itoa(n), w)
+	r, err := s.run(ctx, attemptScript, events.CommitProgress, userID, nil, args{"commitId": commitID, "attempt": strconv.Itoa(n), "wait": w})
 	if err != nil {
 		return Session{}, err
 	}
@@ -601,7 +609,7 @@ func (s *Store) CommitAttempt(ctx context.Context, userID, commitID string, n in
 // anything is sent again. It emits commit.failed with stopped set.
 // ErrNoCommit if none is running, ErrCommitted if it already finished.
 func (s *Store) StopCommit(ctx context.Context, userID, sessionID string) (Session, error) {
-	r, err := s.run(ctx, stopScript, events.CommitFailed, userID, []string{s.Keys.Running()}, sessionID, userID)
+	r, err := s.run(ctx, stopScript, events.CommitFailed, userID, keyNames{"running": s.Keys.Running()}, args{"sessionId": sessionID, "userId": userID})
 	if err != nil {
 		return Session{}, err
 	}
@@ -614,7 +622,7 @@ func (s *Store) StopCommit(ctx context.Context, userID, sessionID string) (Sessi
 // after another cutoff. at is the time claimed, for ForgetRunning.
 func (s *Store) ClaimStuck(ctx context.Context, cutoff time.Time, n int) (users []string, at int64, err error) {
 	at = s.opt.Now().UnixMilli()
-	users, err = claimStuckScript.Run(ctx, s.rdb, []string{s.Keys.Running()}, cutoff.UnixMilli(), at, n).StringSlice()
+	users, err = claimStuckScript.run(ctx, s.rdb, keyNames{"running": s.Keys.Running()}, args{"cutoff": cutoff.UnixMilli(), "now": at, "limit": n}).StringSlice()
 	if err != nil {
 		return nil, 0, fmt.Errorf("claim stuck commits: %w", err)
 	}
@@ -624,7 +632,7 @@ func (s *Store) ClaimStuck(ctx context.Context, cutoff time.Time, n int) (users 
 // ForgetRunning drops userID from the running commits if it is still as
 // ClaimStuck left it at at (no commit began since).
 func (s *Store) ForgetRunning(ctx context.Context, userID string, at int64) error {
-	if err := forgetRunningScript.Run(ctx, s.rdb, []string{s.Keys.Running()}, userID, at).Err(); err != nil {
+	if err := forgetRunningScript.run(ctx, s.rdb, keyNames{"running": s.Keys.Running()}, args{"userId": userID, "at": at}).Err(); err != nil {
 		return fmt.Errorf("forget running commit: %w", err)
 	}
 	return nil
@@ -638,16 +646,18 @@ func (s *Store) Delete(ctx context.Context, userID string) error {
 	return nil
 }
 
-func (s *Store) run(ctx context.Context, sc *redis.Script, t events.Type, userID string, extraKeys []string, args ...any) (reply, error) {
-	return s.runTTL(ctx, sc, t, userID, extraKeys, s.opt.SessionTTL, args...)
+// run runs a session script with its own keys k (nil for none) and
+// arguments a; call adds the session's.
+func (s *Store) run(ctx context.Context, sc *luaScript, t events.Type, userID string, k keyNames, a args) (reply, error) {
+	return s.runTTL(ctx, sc, t, userID, k, s.opt.SessionTTL, a)
 }
 
-func (s *Store) runTTL(ctx context.Context, sc *redis.Script, t events.Type, userID string, extraKeys []string, ttl time.Duration, args ...any) (reply, error) {
-	keys, argv, err := s.call(ctx, t, userID, extraKeys, ttl, args)
+func (s *Store) runTTL(ctx context.Context, sc *luaScript, t events.Type, userID string, k keyNames, ttl time.Duration, a args) (reply, error) {
+	keys, argv, err := s.call(ctx, sc, t, userID, k, ttl, a)
 	if err != nil {
 		return reply{}, err
 	}
-	res, err := sc.Run(ctx, s.rdb, keys, argv...).Result()
+	res, err := sc.script.Run(ctx, s.rdb, keys, argv...).Result()
 	if err != nil {
 		return reply{}, scriptError(t, err)
 	}
@@ -658,8 +668,8 @@ func (s *Store) runTTL(ctx context.Context, sc *redis.Script, t events.Type, use
 // in the same MULTI (one round trip, nothing in between), reads the
 // session hash it changed, so the answer holds every photo without the
 // script handling them.
-func (s *Store) runRead(ctx context.Context, sc *redis.Script, t events.Type, userID string, args ...any) (reply, error) {
-	keys, argv, err := s.call(ctx, t, userID, nil, s.opt.SessionTTL, args)
+func (s *Store) runRead(ctx context.Context, sc *luaScript, t events.Type, userID string, a args) (reply, error) {
+	keys, argv, err := s.call(ctx, sc, t, userID, nil, s.opt.SessionTTL, a)
 	if err != nil {
 		return reply{}, err
 	}
@@ -667,7 +677,7 @@ func (s *Store) runRead(ctx context.Context, sc *redis.Script, t events.Type, us
 	var all *redis.MapStringStringCmd
 	exec := func() error {
 		_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			res = sc.EvalSha(ctx, p, keys, argv...)
+			res = sc.script.EvalSha(ctx, p, keys, argv...)
 			all = p.HGetAll(ctx, keys[0])
 			return nil
 		})
@@ -675,7 +685,7 @@ func (s *Store) runRead(ctx context.Context, sc *redis.Script, t events.Type, us
 	}
 	err = exec()
 	if err != nil && res.Err() != nil && strings.HasPrefix(res.Err().Error(), "NOSCRIPT") {
-		if err = sc.Load(ctx, s.rdb).Err(); err == nil {
+		if err = sc.script.Load(ctx, s.rdb).Err(); err == nil {
 			err = exec()
 		}
 	}
@@ -700,10 +710,10 @@ func (s *Store) runRead(ctx context.Context, sc *redis.Script, t events.Type, us
 	return r, err
 }
 
-// call is a script's keys and arguments: the session and outbox keys, then
-// extraKeys; now, the TTL, the event (a new id, the caller's trace) and its
-// subject, then args.
-func (s *Store) call(ctx context.Context, t events.Type, userID string, extraKeys []string, ttl time.Duration, args []any) ([]string, []any, error) {
+// call is a session script's KEYS and ARGV: the session and outbox keys
+// and k; now, the TTL, the event (a new id, the caller's trace) and its
+// subject, and a; each in the order sc declares.
+func (s *Store) call(ctx context.Context, sc *luaScript, t events.Type, userID string, k keyNames, ttl time.Duration, a args) ([]string, []any, error) {
 	if !events.ValidUserID(userID) {
 		return nil, nil, ErrNotFound
 	}
@@ -717,9 +727,26 @@ func (s *Store) call(ctx context.Context, t events.Type, userID string, extraKey
 		return nil, nil, err
 	}
 	ev.TraceParent = events.TraceParentFrom(ctx)
-	keys := append([]string{s.Keys.User(userID), s.Keys.Outbox()}, extraKeys...)
-	argv := append([]any{now.Format(time.RFC3339Nano), secs(ttl), mustJSON(ev), s.opt.Names.SubjectOf(ev)}, args...)
-	return keys, argv, nil
+	allKeys := keyNames{"session": s.Keys.User(userID), "outbox": s.Keys.Outbox()}
+	allArgs := args{"now": now.Format(time.RFC3339Nano), "ttl": secs(ttl), "event": mustJSON(ev), "subject": s.opt.Names.SubjectOf(ev)}
+	if err := merge(allKeys, k); err != nil {
+		return nil, nil, fmt.Errorf("script %s: keys: %w", sc.name, err)
+	}
+	if err := merge(allArgs, a); err != nil {
+		return nil, nil, fmt.Errorf("script %s: arguments: %w", sc.name, err)
+	}
+	return sc.bind(allKeys, allArgs)
+}
+
+// merge adds extra to into, refusing a name into has already.
+func merge[V any](into, extra map[string]V) error {
+	for n, v := range extra {
+		if _, ok := into[n]; ok {
+			return fmt.Errorf("%q is given by the store", n)
+		}
+		into[n] = v
+	}
+	return nil
 }
 
 // scriptError maps a script's "CI_<CODE> detail" reply to a domain error.

@@ -46,24 +46,39 @@ func (k Keys) SweepLock() string { return string(k) + "session-sweep-lock" }
 // no sweeper ever run.
 const objectsGrace = 24 * time.Hour
 
-// trackUploadScript: KEYS user, uploads, objects, expiry; ARGV sessionId,
-// key, now ms, URL expiry ms, max, session TTL ms, expiry member, grace ms.
-var trackUploadScript = redis.NewScript(`
-local t = redis.call('TYPE', KEYS[1]).ok
+// trackUploadScript counts an upload against its session's outstanding
+// ones and keeps its key for the sweep. Returns ok, not_found, changed or
+// limit.
+var trackUploadScript = plainScript("trackUpload", []string{
+	"session", // user:{id}
+	"uploads", // the session's outstanding uploads, by URL expiry
+	"objects", // every key issued to the session
+	"expiry",  // the sweep's index of sessions, by when they may end
+}, []string{
+	"sessionId",    // the session the upload is for
+	"object",       // the upload's key
+	"nowMs",        // Unix ms
+	"urlExpiresMs", // when its URL expires, Unix ms
+	"max",          // most outstanding uploads
+	"sessionTtlMs", // the session's TTL, should the key have none
+	"member",       // the session in key.expiry: "<userId> <sessionId>"
+	"graceMs",      // how long the sets outlive the session at most
+}, `
+local t = redis.call('TYPE', key.session).ok
 local raw
-if t == 'hash' then raw = redis.call('HGET', KEYS[1], 'session') elseif t == 'string' then raw = redis.call('GET', KEYS[1]) end
+if t == 'hash' then raw = redis.call('HGET', key.session, 'session') elseif t == 'string' then raw = redis.call('GET', key.session) end
 if not raw then return 'not_found' end
 local s = cjson.decode(raw)
-if s.sessionId ~= ARGV[1] then return 'changed' end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return 'limit' end
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[2])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then ttl = tonumber(ARGV[6]) end
-redis.call('ZADD', KEYS[4], tonumber(ARGV[3]) + ttl, ARGV[7])
-redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[8]))
-redis.call('PEXPIRE', KEYS[3], ttl + tonumber(ARGV[8]))
+if s.sessionId ~= arg.sessionId then return 'changed' end
+redis.call('ZREMRANGEBYSCORE', key.uploads, '-inf', arg.nowMs)
+if redis.call('ZCARD', key.uploads) >= tonumber(arg.max) then return 'limit' end
+redis.call('ZADD', key.uploads, arg.urlExpiresMs, arg.object)
+redis.call('SADD', key.objects, arg.object)
+local ttl = redis.call('PTTL', key.session)
+if ttl < 0 then ttl = tonumber(arg.sessionTtlMs) end
+redis.call('ZADD', key.expiry, tonumber(arg.nowMs) + ttl, arg.member)
+redis.call('PEXPIRE', key.uploads, ttl + tonumber(arg.graceMs))
+redis.call('PEXPIRE', key.objects, ttl + tonumber(arg.graceMs))
 return 'ok'
 `)
 
@@ -99,9 +114,14 @@ func (s *Store) SessionIDOf(ctx context.Context, userID string) (string, error) 
 // user's session is no longer sessionID.
 func (s *Store) TrackUpload(ctx context.Context, userID, sessionID, key string, urlExpires time.Time) error {
 	now := s.opt.Now()
-	keys := []string{s.Keys.User(userID), s.Keys.Uploads(userID, sessionID), s.Keys.Objects(userID, sessionID), s.Keys.Expiry()}
-	res, err := trackUploadScript.Run(ctx, s.rdb, keys, sessionID, key, now.UnixMilli(), urlExpires.UnixMilli(),
-		s.opt.MaxUploads, s.opt.SessionTTL.Milliseconds(), userID+" "+sessionID, objectsGrace.Milliseconds()).Text()
+	res, err := trackUploadScript.run(ctx, s.rdb, keyNames{
+		"session": s.Keys.User(userID), "uploads": s.Keys.Uploads(userID, sessionID),
+		"objects": s.Keys.Objects(userID, sessionID), "expiry": s.Keys.Expiry(),
+	}, args{
+		"sessionId": sessionID, "object": key, "nowMs": now.UnixMilli(), "urlExpiresMs": urlExpires.UnixMilli(),
+		"max": s.opt.MaxUploads, "sessionTtlMs": s.opt.SessionTTL.Milliseconds(),
+		"member": userID + " " + sessionID, "graceMs": objectsGrace.Milliseconds(),
+	}).Text()
 	if err != nil {
 		return fmt.Errorf("track upload: %w", err)
 	}
@@ -180,11 +200,19 @@ type Ended struct {
 	Keys      []string // original keys issued to it
 }
 
-// sweepScript: KEYS expiry, lock; ARGV now ms, limit, lock token, lock ms.
-// It takes the lock (or answers nil) and returns up to limit members due.
-var sweepScript = redis.NewScript(`
-if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then return false end
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+// sweepScript takes the sweep lock (or answers nil) and returns up to
+// limit members of key.expiry due.
+var sweepScript = plainScript("sweep", []string{
+	"expiry", // the sessions, by when they may end
+	"lock",   // the sweep lock
+}, []string{
+	"nowMs",  // Unix ms
+	"limit",  // at most this many
+	"token",  // the lock's holder
+	"lockMs", // how long the lock holds
+}, `
+if not redis.call('SET', key.lock, arg.token, 'NX', 'PX', arg.lockMs) then return false end
+return redis.call('ZRANGEBYSCORE', key.expiry, '-inf', arg.nowMs, 'LIMIT', 0, arg.limit)
 `)
 
 // DueForSweep takes the sweep lock for hold and returns up to limit
@@ -195,8 +223,8 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2]
 // EndSweep(token).
 func (s *Store) DueForSweep(ctx context.Context, token string, hold time.Duration, limit int) (ended []Ended, ok bool, err error) {
 	now := s.opt.Now()
-	res, err := sweepScript.Run(ctx, s.rdb, []string{s.Keys.Expiry(), s.Keys.SweepLock()},
-		now.UnixMilli(), limit, token, hold.Milliseconds()).StringSlice()
+	res, err := sweepScript.run(ctx, s.rdb, keyNames{"expiry": s.Keys.Expiry(), "lock": s.Keys.SweepLock()},
+		args{"nowMs": now.UnixMilli(), "limit": limit, "token": token, "lockMs": hold.Milliseconds()}).StringSlice()
 	if errors.Is(err, redis.Nil) {
 		return nil, false, nil
 	}
@@ -246,14 +274,14 @@ func (s *Store) Swept(ctx context.Context, e Ended) error {
 }
 
 // releaseScript deletes the lock only if token still holds it.
-var releaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+var releaseScript = plainScript("release", []string{"lock"}, []string{"token"}, `
+if redis.call('GET', key.lock) == arg.token then return redis.call('DEL', key.lock) end
 return 0
 `)
 
 // EndSweep releases the sweep lock if token holds it.
 func (s *Store) EndSweep(ctx context.Context, token string) error {
-	if err := releaseScript.Run(ctx, s.rdb, []string{s.Keys.SweepLock()}, token).Err(); err != nil {
+	if err := releaseScript.run(ctx, s.rdb, keyNames{"lock": s.Keys.SweepLock()}, args{"token": token}).Err(); err != nil {
 		return fmt.Errorf("end sweep: %w", err)
 	}
 	return nil
