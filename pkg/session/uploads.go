@@ -138,20 +138,31 @@ func (s *Store) TrackUpload(ctx context.Context, userID, sessionID, key string, 
 	return fmt.Errorf("track upload: unexpected %q", res)
 }
 
-// trackObjectScript: KEYS user, objects, expiry; ARGV sessionId, now ms,
-// session TTL ms, expiry member, grace ms, keys...
-var trackObjectScript = redis.NewScript(`
-local t = redis.call('TYPE', KEYS[1]).ok
+// trackObjectScript keeps the keys of objects the server writes for a
+// session for the sweep. Returns ok, not_found or changed.
+var trackObjectScript = plainScript("trackObject", []string{
+	"session", // user:{id}
+	"objects", // every key issued to the session
+	"expiry",  // the sweep's index of sessions, by when they may end
+}, []string{
+	"sessionId",    // the session the objects are for
+	"nowMs",        // Unix ms
+	"sessionTtlMs", // the session's TTL, should the key have none
+	"member",       // the session in key.expiry: "<userId> <sessionId>"
+	"graceMs",      // how long the set outlives the session at most
+	"objectKeys",   // the objects' keys (JSON array)
+}, `
+local t = redis.call('TYPE', key.session).ok
 local raw
-if t == 'hash' then raw = redis.call('HGET', KEYS[1], 'session') elseif t == 'string' then raw = redis.call('GET', KEYS[1]) end
+if t == 'hash' then raw = redis.call('HGET', key.session, 'session') elseif t == 'string' then raw = redis.call('GET', key.session) end
 if not raw then return 'not_found' end
 local s = cjson.decode(raw)
-if s.sessionId ~= ARGV[1] then return 'changed' end
-for i = 6, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then ttl = tonumber(ARGV[3]) end
-redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + ttl, ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[5]))
+if s.sessionId ~= arg.sessionId then return 'changed' end
+for _, k in ipairs(cjson.decode(arg.objectKeys)) do redis.call('SADD', key.objects, k) end
+local ttl = redis.call('PTTL', key.session)
+if ttl < 0 then ttl = tonumber(arg.sessionTtlMs) end
+redis.call('ZADD', key.expiry, tonumber(arg.nowMs) + ttl, arg.member)
+redis.call('PEXPIRE', key.objects, ttl + tonumber(arg.graceMs))
 return 'ok'
 `)
 
@@ -165,11 +176,12 @@ func (s *Store) TrackObjects(ctx context.Context, userID, sessionID string, keys
 	if len(keys) == 0 {
 		return nil
 	}
-	args := []any{sessionID, s.opt.Now().UnixMilli(), s.opt.SessionTTL.Milliseconds(), userID + " " + sessionID, objectsGrace.Milliseconds()}
-	for _, k := range keys {
-		args = append(args, k)
-	}
-	res, err := trackObjectScript.Run(ctx, s.rdb, []string{s.Keys.User(userID), s.Keys.Objects(userID, sessionID), s.Keys.Expiry()}, args...).Text()
+	res, err := trackObjectScript.run(ctx, s.rdb, keyNames{
+		"session": s.Keys.User(userID), "objects": s.Keys.Objects(userID, sessionID), "expiry": s.Keys.Expiry(),
+	}, args{
+		"sessionId": sessionID, "nowMs": s.opt.Now().UnixMilli(), "sessionTtlMs": s.opt.SessionTTL.Milliseconds(),
+		"member": userID + " " + sessionID, "graceMs": objectsGrace.Milliseconds(), "objectKeys": mustJSON(keys),
+	}).Text()
 	if err != nil {
 		return fmt.Errorf("track objects: %w", err)
 	}
