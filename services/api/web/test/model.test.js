@@ -140,6 +140,26 @@ test('another patient open: the session is not theirs until committed', () => {
   assert.equal(M.otherPatient(M.empty(), 'p2'), false);
 });
 
+test('coding closes only when the photo is gone or the session is locked', () => {
+  let m = M.applySnapshot(M.empty(), snap(2, [img('a', 2), img('b', 2)]));
+  assert.equal(M.codingClosed(m, 'a'), '');
+  // a new status, a coding from the desktop, a fresh snapshot: still open
+  m = M.applyEvent(m, 'image-processed', ev(3, { image: img('a', 3, { status: 'ready' }) })).model;
+  m = M.applyEvent(m, 'image-updated', ev(4, { image: img('a', 4, { status: 'ready', metadata: { laterality: 'left' } }) })).model;
+  assert.equal(M.codingClosed(m, 'a'), '');
+  assert.equal(M.codingClosed(M.applySnapshot(m, snap(4, m.images)), 'a'), '');
+  const cases = [
+    ['deleted', M.applyEvent(m, 'image-removed', ev(5, { imageId: 'a' })).model],
+    ['committing', M.applyEvent(m, 'commit-started', ev(5, { commitId: 'c1', imageCount: 2 })).model],
+    ['committed', M.applySnapshot(m, snap(5, [img('a', 5, { status: 'committed' }), img('b', 5)]))],
+    ['committed', M.applyEvent(m, 'session-committed', ev(5, { commitId: 'c1' })).model],
+    ['held', M.applySnapshot(m, snap(5, m.images, { held: true }))],
+    ['', M.applyEvent(m, 'commit-failed', ev(5, { commitId: 'c1', errors: [] })).model],
+  ];
+  for (const [want, next] of cases) assert.equal(M.codingClosed(next, 'a'), want, want || 'a failed commit reopens coding');
+  assert.equal(M.codingClosed(cases[0][1], 'b'), '', 'another photo deleted leaves this one open');
+});
+
 test('words', () => {
   assert.equal(plural(1, 'photo'), '1 photo');
   assert.equal(plural(0, 'photo'), '0 photos');

@@ -240,6 +240,23 @@ export function image(m, id) {
 }
 
 /**
+ * codingClosed says why photo id can no longer be coded, or '' while it
+ * can: 'deleted' (no longer in the session), 'committed' (in the record),
+ * 'committing' (a commit runs: the session is locked) or 'held' (the
+ * practice system has another patient open). A page closes an open editor
+ * for any of these and says why; anything else (a new status, coding from
+ * another screen, a fresh snapshot) leaves the editor and what is typed in it.
+ */
+export function codingClosed(m, id) {
+  const im = image(m, id);
+  if (!im) return 'deleted';
+  if (im.status === 'committed' || m.commitStatus === 'committed') return 'committed';
+  if (m.commitStatus !== 'none') return 'committing';
+  if (m.session && m.session.held) return 'held';
+  return '';
+}
+
+/**
  * otherPatient is true while the session holds another patient's photos than
  * the one the practice system has open: then nothing may be added or edited.
  */
