@@ -134,7 +134,7 @@ async function main() {
     state.failure = null;
     render();
   });
-  api.vocabulary().then((v) => { state.vocab = v; rows.clear(); render(); }).catch(() => { /* coding waits for a reload */ });
+  api.vocabulary().then((v) => { state.vocab = v; render(); }).catch(() => { /* coding waits for a reload */ });
 
   live = new Live(api, {
     onEvent,
@@ -267,24 +267,34 @@ async function commit(retry = false) {
   render();
 }
 
+// patch saves fields of one photo; its row says how it went. While a save is
+// on its way the row's fields are not put back to what the session said.
 async function patch(id, fields, row) {
-  row.querySelector('.pnote').textContent = 'Saving…';
+  const note = row.querySelector('.pnote');
+  row.ui.saving++;
+  note.textContent = 'Saving…';
   try {
     const r = await api.patchImage(id, fields);
+    row.ui.saving--;
     if (r.session) applySession(r.session);
-    row.querySelector('.pnote').textContent = 'Saved';
+    note.textContent = 'Saved';
   } catch (e) {
-    row.querySelector('.pnote').textContent = `Not saved: ${e.message}`;
+    row.ui.saving--;
+    note.textContent = `Not saved: ${e.message}`;
   }
 }
+
+const deleting = new Set(); // photos this phone is deleting: their editor closes without a word
 
 async function remove(id) {
   const n = M.photoNumber(state.model, id);
   const ok = await confirmDialog({ title: `Delete photo ${n}?`, body: 'It is removed from this session and never committed.', ok: `Delete photo ${n}`, danger: true });
   if (!ok) return;
+  deleting.add(id);
   try {
     await api.deleteImage(id);
   } catch (e) {
+    deleting.delete(id);
     notice(`Could not delete photo ${n}: ${e.message}`);
   }
   live.reconcile();
@@ -357,37 +367,57 @@ function render() {
     : processing ? `Preparing ${plural(processing, 'photo')}…` : 'You can also commit from the desktop.';
 }
 
-// rows are kept by key and rebuilt only when what they show changes, so
-// their images are not reloaded and an open editor stays open
+// Upload rows are kept by key and rebuilt only when what they show changes,
+// so their images are not reloaded.
 const rows = new Map(); // key -> {el, sig}
 
 function keyed(key, sig, build) {
   const c = rows.get(key);
   if (c && c.sig === sig) return c.el;
   const e = build();
-  if (c && c.el.querySelector('details[open]') && e.querySelector('details')) e.querySelector('details').open = true;
   rows.set(key, { el: e, sig });
   return e;
 }
+
+// A photo's row is built once and updated in place, as the desktop's cards
+// are. The page renders on every live event (processing finished, a coding
+// made on the desktop, a photo arriving, a token renewal's reconcile); a row
+// rebuilt then took its open editor with it: the body site being typed, the
+// focus, and the "Saved" of a save on its way. Only the photo deleted or the
+// session locked (M.codingClosed) closes an editor, and the page says why.
+const photoRows = new Map(); // image id -> row element
+const seen = new Set(); // photos the session has shown: a sent one no longer there was deleted
+
+const CLOSED_TEXT = {
+  committing: 'Coding closed: the photos are being committed.',
+  committed: 'Coding closed: this photo is in the record.',
+  held: 'Coding closed while the practice system has another patient open.',
+};
 
 function renderList(server) {
   const list = $('list');
   const out = [];
   const keep = new Set();
-  const confirmed = new Set(server.map((im) => im.id));
-  const editable = state.model.commitStatus === 'none' && !held();
   server.forEach((im, i) => {
-    const key = `i:${im.id}`;
-    keep.add(key);
-    const m = im.metadata || {};
-    const src = im.previewUrl || localThumbs.get(im.id) || '';
-    // a presigned URL changes on every read; the same preview key is the same picture
-    const pic = im.previewKey || src.split('?')[0];
-    const sig = JSON.stringify([i, im.status, pic, m.bodySite, m.laterality, m.viewType, im.rejectReason, im.error, editable]);
-    out.push(keyed(key, sig, () => serverRow(im, i + 1, editable)));
+    seen.add(im.id);
+    let row = photoRows.get(im.id);
+    if (!row) {
+      row = serverRow(im.id);
+      photoRows.set(im.id, row);
+    }
+    updateServerRow(row, im, i + 1);
+    out.push(row);
   });
+  for (const [id, row] of photoRows) {
+    if (M.image(state.model, id)) continue;
+    photoRows.delete(id);
+    if (row.ui.editor && row.ui.editor.details.open && !deleting.has(id)) {
+      notice(`Photo ${row.ui.n} was deleted on another screen while you were coding it.`);
+    }
+    deleting.delete(id);
+  }
   for (const it of uploads.items.values()) {
-    if (it.state === 'done' && confirmed.has(it.imageId)) continue;
+    if (it.state === 'done' && seen.has(it.imageId)) continue;
     const key = `u:${it.localId}`;
     keep.add(key);
     const row = keyed(key, JSON.stringify([it.state, it.error, !!it.thumb]), () => uploadRow(it));
@@ -396,7 +426,17 @@ function renderList(server) {
   }
   for (const k of rows.keys()) if (!keep.has(k)) rows.delete(k);
   out.reverse(); // newest first: photos still on their way on top
-  if (out.length !== list.children.length || out.some((r, i) => list.children[i] !== r)) list.replaceChildren(...out);
+  // move only what moved: a row taken out and put back loses the focus in it
+  const want = new Set(out);
+  for (const c of [...list.children]) if (!want.has(c)) c.remove();
+  let prev = null;
+  for (const r of out) {
+    if (prev ? prev.nextSibling !== r : list.firstChild !== r) {
+      if (prev) prev.after(r);
+      else list.prepend(r);
+    }
+    prev = r;
+  }
 }
 
 function uploadRow(it) {
@@ -412,47 +452,119 @@ function uploadRow(it) {
     it.state === 'removed' ? el('button', { type: 'button', class: 'btn', 'data-test': 'dismiss-upload', onclick: () => uploads.discard(it.localId) }, 'OK') : '');
 }
 
-function serverRow(im, n, editable) {
-  const m = im.metadata || {};
-  const coded = coding(m, state.vocab);
-  const src = im.previewUrl || localThumbs.get(im.id);
-  const row = el('li', { class: 'prow', 'data-test': 'server-row', 'data-status': im.status, 'aria-label': `Photo ${n}` });
-  const info = el('div', { class: 'pinfo' },
-    el('p', { class: 'pstate' }, `Photo ${n} · ${SERVER_TEXT[im.status] || im.status}`),
-    el('p', { class: 'muted', 'data-test': 'coding' }, coded || 'Body site not set yet'),
-    im.rejectReason ? el('p', { class: 'error' }, im.rejectReason) : '',
-    im.error ? el('p', { class: 'error' }, im.error) : '');
-  row.append(src ? el('img', { src, alt: `Photo ${n}` }) : el('span', { class: 'placeholder' }), info);
-  if (editable && im.status !== 'committed') info.append(editor(im, n, row));
+// serverRow builds the row of one photo of the session; updateServerRow
+// fills it. row.ui holds its parts and what the page keeps about it: n (its
+// number), pic (the picture shown), editor (while it can be coded), saving
+// (saves on their way).
+function serverRow(id) {
+  const ui = {
+    img: el('img', { hidden: true }),
+    placeholder: el('span', { class: 'placeholder' }),
+    state: el('p', { class: 'pstate' }),
+    coding: el('p', { class: 'muted', 'data-test': 'coding' }),
+    reject: el('p', { class: 'error', hidden: true }),
+    error: el('p', { class: 'error', hidden: true }),
+    closed: el('p', { class: 'muted', role: 'status', 'data-test': 'edit-closed', hidden: true }),
+    n: 0, pic: null, editor: null, saving: 0,
+  };
+  ui.info = el('div', { class: 'pinfo' }, ui.state, ui.coding, ui.reject, ui.error, ui.closed);
+  const row = el('li', { class: 'prow', 'data-test': 'server-row', dataset: { id } }, ui.img, ui.placeholder, ui.info);
+  row.ui = ui;
   return row;
 }
 
-// editor codes one photo on the phone: body site, side, view; or deletes it.
-function editor(im, n, row) {
+function updateServerRow(row, im, n) {
+  const { ui } = row;
   const m = im.metadata || {};
+  ui.n = n;
+  row.dataset.status = im.status;
+  row.setAttribute('aria-label', `Photo ${n}`);
+  const src = im.previewUrl || localThumbs.get(im.id) || '';
+  // a presigned URL changes on every read; the same preview key is the same picture
+  const pic = im.previewKey || src.split('?')[0];
+  if (ui.pic !== pic) {
+    ui.pic = pic;
+    if (src) ui.img.src = src;
+  }
+  ui.img.alt = `Photo ${n}`;
+  ui.img.hidden = !src;
+  ui.placeholder.hidden = !!src;
+  ui.state.textContent = `Photo ${n} · ${SERVER_TEXT[im.status] || im.status}`;
+  ui.coding.textContent = coding(m, state.vocab) || 'Body site not set yet';
+  ui.reject.textContent = im.rejectReason || '';
+  ui.reject.hidden = !im.rejectReason;
+  ui.error.textContent = im.error || '';
+  ui.error.hidden = !im.error;
+
+  const why = M.codingClosed(state.model, im.id);
+  if (why && ui.editor) {
+    if (ui.editor.details.open) ui.closed.textContent = CLOSED_TEXT[why] || 'Coding closed.';
+    ui.editor.details.remove();
+    ui.editor = null;
+  } else if (!why) {
+    ui.closed.textContent = '';
+    if (!ui.editor) {
+      ui.editor = editor(im.id, row);
+      ui.info.append(ui.editor.details);
+    }
+    ui.editor.update(im, n);
+  }
+  ui.closed.hidden = !ui.closed.textContent;
+}
+
+// options fills a select with '' and the vocabulary's terms, keeping its value.
+function options(select, terms) {
+  const o = select.options;
+  if (o.length === terms.length + 1 && terms.every((t, i) => o[i + 1].value === t.code && o[i + 1].textContent === t.display)) return;
+  const v = select.value;
+  select.replaceChildren(el('option', { value: '' }, '—'), ...terms.map((t) => el('option', { value: t.code }, t.display)));
+  select.value = v;
+}
+
+// editor codes one photo on the phone: body site, side, view; or deletes it.
+// update(im, n) shows what the session holds, except in a field the GP is
+// in or has typed in (the picker keeps that), or while a save is on its way.
+function editor(id, row) {
   const site = bodySitePicker(api, {
     label: 'Body site',
-    onPick: (code, display) => patch(im.id, { bodySite: code, bodySiteDisplay: display }, row),
+    onPick: (code, display) => patch(id, { bodySite: code, bodySiteDisplay: display }, row),
     onInvalid: (msg) => { row.querySelector('.pnote').textContent = msg; },
   });
-  site.set(m.bodySite || '', m.bodySiteDisplay || '');
-  site.input.setAttribute('aria-label', `Body site of photo ${n}`);
-  const select = (name, terms, value, field) => {
-    const s = el('select', { 'aria-label': `${name} of photo ${n}`, 'data-test': name.toLowerCase() },
-      el('option', { value: '' }, '—'), terms.map((t) => el('option', { value: t.code }, t.display)));
-    s.value = value || '';
-    s.addEventListener('change', () => patch(im.id, { [field]: s.value }, row));
-    return el('label', { class: 'pfield' }, name, s);
+  const select = (name, field) => {
+    const s = el('select', { 'data-test': name.toLowerCase() });
+    s.addEventListener('change', () => patch(id, { [field]: s.value }, row));
+    return s;
   };
-  return el('details', { class: 'pedit' },
-    el('summary', { 'data-test': 'edit' }, `Code or delete photo ${n}`),
+  const side = select('Side', 'laterality');
+  const view = select('View', 'viewType');
+  const summary = el('summary', { 'data-test': 'edit' });
+  const del = el('button', { type: 'button', class: 'btn danger', 'data-test': 'delete', onclick: () => remove(id) });
+  const details = el('details', { class: 'pedit' },
+    summary,
     site.root,
     el('div', { class: 'row two' },
-      select('Side', state.vocab.lateralities, m.laterality, 'laterality'),
-      select('View', state.vocab.views, m.viewType, 'viewType')),
+      el('label', { class: 'pfield' }, 'Side', side),
+      el('label', { class: 'pfield' }, 'View', view)),
     el('p', { class: 'row' },
       el('span', { class: 'pnote note', 'aria-live': 'polite', 'data-test': 'row-note' }),
-      el('button', { type: 'button', class: 'btn danger', 'data-test': 'delete', onclick: () => remove(im.id) }, `Delete photo ${n}`)));
+      del));
+  return {
+    details,
+    update(im, n) {
+      const m = im.metadata || {};
+      summary.textContent = `Code or delete photo ${n}`;
+      site.input.setAttribute('aria-label', `Body site of photo ${n}`);
+      side.setAttribute('aria-label', `Side of photo ${n}`);
+      view.setAttribute('aria-label', `View of photo ${n}`);
+      del.textContent = `Delete photo ${n}`;
+      options(side, state.vocab.lateralities);
+      options(view, state.vocab.views);
+      if (row.ui.saving > 0) return;
+      site.set(m.bodySite || '', m.bodySiteDisplay || '');
+      if (document.activeElement !== side) side.value = m.laterality || '';
+      if (document.activeElement !== view) view.value = m.viewType || '';
+    },
+  };
 }
 
 // While a commit runs, read the session every few seconds as well: the
