@@ -817,3 +817,29 @@ func TestStoredPerPhoto(t *testing.T) {
 		}
 	})
 }
+
+// Objects the server writes for a session (earlier photos' previews) are
+// handed to the sweep with the session's keys once it has ended.
+func TestTrackedObjectsAreSwept(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *session.Store, rdb redis.Cmdable) {
+		ctx := context.Background()
+		s := start(t, st, "u1", "p1").Session
+		keys := []string{"temp/u1/earlier/" + s.SessionID + "/a.jpg", "temp/u1/earlier/" + s.SessionID + "/b.jpg"}
+		if err := st.TrackObjects(ctx, "u1", s.SessionID, keys...); err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.Del(ctx, st.Keys.User("u1")).Err(); err != nil { // the session expires
+			t.Fatal(err)
+		}
+		later := session.NewStore(rdb, session.Options{Prefix: string(st.Keys), Now: func() time.Time { return time.Now().Add(3 * time.Hour) }})
+		ended, ok, err := later.DueForSweep(ctx, "t1", time.Minute, 10)
+		if err != nil || !ok || len(ended) != 1 || ended[0].SessionID != s.SessionID {
+			t.Fatalf("ended session: %+v %v %v", ended, ok, err)
+		}
+		got := append([]string(nil), ended[0].Keys...)
+		slices.Sort(got)
+		if diff := cmp.Diff(keys, got); diff != "" {
+			t.Errorf("swept keys (-want +got):\n%s", diff)
+		}
+	})
+}
