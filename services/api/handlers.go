@@ -195,6 +195,11 @@ type recordRequest struct {
 	// PatientID, when given, is the patient the desktop has open: the photo
 	// is refused (409 patient_mismatch) if the session is another's.
 	PatientID string `json:"patientId"`
+	// SessionID, when a desktop gives it, is the session the photo was
+	// taken in: a late retry after that session was replaced is refused
+	// (410 session_changed), never added to the next one. A phone is bound
+	// by its credential instead.
+	SessionID string `json:"sessionId"`
 }
 
 // recordImage is the seeds' POST images, after checking the object really is
@@ -213,6 +218,11 @@ func (s *Server) recordImage(c *gin.Context) {
 	}
 	if req.Source != "mobile" && req.Source != "desktop" {
 		s.respondErr(c, invalid("source", "source must be mobile or desktop"))
+		return
+	}
+	who, err := boundTo(callerOf(c), req.SessionID)
+	if err != nil {
+		s.respondErr(c, err)
 		return
 	}
 	var meta session.Metadata
@@ -240,7 +250,6 @@ func (s *Server) recordImage(c *gin.Context) {
 		Metadata: meta, ContentType: contentType, Size: info.Size, Status: session.ImageProcessing,
 		Device: deviceSummary(c.GetHeader("User-Agent")),
 	}
-	who := callerOf(c)
 	bind := session.Binding{SessionID: who.sessionID, PatientID: req.PatientID, PhoneID: who.phoneID}
 	sess, added, err := s.store.AddImageBound(ctx, userID, bind, img)
 	if who.phone && errors.Is(err, session.ErrNotFound) {
@@ -538,13 +547,22 @@ func (s *Server) commit(c *gin.Context) {
 // failing: the session becomes editable again, and every photo already in
 // the record stays known as in the record.
 func (s *Server) stopCommit(c *gin.Context) {
-	var empty struct{}
-	if err := decodeJSON(c, &empty, true); err != nil {
+	var req struct {
+		// SessionID, when given, is the session the desktop shows: a stale
+		// tab never stops the commit of the session that replaced it.
+		SessionID string `json:"sessionId"`
+	}
+	if err := decodeJSON(c, &req, true); err != nil {
+		s.respondErr(c, err)
+		return
+	}
+	who, err := boundTo(callerOf(c), req.SessionID)
+	if err != nil {
 		s.respondErr(c, err)
 		return
 	}
 	ctx := c.Request.Context()
-	sess, err := s.store.StopCommit(ctx, c.Param("userId"), callerOf(c).sessionID)
+	sess, err := s.store.StopCommit(ctx, c.Param("userId"), who.sessionID)
 	if err != nil {
 		s.respondErr(c, err)
 		return
@@ -603,10 +621,16 @@ func (s *Server) listPhones(c *gin.Context) {
 
 // removePhone is DELETE /api/users/:userId/phones/:phoneId: the phone's
 // credential stops working at once, so do its token renewals, and its
-// built-in SSE stream ends.
+// built-in SSE stream ends. ?sessionId names the session the desktop shows:
+// a stale tab never removes a phone paired with the session that replaced it.
 func (s *Server) removePhone(c *gin.Context) {
+	who, err := boundTo(callerOf(c), c.Query("sessionId"))
+	if err != nil {
+		s.respondErr(c, err)
+		return
+	}
 	ctx := c.Request.Context()
-	sess, err := s.store.RemovePhone(ctx, c.Param("userId"), "", c.Param("phoneId"))
+	sess, err := s.store.RemovePhone(ctx, c.Param("userId"), who.sessionID, c.Param("phoneId"))
 	if err != nil {
 		s.respondErr(c, err)
 		return

@@ -6,10 +6,12 @@ import (
 )
 
 // Two desktops of one GP: the first shows patient A's session while the
-// second has replaced it with patient B's. Consent or a commit the first
-// sends for A's session (it names the session it shows) must never land
-// on B's: 410 session_changed, B's session unchanged. Without a session
-// named, the call acts on the current session as before.
+// second has replaced it with patient B's. Nothing the first sends for A's
+// session (it names the session it shows) may land on B's: not consent, a
+// commit, stopping a commit, removing B's phone, nor a photo the first
+// added while it showed A and records late. Each gets 410 session_changed
+// and B's session is unchanged. Without a session named, the call acts on
+// the current session as before.
 func TestStaleDesktopNeverActsOnAnotherPatientsSession(t *testing.T) {
 	h := newHarness(t)
 	desk := h.desktop("u1")
@@ -20,6 +22,13 @@ func TestStaleDesktopNeverActsOnAnotherPatientsSession(t *testing.T) {
 	sessA := first.body["sessionId"].(string)
 	phone := h.start("u1", "pB") // the second desktop: patient B, a phone paired
 	h.record("u1", phone)
+	late, lateID := h.upload("u1", desk, jpegBytes) // taken on the first desktop while it showed A
+	phones := h.do("GET", "/api/users/u1/phones", desk, nil)
+	list, _ := phones.body["phones"].([]any)
+	if phones.status != 200 || len(list) != 1 {
+		t.Fatalf("phones: %d %s", phones.status, phones.raw)
+	}
+	phoneID := list[0].(map[string]any)["id"].(string)
 	before := h.snapshot("u1")
 	for _, c := range []struct {
 		method, path string
@@ -27,6 +36,9 @@ func TestStaleDesktopNeverActsOnAnotherPatientsSession(t *testing.T) {
 	}{
 		{"PUT", "/api/users/u1/consent", map[string]any{"method": "written", "purposes": []string{"record", "teaching"}, "sessionId": sessA}},
 		{"POST", "/api/users/u1/commit", map[string]any{"sessionId": sessA}},
+		{"POST", "/api/users/u1/commit/stop", map[string]any{"sessionId": sessA}},
+		{"DELETE", "/api/users/u1/phones/" + phoneID + "?sessionId=" + sessA, nil},
+		{"POST", "/api/users/u1/images", map[string]any{"imageId": lateID, "s3Key": late, "source": "desktop", "patientId": "pB", "sessionId": sessA}},
 	} {
 		r := h.do(c.method, c.path, desk, c.body, "Prefer", "respond-async")
 		if r.status != http.StatusGone || r.body["code"] != "session_changed" {
@@ -40,6 +52,9 @@ func TestStaleDesktopNeverActsOnAnotherPatientsSession(t *testing.T) {
 	sessB := cur.body["sessionId"].(string)
 	if r := h.do("PUT", "/api/users/u1/consent", desk, map[string]any{"method": "verbal", "sessionId": sessB}); r.status != 200 {
 		t.Fatalf("consent naming the current session: %d %s", r.status, r.raw)
+	}
+	if r := h.do("POST", "/api/users/u1/images", desk, map[string]any{"imageId": lateID, "s3Key": late, "source": "desktop", "patientId": "pB", "sessionId": sessB}); r.status != 200 {
+		t.Fatalf("a photo naming the current session: %d %s", r.status, r.raw)
 	}
 	if r := h.do("POST", "/api/users/u1/commit", desk, map[string]any{"sessionId": sessB}, "Prefer", "respond-async"); r.status != http.StatusAccepted {
 		t.Fatalf("commit naming the current session: %d %s", r.status, r.raw)

@@ -72,7 +72,7 @@ export class Api {
   presign(contentType, contentLength, fileName) {
     return this.request('POST', this.user('/presigned-url'), { contentType, contentLength, fileName });
   }
-  /** addImage records an uploaded photo; extra may name the open patient ({patientId}). */
+  /** addImage records an uploaded photo; extra may name the open patient and the session shown ({patientId, sessionId}). */
   addImage(imageId, s3Key, source, extra) {
     return this.request('POST', this.user('/images'), { imageId, s3Key, source, ...(extra || {}) });
   }
@@ -85,8 +85,11 @@ export class Api {
   patchImage(imageId, fields) {
     return this.request('PATCH', this.user(`/images/${encodeURIComponent(imageId)}`), fields);
   }
-  /** removePhone ends a paired phone's access at once: its credential and token renewal (desktop). */
-  removePhone(phoneId) { return this.request('DELETE', this.user(`/phones/${encodeURIComponent(phoneId)}`)); }
+  /** removePhone ends a paired phone's access at once: its credential and token renewal (desktop); sessionId as for stopCommit. */
+  removePhone(phoneId, sessionId = '') {
+    const q = sessionId ? `?sessionId=${encodeURIComponent(sessionId)}` : '';
+    return this.request('DELETE', this.user(`/phones/${encodeURIComponent(phoneId)}${q}`));
+  }
   deleteImage(imageId) {
     return this.request('DELETE', this.user(`/images/${encodeURIComponent(imageId)}`));
   }
@@ -95,7 +98,8 @@ export class Api {
     return this.request('POST', this.user('/commit'), sessionId ? { sessionId } : undefined, async ? { Prefer: 'respond-async' } : {});
   }
   commitStatus() { return this.request('GET', this.user('/commit')); }
-  stopCommit() { return this.request('POST', this.user('/commit/stop')); }
+  /** stopCommit stops waiting for ALEX; sessionId (the desktop's) never stops a session that replaced it. */
+  stopCommit(sessionId = '') { return this.request('POST', this.user('/commit/stop'), sessionId ? { sessionId } : undefined); }
   realtimeToken() { return this.request('GET', this.user('/realtime-token')); }
   bodySites(q = '') { return this.request('GET', `/api/body-sites${q ? `?q=${encodeURIComponent(q)}` : ''}`); }
   vocabulary() { return this.request('GET', '/api/vocabulary'); }

@@ -314,7 +314,7 @@ async function stopWaiting() {
   });
   if (!ok) return;
   try {
-    const r = await api.stopCommit();
+    const r = await api.stopCommit(state.model.sessionId);
     if (r.session) state.model = M.applySnapshot(state.model, r.session);
   } catch (e) {
     if (e.code !== 'no_commit' && e.code !== 'committed') banner('error', `Could not stop: ${e.message}`);
@@ -404,9 +404,10 @@ async function exportTrail(path, sessionId) {
 function setupCapture() {
   uploads = new UploadQueue(api, {
     source: 'desktop',
-    // the photo is for the patient the practice system has open: the API
-    // refuses it if the session belongs to another
-    extra: () => ({ patientId: state.patientId }),
+    // the photo is for the patient the practice system has open, in the
+    // session shown when it was added: the API refuses it if the session
+    // belongs to another patient or has since been replaced
+    extra: () => ({ patientId: state.patientId, sessionId: state.model.sessionId }),
     onChange: () => render(),
     onRecorded: (it, r) => {
       if (it.thumb) localThumbs.set(it.imageId, it.thumb);
@@ -578,7 +579,7 @@ async function removePhone(p) {
   });
   if (!ok) return;
   try {
-    await api.removePhone(p.id);
+    await api.removePhone(p.id, state.model.sessionId);
   } catch (e) {
     banner('error', `Could not remove the phone: ${e.message}`);
   }

@@ -100,7 +100,9 @@ export function newId() {
  * dropped from the store, never sent again, shown until dismissed) | done.
  * onChange(item) is called after every change; onRecorded(item, response) when the
  * server confirmed the photo. store (optional) keeps items across reloads.
- * extra() (optional) returns fields added to each record request.
+ * extra() (optional) returns fields added to each record request, taken when
+ * the photo is added: a retry after the desktop moved to another patient or
+ * session still names the patient and session the photo was taken for.
  */
 export class UploadQueue {
   constructor(api, { source, store, sessionId, onChange, onRecorded, extra, delays = DELAYS }) {
@@ -154,7 +156,7 @@ export class UploadQueue {
     const pending = list.map((f) => {
       const it = {
         localId: newId(), name: f.name || 'photo.jpg', state: 'compressing',
-        progress: 0, error: '', attempts: 0, createdAt: Date.now(),
+        progress: 0, error: '', attempts: 0, createdAt: Date.now(), extra: this.extra(),
       };
       // an instant thumbnail straight from the file, until the compressed copy exists
       try { it.thumb = URL.createObjectURL(f); } catch { /* no preview then */ }
@@ -314,7 +316,7 @@ export class UploadQueue {
     }
     it.state = 'recording';
     this.onChange(it);
-    const res = await this.api.addImage(it.imageId, it.s3Key, this.source, this.extra());
+    const res = await this.api.addImage(it.imageId, it.s3Key, this.source, it.extra || this.extra());
     this.onRecorded(it, res);
   }
 }
