@@ -319,7 +319,7 @@ func TestFaultsAndClient(t *testing.T) {
 	env := sim.Env(base)
 	c, err := fhir.NewClient(fhir.Config{BaseURL: env["ALEX_API_URL"], TokenURL: env["ALEX_OAUTH_TOKEN_URL"],
 		ClientID: env["ALEX_CLIENT_ID"], ClientSecret: env["ALEX_CLIENT_SECRET"], Scope: env["ALEX_SCOPE"],
-		FacilityID: env["ALEX_FACILITY_ID"], AppID: "test", Timeout: 500 * time.Millisecond})
+		FacilityID: env["ALEX_FACILITY_ID"], AppID: "test", Timeout: 3 * time.Second}) // the timeout faults hold until the client gives up; a busy machine must not time out the others
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,9 +375,14 @@ func TestFaultsAndClient(t *testing.T) {
 		})
 	}
 	// A Fault hook decides instead of the rules, for every FHIR request.
-	var seen []string
+	var (
+		mu   sync.Mutex // the hook runs on the simulator's handlers
+		seen []string
+	)
 	sim.SetHooks(alexsim.Hooks{Fault: func(method, path, identifier string) *alexsim.Fault {
+		mu.Lock()
 		seen = append(seen, method+" "+path+" "+identifier)
+		mu.Unlock()
 		if identifier == "hooked" {
 			return &alexsim.Fault{Kind: alexsim.FaultEmpty, AfterStore: true}
 		}
@@ -390,7 +395,10 @@ func TestFaultsAndClient(t *testing.T) {
 	if err := create("free"); err != nil {
 		t.Errorf("a rule struck while the hook decides: %v", err)
 	}
-	if diff := cmp.Diff([]string{"POST /Media hooked", "POST /Media free"}, seen); diff != "" {
+	mu.Lock()
+	got := append([]string(nil), seen...)
+	mu.Unlock()
+	if diff := cmp.Diff([]string{"POST /Media hooked", "POST /Media free"}, got); diff != "" {
 		t.Errorf("hook saw (-want +got):\n%s", diff)
 	}
 	sim.SetHooks(alexsim.Hooks{})
