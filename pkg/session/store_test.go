@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 
@@ -23,15 +22,11 @@ import (
 
 // backends are the Redis implementations the store runs on: the real
 // redis-server (production and tests) and miniredis (the local stack without
-// REDIS_URL). Every store test is a contract test run on both.
+// REDIS_URL; its own process, so this module does not link it). Every store
+// test is a contract test run on both.
 var backends = map[string]func(t *testing.T) (redis.Cmdable, string){
 	"redis-server": func(t *testing.T) (redis.Cmdable, string) { return testenv.Redis(t) },
-	"miniredis": func(t *testing.T) (redis.Cmdable, string) {
-		m := miniredis.RunT(t)
-		rdb := redis.NewClient(&redis.Options{Addr: m.Addr(), PoolSize: 256})
-		t.Cleanup(func() { rdb.Close() })
-		return rdb, "mini:"
-	},
+	"miniredis":    func(t *testing.T) (redis.Cmdable, string) { return testenv.MiniRedis(t), "mini:" },
 }
 
 // eachBackend runs test once per backend.

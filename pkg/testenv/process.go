@@ -27,7 +27,7 @@ type build struct {
 }
 
 // Build compiles a main package of the workspace (an import path such as
-// github.com/clinicalimages/clinimg/pkg/alexsim/cmd/alexsim) once per test
+// github.com/clinicalimages/clinimg/dev/alexsim/cmd/alexsim) once per test
 // binary and returns the executable's path.
 func Build(t testing.TB, pkg string) string {
 	t.Helper()
@@ -141,17 +141,64 @@ func FreeAddr(t testing.TB) string {
 	return fmt.Sprintf("127.0.0.1:%d", port)
 }
 
-// S3Process is S3 with the server in a process of its own (the s3local
-// command), for benchmarks that measure the process beside it.
+// S3Server is a running s3local process: a signature-checking S3 server
+// with one access key pair. It stops when the test ends.
+type S3Server struct {
+	URL       string // http://127.0.0.1:PORT
+	AccessKey string
+	SecretKey string
+	Region    string
+	Process   *Process
+}
+
+// Config is the blob configuration that reaches this server's bucket.
+func (s *S3Server) Config(bucket string) blob.Config {
+	return blob.Config{Bucket: bucket, Region: s.Region, Endpoint: s.URL, AccessKey: s.AccessKey, SecretKey: s.SecretKey, PathStyle: true}
+}
+
+// StartS3 starts deploy/local's s3local command on a free port with a key
+// pair of the test's own.
+func StartS3(t testing.TB) *S3Server {
+	t.Helper()
+	bin := Build(t, "github.com/clinicalimages/clinimg/deploy/local/cmd/s3local")
+	addr := FreeAddr(t)
+	s := &S3Server{URL: "http://" + addr, AccessKey: "AKIATESTKEY", SecretKey: "test-secret-" + ID(), Region: "ap-southeast-2"}
+	s.Process = StartProcess(t, bin, "S3LOCAL_ADDR="+addr, "S3LOCAL_ACCESS_KEY="+s.AccessKey, "S3LOCAL_SECRET_KEY="+s.SecretKey)
+	WaitHTTP(t, s.Process, s.URL+"/", 30*time.Second)
+	return s
+}
+
+// S3Process is S3 returning the server's process, for benchmarks that
+// measure the process beside it.
 func S3Process(t testing.TB) (*blob.Store, *Process) {
 	t.Helper()
-	bin := Build(t, "github.com/clinicalimages/clinimg/pkg/s3local/cmd/s3local")
+	st, srv := S3(t)
+	return st, srv.Process
+}
+
+// MiniRedis starts deploy/local's miniredis command (the Redis-compatible
+// server the local stack embeds) on a free port and returns a client.
+func MiniRedis(t testing.TB) *redis.Client {
+	t.Helper()
+	bin := Build(t, "github.com/clinicalimages/clinimg/deploy/local/cmd/miniredis")
 	addr := FreeAddr(t)
-	cfg := blob.Config{Bucket: "clinimg-test", Region: "ap-southeast-2", Endpoint: "http://" + addr,
-		AccessKey: "AKIATESTKEY", SecretKey: "test-secret-" + ID(), PathStyle: true}
-	p := StartProcess(t, bin, "S3LOCAL_ADDR="+addr, "S3LOCAL_ACCESS_KEY="+cfg.AccessKey, "S3LOCAL_SECRET_KEY="+cfg.SecretKey)
-	WaitHTTP(t, p, cfg.Endpoint+"/", 30*time.Second)
-	return bucket(t, cfg), p
+	StartProcess(t, bin, "MINIREDIS_ADDR="+addr)
+	return pinged(t, addr)
+}
+
+// pinged is a client of the server on addr once it answers PING.
+func pinged(t testing.TB, addr string) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 256})
+	t.Cleanup(func() { rdb.Close() })
+	deadline := time.Now().Add(15 * time.Second)
+	for rdb.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("redis server on %s not answering", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return rdb
 }
 
 // RedisProcess is a redis-server of the benchmark's own (no persistence,
@@ -166,14 +213,5 @@ func RedisProcess(t testing.TB) (*redis.Client, *Process) {
 		t.Fatalf("redis-server not installed (make deps installs it): %v", err)
 	}
 	p := startArgs(t, bin, []string{"--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no", "--dir", t.TempDir()})
-	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 256})
-	t.Cleanup(func() { rdb.Close() })
-	deadline := time.Now().Add(15 * time.Second)
-	for rdb.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server on %s not answering", addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return rdb, p
+	return pinged(t, addr), p
 }

@@ -1,7 +1,11 @@
 // Package testenv gives integration tests their real servers: the machine's
-// redis-server under a key prefix of their own, an embedded JetStream server
-// of their own, and an S3 server that checks signatures. Nothing is skipped:
-// a missing server fails the test.
+// redis-server under a key prefix of their own, a nats-server process of
+// their own, and an S3 server that checks signatures, in a process of its
+// own. Nothing is skipped: a missing server fails the test.
+//
+// The servers it builds (nats-server, deploy/local's s3local and miniredis
+// commands) come from the workspace (go.work), as `make test-go` runs, so
+// that neither this package nor the modules whose tests use it link them.
 package testenv
 
 import (
@@ -28,7 +32,6 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
-	"github.com/clinicalimages/clinimg/pkg/s3local"
 )
 
 // RedisURL is the machine's Redis (CLINIMG_TEST_REDIS_URL overrides).
@@ -71,9 +74,10 @@ func Redis(t testing.TB) (*redis.Client, string) {
 }
 
 // NATS is a JetStream server of the test's own: a real nats-server process
-// (the version pinned in go.mod, built once per machine) with its store in a
-// temporary directory and every acked message synced to disk. It runs out of
-// process so the race detector watches our code, not the server's.
+// (the version deploy/local's go.mod pins, built once per machine) with its
+// store in a temporary directory and every acked message synced to disk. It
+// runs out of process so the race detector watches our code, not the
+// server's.
 type NATS struct {
 	URL  string
 	dir  string
@@ -188,14 +192,15 @@ var natsBin struct {
 	err  error
 }
 
-// natsServerBinary builds the nats-server this module requires, once per
-// machine, into the temporary directory (CLINIMG_NATS_SERVER names another).
+// natsServerBinary builds the nats-server the workspace requires (deploy/local
+// pins it), once per machine, into the temporary directory
+// (CLINIMG_NATS_SERVER names another).
 func natsServerBinary() (string, error) {
 	if p := os.Getenv("CLINIMG_NATS_SERVER"); p != "" {
 		return p, nil
 	}
 	natsBin.once.Do(func() {
-		// The version the test's module graph selects names the cached build.
+		// The version the workspace's module graph selects names the cached build.
 		v, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/nats-io/nats-server/v2").Output()
 		if err != nil {
 			natsBin.err = fmt.Errorf("find version: %w", err)
@@ -280,15 +285,11 @@ func Streams(t testing.TB) (*NATS, jetstream.JetStream, events.Names) {
 	return n, js, names
 }
 
-// S3 starts an S3 server that verifies SigV4 and returns a store on a fresh
-// bucket.
-func S3(t testing.TB) (*blob.Store, *s3local.Server) {
+// S3 starts an S3 server that verifies SigV4 (the s3local command, a process
+// of the test's own) and returns a store on a fresh bucket.
+func S3(t testing.TB) (*blob.Store, *S3Server) {
 	t.Helper()
-	srv, err := s3local.Start("127.0.0.1:0", "AKIATESTKEY", "test-secret-"+ID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	srv := StartS3(t)
 	return bucket(t, srv.Config("clinimg-test")), srv
 }
 

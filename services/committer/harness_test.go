@@ -26,7 +26,6 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/alexsim"
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/events"
-	"github.com/clinicalimages/clinimg/pkg/s3local"
 	"github.com/clinicalimages/clinimg/pkg/session"
 	"github.com/clinicalimages/clinimg/pkg/testenv"
 	"github.com/clinicalimages/clinimg/services/committer"
@@ -47,7 +46,7 @@ type env struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	blobs  *blob.Store
-	s3     *s3local.Server
+	s3     *testenv.S3Server
 	sim    *alexsim.Server
 	simURL string
 	store  *session.Store

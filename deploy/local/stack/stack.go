@@ -182,7 +182,7 @@ func Start(ctx context.Context, opt Options) (top *Topology, err error) {
 		})
 	}
 	g.Go(func() error {
-		path, err := b.natsServer(filepath.Join(opt.Root, "pkg"))
+		path, err := b.natsServer(filepath.Join(opt.Root, "deploy", "local"))
 		setBin("nats-server", path)
 		return err
 	})

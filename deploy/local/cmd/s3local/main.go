@@ -1,6 +1,7 @@
 // Command s3local serves the signature-checking S3 server of package s3local
-// in a process of its own, so a benchmark can measure the service beside it
-// without paying for S3 in its own process.
+// in a process of its own: the tests' S3 (dev/testenv starts one per test),
+// so neither they nor a benchmark measuring the service beside it link or
+// pay for S3 in their own process.
 //
 // Environment: S3LOCAL_ADDR (default 127.0.0.1:9000), S3LOCAL_ACCESS_KEY and
 // S3LOCAL_SECRET_KEY (required).
@@ -14,7 +15,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/clinicalimages/clinimg/pkg/s3local"
+	"github.com/clinicalimages/clinimg/deploy/local/s3local"
 )
 
 func main() {
