@@ -1,6 +1,6 @@
 # Clinical Images. `make help` lists the targets.
 SHELL := /bin/bash
-MODULES := pkg services/api services/relay services/committer services/thumbnailer deploy/local
+MODULES := pkg dev services/api services/relay services/committer services/thumbnailer deploy/local
 PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 ARTIFACTS ?= $(CURDIR)/artifacts
 export CLINIMG_ARTIFACTS := $(ARTIFACTS)
@@ -29,7 +29,7 @@ property: ## Run the commit property test longer: N schedules (default 5000; PRO
 	PROPERTY_N=$(N) PROPERTY_KILL_N=$$(( $(N) / 50 > 4 ? $(N) / 50 : 4 )) go test -race -count=1 -timeout 0 -v -run 'TestCommitProperty' ./services/committer
 
 lint: ## gofmt, go vet and staticcheck on every module; go.mod files tidy.
-	@test -z "$$(gofmt -l pkg services deploy)" || { gofmt -l pkg services deploy; echo "gofmt: files above need formatting"; exit 1; }
+	@test -z "$$(gofmt -l pkg dev services deploy)" || { gofmt -l pkg dev services deploy; echo "gofmt: files above need formatting"; exit 1; }
 	go vet $(PKGS)
 	go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 	@$(MAKE) --no-print-directory tidy-check

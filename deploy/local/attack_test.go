@@ -14,11 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 	"github.com/clinicalimages/clinimg/pkg/session"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
 	"github.com/clinicalimages/clinimg/services/api"
 )
 

@@ -6,6 +6,7 @@ require (
 	github.com/alicebob/miniredis/v2 v2.40.0
 	github.com/chromedp/cdproto v0.0.0-20250724212937-08a3db8b4327
 	github.com/chromedp/chromedp v0.14.2
+	github.com/clinicalimages/clinimg/dev v0.0.0
 	github.com/clinicalimages/clinimg/pkg v0.0.0
 	github.com/clinicalimages/clinimg/services/api v0.0.0
 	github.com/clinicalimages/clinimg/services/committer v0.0.0
@@ -126,3 +127,5 @@ replace github.com/clinicalimages/clinimg/services/relay => ../../services/relay
 replace github.com/clinicalimages/clinimg/services/committer => ../../services/committer
 
 replace github.com/clinicalimages/clinimg/services/thumbnailer => ../../services/thumbnailer
+
+replace github.com/clinicalimages/clinimg/dev => ../../dev

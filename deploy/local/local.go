@@ -41,7 +41,7 @@ import (
 
 	"github.com/clinicalimages/clinimg/deploy/local/natsembed"
 	"github.com/clinicalimages/clinimg/deploy/local/s3local"
-	"github.com/clinicalimages/clinimg/pkg/alexsim"
+	"github.com/clinicalimages/clinimg/dev/alexsim"
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/config"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clinicalimages/clinimg/pkg/testenv"
+	"github.com/clinicalimages/clinimg/dev/testenv"
 )
 
 // testdata finds ../shared/testdata beside the repository.

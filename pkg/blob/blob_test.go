@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/blob"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
 // Sniff reads the first bytes and the whole size in one request, against a

@@ -11,8 +11,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 
+	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/blob"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
 // roleCredentials hands out session credentials the way a role does: each

@@ -21,9 +21,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/config"
 	"github.com/clinicalimages/clinimg/pkg/ops"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
 // writePEM writes a PEM block to dir/name and returns the path.

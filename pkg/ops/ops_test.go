@@ -23,8 +23,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/config"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
 var discard = slog.New(slog.DiscardHandler)

@@ -11,9 +11,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/session"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
 func streamCount(t *testing.T, js jetstream.JetStream, subject string) uint64 {

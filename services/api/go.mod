@@ -3,6 +3,7 @@ module github.com/clinicalimages/clinimg/services/api
 go 1.26.8
 
 require (
+	github.com/clinicalimages/clinimg/dev v0.0.0
 	github.com/clinicalimages/clinimg/pkg v0.0.0
 	github.com/getkin/kin-openapi v0.152.0
 	github.com/gin-gonic/gin v1.12.0
@@ -84,3 +85,5 @@ require (
 )
 
 replace github.com/clinicalimages/clinimg/pkg => ../../pkg
+
+replace github.com/clinicalimages/clinimg/dev => ../../dev

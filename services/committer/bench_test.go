@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clinicalimages/clinimg/pkg/alexsim"
+	"github.com/clinicalimages/clinimg/dev/alexsim"
+	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/session"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
 // BenchmarkCommit50 commits 50 photos of about 1 MB each against the ALEX
@@ -88,7 +88,7 @@ func BenchmarkCommit50(b *testing.B) {
 // facility) that answers every request after latency, keeping no photo
 // bytes, so the simulator's work is not the benchmark's.
 func (e *env) useSimProcess(b *testing.B, latency string) {
-	bin := testenv.Build(b, "github.com/clinicalimages/clinimg/pkg/alexsim/cmd/alexsim")
+	bin := testenv.Build(b, "github.com/clinicalimages/clinimg/dev/alexsim/cmd/alexsim")
 	addr := testenv.FreeAddr(b)
 	p := testenv.StartProcess(b, bin, "ALEXSIM_ADDR="+addr, "ALEXSIM_LATENCY="+latency, "ALEXSIM_DROP_DATA=true")
 	testenv.WaitHTTP(b, p, "http://"+addr+"/healthz", 30*time.Second)

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clinicalimages/clinimg/pkg/alexsim"
+	"github.com/clinicalimages/clinimg/dev/alexsim"
+	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/session"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
 // The committer process is killed (SIGKILL) at each point of a 20-photo

@@ -3,6 +3,7 @@ module github.com/clinicalimages/clinimg/services/committer
 go 1.26.8
 
 require (
+	github.com/clinicalimages/clinimg/dev v0.0.0
 	github.com/clinicalimages/clinimg/pkg v0.0.0
 	github.com/google/go-cmp v0.7.0
 	github.com/nats-io/nats.go v1.55.0
@@ -48,3 +49,5 @@ require (
 )
 
 replace github.com/clinicalimages/clinimg/pkg => ../../pkg
+
+replace github.com/clinicalimages/clinimg/dev => ../../dev

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clinicalimages/clinimg/pkg/alexsim"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
+	"github.com/clinicalimages/clinimg/dev/alexsim"
+	"github.com/clinicalimages/clinimg/dev/testenv"
 )
 
 // A gateway in front of ALEX gives up on a write (504) while ALEX is still

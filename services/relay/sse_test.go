@@ -14,8 +14,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
 func streamingClient(t testing.TB) *http.Client {

@@ -10,10 +10,10 @@ import (
 	"github.com/davidbyttow/govips/v2/vips"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/hygiene/hygienetest"
 	"github.com/clinicalimages/clinimg/pkg/session"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
 	"github.com/clinicalimages/clinimg/services/thumbnailer/internal/phototest"
 )
 

@@ -3,6 +3,7 @@ module github.com/clinicalimages/clinimg/services/thumbnailer
 go 1.26.8
 
 require (
+	github.com/clinicalimages/clinimg/dev v0.0.0
 	github.com/clinicalimages/clinimg/pkg v0.0.0
 	github.com/davidbyttow/govips/v2 v2.16.0
 	github.com/google/go-cmp v0.7.0
@@ -51,3 +52,5 @@ require (
 )
 
 replace github.com/clinicalimages/clinimg/pkg => ../../pkg
+
+replace github.com/clinicalimages/clinimg/dev => ../../dev

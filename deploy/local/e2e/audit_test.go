@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clinicalimages/clinimg/pkg/alexsim"
+	"github.com/clinicalimages/clinimg/dev/alexsim"
 )
 
 // Issue 16, part 2 in the browser: in the narrow side panel, a photo's card

@@ -13,8 +13,8 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
-	"github.com/clinicalimages/clinimg/pkg/alexsim"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
+	"github.com/clinicalimages/clinimg/dev/alexsim"
+	"github.com/clinicalimages/clinimg/dev/testenv"
 )
 
 // The notes' manual scenarios (seeds §8) and the "must show", each

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/clinicalimages/clinimg/deploy/local"
-	"github.com/clinicalimages/clinimg/pkg/alexsim"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
+	"github.com/clinicalimages/clinimg/dev/alexsim"
+	"github.com/clinicalimages/clinimg/dev/testenv"
 )
 
 // env is the running system as the tests see it. Browsers reach the

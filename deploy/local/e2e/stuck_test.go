@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clinicalimages/clinimg/pkg/alexsim"
+	"github.com/clinicalimages/clinimg/dev/alexsim"
+	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/fhir"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
 // A commit ALEX keeps failing (issue 10, must show 3): both screens say why

@@ -12,8 +12,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
-	"github.com/clinicalimages/clinimg/pkg/testenv"
 )
 
 var key = realtime.Key{Name: "app.key", Secret: "sekrit"}

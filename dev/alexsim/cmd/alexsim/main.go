@@ -22,7 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/clinicalimages/clinimg/pkg/alexsim"
+	"github.com/clinicalimages/clinimg/dev/alexsim"
 	"github.com/clinicalimages/clinimg/pkg/fhir"
 )
 
