@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clinicalimages/clinimg/dev/devissuer"
 	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
@@ -293,7 +294,7 @@ func attackAudience(t *testing.T, k *clinic) {
 	if _, err := api.ConfigFromEnv(func(s string) string { return env[s] }); err == nil || !strings.Contains(err.Error(), "AUTH_ISSUER and AUTH_AUDIENCE are required") {
 		t.Fatalf("config without issuer and audience: %v", err)
 	}
-	other, err := jwtauth.NewIssuer("clinimg-local", "another-app")
+	other, err := devissuer.New("clinimg-local", "another-app")
 	if err != nil {
 		t.Fatal(err)
 	}

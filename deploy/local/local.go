@@ -42,9 +42,9 @@ import (
 	"github.com/clinicalimages/clinimg/deploy/local/natsembed"
 	"github.com/clinicalimages/clinimg/deploy/local/s3local"
 	"github.com/clinicalimages/clinimg/dev/alexsim"
+	"github.com/clinicalimages/clinimg/dev/devissuer"
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/config"
-	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/ops"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 	"github.com/clinicalimages/clinimg/pkg/session"
@@ -115,7 +115,7 @@ type Stack struct {
 	Redis   *redis.Client
 	Store   *session.Store
 	NATSURL string
-	Issuer  *jwtauth.Issuer // nil when Auth is real
+	Issuer  *devissuer.Issuer // nil when Auth is real
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -266,7 +266,7 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 	if u := given("AUTH_JWKS_URL"); u != "" {
 		part("Auth", false, hostOf(u))
 	} else {
-		if st.Issuer, err = jwtauth.NewIssuer("clinimg-local", "clinimg"); err != nil {
+		if st.Issuer, err = devissuer.New("clinimg-local", "clinimg"); err != nil {
 			return nil, err
 		}
 		// The development issuer verifies instead.
@@ -353,7 +353,9 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("api config: %w", err)
 	}
-	acfg.DevIssuer = st.Issuer
+	if st.Issuer != nil { // a nil *Issuer in the interface would serve /dev/token
+		acfg.DevIssuer = st.Issuer
+	}
 	acfg.Logger = logger("api")
 	acfg.Registry = opt.Registries["api"]
 	apiAddr, opsReady := make(chan string, 1), make(chan string, 1)

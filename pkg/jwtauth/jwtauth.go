@@ -1,7 +1,7 @@
 // Package jwtauth verifies the desktop's bearer tokens: JWTs signed by the
 // practice's identity provider, checked against its JWKS (issuer, audience,
-// expiry), with `sub` as the user id. It also holds a development issuer for
-// the local stack and tests, which must never be wired into production.
+// expiry), with `sub` as the user id. It only verifies: the development
+// issuer that signs tokens for the local stack and tests is dev/devissuer.
 package jwtauth
 
 import (
@@ -9,7 +9,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
@@ -214,60 +213,4 @@ func pad32(b []byte) []byte {
 		return b
 	}
 	return append(make([]byte, 32-len(b)), b...)
-}
-
-// Issuer is a development identity provider: one P-256 key made at start-up,
-// its JWKS, and tokens for any user id. For the local stack and tests only.
-type Issuer struct {
-	key      *ecdsa.PrivateKey
-	kid      string
-	issuer   string
-	audience string
-}
-
-// NewIssuer makes a development issuer with a fresh key.
-func NewIssuer(issuer, audience string) (*Issuer, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate key: %w", err)
-	}
-	return &Issuer{key: key, kid: "dev-1", issuer: issuer, audience: audience}, nil
-}
-
-// Token signs a desktop token for userID valid for ttl.
-func (i *Issuer) Token(userID string, ttl time.Duration) (string, error) {
-	now := time.Now()
-	claims := jwt.RegisteredClaims{
-		Issuer: i.issuer, Subject: userID, Audience: jwt.ClaimStrings{i.audience},
-		IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
-	}
-	t := jwt.NewWithClaims(jwt.SigningMethodES256, claims)
-	t.Header["kid"] = i.kid
-	s, err := t.SignedString(i.key)
-	if err != nil {
-		return "", fmt.Errorf("sign token: %w", err)
-	}
-	return s, nil
-}
-
-// Key implements KeySource without any HTTP round trip.
-func (i *Issuer) Key(_ context.Context, kid string) (crypto.PublicKey, error) {
-	if kid != i.kid {
-		return nil, fmt.Errorf("unknown key id %q", kid)
-	}
-	return &i.key.PublicKey, nil
-}
-
-// Verifier checks this issuer's tokens.
-func (i *Issuer) Verifier() *Verifier { return NewVerifier(i, i.issuer, i.audience) }
-
-// JWKS is the issuer's public key set.
-func (i *Issuer) JWKS() []byte {
-	pub, _ := i.key.PublicKey.Bytes() // 0x04 || X || Y
-	b, _ := json.Marshal(map[string]any{"keys": []jwk{{
-		Kty: "EC", Kid: i.kid, Use: "sig", Alg: "ES256", Crv: "P-256",
-		X: base64.RawURLEncoding.EncodeToString(pub[1:33]),
-		Y: base64.RawURLEncoding.EncodeToString(pub[33:65]),
-	}}})
-	return b
 }

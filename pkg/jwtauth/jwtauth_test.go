@@ -2,6 +2,10 @@ package jwtauth
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -16,31 +20,29 @@ import (
 // configured audience, signed by a key of its JWKS, passes; a JWKS that
 // cannot be fetched is ErrKeysUnavailable (503), never ErrInvalid (401).
 func TestVerifierChecksIssuerAudienceAndKeys(t *testing.T) {
-	idp, err := NewIssuer("https://idp.example", "clinimg")
-	if err != nil {
-		t.Fatal(err)
-	}
+	idp, other := ecKeyPair(t, "dev-1"), ecKeyPair(t, "dev-1") // other: the same key id, another key
 	var down atomic.Bool
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if down.Load() {
 			http.Error(w, "maintenance", http.StatusServiceUnavailable)
 			return
 		}
-		_, _ = w.Write(idp.JWKS())
+		_ = json.NewEncoder(w).Encode(map[string]any{"keys": []map[string]string{idp.jwk()}})
 	}))
 	defer srv.Close()
 	v := NewVerifier(NewJWKS(srv.URL), "https://idp.example", "clinimg")
 
-	sign := func(c jwt.RegisteredClaims) string {
+	signWith := func(k keyPair, c jwt.RegisteredClaims) string {
 		t.Helper()
-		tok := jwt.NewWithClaims(jwt.SigningMethodES256, c)
-		tok.Header["kid"] = idp.kid
-		s, err := tok.SignedString(idp.key)
+		tok := jwt.NewWithClaims(k.method, c)
+		tok.Header["kid"] = k.kid
+		s, err := tok.SignedString(k.priv)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return s
 	}
+	sign := func(c jwt.RegisteredClaims) string { return signWith(idp, c) }
 	now := time.Now()
 	claims := func(iss string, aud []string, exp time.Time) jwt.RegisteredClaims {
 		return jwt.RegisteredClaims{Issuer: iss, Subject: "gp1", Audience: aud, IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(exp)}
@@ -48,8 +50,7 @@ func TestVerifierChecksIssuerAudienceAndKeys(t *testing.T) {
 	good := sign(claims("https://idp.example", []string{"clinimg"}, now.Add(time.Hour)))
 	none := jwt.NewWithClaims(jwt.SigningMethodNone, claims("https://idp.example", []string{"clinimg"}, now.Add(time.Hour)))
 	unsigned, _ := none.SignedString(jwt.UnsafeAllowNoneSignatureType)
-	other, _ := NewIssuer("https://idp.example", "clinimg")
-	otherKey, _ := other.Token("gp1", time.Hour)
+	otherKey := signWith(other, claims("https://idp.example", []string{"clinimg"}, now.Add(time.Hour)))
 
 	tests := []struct {
 		name  string
@@ -78,7 +79,7 @@ func TestVerifierChecksIssuerAudienceAndKeys(t *testing.T) {
 		})
 	}
 
-	for _, unset := range []*Verifier{NewVerifier(idp, "", "clinimg"), NewVerifier(idp, "https://idp.example", "")} {
+	for _, unset := range []*Verifier{NewVerifier(NewJWKS(srv.URL), "", "clinimg"), NewVerifier(NewJWKS(srv.URL), "https://idp.example", "")} {
 		if _, err := unset.Verify(context.Background(), good); !errors.Is(err, ErrInvalid) {
 			t.Errorf("a verifier without issuer or audience passed a token: %v", err)
 		}
@@ -101,4 +102,14 @@ func TestVerifierChecksIssuerAudienceAndKeys(t *testing.T) {
 	if _, err := NewVerifier(jw, "https://idp.example", "clinimg").Verify(context.Background(), good); err != nil {
 		t.Fatalf("after the outage: %v", err)
 	}
+}
+
+// ecKeyPair is a fresh P-256 signing key with id kid.
+func ecKeyPair(t *testing.T, kid string) keyPair {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keyPair{kid, jwt.SigningMethodES256, k}
 }

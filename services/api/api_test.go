@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/clinicalimages/clinimg/dev/devissuer"
 	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/audit"
 	"github.com/clinicalimages/clinimg/pkg/blob"
@@ -34,7 +35,7 @@ type harness struct {
 	srv     *httptest.Server
 	store   *session.Store
 	objects *blob.Store
-	issuer  *jwtauth.Issuer
+	issuer  *devissuer.Issuer
 	cfg     Config
 	logs    *testenv.Logs
 }
@@ -53,7 +54,7 @@ func newHarnessTB(t testing.TB, tweak ...func(*Config)) *harness {
 func newHarnessOn(t testing.TB, rdb *redis.Client, prefix string, objects *blob.Store, tweak ...func(*Config)) *harness {
 	t.Helper()
 	_, nc, _ := testenv.JetStream(t)
-	issuer, err := jwtauth.NewIssuer("https://idp.test", "clinimg")
+	issuer, err := devissuer.New("https://idp.test", "clinimg")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,8 +270,8 @@ func TestBadInputsChangeNothing(t *testing.T) {
 	h.record("u1", phone)
 	desk := h.desktop("u1")
 	textKey, _ := h.upload("u1", phone, []byte("hello, this is not a photo"))
-	expired, _ := jwtauth.NewIssuer("https://idp.test", "clinimg")
-	otherIssuer, _ := jwtauth.NewIssuer("https://idp.test", "clinimg")
+	expired, _ := devissuer.New("https://idp.test", "clinimg")
+	otherIssuer, _ := devissuer.New("https://idp.test", "clinimg")
 	forged, _ := otherIssuer.Token("u1", time.Hour)
 	expiredTok, _ := expired.Token("u1", -time.Hour)
 	big := `{"contentType":"image/jpeg","fileName":"` + strings.Repeat("a", 70<<10) + `"}`

@@ -18,6 +18,16 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
 
+// DevIssuer is a development identity provider (dev/devissuer) that the
+// local stack and tests inject: its verifier replaces the JWKS, and the API
+// serves its tokens at /dev/token and its keys at /dev/jwks.json. Nothing in
+// this module makes one, so the production binary links no signing key.
+type DevIssuer interface {
+	Token(userID string, ttl time.Duration) (string, error)
+	JWKS() []byte
+	Verifier() *jwtauth.Verifier
+}
+
 // Config is everything the API needs, read once at start-up.
 type Config struct {
 	Common config.Common
@@ -38,7 +48,7 @@ type Config struct {
 	Audience string
 	// DevIssuer, when set (local stack and tests only, never from the
 	// environment), signs and verifies desktop tokens and serves /dev/token.
-	DevIssuer *jwtauth.Issuer
+	DevIssuer DevIssuer
 
 	// UploadExpiry is how long a presigned PUT is valid (UPLOAD_URL_EXPIRY, default 10m).
 	UploadExpiry time.Duration

@@ -17,8 +17,8 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/clinicalimages/clinimg/dev/devissuer"
 	"github.com/clinicalimages/clinimg/pkg/audit"
-	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 )
 
 // loadOpenAPI parses the embedded document with kin-openapi.
@@ -130,7 +130,7 @@ func ginPath(p string) string { return ginParam.ReplaceAllString(p, "{$1}") }
 // development issuer, so the local-only routes are on) with the document's
 // operations, both ways, and checks the document served is the file.
 func TestOpenAPICoversTheRouter(t *testing.T) {
-	issuer, err := jwtauth.NewIssuer("https://idp.test", "clinimg")
+	issuer, err := devissuer.New("https://idp.test", "clinimg")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,9 +10,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/clinicalimages/clinimg/dev/devissuer"
 	"github.com/clinicalimages/clinimg/dev/testenv"
 	"github.com/clinicalimages/clinimg/pkg/events"
-	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/realtime"
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
@@ -40,7 +40,7 @@ func TestRedisStoppedGives503AndRecovers(t *testing.T) {
 
 	objects, _ := testenv.S3(t)
 	_, nc, _ := testenv.JetStream(t)
-	issuer, err := jwtauth.NewIssuer("https://idp.test", "clinimg")
+	issuer, err := devissuer.New("https://idp.test", "clinimg")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/clinicalimages/clinimg/pkg/jwtauth"
+	"github.com/clinicalimages/clinimg/dev/devissuer"
 )
 
 func main() {
@@ -48,7 +48,7 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("DEVISSUER_TTL: %w", err)
 	}
-	iss, err := jwtauth.NewIssuer(env("AUTH_ISSUER", "clinimg-dev"), env("AUTH_AUDIENCE", "clinimg"))
+	iss, err := devissuer.New(env("AUTH_ISSUER", "clinimg-dev"), env("AUTH_AUDIENCE", "clinimg"))
 	if err != nil {
 		return err
 	}
