@@ -23,7 +23,7 @@ out=${OUT:-${CLINIMG_ARTIFACTS:-artifacts}/bench.txt}
 mkdir -p "$(dirname "$out")"
 
 if [ -z "${PKGS:-}" ]; then
-  PKGS=$(grep -rl --include='*_test.go' -E '^func Benchmark[A-Z_]' pkg services deploy 2>/dev/null |
+  PKGS=$(grep -rl --include='*_test.go' -E '^func Benchmark[A-Z_]' pkg dev services deploy 2>/dev/null |
     xargs -r -n1 dirname | sort -u | sed 's|^|./|' | tr '\n' ' ')
 fi
 if [ -z "$PKGS" ]; then
