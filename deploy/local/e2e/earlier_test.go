@@ -12,7 +12,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/clinicalimages/clinimg/pkg/alexsim"
+	"github.com/clinicalimages/clinimg/dev/alexsim"
 	"github.com/clinicalimages/clinimg/pkg/fhir"
 )
 
