@@ -9,7 +9,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
-	"github.com/clinicalimages/clinimg/pkg/testenv"
+	"github.com/clinicalimages/clinimg/dev/testenv"
 )
 
 // The phone's coding editor while the photo changes under it: the phone
