@@ -156,40 +156,65 @@ func FromEvent(ev events.Event) ([]Record, error) {
 		return nil, fmt.Errorf("%s %s: %w", ev.Type, ev.ID, ErrNotAudited)
 	}
 	base := Record{EventID: ev.ID, At: ev.Time.UTC(), Version: d.Version, SessionID: d.SessionID, By: d.By}
-	var out []Record
-	add := func(r Record) { out = append(out, r) }
-	img := d.Image
-	if img == nil {
-		img = &image{}
+	out := records(ev.Type, base, d)
+	for i := range out {
+		out[i].ID = ev.ID
+		if len(out) > 1 {
+			out[i].ID = fmt.Sprintf("%s/%d", ev.ID, i)
+		}
+		out[i].Detail = clip(out[i].Detail)
 	}
-	switch ev.Type {
+	return out, nil
+}
+
+// records is the steps one event of type t records, each from base.
+func records(t events.Type, base Record, d data) []Record {
+	switch t {
+	case events.SessionStarted, events.PhonePaired, events.PhoneRemoved, events.ConsentRecorded:
+		return sessionRecords(t, base, d)
+	case events.ImageUploaded, events.ImageProcessed, events.ImageRejected, events.ImageUpdated, events.ImageRemoved:
+		return imageRecords(t, base, d)
+	case events.CommitRequested, events.CommitProgress, events.CommitSucceeded, events.CommitFailed:
+		return commitRecords(t, base, d)
+	}
+	return nil
+}
+
+// sessionRecords records a session's start, its phones and its consent.
+func sessionRecords(t events.Type, base Record, d data) []Record {
+	r := base
+	switch t {
 	case events.SessionStarted:
-		r := base
 		r.Step, r.PatientID, r.EncounterID = SessionStarted, d.PatientID, d.EncounterID
-		add(r)
 	case events.PhonePaired:
-		r := base
 		r.Step, r.PhoneID = PhonePaired, d.PhoneID
 		if r.By == "" {
 			r.By = string(session.ActorPhone) // the phone pairs itself, with the QR code
 		}
-		add(r)
 	case events.PhoneRemoved:
-		r := base
 		r.Step, r.PhoneID = PhoneRemoved, d.PhoneID
-		add(r)
 	case events.ConsentRecorded:
 		if d.Consent == nil {
-			break
+			return nil
 		}
-		r := base
 		r.Step, r.Method, r.Purposes = ConsentRecorded, d.Consent.Method, orNil(d.Consent.Purposes)
 		if r.By == "" {
 			r.By = d.Consent.Via
 		}
-		add(r)
+	}
+	return []Record{r}
+}
+
+// imageRecords records a photo's capture, upload, checks, coding and
+// deletion.
+func imageRecords(t events.Type, base Record, d data) []Record {
+	img := d.Image
+	if img == nil {
+		img = &image{}
+	}
+	r := base
+	switch t {
 	case events.ImageUploaded:
-		r := base
 		r.Step, r.ImageID, r.Source, r.Device = Captured, img.ID, img.Source, img.Device
 		if !img.CapturedAt.IsZero() {
 			r.At = img.CapturedAt.UTC()
@@ -197,39 +222,36 @@ func FromEvent(ev events.Event) ([]Record, error) {
 		if r.By == "" && img.Source == "mobile" {
 			r.By = string(session.ActorPhone)
 		}
-		add(r)
-		r = base
-		r.Step, r.ImageID, r.Bytes, r.ContentType = Uploaded, img.ID, img.Size, img.ContentType
-		add(r)
+		up := base
+		up.Step, up.ImageID, up.Bytes, up.ContentType = Uploaded, img.ID, img.Size, img.ContentType
+		return []Record{r, up}
 	case events.ImageProcessed:
-		r := base
 		r.Step, r.ImageID, r.Bytes, r.ContentType, r.SHA256 = Verified, img.ID, img.Size, img.ContentType, img.OriginalSHA256
-		add(r)
-		r = base
-		r.Step, r.ImageID, r.Bytes, r.ContentType, r.SHA1 = Cleaned, img.ID, img.CleanSize, "image/jpeg", img.CleanSHA1
-		add(r)
+		clean := base
+		clean.Step, clean.ImageID, clean.Bytes, clean.ContentType, clean.SHA1 = Cleaned, img.ID, img.CleanSize, "image/jpeg", img.CleanSHA1
+		return []Record{r, clean}
 	case events.ImageRejected:
-		r := base
 		r.Step, r.ImageID, r.Detail = Rejected, img.ID, img.RejectReason
-		add(r)
 	case events.ImageUpdated:
 		if len(d.Fields) == 0 {
-			break // saved as it was: nothing changed
+			return nil // saved as it was: nothing changed
 		}
-		r := base
 		r.Step, r.ImageID, r.Fields = Coded, img.ID, d.Fields
-		add(r)
 	case events.ImageRemoved:
-		r := base
 		r.Step, r.ImageID = Deleted, d.ImageID
-		add(r)
+	}
+	return []Record{r}
+}
+
+// commitRecords records a commit's request, its attempts and photos, and
+// its outcome.
+func commitRecords(t events.Type, base Record, d data) []Record {
+	r := base
+	r.CommitID = d.CommitID
+	switch t {
 	case events.CommitRequested:
-		r := base
-		r.Step, r.CommitID, r.Attempt = CommitRequested, d.CommitID, 0
-		add(r)
+		r.Step, r.Attempt = CommitRequested, 0
 	case events.CommitProgress:
-		r := base
-		r.CommitID = d.CommitID
 		if d.ImageID == "" {
 			r.Step, r.Attempt = CommitAttempt, d.Attempt
 			r.Outcome = "started"
@@ -239,27 +261,15 @@ func FromEvent(ev events.Event) ([]Record, error) {
 		} else {
 			r.Step, r.ImageID, r.Outcome, r.MediaID, r.SHA1, r.Detail = CommitPhoto, d.ImageID, d.State, d.MediaID, d.Hash, d.Error
 		}
-		add(r)
 	case events.CommitSucceeded:
-		r := base
-		r.Step, r.CommitID, r.Outcome, r.MediaIDs = CommitSucceeded, d.CommitID, "committed", orNil(d.MediaIDs)
-		add(r)
+		r.Step, r.Outcome, r.MediaIDs = CommitSucceeded, "committed", orNil(d.MediaIDs)
 	case events.CommitFailed:
-		r := base
-		r.Step, r.CommitID, r.Outcome, r.Photos = CommitFailed, d.CommitID, "failed", d.Errors
+		r.Step, r.Outcome, r.Photos = CommitFailed, "failed", d.Errors
 		if d.Stopped {
 			r.Outcome = "stopped"
 		}
-		add(r)
 	}
-	for i := range out {
-		out[i].ID = ev.ID
-		if len(out) > 1 {
-			out[i].ID = fmt.Sprintf("%s/%d", ev.ID, i)
-		}
-		out[i].Detail = clip(out[i].Detail)
-	}
-	return out, nil
+	return []Record{r}
 }
 
 // clip bounds a detail: our own explanation, kept short.
