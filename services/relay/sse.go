@@ -395,142 +395,143 @@ func (h *hub) refuse(w http.ResponseWriter, err error) {
 	realtime.WriteError(w, e)
 }
 
+// handle serves one stream: it authorizes the request, registers the
+// subscriber, sends what the client missed, then streams live.
 func (h *hub) handle(w http.ResponseWriter, r *http.Request) {
-	h.cors(w, r)
-	switch r.Method {
-	case http.MethodGet:
-	case http.MethodOptions:
-		w.Header().Set("Access-Control-Allow-Methods", "GET")
-		w.Header().Set("Access-Control-Allow-Headers", "Last-Event-ID, Authorization")
-		w.WriteHeader(http.StatusNoContent)
+	if !h.preflight(w, r) {
 		return
-	default:
-		realtime.WriteError(w, realtime.ErrorInfo{Code: realtime.CodeBadRequest, StatusCode: http.StatusMethodNotAllowed, Message: "GET only"})
-		return
-	}
-	q := r.URL.Query()
-	var channels []string
-	for _, c := range strings.Split(q.Get("channels"), ",") {
-		if c = strings.TrimSpace(c); c != "" {
-			channels = append(channels, c)
-		}
-	}
-	token := q.Get("accessToken")
-	if token == "" {
-		token, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	}
 	now := h.cfg.Now()
-	claims, refs, err := realtime.Authorize(token, h.cfg.Realtime.Key, channels, now)
+	claims, refs, err := realtime.Authorize(accessToken(r), h.cfg.Realtime.Key, channels(r), now)
 	if err != nil {
 		h.refuse(w, err)
 		return
 	}
-	last := r.Header.Get("Last-Event-ID")
-	if last == "" {
-		last = q.Get("lastEvent")
-	}
-	after, resume := uint64(0), false
-	if last != "" {
-		if n, err := strconv.ParseUint(last, 10, 64); err == nil {
-			after, resume = n, true
-		}
-	}
-
 	s := &subscriber{refs: refs, phone: claims.PhoneID(), ch: make(chan frame, h.cfg.SubscriberBuffer), done: make(chan struct{})}
 	h.add(s)
 	defer h.remove(s)
 
 	// Register first, then check and replay: whatever they miss is already
 	// queued live, and whatever both see is sent once (by sequence).
+	backlog, after, ok := h.catchUp(w, r, s)
+	if !ok {
+		return
+	}
+	out := openStream(w, after)
+	if !out.begin(s, backlog) {
+		return
+	}
+	h.live(r, s, out, claims.ExpiresAt.Sub(now))
+}
+
+// preflight sets the CORS headers and answers every method but GET; it
+// reports whether the request goes on.
+func (h *hub) preflight(w http.ResponseWriter, r *http.Request) bool {
+	h.cors(w, r)
+	switch r.Method {
+	case http.MethodGet:
+		return true
+	case http.MethodOptions:
+		w.Header().Set("Access-Control-Allow-Methods", "GET")
+		w.Header().Set("Access-Control-Allow-Headers", "Last-Event-ID, Authorization")
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		realtime.WriteError(w, realtime.ErrorInfo{Code: realtime.CodeBadRequest, StatusCode: http.StatusMethodNotAllowed, Message: "GET only"})
+	}
+	return false
+}
+
+// channels is the request's comma-separated channels, blanks dropped.
+func channels(r *http.Request) []string {
+	var out []string
+	for _, c := range strings.Split(r.URL.Query().Get("channels"), ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// accessToken is the accessToken parameter, else the Bearer token.
+func accessToken(r *http.Request) string {
+	if token := r.URL.Query().Get("accessToken"); token != "" {
+		return token
+	}
+	token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return token
+}
+
+// lastEvent is the id a reconnecting client resumes after: Last-Event-ID,
+// else lastEvent; resume is false without a valid one.
+func lastEvent(r *http.Request) (after uint64, resume bool) {
+	last := r.Header.Get("Last-Event-ID")
+	if last == "" {
+		last = r.URL.Query().Get("lastEvent")
+	}
+	if last == "" {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(last, 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return n, true
+}
+
+// catchUp refuses a revoked stream and, for a resuming client, reads the
+// events it missed and the position the stream continues from. ok is
+// false when it has answered the request itself.
+func (h *hub) catchUp(w http.ResponseWriter, r *http.Request, s *subscriber) (backlog []frame, after uint64, ok bool) {
 	unavailable := func(err error) {
 		h.log.Warn("relay.replay", "err", err)
 		realtime.WriteError(w, realtime.ErrorInfo{Code: realtime.CodeInternal, StatusCode: http.StatusServiceUnavailable, Message: "stream unavailable"})
 	}
+	after, resume := lastEvent(r)
 	if gone, err := h.revoked(r.Context(), s); err != nil {
 		unavailable(err)
-		return
+		return nil, 0, false
 	} else if gone {
 		h.refuse(w, realtime.ErrRevoked)
-		return
+		return nil, 0, false
 	}
-	var backlog []frame
-	if resume {
-		h.m.resumes.Inc()
-		backlog, after, err = h.replay(r.Context(), s, after)
-		if err != nil {
-			unavailable(err)
-			return
-		}
+	if !resume {
+		return nil, after, true
 	}
+	h.m.resumes.Inc()
+	backlog, after, err := h.replay(r.Context(), s, after)
+	if err != nil {
+		unavailable(err)
+		return nil, 0, false
+	}
+	return backlog, after, true
+}
 
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	rc := ops.StreamDeadlines(w)
-	write := func(b []byte) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		_, err := w.Write(b)
-		return err == nil
-	}
-	flush := func() bool { return rc.Flush() == nil }
-
-	sent := after
-	ok := write(realtime.Heartbeat)
-	for _, f := range backlog {
-		if !ok {
-			return
-		}
-		ok = write(s.encoded(f))
-		sent = f.seq
-	}
-	if !ok || !flush() {
-		return
-	}
-
-	expiry := time.NewTimer(claims.ExpiresAt.Sub(now))
+// live streams s's queued events until the token expires, the stream is
+// ended (too slow, revoked), the server shuts down or the client leaves.
+func (h *hub) live(r *http.Request, s *subscriber, out *sseWriter, ttl time.Duration) {
+	expiry := time.NewTimer(ttl)
 	defer expiry.Stop()
 	hb := time.NewTicker(h.cfg.Heartbeat)
 	defer hb.Stop()
 	for {
 		select {
 		case f := <-s.ch:
-			if f.seq <= sent {
+			if f.seq <= out.sent {
 				continue
 			}
-			if !write(s.encoded(f)) {
-				return
-			}
-			sent = f.seq
-			// Send what else is queued before flushing.
-			for more := true; more; {
-				select {
-				case f := <-s.ch:
-					if f.seq > sent {
-						if !write(s.encoded(f)) {
-							return
-						}
-						sent = f.seq
-					}
-				default:
-					more = false
-				}
-			}
-			if !flush() {
+			if !out.send(s, f) || !out.drain(s) || !out.flush() {
 				return
 			}
 		case <-hb.C:
-			if !write(realtime.Heartbeat) || !flush() {
+			if !out.write(realtime.Heartbeat) || !out.flush() {
 				return
 			}
 		case <-expiry.C:
-			write(realtime.ErrorEvent(realtime.ErrorFor(realtime.ErrTokenExpired)))
-			flush()
+			out.end(realtime.ErrTokenExpired)
 			return
 		case <-s.done:
 			if s.revoked.Load() {
-				write(realtime.ErrorEvent(realtime.ErrorFor(realtime.ErrRevoked)))
-				flush()
+				out.end(realtime.ErrRevoked)
 			}
 			return
 		case <-h.closing:
@@ -539,4 +540,76 @@ func (h *hub) handle(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// sseWriter writes one SSE response; sent is the last sequence written, so
+// an event seen both in the replay and live is sent once. Each write and
+// flush reports whether the client still takes the stream.
+type sseWriter struct {
+	w    http.ResponseWriter
+	rc   *http.ResponseController
+	sent uint64
+}
+
+// openStream sends the event-stream headers, lifting the server's
+// deadlines (each write sets its own).
+func openStream(w http.ResponseWriter, after uint64) *sseWriter {
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	return &sseWriter{w: w, rc: ops.StreamDeadlines(w), sent: after}
+}
+
+func (o *sseWriter) write(b []byte) bool {
+	_ = o.rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_, err := o.w.Write(b)
+	return err == nil
+}
+
+func (o *sseWriter) flush() bool { return o.rc.Flush() == nil }
+
+// begin sends a heartbeat and the backlog, then flushes.
+func (o *sseWriter) begin(s *subscriber, backlog []frame) bool {
+	if !o.write(realtime.Heartbeat) {
+		return false
+	}
+	for _, f := range backlog {
+		if !o.send(s, f) {
+			return false
+		}
+	}
+	return o.flush()
+}
+
+// send writes f unless it was already sent.
+func (o *sseWriter) send(s *subscriber, f frame) bool {
+	if f.seq <= o.sent {
+		return true
+	}
+	if !o.write(s.encoded(f)) {
+		return false
+	}
+	o.sent = f.seq
+	return true
+}
+
+// drain sends what else is queued, so that one flush covers it all.
+func (o *sseWriter) drain(s *subscriber) bool {
+	for {
+		select {
+		case f := <-s.ch:
+			if !o.send(s, f) {
+				return false
+			}
+		default:
+			return true
+		}
+	}
+}
+
+// end sends err as the stream's last event.
+func (o *sseWriter) end(err error) {
+	o.write(realtime.ErrorEvent(realtime.ErrorFor(err)))
+	o.flush()
 }
