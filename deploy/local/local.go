@@ -163,153 +163,205 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 			st.Close()
 		}
 	}()
-	at := func(port int) string { return net.JoinHostPort(opt.Host, strconv.Itoa(port)) }
-	given := func(k string) string { return strings.TrimSpace(opt.Env[k]) }
+	b := &builder{opt: opt, st: st, set: map[string]string{}}
+	for _, step := range []func(context.Context) error{
+		b.redis, b.nats, b.s3, b.alex, b.auth, b.realtime,
+		b.relay, b.committer, b.thumbnailer, b.api,
+	} {
+		if err := step(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// builder brings up a Stack one part, then one service, at a time.
+type builder struct {
+	opt Options
+	st  *Stack
 	// set holds what the stack decides: the embedded parts' addresses and
 	// credentials (never overridden by a stray variable such as an AWS key
 	// in the caller's shell) and each service's listen addresses.
-	set := map[string]string{}
-	part := func(name string, embedded bool, where string) {
-		st.Parts = append(st.Parts, Part{Name: name, Embedded: embedded, Where: where})
-	}
+	set map[string]string
+	// ably is true when Ably carries realtime instead of the relay's SSE.
+	ably bool
+	// apiEnv is what the API alone is given.
+	apiEnv map[string]string
+}
 
-	// Redis: the real one if named, else an in-process server.
-	redisURL := cmp.Or(opt.RedisURL, given("REDIS_URL"))
+func (b *builder) at(port int) string { return net.JoinHostPort(b.opt.Host, strconv.Itoa(port)) }
+
+func (b *builder) given(k string) string { return strings.TrimSpace(b.opt.Env[k]) }
+
+func (b *builder) part(name string, embedded bool, where string) {
+	b.st.Parts = append(b.st.Parts, Part{Name: name, Embedded: embedded, Where: where})
+}
+
+// opsAddr is a service's ops address: its production port with OpsPorts,
+// else any free one.
+func (b *builder) opsAddr(port int) string {
+	if b.opt.OpsPorts {
+		return b.at(port)
+	}
+	return b.at(0)
+}
+
+// env is a service's environment: its own settings, then the stack's,
+// then the caller's.
+func (b *builder) env(service map[string]string) func(string) string {
+	return func(k string) string {
+		if v, ok := service[k]; ok {
+			return v
+		}
+		if v, ok := b.set[k]; ok {
+			return v
+		}
+		return b.opt.Env[k]
+	}
+}
+
+func (b *builder) logger(name string) *slog.Logger { return b.opt.Logger.With("service", name) }
+
+// redis: the real one if named, else an in-process server.
+func (b *builder) redis(ctx context.Context) (err error) {
+	st := b.st
+	redisURL := cmp.Or(b.opt.RedisURL, b.given("REDIS_URL"))
 	if redisURL == "" {
 		m := miniredis.NewMiniRedis()
 		if err := m.StartAddr("127.0.0.1:0"); err != nil {
-			return nil, fmt.Errorf("embedded redis: %w", err)
+			return fmt.Errorf("embedded redis: %w", err)
 		}
 		st.cleanup = append(st.cleanup, m.Close)
 		redisURL = "redis://" + m.Addr() + "/0"
-		part("Redis", true, m.Addr())
+		b.part("Redis", true, m.Addr())
 	} else {
-		part("Redis", false, hostOf(redisURL))
+		b.part("Redis", false, hostOf(redisURL))
 	}
-	set["REDIS_URL"] = redisURL
-	if st.Redis, err = ops.Redis(ctx, redisURL, opt.Logger); err != nil {
-		return nil, err
+	b.set["REDIS_URL"] = redisURL
+	if st.Redis, err = ops.Redis(ctx, redisURL, b.opt.Logger); err != nil {
+		return err
 	}
 	st.cleanup = append(st.cleanup, func() { st.Redis.Close() })
-	st.Store = session.NewStore(st.Redis, session.Options{Prefix: cmp.Or(opt.RedisPrefix, given("REDIS_KEY_PREFIX"))})
-	if opt.RedisPrefix != "" {
-		set["REDIS_KEY_PREFIX"] = opt.RedisPrefix
+	st.Store = session.NewStore(st.Redis, session.Options{Prefix: cmp.Or(b.opt.RedisPrefix, b.given("REDIS_KEY_PREFIX"))})
+	if b.opt.RedisPrefix != "" {
+		b.set["REDIS_KEY_PREFIX"] = b.opt.RedisPrefix
 	}
+	return nil
+}
 
-	// NATS with JetStream, every acked message on disk.
-	st.NATSURL = cmp.Or(opt.NATSURL, given("NATS_URL"))
+// nats with JetStream, every acked message on disk.
+func (b *builder) nats(context.Context) (err error) {
+	st := b.st
+	st.NATSURL = cmp.Or(b.opt.NATSURL, b.given("NATS_URL"))
 	if st.NATSURL == "" {
-		dir := opt.DataDir
+		dir := b.opt.DataDir
 		if dir == "" {
 			if dir, err = os.MkdirTemp("", "clinimg-nats-*"); err != nil {
-				return nil, fmt.Errorf("data dir: %w", err)
+				return fmt.Errorf("data dir: %w", err)
 			}
 			st.cleanup = append(st.cleanup, func() { os.RemoveAll(dir) })
 		}
 		ns, err := natsembed.Start(-1, dir)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		st.cleanup = append(st.cleanup, func() { ns.Shutdown(); ns.WaitForShutdown() })
 		st.NATSURL = ns.ClientURL()
-		part("NATS", true, hostOf(st.NATSURL))
+		b.part("NATS", true, hostOf(st.NATSURL))
 	} else {
-		part("NATS", false, hostOf(st.NATSURL))
+		b.part("NATS", false, hostOf(st.NATSURL))
 	}
-	set["NATS_URL"] = st.NATSURL
+	b.set["NATS_URL"] = st.NATSURL
+	return nil
+}
 
-	// S3: the named bucket, else an in-process server that checks
-	// signatures, with the bucket made.
+// s3: the named bucket, else an in-process server that checks signatures,
+// with the bucket made.
+func (b *builder) s3(ctx context.Context) (err error) {
+	st := b.st
 	var s3c blob.Config
-	if bucket := given("S3_BUCKET_NAME"); bucket != "" {
-		s3c = config.New(func(k string) string { return opt.Env[k] }).ReadCommon("").S3
-		part("S3", false, cmp.Or(hostOf(s3c.Endpoint), "AWS "+s3c.Region)+" bucket "+bucket)
+	if bucket := b.given("S3_BUCKET_NAME"); bucket != "" {
+		s3c = config.New(func(k string) string { return b.opt.Env[k] }).ReadCommon("").S3
+		b.part("S3", false, cmp.Or(hostOf(s3c.Endpoint), "AWS "+s3c.Region)+" bucket "+bucket)
 	} else {
-		if st.S3, err = s3local.Start(at(0), "AKIALOCALDEVKEY", "local-dev-secret-"+strconv.FormatInt(time.Now().UnixNano(), 36)); err != nil {
-			return nil, err
+		if st.S3, err = s3local.Start(b.at(0), "AKIALOCALDEVKEY", "local-dev-secret-"+strconv.FormatInt(time.Now().UnixNano(), 36)); err != nil {
+			return err
 		}
 		st.cleanup = append(st.cleanup, func() { st.S3.Close() })
 		s3c = st.S3.Config("clinimg-local")
 		for k, v := range map[string]string{"S3_BUCKET_NAME": s3c.Bucket, "AWS_REGION": s3c.Region, "S3_ENDPOINT": s3c.Endpoint,
 			"S3_PATH_STYLE": "true", "AWS_ACCESS_KEY_ID": s3c.AccessKey, "AWS_SECRET_ACCESS_KEY": s3c.SecretKey} {
-			set[k] = v
+			b.set[k] = v
 		}
-		part("S3", true, hostOf(s3c.Endpoint))
+		b.part("S3", true, hostOf(s3c.Endpoint))
 	}
 	if st.Blob, err = blob.Open(ctx, s3c); err != nil {
-		return nil, err
+		return err
 	}
 	if st.S3 != nil {
-		if err := st.Blob.EnsureBucket(ctx); err != nil {
-			return nil, err
-		}
+		return st.Blob.EnsureBucket(ctx)
 	}
+	return nil
+}
 
-	// ALEX: the named one (the committer reads every ALEX_* itself), else
-	// the simulator. Its patients get a test NHI on first sight, so the
-	// committer can find a photo again by NHI after a crash, as it must on
-	// ALEX.
-	if u := given("ALEX_API_URL"); u != "" {
+// alex: the named one (the committer reads every ALEX_* itself), else the
+// simulator. Its patients get a test NHI on first sight, so the committer
+// can find a photo again by NHI after a crash, as it must on ALEX.
+func (b *builder) alex(context.Context) (err error) {
+	st := b.st
+	if u := b.given("ALEX_API_URL"); u != "" {
 		st.ALEXURL = u
-		part("ALEX", false, hostOf(u))
-	} else {
-		st.ALEX = alexsim.New(alexsim.Options{Latency: opt.ALEXLatency, AutoPatients: true, Logger: opt.Logger.With("service", "alexsim")})
-		if st.ALEXURL, err = st.ALEX.Start(at(0)); err != nil {
-			return nil, err
-		}
-		st.cleanup = append(st.cleanup, func() { st.ALEX.Close() })
-		maps.Copy(set, st.ALEX.Env(st.ALEXURL))
-		part("ALEX", true, hostOf(st.ALEXURL))
+		b.part("ALEX", false, hostOf(u))
+		return nil
 	}
+	st.ALEX = alexsim.New(alexsim.Options{Latency: b.opt.ALEXLatency, AutoPatients: true, Logger: b.logger("alexsim")})
+	if st.ALEXURL, err = st.ALEX.Start(b.at(0)); err != nil {
+		return err
+	}
+	st.cleanup = append(st.cleanup, func() { st.ALEX.Close() })
+	maps.Copy(b.set, st.ALEX.Env(st.ALEXURL))
+	b.part("ALEX", true, hostOf(st.ALEXURL))
+	return nil
+}
 
-	// Desktop identity: the named provider, else a development issuer.
-	if u := given("AUTH_JWKS_URL"); u != "" {
-		part("Auth", false, hostOf(u))
-	} else {
-		if st.Issuer, err = devissuer.New("clinimg-local", "clinimg"); err != nil {
-			return nil, err
-		}
-		// The development issuer verifies instead.
-		set["AUTH_JWKS_URL"], set["AUTH_ISSUER"], set["AUTH_AUDIENCE"] = "http://unused.invalid/jwks.json", "clinimg-local", "clinimg"
-		part("Auth", true, "development issuer (GET /dev/token)")
+// auth, the desktop identity: the named provider, else a development
+// issuer.
+func (b *builder) auth(context.Context) (err error) {
+	if u := b.given("AUTH_JWKS_URL"); u != "" {
+		b.part("Auth", false, hostOf(u))
+		return nil
 	}
+	if b.st.Issuer, err = devissuer.New("clinimg-local", "clinimg"); err != nil {
+		return err
+	}
+	// The development issuer verifies instead.
+	b.set["AUTH_JWKS_URL"], b.set["AUTH_ISSUER"], b.set["AUTH_AUDIENCE"] = "http://unused.invalid/jwks.json", "clinimg-local", "clinimg"
+	b.part("Auth", true, "development issuer (GET /dev/token)")
+	return nil
+}
 
-	// Realtime: Ably if a key is given, else the relay's own SSE.
-	ably := given("ABLY_API_KEY") != ""
-	if !ably {
-		set["ABLY_API_KEY"] = ""
-		if given("REALTIME_SIGNING_KEY") == "" {
-			set["REALTIME_SIGNING_KEY"] = realtime.GenerateKey("local").Encode()
+// realtime: Ably if a key is given, else the relay's own SSE.
+func (b *builder) realtime(context.Context) error {
+	b.ably = b.given("ABLY_API_KEY") != ""
+	if !b.ably {
+		b.set["ABLY_API_KEY"] = ""
+		if b.given("REALTIME_SIGNING_KEY") == "" {
+			b.set["REALTIME_SIGNING_KEY"] = realtime.GenerateKey("local").Encode()
 		}
 	}
+	return nil
+}
 
-	opsAddr := func(port int) string {
-		if opt.OpsPorts {
-			return at(port)
-		}
-		return at(0)
-	}
-	env := func(service map[string]string) func(string) string {
-		return func(k string) string {
-			if v, ok := service[k]; ok {
-				return v
-			}
-			if v, ok := set[k]; ok {
-				return v
-			}
-			return opt.Env[k]
-		}
-	}
-	logger := func(name string) *slog.Logger { return opt.Logger.With("service", name) }
-
-	// The relay first: with its own SSE, the API hands its address to
-	// browsers.
-	rcfg, err := relay.ConfigFromEnv(env(map[string]string{"RELAY_ADDR": at(opt.RelayPort), "OPS_ADDR": opsAddr(9092)}))
+// relay starts first: with its own SSE, the API hands its address to
+// browsers.
+func (b *builder) relay(ctx context.Context) error {
+	st := b.st
+	rcfg, err := relay.ConfigFromEnv(b.env(map[string]string{"RELAY_ADDR": b.at(b.opt.RelayPort), "OPS_ADDR": b.opsAddr(9092)}))
 	if err != nil {
-		return nil, fmt.Errorf("relay config: %w", err)
+		return fmt.Errorf("relay config: %w", err)
 	}
-	rcfg.Logger = logger("relay")
-	rcfg.Registry = opt.Registries["relay"]
+	rcfg.Logger = b.logger("relay")
+	rcfg.Registry = b.opt.Registries["relay"]
 	sseAddr := make(chan string, 1)
 	rcfg.Listening = func(name, addr string) {
 		if name == "sse" {
@@ -317,63 +369,81 @@ func Start(ctx context.Context, opt Options) (_ *Stack, err error) {
 		}
 	}
 	st.run(ctx, "relay", func(ctx context.Context) error { return relay.Run(ctx, rcfg) })
-	apiEnv := map[string]string{"API_ADDR": at(opt.APIPort), "OPS_ADDR": opsAddr(9091)}
-	if ably {
-		part("Ably", false, cmp.Or(hostOf(given("ABLY_ENDPOINT")), "Ably"))
-	} else {
-		select {
-		case a := <-sseAddr:
-			st.RelayURL = "http://" + a + "/sse"
-		case <-time.After(30 * time.Second):
-			return nil, fmt.Errorf("relay did not start: %w", st.Err())
-		}
-		if given("REALTIME_SSE_URL") == "" {
-			apiEnv["REALTIME_SSE_URL"] = st.RelayURL
-		}
-		part("Ably", true, "the relay's built-in SSE at "+st.RelayURL)
+	b.apiEnv = map[string]string{"API_ADDR": b.at(b.opt.APIPort), "OPS_ADDR": b.opsAddr(9091)}
+	if b.ably {
+		b.part("Ably", false, cmp.Or(hostOf(b.given("ABLY_ENDPOINT")), "Ably"))
+		return nil
 	}
-
-	ccfg, err := committer.ConfigFromEnv(env(map[string]string{"OPS_ADDR": opsAddr(9093)}))
+	a, err := st.await(sseAddr, "relay")
 	if err != nil {
-		return nil, fmt.Errorf("committer config: %w", err)
+		return err
 	}
-	ccfg.Logger = logger("committer")
-	ccfg.Registry = opt.Registries["committer"]
-	st.run(ctx, "committer", func(ctx context.Context) error { return committer.Run(ctx, ccfg) })
-
-	tcfg, err := thumbnailer.ConfigFromEnv(env(map[string]string{"OPS_ADDR": opsAddr(9094)}))
-	if err != nil {
-		return nil, fmt.Errorf("thumbnailer config: %w", err)
+	st.RelayURL = "http://" + a + "/sse"
+	if b.given("REALTIME_SSE_URL") == "" {
+		b.apiEnv["REALTIME_SSE_URL"] = st.RelayURL
 	}
-	tcfg.Logger = logger("thumbnailer")
-	tcfg.Registry = opt.Registries["thumbnailer"]
-	st.run(ctx, "thumbnailer", func(ctx context.Context) error { return thumbnailer.Run(ctx, tcfg) })
+	b.part("Ably", true, "the relay's built-in SSE at "+st.RelayURL)
+	return nil
+}
 
-	acfg, err := api.ConfigFromEnv(env(apiEnv))
+func (b *builder) committer(ctx context.Context) error {
+	ccfg, err := committer.ConfigFromEnv(b.env(map[string]string{"OPS_ADDR": b.opsAddr(9093)}))
 	if err != nil {
-		return nil, fmt.Errorf("api config: %w", err)
+		return fmt.Errorf("committer config: %w", err)
+	}
+	ccfg.Logger = b.logger("committer")
+	ccfg.Registry = b.opt.Registries["committer"]
+	b.st.run(ctx, "committer", func(ctx context.Context) error { return committer.Run(ctx, ccfg) })
+	return nil
+}
+
+func (b *builder) thumbnailer(ctx context.Context) error {
+	tcfg, err := thumbnailer.ConfigFromEnv(b.env(map[string]string{"OPS_ADDR": b.opsAddr(9094)}))
+	if err != nil {
+		return fmt.Errorf("thumbnailer config: %w", err)
+	}
+	tcfg.Logger = b.logger("thumbnailer")
+	tcfg.Registry = b.opt.Registries["thumbnailer"]
+	b.st.run(ctx, "thumbnailer", func(ctx context.Context) error { return thumbnailer.Run(ctx, tcfg) })
+	return nil
+}
+
+// api starts last and returns once it and its ops server listen.
+func (b *builder) api(ctx context.Context) error {
+	st := b.st
+	acfg, err := api.ConfigFromEnv(b.env(b.apiEnv))
+	if err != nil {
+		return fmt.Errorf("api config: %w", err)
 	}
 	if st.Issuer != nil { // a nil *Issuer in the interface would serve /dev/token
 		acfg.DevIssuer = st.Issuer
 	}
-	acfg.Logger = logger("api")
-	acfg.Registry = opt.Registries["api"]
+	acfg.Logger = b.logger("api")
+	acfg.Registry = b.opt.Registries["api"]
 	apiAddr, opsReady := make(chan string, 1), make(chan string, 1)
 	acfg.Ready, acfg.OpsReady = apiAddr, opsReady
 	st.run(ctx, "api", func(ctx context.Context) error { return api.Run(ctx, acfg) })
-	select {
-	case a := <-apiAddr:
-		st.URL = "http://" + a
-	case <-time.After(30 * time.Second):
-		return nil, fmt.Errorf("api did not start: %w", st.Err())
+	a, err := st.await(apiAddr, "api")
+	if err != nil {
+		return err
 	}
-	select {
-	case a := <-opsReady:
-		st.APIOps = "http://" + a
-	case <-time.After(30 * time.Second):
-		return nil, fmt.Errorf("api ops server did not start: %w", st.Err())
+	st.URL = "http://" + a
+	if a, err = st.await(opsReady, "api ops server"); err != nil {
+		return err
 	}
-	return st, nil
+	st.APIOps = "http://" + a
+	return nil
+}
+
+// await is the address a service reports listening on, or an error
+// naming what did not start within 30 s.
+func (s *Stack) await(addr <-chan string, what string) (string, error) {
+	select {
+	case a := <-addr:
+		return a, nil
+	case <-time.After(30 * time.Second):
+		return "", fmt.Errorf("%s did not start: %w", what, s.Err())
+	}
 }
 
 // hostOf is a URL's host:port (never its credentials), or "" for no URL.
