@@ -122,11 +122,62 @@ var services = []string{"api", "relay", "committer", "thumbnailer"}
 // it returns. On error what started is stopped.
 func Start(ctx context.Context, opt Options) (top *Topology, err error) {
 	began := time.Now()
-	say := func(format string, a ...any) {
-		if opt.Progress != nil {
-			fmt.Fprintf(opt.Progress, "stack: "+format+"\n", a...)
+	s, err := load(ctx, opt)
+	if err != nil {
+		return nil, err
+	}
+	t := s.t
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
+	s.say("building binaries in %s", s.opt.Bin)
+	if err := s.build(); err != nil {
+		return nil, err
+	}
+	t.BuildTime = time.Since(began)
+	s.say("built in %s", t.BuildTime.Round(time.Millisecond))
+	for _, step := range []func() error{s.allocate, s.redis, s.nats, s.s3, s.s3Init, s.standIns, s.services} {
+		if err := step(); err != nil {
+			return nil, err
 		}
 	}
+	if err := s.start(ctx); err != nil {
+		return nil, err
+	}
+	t.StartTime = time.Since(began)
+	s.say("ready in %s (builds %s)", t.StartTime.Round(time.Millisecond), t.BuildTime.Round(time.Millisecond))
+	return t, nil
+}
+
+// setup is a Topology being made: compose's project and what each step
+// decides for the steps after it.
+type setup struct {
+	opt  Options
+	env  []string // what compose interpolated
+	p    *types.Project
+	r    roles
+	t    *Topology
+	bins map[string]string // binary name or compose service -> path
+
+	a           addresses
+	infra       map[string]string // outside part's compose service -> 127.0.0.1:P
+	natsClient  []string
+	natsCluster []string
+	inst        map[string][]instance
+	inits       []*Proc // compose's one-shot set-ups, run before the services
+}
+
+// instance is one process of a service.
+type instance struct {
+	listen map[string]string // variable -> 127.0.0.1:P
+}
+
+// load makes the directories and reads compose.yaml with deploy/dev.env
+// (the env file of the sim profile, as `--env-file deploy/dev.env`), the
+// caller's variables winning over it.
+func load(ctx context.Context, opt Options) (*setup, error) {
 	if opt.Bin == "" {
 		opt.Bin = filepath.Join(opt.Dir, "bin")
 	}
@@ -135,8 +186,6 @@ func Start(ctx context.Context, opt Options) (top *Topology, err error) {
 			return nil, err
 		}
 	}
-	// deploy/dev.env is the env file of the sim profile (as `--env-file
-	// deploy/dev.env`); the caller's variables win over it.
 	env, err := readEnvFile(filepath.Join(opt.Root, "deploy", "dev.env"))
 	if err != nil {
 		return nil, err
@@ -151,207 +200,229 @@ func Start(ctx context.Context, opt Options) (top *Topology, err error) {
 		return nil, err
 	}
 	t := &Topology{project: p, dir: opt.Dir, Services: map[string][]*Proc{}}
-	defer func() {
-		if err != nil {
-			t.Close()
-		}
-	}()
+	return &setup{opt: opt, env: env, p: p, r: r, t: t, bins: map[string]string{}}, nil
+}
 
-	// Builds: the services and stand-ins as their Dockerfiles build them,
-	// nats-server from the pinned module, versitygw from the module proxy.
-	say("building binaries in %s", opt.Bin)
-	b := &builder{dir: opt.Bin}
-	bins := map[string]string{}
+func (s *setup) say(format string, a ...any) {
+	if s.opt.Progress != nil {
+		fmt.Fprintf(s.opt.Progress, "stack: "+format+"\n", a...)
+	}
+}
+
+// build makes the services and stand-ins as their Dockerfiles build them,
+// nats-server from the pinned module, versitygw from the module proxy; two
+// at a time.
+func (s *setup) build() error {
+	b := &builder{dir: s.opt.Bin}
 	var g errgroup.Group
 	g.SetLimit(2)
-	var binMu sync.Mutex
-	setBin := func(k, v string) { binMu.Lock(); bins[k] = v; binMu.Unlock() }
-	for _, name := range append(slices.Clone(services), r.alex, r.auth) {
-		s := p.Services[name]
-		if s.Build == nil {
-			return nil, fmt.Errorf("compose service %s is not built from this repository", name)
+	var mu sync.Mutex
+	set := func(k, v string) { mu.Lock(); s.bins[k] = v; mu.Unlock() }
+	for _, name := range append(slices.Clone(services), s.r.alex, s.r.auth) {
+		svc := s.p.Services[name]
+		if svc.Build == nil {
+			return fmt.Errorf("compose service %s is not built from this repository", name)
 		}
-		step, err := readBuildStep(s)
+		step, err := readBuildStep(svc)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		g.Go(func() error {
 			path, err := b.service(step)
-			setBin(name, path)
+			set(name, path)
 			return err
 		})
 	}
 	g.Go(func() error {
-		path, err := b.natsServer(filepath.Join(opt.Root, "deploy", "local"))
-		setBin("nats-server", path)
+		path, err := b.natsServer(filepath.Join(s.opt.Root, "deploy", "local"))
+		set("nats-server", path)
 		return err
 	})
 	g.Go(func() error {
 		path, err := b.versitygw()
-		setBin("versitygw", path)
+		set("versitygw", path)
 		return err
 	})
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	t.BuildTime = time.Since(began)
-	say("built in %s", t.BuildTime.Round(time.Millisecond))
+	return g.Wait()
+}
 
-	// Addresses: a free port for everything that listens.
-	a := addresses{internal: map[string]string{}, published: map[string]string{}, hosts: []string{"127.0.0.1"}, natsHost: r.nats}
-	if h := envValue(env, "S3_PUBLIC_HOST"); h != "" {
-		a.hosts = append(a.hosts, h)
+// allocate gives everything that listens a free port: the outside parts,
+// the NATS nodes, then each instance of a service its own port for each
+// listen address.
+func (s *setup) allocate() error {
+	s.a = addresses{internal: map[string]string{}, published: map[string]string{}, hosts: []string{"127.0.0.1"}, natsHost: s.r.nats}
+	if h := envValue(s.env, "S3_PUBLIC_HOST"); h != "" {
+		s.a.hosts = append(s.a.hosts, h)
 	}
-	free := func() (string, error) { return freeAddr() }
-	infra := map[string]string{}
-	for _, name := range []string{r.redis, r.s3, r.alex, r.auth} {
-		addr, err := free()
+	s.infra = map[string]string{}
+	for _, name := range []string{s.r.redis, s.r.s3, s.r.alex, s.r.auth} {
+		addr, err := freeAddr()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		infra[name] = addr
-		for _, port := range targetPorts(p.Services[name]) {
-			a.internal[name+":"+port] = addr
+		s.infra[name] = addr
+		for _, port := range targetPorts(s.p.Services[name]) {
+			s.a.internal[name+":"+port] = addr
 		}
-		for _, port := range publishes(p.Services[name]) {
-			a.published[port] = addr
+		for _, port := range publishes(s.p.Services[name]) {
+			s.a.published[port] = addr
 		}
 	}
-	var natsClient, natsCluster []string
 	for range 3 {
-		c, err := free()
+		c, err := freeAddr()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		k, err := free()
+		k, err := freeAddr()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		natsClient, natsCluster = append(natsClient, c), append(natsCluster, k)
+		s.natsClient, s.natsCluster = append(s.natsClient, c), append(s.natsCluster, k)
 	}
-	a.natsURLs = natsList(natsClient)
-	a.internal[r.nats+":4222"] = natsClient[0]
-	t.NATSURL = a.natsURLs
+	s.a.natsURLs = natsList(s.natsClient)
+	s.a.internal[s.r.nats+":4222"] = s.natsClient[0]
+	s.t.NATSURL = s.a.natsURLs
+	return s.allocateInstances()
+}
 
-	// Each instance of a service: its own port for each listen address.
+// scale is how many processes of each service run: api 2, relay 2,
+// committer compose's replicas (at least 2), thumbnailer 1, unless
+// Options.Scale says otherwise.
+func (s *setup) scale() map[string]int {
 	scale := map[string]int{"api": 2, "relay": 2, "committer": 1, "thumbnailer": 1}
-	if c := p.Services["committer"]; c.Deploy != nil && c.Deploy.Replicas != nil {
+	if c := s.p.Services["committer"]; c.Deploy != nil && c.Deploy.Replicas != nil {
 		scale["committer"] = max(*c.Deploy.Replicas, 2)
 	} else {
 		scale["committer"] = 2
 	}
-	for k, v := range opt.Scale {
+	for k, v := range s.opt.Scale {
 		scale[k] = v
 	}
-	type instance struct {
-		listen map[string]string // variable -> 127.0.0.1:P
-	}
-	inst := map[string][]instance{}
+	return scale
+}
+
+// allocateInstances gives each instance of a service its own port for each
+// listen address; the first instance's stand for the service's compose
+// name and published ports.
+func (s *setup) allocateInstances() error {
+	t, scale := s.t, s.scale()
+	s.inst = map[string][]instance{}
 	t.listen = map[string][]string{}
 	t.spawned = map[string]int{}
 	for _, name := range services {
 		for i := range scale[name] {
 			in := instance{listen: map[string]string{}}
-			for k, v := range p.Services[name].Environment {
+			for k, v := range s.p.Services[name].Environment {
 				if v == nil {
 					continue
 				}
-				if port, ok := targetPort(*v); ok {
-					if i == 0 {
-						t.listen[name] = append(t.listen[name], k)
-					}
-					addr, err := free()
-					if err != nil {
-						return nil, err
-					}
-					in.listen[k] = addr
-					if i == 0 {
-						a.internal[name+":"+strconv.Itoa(port)] = addr
-						if slices.Contains(publishes(p.Services[name]), strconv.Itoa(port)) {
-							a.published[strconv.Itoa(port)] = addr
-						}
+				port, ok := targetPort(*v)
+				if !ok {
+					continue
+				}
+				addr, err := freeAddr()
+				if err != nil {
+					return err
+				}
+				in.listen[k] = addr
+				if i == 0 {
+					t.listen[name] = append(t.listen[name], k)
+					s.a.internal[name+":"+strconv.Itoa(port)] = addr
+					if slices.Contains(publishes(s.p.Services[name]), strconv.Itoa(port)) {
+						s.a.published[strconv.Itoa(port)] = addr
 					}
 				}
 			}
-			inst[name] = append(inst[name], in)
+			s.inst[name] = append(s.inst[name], in)
 		}
 	}
+	return nil
+}
 
-	// The environment compose gives a container, addresses rewritten.
-	envFor := func(name string, listen map[string]string) ([]string, error) {
-		out := baseEnv()
-		var keys []string
-		for k := range p.Services[name].Environment {
-			keys = append(keys, k)
+// envFor is the environment compose gives a container, addresses
+// rewritten and listen addresses the instance's.
+func (s *setup) envFor(name string, listen map[string]string) ([]string, error) {
+	out := baseEnv()
+	var keys []string
+	for k := range s.p.Services[name].Environment {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := s.p.Services[name].Environment[k]
+		if v == nil {
+			continue
 		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			v := p.Services[name].Environment[k]
-			if v == nil {
-				continue
-			}
-			val := *v
-			if addr, ok := listen[k]; ok {
-				val = addr
-			} else if val, err = a.rewrite(k, val); err != nil {
+		val := *v
+		if addr, ok := listen[k]; ok {
+			val = addr
+		} else {
+			var err error
+			if val, err = s.a.rewrite(k, val); err != nil {
 				return nil, fmt.Errorf("%s: %w", name, err)
 			}
-			out = append(out, k+"="+val)
 		}
-		return out, nil
+		out = append(out, k+"="+val)
 	}
-	logs := filepath.Join(opt.Dir, "logs")
-	newProc := func(name, service, bin string, args, env []string, ready func(context.Context) error) *Proc {
-		return &Proc{Name: name, Service: service, bin: bin, args: args, Env: env, logPath: filepath.Join(logs, name+".log"), ready: ready}
-	}
+	return out, nil
+}
 
-	// Redis: compose's command, with this machine's port and directory.
+func (s *setup) newProc(name, service, bin string, args, env []string, ready func(context.Context) error) *Proc {
+	return &Proc{Name: name, Service: service, bin: bin, args: args, Env: env, logPath: filepath.Join(s.opt.Dir, "logs", name+".log"), ready: ready}
+}
+
+// redis runs compose's command, with this machine's port and directory.
+func (s *setup) redis() error {
 	redisBin, err := exec.LookPath("redis-server")
 	if err != nil {
-		return nil, fmt.Errorf("redis-server is not installed (make deps installs it): %w", err)
+		return fmt.Errorf("redis-server is not installed (make deps installs it): %w", err)
 	}
-	rs := p.Services[r.redis]
+	rs := s.p.Services[s.r.redis]
 	if len(rs.Command) == 0 || rs.Command[0] != "redis-server" {
-		return nil, fmt.Errorf("compose %s command %v: want redis-server and its arguments", r.redis, rs.Command)
+		return fmt.Errorf("compose %s command %v: want redis-server and its arguments", s.r.redis, rs.Command)
 	}
-	redisDir := filepath.Join(opt.Dir, "redis")
+	redisDir := filepath.Join(s.opt.Dir, "redis")
 	if err := os.MkdirAll(redisDir, 0o755); err != nil {
-		return nil, err
+		return err
 	}
-	host, port, _ := net.SplitHostPort(infra[r.redis])
-	t.RedisURL = "redis://" + infra[r.redis] + "/0"
-	t.Redis = newProc("redis", r.redis, redisBin, append(slices.Clone(rs.Command[1:]), "--bind", host, "--port", port, "--dir", redisDir, "--save", ""),
+	addr := s.infra[s.r.redis]
+	host, port, _ := net.SplitHostPort(addr)
+	s.t.RedisURL = "redis://" + addr + "/0"
+	s.t.Redis = s.newProc("redis", s.r.redis, redisBin, append(slices.Clone(rs.Command[1:]), "--bind", host, "--port", port, "--dir", redisDir, "--save", ""),
 		baseEnv(), func(ctx context.Context) error {
-			c := redis.NewClient(&redis.Options{Addr: infra[r.redis], MaxRetries: -1})
+			c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
 			defer c.Close()
 			return c.Ping(ctx).Err()
 		})
+	return nil
+}
 
-	// NATS: three nodes with compose's JetStream settings.
-	conf, err := natsSettings(p.Services[r.nats])
+// nats runs three nodes with compose's JetStream settings.
+func (s *setup) nats() error {
+	conf, err := natsSettings(s.p.Services[s.r.nats])
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for i := range 3 {
 		name := fmt.Sprintf("nats-%d", i+1)
-		dir := filepath.Join(opt.Dir, name)
+		dir := filepath.Join(s.opt.Dir, name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, err
+			return err
 		}
 		var routes []string
-		for j, k := range natsCluster {
+		for j, k := range s.natsCluster {
 			if j != i {
 				routes = append(routes, strconv.Quote("nats-route://"+k))
 			}
 		}
 		text := fmt.Sprintf("server_name: %q\nlisten: %q\njetstream {\n  store_dir: %q\n%s}\ncluster {\n  name: \"clinimg\"\n  listen: %q\n  routes: [%s]\n}\n",
-			name, natsClient[i], filepath.Join(dir, "js"), conf, natsCluster[i], strings.Join(routes, ", "))
+			name, s.natsClient[i], filepath.Join(dir, "js"), conf, s.natsCluster[i], strings.Join(routes, ", "))
 		file := filepath.Join(dir, "nats.conf")
 		if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
-			return nil, err
+			return err
 		}
-		url := "nats://" + natsClient[i]
-		t.NATS = append(t.NATS, newProc(name, r.nats, bins["nats-server"], []string{"-c", file}, baseEnv(), func(ctx context.Context) error {
+		url := "nats://" + s.natsClient[i]
+		s.t.NATS = append(s.t.NATS, s.newProc(name, s.r.nats, s.bins["nats-server"], []string{"-c", file}, baseEnv(), func(ctx context.Context) error {
 			nc, err := nats.Connect(url, nats.Timeout(time.Second))
 			if err != nil {
 				return err
@@ -360,96 +431,112 @@ func Start(ctx context.Context, opt Options) (top *Topology, err error) {
 			return jetStreamReady(ctx, nc)
 		}))
 	}
+	return nil
+}
 
-	// S3: versitygw with compose's environment, its volumes directories
-	// here; then compose's one-shot set-up (s3-init: the services' user and
-	// the bucket) with the same binary as its admin client.
-	ccfg := p.Services["committer"].Environment
+// s3 runs versitygw with compose's environment, its volumes directories
+// here.
+func (s *setup) s3() error {
+	t := s.t
+	ccfg := s.p.Services["committer"].Environment
 	get := func(m types.MappingWithEquals, k string) string {
 		if v := m[k]; v != nil {
 			return *v
 		}
 		return ""
 	}
-	t.S3Config = blob.Config{Bucket: get(ccfg, "S3_BUCKET_NAME"), Region: get(ccfg, "AWS_REGION"), Endpoint: "http://" + infra[r.s3],
+	t.S3Config = blob.Config{Bucket: get(ccfg, "S3_BUCKET_NAME"), Region: get(ccfg, "AWS_REGION"), Endpoint: "http://" + s.infra[s.r.s3],
 		AccessKey: get(ccfg, "AWS_ACCESS_KEY_ID"), SecretKey: get(ccfg, "AWS_SECRET_ACCESS_KEY"), PathStyle: true}
-	s3s := p.Services[r.s3]
+	s3s := s.p.Services[s.r.s3]
 	s3Listen := map[string]string{}
 	for k, v := range s3s.Environment {
 		if v != nil {
 			if _, ok := targetPort(*v); ok {
-				s3Listen[k] = infra[r.s3]
+				s3Listen[k] = s.infra[s.r.s3]
 			}
 		}
 	}
-	s3Env, err := envFor(r.s3, s3Listen)
+	s3Env, err := s.envFor(s.r.s3, s3Listen)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if s3Env, err = mountVolumes(s3s, s3Env, opt.Dir); err != nil {
-		return nil, err
+	if s3Env, err = mountVolumes(s3s, s3Env, s.opt.Dir); err != nil {
+		return err
 	}
 	health := envValue(s3Env, "VGW_HEALTH")
 	if health == "" {
-		return nil, fmt.Errorf("compose %s sets no VGW_HEALTH", r.s3)
+		return fmt.Errorf("compose %s sets no VGW_HEALTH", s.r.s3)
 	}
 	entry, err := versitygwEntrypoint()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	t.S3 = newProc("s3", r.s3, "/bin/sh", []string{entry}, append(s3Env, "VGW_BINARY="+bins["versitygw"]),
+	t.S3 = s.newProc("s3", s.r.s3, "/bin/sh", []string{entry}, append(s3Env, "VGW_BINARY="+s.bins["versitygw"]),
 		func(ctx context.Context) error { return httpOK(ctx, t.S3Config.Endpoint+health) })
-	var inits []*Proc
-	for name, dep := range p.Services["api"].DependsOn {
+	return nil
+}
+
+// s3Init prepares compose's one-shot set-ups the API waits for (s3-init:
+// the services' user and the bucket), with versitygw as their admin client.
+func (s *setup) s3Init() error {
+	for name, dep := range s.p.Services["api"].DependsOn {
 		if dep.Condition != types.ServiceConditionCompletedSuccessfully {
 			continue
 		}
-		s := p.Services[name]
-		env, err := envFor(name, nil)
+		svc := s.p.Services[name]
+		env, err := s.envFor(name, nil)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if env, err = mountVolumes(s, env, opt.Dir); err != nil {
-			return nil, err
+		if env, err = mountVolumes(svc, env, s.opt.Dir); err != nil {
+			return err
 		}
 		// The image's own binary (versitygw) is on its PATH.
-		env = append(env, "PATH="+opt.Bin+string(os.PathListSeparator)+os.Getenv("PATH"))
-		args := append(slices.Clone(s.Entrypoint), s.Command...)
+		env = append(env, "PATH="+s.opt.Bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+		args := append(slices.Clone(svc.Entrypoint), svc.Command...)
 		if len(args) == 0 {
-			return nil, fmt.Errorf("compose %s: no entrypoint or command", name)
+			return fmt.Errorf("compose %s: no entrypoint or command", name)
 		}
 		for i, a := range args {
-			args[i] = mapPath(s, a, opt.Dir)
+			args[i] = mapPath(svc, a, s.opt.Dir)
 		}
 		bin, err := exec.LookPath(args[0])
 		if err != nil {
-			return nil, fmt.Errorf("compose %s: %w", name, err)
+			return fmt.Errorf("compose %s: %w", name, err)
 		}
-		inits = append(inits, newProc(name, name, bin, args[1:], env, nil))
+		s.inits = append(s.inits, s.newProc(name, name, bin, args[1:], env, nil))
 	}
+	return nil
+}
 
-	// The stand-ins.
-	alexEnv, err := envFor(r.alex, map[string]string{"ALEXSIM_ADDR": infra[r.alex]})
+// standIns are the ALEX simulator and the token issuer.
+func (s *setup) standIns() error {
+	t := s.t
+	alexEnv, err := s.envFor(s.r.alex, map[string]string{"ALEXSIM_ADDR": s.infra[s.r.alex]})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	t.ALEXURL = "http://" + infra[r.alex]
-	t.ALEX = newProc("alexsim", r.alex, bins[r.alex], nil, alexEnv, func(ctx context.Context) error { return httpOK(ctx, t.ALEXURL+"/healthz") })
-	authEnv, err := envFor(r.auth, map[string]string{"DEVISSUER_ADDR": infra[r.auth]})
+	t.ALEXURL = "http://" + s.infra[s.r.alex]
+	t.ALEX = s.newProc("alexsim", s.r.alex, s.bins[s.r.alex], nil, alexEnv, func(ctx context.Context) error { return httpOK(ctx, t.ALEXURL+"/healthz") })
+	authEnv, err := s.envFor(s.r.auth, map[string]string{"DEVISSUER_ADDR": s.infra[s.r.auth]})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	t.AuthURL = "http://" + infra[r.auth]
-	t.Auth = newProc("devissuer", r.auth, bins[r.auth], nil, authEnv, func(ctx context.Context) error { return httpOK(ctx, t.AuthURL+"/healthz") })
+	t.AuthURL = "http://" + s.infra[s.r.auth]
+	t.Auth = s.newProc("devissuer", s.r.auth, s.bins[s.r.auth], nil, authEnv, func(ctx context.Context) error { return httpOK(ctx, t.AuthURL+"/healthz") })
+	return nil
+}
 
-	// The services.
+// services makes each instance's process, ready when its /readyz is.
+func (s *setup) services() error {
+	t := s.t
 	for _, name := range services {
-		for i, in := range inst[name] {
-			env, err := envFor(name, in.listen)
+		for i, in := range s.inst[name] {
+			env, err := s.envFor(name, in.listen)
 			if err != nil {
-				return nil, err
+				return err
 			}
-			pr := newProc(fmt.Sprintf("%s-%d", name, i+1), name, bins[name], nil, env, nil)
+			pr := s.newProc(fmt.Sprintf("%s-%d", name, i+1), name, s.bins[name], nil, env, nil)
 			ops := "http://" + pr.Getenv("OPS_ADDR")
 			pr.ready = func(ctx context.Context) error { return httpOK(ctx, ops+"/readyz") }
 			t.Services[name] = append(t.Services[name], pr)
@@ -464,50 +551,59 @@ func Start(ctx context.Context, opt Options) (top *Topology, err error) {
 	if t.Stream == "" {
 		t.Stream = "CLINIMG"
 	}
+	return nil
+}
 
-	// Start: the outside parts, the bucket (compose's s3-init), then the
-	// services, each waited for.
-	startAll := func(ps []*Proc) error {
-		for _, pr := range ps {
-			if err := pr.Start(); err != nil {
-				return err
-			}
-		}
-		var g errgroup.Group
-		for _, pr := range ps {
-			g.Go(func() error { return pr.Ready(ctx) })
-		}
-		return g.Wait()
+// start runs the outside parts, the bucket (compose's s3-init), then the
+// services, each waited for.
+func (s *setup) start(ctx context.Context) error {
+	t := s.t
+	s.say("starting redis, a three-node NATS cluster, versitygw, the ALEX simulator and the token issuer")
+	if err := startAll(ctx, append([]*Proc{t.Redis, t.S3, t.ALEX, t.Auth}, t.NATS...)); err != nil {
+		return err
 	}
-	say("starting redis, a three-node NATS cluster, versitygw, the ALEX simulator and the token issuer")
-	if err := startAll(append([]*Proc{t.Redis, t.S3, t.ALEX, t.Auth}, t.NATS...)); err != nil {
-		return nil, err
-	}
-	for _, in := range inits {
-		say("running %s", in.Name)
-		if err := in.Start(); err != nil {
-			return nil, err
-		}
-		select {
-		case <-in.Exited():
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		if c := in.ExitCode(); c != 0 {
-			return nil, fmt.Errorf("%s exited %d (see %s)", in.Name, c, in.LogPath())
+	for _, in := range s.inits {
+		s.say("running %s", in.Name)
+		if err := runOnce(ctx, in); err != nil {
+			return err
 		}
 	}
 	var svc []*Proc
 	for _, name := range services {
 		svc = append(svc, t.Services[name]...)
 	}
-	say("starting %d service processes", len(svc))
-	if err := startAll(svc); err != nil {
-		return nil, err
+	s.say("starting %d service processes", len(svc))
+	return startAll(ctx, svc)
+}
+
+// startAll starts every process, then waits for each to be ready.
+func startAll(ctx context.Context, ps []*Proc) error {
+	for _, pr := range ps {
+		if err := pr.Start(); err != nil {
+			return err
+		}
 	}
-	t.StartTime = time.Since(began)
-	say("ready in %s (builds %s)", t.StartTime.Round(time.Millisecond), t.BuildTime.Round(time.Millisecond))
-	return t, nil
+	var g errgroup.Group
+	for _, pr := range ps {
+		g.Go(func() error { return pr.Ready(ctx) })
+	}
+	return g.Wait()
+}
+
+// runOnce runs a one-shot process to its end; it must exit 0.
+func runOnce(ctx context.Context, in *Proc) error {
+	if err := in.Start(); err != nil {
+		return err
+	}
+	select {
+	case <-in.Exited():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if c := in.ExitCode(); c != 0 {
+		return fmt.Errorf("%s exited %d (see %s)", in.Name, c, in.LogPath())
+	}
+	return nil
 }
 
 // Spawn makes (without starting) one more process of a compose service:
