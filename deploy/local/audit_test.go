@@ -36,20 +36,15 @@ func TestAuditTrailOfAScriptedSession(t *testing.T) {
 	t.Parallel()
 	// A real redis-server, so the session really expires.
 	_, prefix := testenv.Redis(t)
-	log, _ := testenv.Logger(t)
-	st, err := Start(context.Background(), Options{Logger: log, NATSURL: testenv.StartNATS(t).URL,
-		RedisURL: testenv.RedisURL(), RedisPrefix: prefix, Env: map[string]string{"COMMIT_RETRY_INITIAL": "200ms"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	k := &clinic{t: t, st: st, c: &client{t: t, base: st.URL}}
+	k := newClinic(t, map[string]string{"COMMIT_RETRY_INITIAL": "200ms"}, func(o *Options) {
+		o.RedisURL, o.RedisPrefix = testenv.RedisURL(), prefix
+	})
 	g := k.gp("user_audit", "pat-audit")
 	photos := map[string][]byte{}
 	for i := range 3 {
 		id := fmt.Sprintf("img-%d", i)
 		photos[id] = photoN(40 + i)
-		g.recordAs(id, photos[id], iPhoneUA)
+		g.record(id, photos[id], "User-Agent", iPhoneUA)
 	}
 	g.ownBytes(3) // every photo processed: its verified and cleaned records exist
 	sess := g.session()
@@ -163,8 +158,7 @@ func TestAuditTrailOfAScriptedSession(t *testing.T) {
 
 	// Only the GP who owns it reads it: not the phone, not another GP.
 	k.c.call("GET", g.path("/sessions/"+sessionID+"/audit"), g.phone, nil, http.StatusForbidden, nil)
-	var other string
-	other, err = k.st.DesktopToken("user_other")
+	other, err := k.st.DesktopToken("user_other")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,19 +178,6 @@ func TestAuditTrailOfAScriptedSession(t *testing.T) {
 	if diff := cmp.Diff(trail, g.audit(sessionID)); diff != "" {
 		t.Errorf("trail after expiry (-before +after):\n%s", diff)
 	}
-}
-
-// recordAs is record from a phone with the given user agent.
-func (g *gpClient) recordAs(imageID string, photo []byte, ua string) {
-	var pre struct {
-		UploadURL string            `json:"uploadUrl"`
-		S3Key     string            `json:"s3Key"`
-		Headers   map[string]string `json:"headers"`
-	}
-	g.k.c.call("POST", g.path("/presigned-url"), g.phone, map[string]any{"contentType": "image/jpeg", "contentLength": len(photo)}, http.StatusOK, &pre)
-	g.k.c.put(pre.UploadURL, pre.Headers, photo)
-	g.k.c.call("POST", g.path("/images"), g.phone, map[string]any{"imageId": imageID, "s3Key": pre.S3Key, "source": "mobile",
-		"metadata": map[string]any{"bodySite": "368208006", "laterality": "left", "viewType": "anterior"}}, http.StatusOK, nil, "User-Agent", ua)
 }
 
 // audit is the session's trail as the API gives it, or nil while none.

@@ -262,8 +262,8 @@ func (g *gpClient) newSession() {
 func (g *gpClient) path(p string) string { return "/api/users/" + g.user + p }
 
 // record uploads a photo from the phone and records it under the client
-// image id given.
-func (g *gpClient) record(imageID string, photo []byte) {
+// image id given, with the request headers given (name, value, ...).
+func (g *gpClient) record(imageID string, photo []byte, headers ...string) {
 	var pre struct {
 		UploadURL string            `json:"uploadUrl"`
 		S3Key     string            `json:"s3Key"`
@@ -272,7 +272,7 @@ func (g *gpClient) record(imageID string, photo []byte) {
 	g.k.c.call("POST", g.path("/presigned-url"), g.phone, map[string]any{"contentType": "image/jpeg", "contentLength": len(photo)}, http.StatusOK, &pre)
 	g.k.c.put(pre.UploadURL, pre.Headers, photo)
 	g.k.c.call("POST", g.path("/images"), g.phone, map[string]any{"imageId": imageID, "s3Key": pre.S3Key, "source": "mobile",
-		"metadata": map[string]any{"bodySite": "368208006", "laterality": "left", "viewType": "anterior"}}, http.StatusOK, nil)
+		"metadata": map[string]any{"bodySite": "368208006", "laterality": "left", "viewType": "anterior"}}, http.StatusOK, nil, headers...)
 }
 
 func (g *gpClient) session() session.Session {

@@ -617,13 +617,7 @@ func readJSON(t *testing.T, path string, v any) {
 // multi-stage, runs as a non-root user, copies only paths that exist, and
 // builds the command the service runs.
 func TestDockerfiles(t *testing.T) {
-	p := loadCompose(t, "sim")
-	n := 0
-	for name, s := range p.Services {
-		if s.Build == nil {
-			continue
-		}
-		n++
+	for name, s := range builtServices(t) {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(s.Build.Context, s.Build.Dockerfile)
 			df := parseDockerfile(t, path)
@@ -659,9 +653,22 @@ func TestDockerfiles(t *testing.T) {
 			}
 		})
 	}
-	if n != 6 {
-		t.Errorf("%d services built from Dockerfiles, want 6 (four services and two stand-ins)", n)
+}
+
+// builtServices are the compose services (sim profile) built from this
+// repository's Dockerfiles: the four services and the two stand-ins.
+func builtServices(t *testing.T) map[string]types.ServiceConfig {
+	t.Helper()
+	built := map[string]types.ServiceConfig{}
+	for name, s := range loadCompose(t, "sim").Services {
+		if s.Build != nil {
+			built[name] = s
+		}
 	}
+	if len(built) != 6 {
+		t.Errorf("%d services built from Dockerfiles, want 6 (four services and two stand-ins)", len(built))
+	}
+	return built
 }
 
 type stage struct {

@@ -1,9 +1,7 @@
 package local
 
 import (
-	"bytes"
 	"context"
-	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -57,19 +55,9 @@ func resetStats(t *testing.T, rdb *redis.Client) {
 // publishers' reads, claims and the committer's sweep allow.
 func TestRedisCommandCost(t *testing.T) {
 	rdb, _ := testenv.RedisProcess(t)
-	log, _ := testenv.Logger(t)
-	st, err := Start(context.Background(), Options{Logger: log, NATSURL: testenv.StartNATS(t).URL,
-		RedisURL: "redis://" + rdb.Options().Addr + "/0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	desk, _ := st.DesktopToken("user_cost")
+	st := newClinic(t, nil, func(o *Options) { o.RedisURL = "redis://" + rdb.Options().Addr + "/0" }).st
 	// Let every service finish starting (first claims, consumer set-up).
-	code, start := call(t, "POST", st.URL+"/api/session-tokens", desk, map[string]any{"patientId": "12345", "encounterId": "enc_1"})
-	if code != 200 {
-		t.Fatalf("start: %d %v", code, start)
-	}
+	desk, phone := pairPhone(t, st, "user_cost", "12345", "enc_1")
 	time.Sleep(3 * time.Second)
 
 	// Idle: nobody uses it.
@@ -97,26 +85,11 @@ func TestRedisCommandCost(t *testing.T) {
 
 	// Photos: presign, upload, record, previews, then one commit of them all.
 	const photos = 5
-	_, pair := call(t, "GET", st.URL+"/api/session-tokens/"+start["sessionToken"].(string), "", nil)
-	phone := pair["phoneToken"].(string)
 	photo := testdata(t, "photo-1920.jpg")
 	resetStats(t, rdb)
 	began = time.Now()
-	for i := range photos {
-		_, pre := call(t, "POST", st.URL+"/api/users/user_cost/presigned-url", phone, map[string]any{"contentType": "image/jpeg", "contentLength": len(photo)})
-		req, _ := http.NewRequest("PUT", pre["uploadUrl"].(string), bytes.NewReader(photo))
-		req.Header.Set("Content-Type", "image/jpeg")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil || resp.StatusCode != 200 {
-			t.Fatalf("PUT %d: %v %v", i, err, resp)
-		}
-		resp.Body.Close()
-		if code, rec := call(t, "POST", st.URL+"/api/users/user_cost/images", phone, map[string]any{
-			"imageId": pre["imageId"], "s3Key": pre["s3Key"], "source": "mobile",
-			"metadata": map[string]any{"bodySite": "368208006", "laterality": "left", "viewType": "anterior"},
-		}); code != 200 {
-			t.Fatalf("record %d: %d %v", i, code, rec)
-		}
+	for range photos {
+		upload(t, st, "user_cost", phone, photo, "368208006")
 	}
 	if code, res := call(t, "PUT", st.URL+"/api/users/user_cost/consent", desk, map[string]any{"method": "written", "purposes": []string{"record"}}); code != 200 {
 		t.Fatalf("consent: %d %v", code, res)

@@ -2,7 +2,6 @@ package local
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -52,40 +51,52 @@ func call(t testing.TB, method, url, token string, body any) (int, map[string]an
 	return resp.StatusCode, out
 }
 
-// The end-to-end path through the API (issue 3, must show 5): photos
-// recorded, POST commit, and the seeds' response shape comes back with the
-// Media ids the ALEX simulator holds.
-func TestCommitThroughTheAPI(t *testing.T) {
-	log, _ := testenv.Logger(t)
-	st, err := Start(context.Background(), Options{Logger: log, NATSURL: testenv.StartNATS(t).URL})
+// pairPhone starts a capture for patient on user's desktop and pairs a
+// phone with it: the desktop's and the phone's tokens.
+func pairPhone(t testing.TB, st *Stack, user, patient, encounter string) (desk, phone string) {
+	t.Helper()
+	desk, err := st.DesktopToken(user)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	desk, _ := st.DesktopToken("user_abc")
-	code, start := call(t, "POST", st.URL+"/api/session-tokens", desk, map[string]any{"patientId": "12345", "encounterId": "enc_789"})
+	code, start := call(t, "POST", st.URL+"/api/session-tokens", desk, map[string]any{"patientId": patient, "encounterId": encounter})
 	if code != 200 {
 		t.Fatalf("start: %d %v", code, start)
 	}
 	_, pair := call(t, "GET", st.URL+"/api/session-tokens/"+start["sessionToken"].(string), "", nil)
-	phone := pair["phoneToken"].(string)
+	return desk, pair["phoneToken"].(string)
+}
+
+// upload takes one photo on the phone as the page does: presign, PUT to
+// S3, record it at the body site given.
+func upload(t testing.TB, st *Stack, user, phone string, photo []byte, site string) {
+	t.Helper()
+	_, pre := call(t, "POST", st.URL+"/api/users/"+user+"/presigned-url", phone, map[string]any{"contentType": "image/jpeg", "contentLength": len(photo)})
+	req, _ := http.NewRequest("PUT", pre["uploadUrl"].(string), bytes.NewReader(photo))
+	req.Header.Set("Content-Type", "image/jpeg")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("PUT: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	code, rec := call(t, "POST", st.URL+"/api/users/"+user+"/images", phone, map[string]any{
+		"imageId": pre["imageId"], "s3Key": pre["s3Key"], "source": "mobile",
+		"metadata": map[string]any{"bodySite": site, "laterality": "left", "viewType": "anterior"},
+	})
+	if code != 200 {
+		t.Fatalf("record: %d %v", code, rec)
+	}
+}
+
+// The end-to-end path through the API (issue 3, must show 5): photos
+// recorded, POST commit, and the seeds' response shape comes back with the
+// Media ids the ALEX simulator holds.
+func TestCommitThroughTheAPI(t *testing.T) {
+	st := newClinic(t, nil).st
+	desk, phone := pairPhone(t, st, "user_abc", "12345", "enc_789")
 	photo := testdata(t, "photo-1920.jpg")
-	for i, site := range []string{"368208006", "14975008", "85562004"} {
-		_, pre := call(t, "POST", st.URL+"/api/users/user_abc/presigned-url", phone, map[string]any{"contentType": "image/jpeg", "contentLength": len(photo)})
-		req, _ := http.NewRequest("PUT", pre["uploadUrl"].(string), bytes.NewReader(photo))
-		req.Header.Set("Content-Type", "image/jpeg")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil || resp.StatusCode != 200 {
-			t.Fatalf("PUT %d: %v %v", i, err, resp)
-		}
-		resp.Body.Close()
-		code, rec := call(t, "POST", st.URL+"/api/users/user_abc/images", phone, map[string]any{
-			"imageId": pre["imageId"], "s3Key": pre["s3Key"], "source": "mobile",
-			"metadata": map[string]any{"bodySite": site, "laterality": "left", "viewType": "anterior"},
-		})
-		if code != 200 {
-			t.Fatalf("record %d: %d %v", i, code, rec)
-		}
+	for _, site := range []string{"368208006", "14975008", "85562004"} {
+		upload(t, st, "user_abc", phone, photo, site)
 	}
 	if code, res := call(t, "PUT", st.URL+"/api/users/user_abc/consent", desk, map[string]any{"method": "written", "purposes": []string{"record", "referral"}}); code != 200 {
 		t.Fatalf("consent: %d %v", code, res)
