@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"strconv"
 
@@ -43,14 +44,7 @@ func Run(ctx context.Context, cfg Config) error {
 	rdb := conns.Redis
 
 	checks := conns.Checks()
-	var verifier *jwtauth.Verifier
-	if cfg.DevIssuer != nil {
-		verifier = cfg.DevIssuer.Verifier()
-	} else {
-		jwks := jwtauth.NewJWKS(cfg.JWKSURL)
-		verifier = jwtauth.NewVerifier(jwks, cfg.Issuer, cfg.Audience)
-		checks["jwks"] = jwks.Ping
-	}
+	verifier := desktopVerifier(cfg, checks)
 
 	store := session.NewStore(rdb, session.Options{
 		Prefix: cfg.Common.RedisPrefix, Names: cfg.Common.Names, Source: "/clinimg/api", MaxImages: cfg.MaxImages,
@@ -68,29 +62,14 @@ func Run(ctx context.Context, cfg Config) error {
 		Registry: reg, Logger: log,
 	}
 	if cfg.ALEX != nil {
-		// Earlier photos: the practice's ALEX credentials, on the server
-		// only. Its logger never sees tokens or query strings.
-		alexCfg := *cfg.ALEX
-		alexCfg.Logger = log
-		alex, err := fhir.NewClient(alexCfg)
-		if err != nil {
+		if deps.ALEX, err = earlierPhotos(*cfg.ALEX, log); err != nil {
 			return g.Stop(err)
 		}
-		deps.ALEX = alex
 	}
 	srv := NewServer(cfg, deps)
-	// The audit trail is written from the event stream, beside the
-	// requests and never in their way.
-	cons, err := ops.Consumer(g.Context(), log, conns.JS, cfg.Common.Names, audit.Consumer(cfg.Common.AckWait))
-	if err != nil {
+	if err := writeAudit(g, conns, cfg, trail, log); err != nil {
 		return g.Stop(err)
 	}
-	writer := audit.NewWriter(trail, log)
-	g.Go(ops.StageWork, "audit", func(ctx context.Context) error {
-		return consume.Run(ctx, cons, writer.Handle, consume.Options{
-			Grace: g.Grace(), Logger: log, DeadLetters: deadletter.New(conns.JS, cfg.Common.Names),
-		})
-	})
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "clinimg_outbox_depth", Help: "Events waiting in the Redis outbox.",
 	}, func() float64 {
@@ -109,4 +88,39 @@ func Run(ctx context.Context, cfg Config) error {
 	log.Info("api.start", "addr", cfg.Addr, "ops_addr", cfg.Common.OpsAddr, "public_url", cfg.PublicURL, "realtime", string(cfg.Realtime.Mode),
 		"earlier_photos", cfg.ALEX != nil)
 	return g.Wait()
+}
+
+// desktopVerifier checks desktop tokens: the development issuer's, else
+// the identity provider's, whose JWKS joins the readiness checks.
+func desktopVerifier(cfg Config, checks map[string]ops.Check) *jwtauth.Verifier {
+	if cfg.DevIssuer != nil {
+		return cfg.DevIssuer.Verifier()
+	}
+	jwks := jwtauth.NewJWKS(cfg.JWKSURL)
+	checks["jwks"] = jwks.Ping
+	return jwtauth.NewVerifier(jwks, cfg.Issuer, cfg.Audience)
+}
+
+// earlierPhotos is the ALEX client for earlier photos: the practice's ALEX
+// credentials, on the server only. Its logger never sees tokens or query
+// strings.
+func earlierPhotos(c fhir.Config, log *slog.Logger) (*fhir.Client, error) {
+	c.Logger = log
+	return fhir.NewClient(c)
+}
+
+// writeAudit writes the audit trail from the event stream, beside the
+// requests and never in their way.
+func writeAudit(g *ops.Group, conns *ops.Conns, cfg Config, trail *audit.Store, log *slog.Logger) error {
+	cons, err := ops.Consumer(g.Context(), log, conns.JS, cfg.Common.Names, audit.Consumer(cfg.Common.AckWait))
+	if err != nil {
+		return err
+	}
+	writer := audit.NewWriter(trail, log)
+	g.Go(ops.StageWork, "audit", func(ctx context.Context) error {
+		return consume.Run(ctx, cons, writer.Handle, consume.Options{
+			Grace: g.Grace(), Logger: log, DeadLetters: deadletter.New(conns.JS, cfg.Common.Names),
+		})
+	})
+	return nil
 }
