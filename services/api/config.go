@@ -143,21 +143,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		FrameAncestors:  r.String("FRAME_ANCESTORS", "'none'"),
 		Realtime:        realtime.ReadSettings(r),
 	}
-	if r.String("ALEX_API_URL", "") != "" {
-		c.ALEX = &fhir.Config{
-			BaseURL:      r.Required("ALEX_API_URL"),
-			TokenURL:     r.Required("ALEX_OAUTH_TOKEN_URL"),
-			ClientID:     r.Required("ALEX_CLIENT_ID"),
-			ClientSecret: r.RequiredSecret("ALEX_CLIENT_SECRET"),
-			Scope:        r.Required("ALEX_SCOPE"),
-			FacilityID:   r.Required("ALEX_FACILITY_ID"),
-			AppID:        r.String("ALEX_APP_ID", "clinicalimages"),
-			Timeout:      r.Duration("ALEX_REQUEST_TIMEOUT", 15*time.Second),
-		}
-		if c.ALEX.Timeout <= 0 || c.ALEX.Timeout >= c.HTTP.WriteTimeout {
-			r.Fail("ALEX_REQUEST_TIMEOUT (%s) must be positive and shorter than HTTP_WRITE_TIMEOUT (%s)", c.ALEX.Timeout, c.HTTP.WriteTimeout)
-		}
-	}
+	c.ALEX = readALEX(r, c.HTTP.WriteTimeout)
 	if _, err := url.ParseRequestURI(c.PublicURL); c.PublicURL != "" && err != nil {
 		r.Fail("PUBLIC_URL: %q is not a URL", c.PublicURL)
 	}
@@ -199,6 +185,28 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		r.Fail("TRUSTED_PROXIES: %v", err)
 	}
 	return c, r.Err()
+}
+
+// readALEX is the ALEX the earlier photos come from, nil without
+// ALEX_API_URL; a request to it must end before the API's response must.
+func readALEX(r *config.Reader, writeTimeout time.Duration) *fhir.Config {
+	if r.String("ALEX_API_URL", "") == "" {
+		return nil
+	}
+	c := &fhir.Config{
+		BaseURL:      r.Required("ALEX_API_URL"),
+		TokenURL:     r.Required("ALEX_OAUTH_TOKEN_URL"),
+		ClientID:     r.Required("ALEX_CLIENT_ID"),
+		ClientSecret: r.RequiredSecret("ALEX_CLIENT_SECRET"),
+		Scope:        r.Required("ALEX_SCOPE"),
+		FacilityID:   r.Required("ALEX_FACILITY_ID"),
+		AppID:        r.String("ALEX_APP_ID", "clinicalimages"),
+		Timeout:      r.Duration("ALEX_REQUEST_TIMEOUT", 15*time.Second),
+	}
+	if c.Timeout <= 0 || c.Timeout >= writeTimeout {
+		r.Fail("ALEX_REQUEST_TIMEOUT (%s) must be positive and shorter than HTTP_WRITE_TIMEOUT (%s)", c.Timeout, writeTimeout)
+	}
+	return c
 }
 
 // frameSource is an origin a CSP source list may name.
