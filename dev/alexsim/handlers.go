@@ -139,7 +139,7 @@ func (s *Server) fhirAPI(w *statusWriter, r *http.Request, rec *Request) {
 	path := strings.TrimPrefix(r.URL.Path, BasePath)
 	var body []byte
 	if r.Body != nil && (r.Method == http.MethodPost || r.Method == http.MethodPatch || r.Method == http.MethodPut) {
-		b, err := io.ReadAll(io.LimitReader(r.Body, s.opt.MaxBody+1))
+		b, err := readBody(r, s.opt.MaxBody+1)
 		if err != nil {
 			return // the client went away
 		}
@@ -273,6 +273,18 @@ func validateMedia(raw []byte) (fhir.Media, int, string, string) {
 		return m, http.StatusBadRequest, "business-rule", "The mandatory Identifier.value with the reference number is missing"
 	}
 	return m, 0, "", ""
+}
+
+// readBody reads up to limit bytes of r's body into one buffer sized by
+// its Content-Length, as a photo's body is large and growing a buffer for
+// it copied it over and over.
+func readBody(r *http.Request, limit int64) ([]byte, error) {
+	var buf bytes.Buffer
+	if n := r.ContentLength; n > 0 && n < limit {
+		buf.Grow(int(n) + bytes.MinRead)
+	}
+	_, err := buf.ReadFrom(io.LimitReader(r.Body, limit))
+	return buf.Bytes(), err
 }
 
 // decodeMedia parses a POSTed Media strictly (no unknown fields, nothing
