@@ -95,15 +95,18 @@ type earlierStore struct {
 		Put(ctx context.Context, key, contentType string, body io.ReadSeeker, size int64) error
 		Delete(ctx context.Context, keys ...string) error
 	}
-	store *session.Store
-	rdb   redis.Cmdable
-	log   *slog.Logger
-	now   func() time.Time
+	store interface {
+		Options() session.Options
+		TrackObjects(ctx context.Context, userID, sessionID string, keys ...string) error
+	}
+	rdb redis.Cmdable
+	log *slog.Logger
+	now func() time.Time
 }
 
 // cacheKey holds the list of one session's earlier photos.
 func (e *earlierStore) cacheKey(userID, sessionID string) string {
-	return string(e.store.Keys) + "earlier:" + userID + ":" + sessionID
+	return e.store.Options().Prefix + "earlier:" + userID + ":" + sessionID
 }
 
 // previewKey is under the user's temp/ prefix (the bucket's lifecycle

@@ -20,11 +20,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/clinicalimages/clinimg/pkg/audit"
 	"github.com/clinicalimages/clinimg/pkg/blob"
 	"github.com/clinicalimages/clinimg/pkg/jwtauth"
 	"github.com/clinicalimages/clinimg/pkg/ops"
-	"github.com/clinicalimages/clinimg/pkg/session"
 	"github.com/clinicalimages/clinimg/services/api/web"
 )
 
@@ -39,13 +37,14 @@ type objects interface {
 
 // Deps are the Server's collaborators, built by Run (or a test).
 type Deps struct {
-	Store    *session.Store
+	Store    sessions      // a *session.Store
 	Redis    redis.Cmdable // rate limits, under the store's key prefix
-	Objects  objects
+	Objects  objects       // a *blob.Store
 	Verifier *jwtauth.Verifier
-	Waiter   *Waiter
-	// Audit reads the sessions' chains of custody (nil: none kept).
-	Audit *audit.Store
+	Waiter   commitWaiter // a *Waiter
+	// Audit reads the sessions' chains of custody (an *audit.Store; nil:
+	// none kept).
+	Audit auditTrail
 	// ALEX reads patients' earlier photos (a *fhir.Client; nil: earlier
 	// photos are not configured).
 	ALEX     alexReader
@@ -57,11 +56,11 @@ type Deps struct {
 // Server holds the handlers.
 type Server struct {
 	cfg      Config
-	store    *session.Store
+	store    sessions
 	objects  objects
 	verifier *jwtauth.Verifier
-	waiter   *Waiter
-	audit    *audit.Store
+	waiter   commitWaiter
+	audit    auditTrail
 	reg      *prometheus.Registry
 	log      *slog.Logger
 	now      func() time.Time
@@ -84,7 +83,7 @@ func NewServer(cfg Config, d Deps) *Server {
 	}
 	keys := ""
 	if d.Store != nil {
-		keys = string(d.Store.Keys)
+		keys = d.Store.Options().Prefix // the store's session.Keys
 	}
 	s := &Server{
 		cfg: cfg, store: d.Store, objects: d.Objects, verifier: d.Verifier, waiter: d.Waiter, audit: d.Audit,
