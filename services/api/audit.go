@@ -56,7 +56,7 @@ func (s *Server) getAudit(c *gin.Context) {
 		c.Data(http.StatusOK, "text/csv; charset=utf-8", buf.Bytes())
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"sessionId": sessionID, "records": recs})
+	c.JSON(http.StatusOK, auditAnswer{SessionID: sessionID, Records: recs})
 }
 
 var (

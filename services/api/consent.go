@@ -43,5 +43,5 @@ func (s *Server) setConsent(c *gin.Context) {
 		return
 	}
 	s.log.InfoContext(ctx, "consent.recorded", "user_id", sess.UserID, "via", rec.Via, "method", sess.Consent.Method)
-	c.JSON(http.StatusOK, gin.H{"consent": sess.Consent, "version": sess.Version})
+	c.JSON(http.StatusOK, consentAnswer{Consent: sess.Consent, Version: sess.Version})
 }

@@ -11,13 +11,13 @@ import (
 	"github.com/clinicalimages/clinimg/pkg/session"
 )
 
-// apiError is a client-facing error: a status, a stable code, a message, and
-// optional extra fields for the body.
+// apiError is a client-facing error: a status, a stable code, a message,
+// and for some errors a count of photos.
 type apiError struct {
 	status int
 	code   string
 	msg    string
-	extra  gin.H
+	count  *int
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -47,9 +47,9 @@ func (s *Server) respondErr(c *gin.Context, err error) {
 	case errors.As(err, &badConsent):
 		ae = clientErr(http.StatusBadRequest, "invalid_consent", badConsent.Msg)
 	case errors.As(err, &unc):
-		ae = &apiError{status: http.StatusConflict, code: "uncommitted_images", msg: unc.Error(), extra: gin.H{"count": unc.N}}
+		ae = &apiError{status: http.StatusConflict, code: "uncommitted_images", msg: unc.Error(), count: &unc.N}
 	case errors.As(err, &rej):
-		ae = &apiError{status: http.StatusConflict, code: "rejected_images", msg: rej.Error(), extra: gin.H{"count": rej.N}}
+		ae = &apiError{status: http.StatusConflict, code: "rejected_images", msg: rej.Error(), count: &rej.N}
 	case errors.Is(err, session.ErrCapReached):
 		ae = clientErr(http.StatusBadRequest, "image_limit", session.CapMessage(s.cfg.MaxImages))
 	default:
@@ -71,11 +71,7 @@ func (s *Server) respondErr(c *gin.Context, err error) {
 		s.log.ErrorContext(c.Request.Context(), "api.internal_error", "route", c.FullPath(), "err", err)
 		ae = clientErr(http.StatusInternalServerError, "internal", "internal error")
 	}
-	body := gin.H{"error": ae.msg, "code": ae.code}
-	for k, v := range ae.extra {
-		body[k] = v
-	}
-	c.AbortWithStatusJSON(ae.status, body)
+	c.AbortWithStatusJSON(ae.status, errorAnswer{Error: ae.msg, Code: ae.code, Count: ae.count})
 }
 
 func domainErr(err error) *apiError {

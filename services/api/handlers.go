@@ -72,14 +72,14 @@ func (s *Server) startSession(c *gin.Context) {
 		s.respondErr(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{
-		"sessionToken": token,
-		"userId":       who.userID,
-		"expiresAt":    out.Token.CreatedAt.Add(s.store.Options().TokenTTL),
-		"qrCodeUrl":    qrURL,
-		"qrCodeImage":  "data:image/png;base64," + base64.StdEncoding.EncodeToString(png),
-		"sessionId":    out.Session.SessionID,
-		"reused":       out.Reused,
+	c.JSON(http.StatusOK, startAnswer{
+		SessionToken: token,
+		UserID:       who.userID,
+		ExpiresAt:    out.Token.CreatedAt.Add(s.store.Options().TokenTTL),
+		QRCodeURL:    qrURL,
+		QRCodeImage:  "data:image/png;base64," + base64.StdEncoding.EncodeToString(png),
+		SessionID:    out.Session.SessionID,
+		Reused:       out.Reused,
 	})
 }
 
@@ -94,33 +94,33 @@ func (s *Server) exchangeToken(c *gin.Context) {
 	}
 	if !ok {
 		c.Header("Retry-After", strconv.Itoa(int(retry.Round(time.Second)/time.Second)+1))
-		c.JSON(http.StatusTooManyRequests, gin.H{"valid": false, "error": "too many QR codes tried from this address; wait a minute", "code": "rate_limited"})
+		c.JSON(http.StatusTooManyRequests, exchangeErrorAnswer{Error: "too many QR codes tried from this address; wait a minute", Code: "rate_limited"})
 		return
 	}
 	token := c.Param("token")
 	if !qrToken.MatchString(token) {
-		c.JSON(http.StatusNotFound, gin.H{"valid": false, "error": session.ErrTokenNotFound.Error(), "code": "token_invalid"})
+		c.JSON(http.StatusNotFound, exchangeErrorAnswer{Error: session.ErrTokenNotFound.Error(), Code: "token_invalid"})
 		return
 	}
 	cred := phonePrefix + randomB64(32)
 	t, err := s.store.Pair(ctx, token, cred, userAgentSummary(c.GetHeader("User-Agent")))
 	if err != nil {
 		if ae := domainErr(err); ae != nil {
-			c.JSON(ae.status, gin.H{"valid": false, "error": ae.msg, "code": ae.code})
+			c.JSON(ae.status, exchangeErrorAnswer{Error: ae.msg, Code: ae.code})
 			return
 		}
 		s.respondErr(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{
-		"valid":       true,
-		"userId":      t.UserID,
-		"patientId":   t.PatientID,
-		"encounterId": t.EncounterID,
-		"sessionId":   t.SessionID,
-		"phoneId":     session.PhoneID(cred),
-		"phoneToken":  cred,
-		"expiresAt":   s.now().Add(s.store.Options().CredentialTTL).UTC(),
+	c.JSON(http.StatusOK, exchangeAnswer{
+		Valid:       true,
+		UserID:      t.UserID,
+		PatientID:   t.PatientID,
+		EncounterID: t.EncounterID,
+		SessionID:   t.SessionID,
+		PhoneID:     session.PhoneID(cred),
+		PhoneToken:  cred,
+		ExpiresAt:   s.now().Add(s.store.Options().CredentialTTL).UTC(),
 	})
 }
 
@@ -178,12 +178,12 @@ func (s *Server) presign(c *gin.Context) {
 		s.respondErr(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{
-		"uploadUrl": u,
-		"s3Key":     key,
-		"expiresIn": int(s.cfg.UploadExpiry / time.Second),
-		"imageId":   id,
-		"headers":   gin.H{"Content-Type": req.ContentType},
+	c.JSON(http.StatusOK, presignAnswer{
+		UploadURL: u,
+		S3Key:     key,
+		ExpiresIn: int(s.cfg.UploadExpiry / time.Second),
+		ImageID:   id,
+		Headers:   uploadHeaders{ContentType: req.ContentType},
 	})
 }
 
@@ -275,7 +275,7 @@ func (s *Server) recordImage(c *gin.Context) {
 	}
 	s.metrics.recorded.WithLabelValues(outcome).Inc()
 	s.log.InfoContext(ctx, "image.recorded", "user_id", userID, "image_id", req.ImageID, "outcome", outcome, "bytes", info.Size)
-	c.JSON(http.StatusOK, gin.H{"success": true, "imageId": req.ImageID, "session": s.view(ctx, sess)})
+	c.JSON(http.StatusOK, recordAnswer{Success: true, ImageID: req.ImageID, Session: s.view(ctx, sess)})
 }
 
 // deletedOr is err, unless the object is missing because the GP deleted
@@ -356,7 +356,7 @@ func (s *Server) updateImage(c *gin.Context) {
 	img, _ := sess.Image(c.Param("imageId"))
 	v := s.view(ctx, sess)
 	vimg, _ := v.Image(img.ID)
-	c.JSON(http.StatusOK, gin.H{"success": true, "image": vimg, "session": v})
+	c.JSON(http.StatusOK, updateAnswer{Success: true, Image: vimg, Session: v})
 }
 
 // deleteImage removes one photo and its objects.
@@ -368,7 +368,7 @@ func (s *Server) deleteImage(c *gin.Context) {
 		return
 	}
 	s.deleteObjects(ctx, img)
-	c.JSON(http.StatusOK, gin.H{"success": true, "imageId": img.ID})
+	c.JSON(http.StatusOK, deleteAnswer{Success: true, ImageID: img.ID})
 }
 
 // getSession is the seeds' GET session; reading counts as activity.
@@ -411,7 +411,7 @@ func (s *Server) setOpenPatient(c *gin.Context) {
 		s.respondErr(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"patientId": sess.PatientID, "held": sess.Held, "version": sess.Version})
+	c.JSON(http.StatusOK, openPatientAnswer{PatientID: sess.PatientID, Held: sess.Held, Version: sess.Version})
 }
 
 type pendingRequest struct {
@@ -441,7 +441,7 @@ func (s *Server) setPending(c *gin.Context) {
 		s.respondErr(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"pending": *req.Count, "pendingPhotos": sess.PendingPhotos(), "version": sess.Version})
+	c.JSON(http.StatusOK, pendingAnswer{Pending: *req.Count, PendingPhotos: sess.PendingPhotos(), Version: sess.Version})
 }
 
 // commitRequest is POST commit's optional body.
@@ -508,9 +508,9 @@ func (s *Server) commit(c *gin.Context) {
 	accepted := func() {
 		s.metrics.commits.WithLabelValues("accepted").Inc()
 		c.Header("Location", "/api/users/"+userID+"/commit")
-		c.JSON(http.StatusAccepted, gin.H{
-			"success": false, "status": string(session.CommitInProgress), "commitId": commitID,
-			"imageCount": len(sess.Images), "message": "commit accepted; follow its progress at GET /api/users/" + userID + "/commit",
+		c.JSON(http.StatusAccepted, commitAcceptedAnswer{
+			Status: string(session.CommitInProgress), CommitID: commitID, ImageCount: len(sess.Images),
+			Message: "commit accepted; follow its progress at GET /api/users/" + userID + "/commit",
 		})
 	}
 	if async {
@@ -523,19 +523,19 @@ func (s *Server) commit(c *gin.Context) {
 	case ev := <-outcome:
 		if ev.Success {
 			s.metrics.commits.WithLabelValues("succeeded").Inc()
-			c.JSON(http.StatusOK, gin.H{
-				"success": true, "mediaResourceIds": ev.MediaResourceIDs, "message": ev.Message,
-				"imageCount": len(ev.MediaResourceIDs), "commitId": commitID,
+			c.JSON(http.StatusOK, commitAnswer{
+				Success: true, MediaResourceIDs: ev.MediaResourceIDs, Message: ev.Message,
+				ImageCount: len(ev.MediaResourceIDs), CommitID: commitID,
 			})
 			return
 		}
 		s.metrics.commits.WithLabelValues("failed").Inc()
 		// ALEX has no delete: photos already in the record stay there, so
 		// partialSuccess says whether some are.
-		c.JSON(http.StatusBadGateway, gin.H{
-			"success": false, "error": "Commit failed: " + ev.Message, "code": "commit_failed", "partialSuccess": ev.Done > 0,
-			"inRecord": ev.Done, "imageCount": ev.Total, "stopped": ev.Stopped,
-			"errors": ev.Errors, "orphans": ev.Orphans, "commitId": commitID,
+		c.JSON(http.StatusBadGateway, commitFailedAnswer{
+			Error: "Commit failed: " + ev.Message, Code: "commit_failed", PartialSuccess: ev.Done > 0,
+			InRecord: ev.Done, ImageCount: ev.Total, Stopped: ev.Stopped,
+			Errors: ev.Errors, Orphans: ev.Orphans, CommitID: commitID,
 		})
 	case <-timer.C:
 		accepted()
@@ -568,9 +568,9 @@ func (s *Server) stopCommit(c *gin.Context) {
 		return
 	}
 	s.log.InfoContext(ctx, "commit.stopped", "user_id", c.Param("userId"), "commit_id", sess.CommitID, "in_record", sess.Commit.Done)
-	c.JSON(http.StatusOK, gin.H{
-		"success": true, "commitStatus": sess.CommitStatus, "commitId": sess.CommitID,
-		"inRecord": sess.Commit.Done, "imageCount": len(sess.Images), "message": sess.Commit.Message, "session": s.view(ctx, sess),
+	c.JSON(http.StatusOK, stopCommitAnswer{
+		Success: true, CommitStatus: sess.CommitStatus, CommitID: sess.CommitID,
+		InRecord: sess.Commit.Done, ImageCount: len(sess.Images), Message: sess.Commit.Message, Session: s.view(ctx, sess),
 	})
 }
 
@@ -581,7 +581,7 @@ func (s *Server) commitStatus(c *gin.Context) {
 		s.respondErr(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"commitStatus": sess.CommitStatus, "commitId": sess.CommitID, "commit": sess.Commit})
+	c.JSON(http.StatusOK, commitStatusAnswer{CommitStatus: sess.CommitStatus, CommitID: sess.CommitID, Commit: sess.Commit})
 }
 
 // realtimeToken gives the browser a token for its own channel only, never
@@ -616,7 +616,7 @@ func (s *Server) listPhones(c *gin.Context) {
 		s.respondErr(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"sessionId": sess.SessionID, "phones": sess.Phones})
+	c.JSON(http.StatusOK, phonesAnswer{SessionID: sess.SessionID, Phones: sess.Phones})
 }
 
 // removePhone is DELETE /api/users/:userId/phones/:phoneId: the phone's
@@ -636,7 +636,7 @@ func (s *Server) removePhone(c *gin.Context) {
 		return
 	}
 	s.log.InfoContext(ctx, "phone.removed", "user_id", sess.UserID, "phone_id", c.Param("phoneId"))
-	c.JSON(http.StatusOK, gin.H{"success": true, "phoneId": c.Param("phoneId"), "phones": sess.Phones})
+	c.JSON(http.StatusOK, phoneRemovedAnswer{Success: true, PhoneID: c.Param("phoneId"), Phones: sess.Phones})
 }
 
 // devToken issues a desktop token for any user id (local stack only).
@@ -651,7 +651,7 @@ func (s *Server) devToken(c *gin.Context) {
 		s.respondErr(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"token": tok, "userId": userID})
+	c.JSON(http.StatusOK, devTokenAnswer{Token: tok, UserID: userID})
 }
 
 // view is the session as a browser sees it, with short-lived read URLs, and

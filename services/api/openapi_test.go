@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
@@ -338,4 +339,93 @@ func TestOpenAPIMatchesLiveAnswers(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestAnswersMatchTheSchemas checks each answer type against the schema
+// documented for it, field by field: every JSON field the type sends is a
+// documented property, and every required property is a field the type
+// always sends (no omitempty). The live answers are checked above; this
+// names the Go type when the two drift apart.
+func TestAnswersMatchTheSchemas(t *testing.T) {
+	doc := loadOpenAPI(t)
+	U := "/api/users/{userId}"
+	for _, tc := range []struct {
+		answer        any
+		method, route string
+		status        int
+	}{
+		{errorAnswer{}, "POST", U + "/presigned-url", 400},
+		{errorAnswer{}, "POST", U + "/commit", 409},
+		{healthAnswer{}, "GET", "/healthz", 200},
+		{startAnswer{}, "POST", "/api/session-tokens", 200},
+		{exchangeAnswer{}, "GET", "/api/session-tokens/{token}", 200},
+		{exchangeErrorAnswer{}, "GET", "/api/session-tokens/{token}", 404},
+		{exchangeErrorAnswer{}, "GET", "/api/session-tokens/{token}", 429},
+		{presignAnswer{}, "POST", U + "/presigned-url", 200},
+		{recordAnswer{}, "POST", U + "/images", 200},
+		{updateAnswer{}, "PATCH", U + "/images/{imageId}", 200},
+		{deleteAnswer{}, "DELETE", U + "/images/{imageId}", 200},
+		{openPatientAnswer{}, "PUT", U + "/open-patient", 200},
+		{pendingAnswer{}, "PUT", U + "/pending", 200},
+		{consentAnswer{}, "PUT", U + "/consent", 200},
+		{commitAnswer{}, "POST", U + "/commit", 200},
+		{commitAcceptedAnswer{}, "POST", U + "/commit", 202},
+		{commitFailedAnswer{}, "POST", U + "/commit", 502},
+		{stopCommitAnswer{}, "POST", U + "/commit/stop", 200},
+		{commitStatusAnswer{}, "GET", U + "/commit", 200},
+		{phonesAnswer{}, "GET", U + "/phones", 200},
+		{phoneRemovedAnswer{}, "DELETE", U + "/phones/{phoneId}", 200},
+		{auditAnswer{}, "GET", U + "/sessions/{sessionId}/audit", 200},
+		{devTokenAnswer{}, "GET", "/dev/token", 200},
+		{earlierList{}, "GET", U + "/earlier-photos", 200},
+	} {
+		typ := reflect.TypeOf(tc.answer)
+		where := fmt.Sprintf("%s (%s %s %d)", typ.Name(), tc.method, tc.route, tc.status)
+		item := doc.Paths.Find(tc.route)
+		if item == nil || item.GetOperation(tc.method) == nil {
+			t.Errorf("%s: route not documented", where)
+			continue
+		}
+		resp := item.GetOperation(tc.method).Responses.Status(tc.status)
+		if resp == nil || resp.Value.Content.Get("application/json") == nil {
+			t.Errorf("%s: no JSON answer documented", where)
+			continue
+		}
+		props, required := objectFields(resp.Value.Content.Get("application/json").Schema.Value)
+		sent := map[string]bool{} // field -> always sent
+		for i := range typ.NumField() {
+			name, opts, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+			if name == "" || name == "-" {
+				t.Errorf("%s: field %s has no JSON name", where, typ.Field(i).Name)
+				continue
+			}
+			sent[name] = !strings.Contains(opts, "omitempty")
+			if !props[name] {
+				t.Errorf("%s: sends %q, which the schema does not document", where, name)
+			}
+		}
+		for _, name := range required {
+			if always, ok := sent[name]; !ok || !always {
+				t.Errorf("%s: the schema requires %q, which the type does not always send", where, name)
+			}
+		}
+	}
+}
+
+// objectFields are an object schema's properties and required ones, its
+// allOf parts' included.
+func objectFields(s *openapi3.Schema) (props map[string]bool, required []string) {
+	props = map[string]bool{}
+	for name := range s.Properties {
+		props[name] = true
+	}
+	required = append(required, s.Required...)
+	for _, part := range s.AllOf {
+		p, r := objectFields(part.Value)
+		for name := range p {
+			props[name] = true
+		}
+		required = append(required, r...)
+	}
+	return props, required
 }

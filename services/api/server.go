@@ -114,7 +114,7 @@ func (s *Server) Router() http.Handler {
 
 	// /readyz and /metrics are on the operations port only (Run); a load
 	// balancer's liveness probe may use /healthz here.
-	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
+	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, healthAnswer{Status: "ok"}) })
 	r.GET("/openapi.json", s.openAPI)
 
 	pages := web.Handler(web.CSP(s.pagePolicy()))
@@ -197,7 +197,7 @@ func (s *Server) recoverer(c *gin.Context) {
 	defer func() {
 		if v := recover(); v != nil {
 			s.log.Error("api.panic", "route", c.FullPath(), "panic", v)
-			c.AbortWithStatusJSON(http.StatusInternalServerError, gin.H{"error": "internal error", "code": "internal"})
+			c.AbortWithStatusJSON(http.StatusInternalServerError, errorAnswer{Error: "internal error", Code: "internal"})
 		}
 	}()
 	c.Next()
