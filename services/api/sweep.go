@@ -19,12 +19,19 @@ import (
 // so a session that expired while no API ran is swept by the next; one API
 // at a time sweeps (a Redis lock), and an object deleted twice is no harm.
 type sweeper struct {
-	store   *session.Store
+	store   sweepStore
 	objects interface {
 		Delete(ctx context.Context, keys ...string) error
 	}
 	every time.Duration
 	log   *slog.Logger
+}
+
+// sweepStore is the part of session.Store a sweep uses.
+type sweepStore interface {
+	DueForSweep(ctx context.Context, token string, hold time.Duration, limit int) (ended []session.Ended, ok bool, err error)
+	Swept(ctx context.Context, e session.Ended) error
+	EndSweep(ctx context.Context, token string) error
 }
 
 // Run sweeps every s.every until ctx is done.
