@@ -37,18 +37,20 @@ const (
 // the same clients: a static Gin route (static), the reference for rate and
 // CPU per request, and the bare Lua step called 200 at a time
 // (redis-script). Each reports requests/s, p50-ms, p99-ms, api-cpu-us/op
-// (this process) and redis-cpu-us/op (a redis-server of the benchmark's
-// own); api reports cpu-x-static, its CPU per request over
-// the static route's.
+// (this process), redis-cpu-us/op (a redis-server of the benchmark's own)
+// and s3-cpu-us/op (the S3 server's process); the two that go through HTTP
+// also report client-cpu-us/op (the load process), so what the machine
+// spends per request is their sum. api reports cpu-x-static, its CPU per
+// request over the static route's.
 //
 //	go test -run '^$' -bench RecordImage ./services/api
 func BenchmarkRecordImage(b *testing.B) {
-	objects, _ := testenv.S3Process(b)
+	objects, s3Proc := testenv.S3Process(b)
 	rdb, redisProc := testenv.RedisProcess(b)
 	h := newHarnessOn(b, rdb, "", objects, func(c *Config) {
 		c.MaxImages, c.MaxImageBytes, c.QRRedeemLimit = 50, 10<<20, 10*benchClients
 	})
-	redisPid := redisProc.Cmd.Process.Pid
+	pids := servers{redis: redisProc.Cmd.Process.Pid, s3: s3Proc.Cmd.Process.Pid}
 
 	clients := make([]benchClient, benchClients)
 	for i := range clients {
@@ -68,7 +70,7 @@ func BenchmarkRecordImage(b *testing.B) {
 		for i := range benchClients {
 			load.Clients = append(load.Clients, loadClient{Method: "GET", Path: "/static", Count: share(b.N, i)})
 		}
-		m := runLoad(b, load, redisPid)
+		m := runLoad(b, load, pids)
 		m.report(b)
 		staticCPU = m.cpuPerOp()
 	})
@@ -90,7 +92,7 @@ func BenchmarkRecordImage(b *testing.B) {
 				load.Clients = append(load.Clients, lc)
 			}
 			b.StartTimer()
-			m.add(runLoad(b, load, redisPid))
+			m.add(runLoad(b, load, pids))
 			done += round
 		}
 		m.report(b)
@@ -110,7 +112,7 @@ func BenchmarkRecordImage(b *testing.B) {
 				clients[i].restart(b, h)
 			}
 			b.StartTimer()
-			cpu0, r0 := testenv.SelfCPUTime(), procCPU(b, redisPid)
+			cpu0, r0 := testenv.SelfCPUTime(), pids.cpu(b)
 			lat := make([][]int64, len(clients))
 			start := time.Now()
 			var wg sync.WaitGroup
@@ -131,7 +133,7 @@ func BenchmarkRecordImage(b *testing.B) {
 			}
 			wg.Wait()
 			m.add(measured{lat: slices.Concat(lat...), seconds: time.Since(start).Seconds(),
-				cpu: testenv.SelfCPUTime() - cpu0, redis: procCPU(b, redisPid) - r0})
+				cpu: testenv.SelfCPUTime() - cpu0, servers: pids.cpu(b).minus(r0)})
 			done += round
 		}
 		m.report(b)
@@ -181,8 +183,9 @@ type loadClient struct {
 }
 
 type loadResult struct {
-	LatencyUS []int64 `json:"latencyUs"`
-	Seconds   float64 `json:"seconds"`
+	LatencyUS []int64       `json:"latencyUs"`
+	Seconds   float64       `json:"seconds"`
+	CPU       time.Duration `json:"cpu"` // the load process's own, while it sent
 	Errors    []string
 }
 
@@ -196,7 +199,7 @@ func loadRole(raw []byte, _ func(), _ <-chan struct{}) (any, error) {
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: len(cfg.Clients), MaxConnsPerHost: len(cfg.Clients)}}
 	lat := make([][]int64, len(cfg.Clients))
 	errs := make([]string, len(cfg.Clients))
-	start := time.Now()
+	cpu0, start := testenv.SelfCPUTime(), time.Now()
 	var wg sync.WaitGroup
 	for i, c := range cfg.Clients {
 		wg.Add(1)
@@ -232,7 +235,7 @@ func loadRole(raw []byte, _ func(), _ <-chan struct{}) (any, error) {
 		}()
 	}
 	wg.Wait()
-	out := loadResult{LatencyUS: slices.Concat(lat...), Seconds: time.Since(start).Seconds()}
+	out := loadResult{LatencyUS: slices.Concat(lat...), Seconds: time.Since(start).Seconds(), CPU: testenv.SelfCPUTime() - cpu0}
 	for _, e := range errs {
 		if e != "" {
 			out.Errors = append(out.Errors, e)
@@ -243,16 +246,20 @@ func loadRole(raw []byte, _ func(), _ <-chan struct{}) (any, error) {
 
 // measured adds up rounds of load.
 type measured struct {
-	lat        []int64
-	seconds    float64
-	cpu, redis time.Duration
+	lat     []int64
+	seconds float64
+	cpu     time.Duration // this process's
+	client  time.Duration // the load process's (0: the load ran here)
+	servers serverCPU
 }
 
 func (m *measured) add(o measured) {
 	m.lat = append(m.lat, o.lat...)
 	m.seconds += o.seconds
 	m.cpu += o.cpu
-	m.redis += o.redis
+	m.client += o.client
+	m.servers.redis += o.servers.redis
+	m.servers.s3 += o.servers.s3
 }
 
 func (m *measured) cpuPerOp() float64 { return float64(m.cpu.Microseconds()) / float64(len(m.lat)) }
@@ -266,17 +273,37 @@ func (m *measured) report(b *testing.B) {
 	b.ReportMetric(float64(m.lat[len(m.lat)/2])/1000, "p50-ms")
 	b.ReportMetric(float64(m.lat[len(m.lat)*99/100])/1000, "p99-ms")
 	b.ReportMetric(m.cpuPerOp(), "api-cpu-us/op")
-	b.ReportMetric(float64(m.redis.Microseconds())/float64(len(m.lat)), "redis-cpu-us/op")
+	perOp := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(len(m.lat)) }
+	b.ReportMetric(perOp(m.servers.redis), "redis-cpu-us/op")
+	b.ReportMetric(perOp(m.servers.s3), "s3-cpu-us/op")
+	if m.client > 0 {
+		b.ReportMetric(perOp(m.client), "client-cpu-us/op")
+	}
+}
+
+// servers are the processes of the Redis and S3 servers.
+type servers struct{ redis, s3 int }
+
+// serverCPU is the CPU each server has used.
+type serverCPU struct{ redis, s3 time.Duration }
+
+func (p servers) cpu(b *testing.B) serverCPU {
+	return serverCPU{redis: procCPU(b, p.redis), s3: procCPU(b, p.s3)}
+}
+
+func (c serverCPU) minus(o serverCPU) serverCPU {
+	return serverCPU{redis: c.redis - o.redis, s3: c.s3 - o.s3}
 }
 
 // runLoad runs cfg in a child process and measures this process's CPU
-// and Redis's while it runs.
-func runLoad(b *testing.B, cfg loadConfig, redisPid int) measured {
-	cpu0, r0 := testenv.SelfCPUTime(), procCPU(b, redisPid)
+// and the servers' while it runs.
+func runLoad(b *testing.B, cfg loadConfig, pids servers) measured {
+	cpu0, s0 := testenv.SelfCPUTime(), pids.cpu(b)
 	child := testenv.StartChild(b, "load", cfg)
 	var res loadResult
 	child.Result(&res, 10*time.Minute)
-	m := measured{lat: res.LatencyUS, seconds: res.Seconds, cpu: testenv.SelfCPUTime() - cpu0, redis: procCPU(b, redisPid) - r0}
+	m := measured{lat: res.LatencyUS, seconds: res.Seconds, cpu: testenv.SelfCPUTime() - cpu0,
+		client: res.CPU, servers: pids.cpu(b).minus(s0)}
 	if len(res.Errors) > 0 {
 		b.Fatalf("%d clients failed, first: %s", len(res.Errors), res.Errors[0])
 	}
