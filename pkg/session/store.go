@@ -695,18 +695,25 @@ func (s *Store) runRead(ctx context.Context, sc *luaScript, t events.Type, userI
 	if err != nil {
 		return reply{}, fmt.Errorf("session %s: %w", t, err)
 	}
-	r, err := decodeReply(res.Val())
-	if err != nil || len(r.Session.Images) >= len(r.order) {
-		return r, err
+	// The session's own fields are decoded once, whichever photos the
+	// answer is assembled from: they are a good part of the work.
+	r, photos, err := splitReply(res.Val())
+	if err != nil {
+		return reply{}, err
 	}
-	m := all.Val()
-	photos := make([]any, 0, len(r.order))
-	for _, id := range r.order {
-		if raw, ok := m["image:"+id]; ok {
-			photos = append(photos, raw)
+	if r.Session, r.order, err = decodeHead(r.head); err != nil {
+		return reply{}, err
+	}
+	if len(photos) < len(r.order) {
+		m := all.Val()
+		photos = make([]any, 0, len(r.order))
+		for _, id := range r.order {
+			if raw, ok := m["image:"+id]; ok {
+				photos = append(photos, raw)
+			}
 		}
 	}
-	r.Session, _, err = assemble(r.head, photos)
+	r.Session.Images, err = decodePhotos(photos)
 	return r, err
 }
 
@@ -842,22 +849,42 @@ type reply struct {
 }
 
 func decodeReply(res any) (reply, error) {
+	r, photos, err := splitReply(res)
+	if err != nil {
+		return reply{}, err
+	}
+	r.Session, r.order, err = assemble(r.head, photos)
+	return r, err
+}
+
+// splitReply is a script's reply with its session not yet decoded: the
+// session's own fields in head, and the photos it sent.
+func splitReply(res any) (reply, []any, error) {
 	arr, ok := res.([]any)
 	if !ok || len(arr) < 3 {
-		return reply{}, fmt.Errorf("script reply %T", res)
+		return reply{}, nil, fmt.Errorf("script reply %T", res)
 	}
 	r := reply{}
 	r.Outcome, _ = arr[0].(string)
 	r.Extra, _ = arr[1].(string)
 	r.head, _ = arr[2].(string)
-	var err error
-	r.Session, r.order, err = assemble(r.head, arr[3:])
-	return r, err
+	return r, arr[3:], nil
 }
 
 // assemble is the session from its own fields and its photos, each JSON,
 // and the ids of the photos it holds.
 func assemble(head string, photos []any) (Session, []string, error) {
+	s, ids, err := decodeHead(head)
+	if err != nil {
+		return Session{}, nil, err
+	}
+	s.Images, err = decodePhotos(photos)
+	return s, ids, err
+}
+
+// decodeHead is the session from its own fields (no photos yet) and the
+// ids of the photos it holds.
+func decodeHead(head string) (Session, []string, error) {
 	var s struct {
 		Session
 		ImageIDs []string `json:"imageIds"`
@@ -865,14 +892,19 @@ func assemble(head string, photos []any) (Session, []string, error) {
 	if err := json.Unmarshal([]byte(head), &s); err != nil {
 		return Session{}, nil, fmt.Errorf("decode session: %w", err)
 	}
-	s.Images = make(List[Image], len(photos))
+	return s.Session, s.ImageIDs, nil
+}
+
+// decodePhotos decodes photos, each a JSON string.
+func decodePhotos(photos []any) (List[Image], error) {
+	imgs := make(List[Image], len(photos))
 	for i, p := range photos {
 		raw, _ := p.(string)
-		if err := json.Unmarshal([]byte(raw), &s.Images[i]); err != nil {
-			return Session{}, nil, fmt.Errorf("decode photo: %w", err)
+		if err := json.Unmarshal([]byte(raw), &imgs[i]); err != nil {
+			return nil, fmt.Errorf("decode photo: %w", err)
 		}
 	}
-	return s.Session, s.ImageIDs, nil
+	return imgs, nil
 }
 
 func mustJSON(v any) string {
