@@ -71,18 +71,29 @@ type uploadHeaders struct {
 	ContentType string `json:"Content-Type"`
 }
 
+// sessionView is a session as the API answers it (Server.view). Its
+// photos and phones are plain slices, never nil, over the session's Lists:
+// encoding/json validates and compacts again whatever a MarshalJSON writes,
+// which for the photos, with their three URLs each, was about a third of
+// the cost of encoding a session's answer.
+type sessionView struct {
+	session.Session
+	Images []session.Image `json:"images"` // the same photos as Session.Images
+	Phones []session.Phone `json:"phones"`
+}
+
 // recordAnswer is POST images': the photo recorded (or already there).
 type recordAnswer struct {
-	Success bool            `json:"success"`
-	ImageID string          `json:"imageId"`
-	Session session.Session `json:"session"`
+	Success bool        `json:"success"`
+	ImageID string      `json:"imageId"`
+	Session sessionView `json:"session"`
 }
 
 // updateAnswer is PATCH images/:imageId's.
 type updateAnswer struct {
-	Success bool            `json:"success"`
-	Image   session.Image   `json:"image"`
-	Session session.Session `json:"session"`
+	Success bool          `json:"success"`
+	Image   session.Image `json:"image"`
+	Session sessionView   `json:"session"`
 }
 
 // deleteAnswer is DELETE images/:imageId's.
@@ -153,7 +164,7 @@ type stopCommitAnswer struct {
 	InRecord     int                  `json:"inRecord"`
 	ImageCount   int                  `json:"imageCount"`
 	Message      string               `json:"message"`
-	Session      session.Session      `json:"session"`
+	Session      sessionView          `json:"session"`
 }
 
 // commitStatusAnswer is GET commit's: where the last commit is.

@@ -656,7 +656,7 @@ func (s *Server) devToken(c *gin.Context) {
 
 // view is the session as a browser sees it, with short-lived read URLs, and
 // held rather than which other patient is open (a phone is not told).
-func (s *Server) view(ctx context.Context, sess session.Session) session.Session {
+func (s *Server) view(ctx context.Context, sess session.Session) sessionView {
 	sess.OpenPatientID = ""
 	imgs := make(session.List[session.Image], len(sess.Images))
 	for i, im := range sess.Images {
@@ -666,7 +666,11 @@ func (s *Server) view(ctx context.Context, sess session.Session) session.Session
 		imgs[i] = im
 	}
 	sess.Images = imgs
-	return sess
+	phones := []session.Phone(sess.Phones)
+	if phones == nil {
+		phones = []session.Phone{}
+	}
+	return sessionView{Session: sess, Images: imgs, Phones: phones}
 }
 
 func (s *Server) presignGet(ctx context.Context, key string) string {
