@@ -454,13 +454,19 @@ return reply(s, '')
 // "deleted:<id>", see remove) is never recorded again: IMAGE_DELETED for
 // its own object, IMAGE_ID_CONFLICT for another. Returns {session,
 // "added"|"duplicate"}.
-var addScript = sessionScript("add", nil, []string{
+var addScript = sessionScript("add", []string{
+	"uploads", // the outstanding uploads of session sessionId (unused when it is "")
+}, []string{
 	"image",     // the photo (JSON)
 	"sessionId", // the session the caller is bound to, "" for any
 	"cap",       // most photos
 	"patientId", // the patient the desktop has open, "" for any
 	"phoneId",   // the phone the caller is, "" for the desktop; it must still be paired
 }, `
+-- the photo is in the session: its upload is no longer outstanding
+local function recorded(img)
+  if arg.sessionId ~= '' then redis.call('ZREM', key.uploads, img.s3Key) end
+end
 local s = head(key.session)
 if not s then return fail('SESSION_NOT_FOUND') end
 if arg.sessionId ~= '' and s.sessionId ~= arg.sessionId then return fail('SESSION_CHANGED') end
@@ -485,6 +491,7 @@ else
 end
 if old then
   if old.s3Key ~= img.s3Key then return fail('IMAGE_ID_CONFLICT') end
+  recorded(img)
   return replyHead(s, 'duplicate') or reply(s, 'duplicate')
 end
 if arg.patientId ~= '' and s.patientId ~= arg.patientId then return fail('PATIENT_MISMATCH') end
@@ -497,6 +504,7 @@ img.version = s.version
 if s.images then table.insert(s.images, img) else table.insert(s.imageIds, img.id) end
 save(s, arg.ttl, {img})
 emit(s, {image = img})
+recorded(img)
 return replyHead(s, 'added') or reply(s, 'added')
 `)
 

@@ -380,7 +380,11 @@ type Binding struct {
 	PhoneID string
 }
 
-// AddImageBound is AddImage with every check of b.
+// AddImageBound is AddImage with every check of b. When b names the
+// session, the photo's upload stops counting against the session's
+// outstanding ones in the same step (what UploadRecorded does), whether it
+// was added or was there already; a caller that names no session calls
+// UploadRecorded itself.
 func (s *Store) AddImageBound(ctx context.Context, userID string, b Binding, img Image) (sess Session, added bool, err error) {
 	if img.Status == "" {
 		img.Status = ImageProcessing
@@ -390,7 +394,7 @@ func (s *Store) AddImageBound(ctx context.Context, userID string, b Binding, img
 	img.MediaIdentifier = rand.Text()
 	img.CommitState = PhotoPending
 	img.MediaID, img.Error, img.SentHashes, img.Tries = "", "", nil, 0
-	r, err := s.runRead(ctx, addScript, events.ImageUploaded, userID, args{
+	r, err := s.runRead(ctx, addScript, events.ImageUploaded, userID, keyNames{"uploads": s.Keys.Uploads(userID, b.SessionID)}, args{
 		"image": mustJSON(img), "sessionId": b.SessionID, "cap": strconv.Itoa(s.opt.MaxImages), "patientId": b.PatientID, "phoneId": b.PhoneID,
 	})
 	if err != nil {
@@ -664,12 +668,12 @@ func (s *Store) runTTL(ctx context.Context, sc *luaScript, t events.Type, userID
 	return decodeReply(res)
 }
 
-// runRead runs a script that answers the session's own fields only and,
-// in the same MULTI (one round trip, nothing in between), reads the
-// session hash it changed, so the answer holds every photo without the
-// script handling them.
-func (s *Store) runRead(ctx context.Context, sc *luaScript, t events.Type, userID string, a args) (reply, error) {
-	keys, argv, err := s.call(ctx, sc, t, userID, nil, s.opt.SessionTTL, a)
+// runRead runs a script (with its own keys k) that answers the session's
+// own fields only and, in the same MULTI (one round trip, nothing in
+// between), reads the session hash it changed, so the answer holds every
+// photo without the script handling them.
+func (s *Store) runRead(ctx context.Context, sc *luaScript, t events.Type, userID string, k keyNames, a args) (reply, error) {
+	keys, argv, err := s.call(ctx, sc, t, userID, k, s.opt.SessionTTL, a)
 	if err != nil {
 		return reply{}, err
 	}

@@ -269,9 +269,12 @@ func (s *Server) recordImage(c *gin.Context) {
 	if !added {
 		outcome = "duplicate"
 	}
-	if err := s.store.UploadRecorded(ctx, userID, sess.SessionID, req.S3Key); err != nil {
-		// It counts as outstanding until its URL expires: harmless.
-		s.log.WarnContext(ctx, "upload.untracked", "user_id", userID, "err", err)
+	if bind.SessionID == "" {
+		// Bound to its session, the record ended the upload's count itself.
+		if err := s.store.UploadRecorded(ctx, userID, sess.SessionID, req.S3Key); err != nil {
+			// It counts as outstanding until its URL expires: harmless.
+			s.log.WarnContext(ctx, "upload.untracked", "user_id", userID, "err", err)
+		}
 	}
 	s.metrics.recorded.WithLabelValues(outcome).Inc()
 	s.log.InfoContext(ctx, "image.recorded", "user_id", userID, "image_id", req.ImageID, "outcome", outcome, "bytes", info.Size)
