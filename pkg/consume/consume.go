@@ -1,10 +1,18 @@
-// Package consume runs a service's business logic on a durable JetStream
-// pull consumer. The logic is a plain func(ctx, events.Event) error that knows
-// nothing of NATS; this adapter turns its result into Ack, NakWithDelay or
-// Term, keeps long work alive with InProgress, stores a message whose last
-// delivery failed (or that the logic refused for good) as a dead letter, and
-// at shutdown lets the work in flight finish within a grace period and hands
+// Package consume is the one adapter between JetStream and a consuming
+// service. Run runs a service's business logic, a plain
+// func(ctx, events.Event) error that knows nothing of NATS, on a durable
+// pull consumer: it turns the result into Ack, NakWithDelay or Term, keeps
+// long work claimed with InProgress, stores a message whose last delivery
+// failed (or that the logic refused for good) as a dead letter, and at
+// shutdown lets the work in flight finish within a grace period and hands
 // the rest back to JetStream.
+//
+// Run is built from three pieces a consumer with its own settling (the
+// relay, which holds events until Ably takes them) uses directly: Deliver,
+// the delivery loop (pull, decode, drain at shutdown); Claims, which keeps
+// the claims of held messages renewed in stream order; and DeadLetter, the
+// poison queue (store, the service's own step, then Term, or keep the
+// message if either fails).
 package consume
 
 import (
@@ -49,7 +57,8 @@ func (e *RetryError) Unwrap() error { return e.Err }
 // RetryAfter wraps err as a RetryError.
 func RetryAfter(err error, d time.Duration) error { return &RetryError{Err: err, After: d} }
 
-// Options tune Run. Zero values take the defaults named.
+// Options tune Run. Zero values take the defaults named. Deliver and
+// DeadLetter use only DeadLetters, DeadLetter, Logger and OnResult.
 type Options struct {
 	// Workers is how many messages are handled at once (default 1).
 	Workers int
@@ -87,27 +96,7 @@ func Run(ctx context.Context, c jetstream.Consumer, h Handler, opt Options) erro
 	if err != nil {
 		return fmt.Errorf("consumer info: %w", err)
 	}
-	if opt.Workers <= 0 {
-		opt.Workers = 1
-	}
-	if opt.InProgressEvery <= 0 {
-		opt.InProgressEvery = max(info.Config.AckWait/3, time.Second)
-	}
-	if opt.Backoff == nil {
-		opt.Backoff = func(n uint64) time.Duration { return retry.Delay(n, time.Second, time.Minute) }
-	}
-	if opt.Logger == nil {
-		opt.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opt.Grace <= 0 {
-		opt.Grace = 10 * time.Second
-	}
-	maxDeliver := info.Config.MaxDeliver
-
-	iter, err := c.Messages(jetstream.PullMaxMessages(opt.Workers))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", info.Name, err)
-	}
+	opt = opt.withDefaults(info.Config.AckWait)
 	// work is the handlers' context: it outlives ctx by the grace period.
 	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
@@ -115,8 +104,11 @@ func Run(ctx context.Context, c jetstream.Consumer, h Handler, opt Options) erro
 	var wg sync.WaitGroup
 	idle := make(chan struct{})
 	go func() {
-		<-ctx.Done()
-		iter.Drain()
+		select {
+		case <-ctx.Done():
+		case <-idle:
+			return
+		}
 		t := time.NewTimer(opt.Grace)
 		defer t.Stop()
 		select {
@@ -130,68 +122,58 @@ func Run(ctx context.Context, c jetstream.Consumer, h Handler, opt Options) erro
 		wg.Wait()
 		close(idle)
 	}()
-	for {
-		msg, err := iter.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
-			opt.Logger.Warn("consume.next", "consumer", info.Name, "err", err)
-			if ctx.Err() != nil {
-				return nil
-			}
-			continue
-		}
+	return Deliver(ctx, c, opt, func(d Delivery) {
 		if ctx.Err() != nil {
 			// Delivered after the stop: not started, handed back.
-			_ = msg.Nak()
-			observe(opt, "", "handed_back")
-			continue
+			_ = d.Msg.Nak()
+			observe(opt, d.Event.Type, "handed_back")
+			return
 		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			handle(work, ctx, msg, h, opt, info.Name, maxDeliver)
+			handle(work, ctx, d, h, opt, info.Name, info.Config.MaxDeliver)
 		}()
-	}
+	}, jetstream.PullMaxMessages(opt.Workers))
 }
 
-// handle runs h on one message with ctx (the work context) and settles the
-// message; stopping is done once the consumer was told to stop.
-func handle(ctx, stopping context.Context, msg jetstream.Msg, h Handler, opt Options, consumer string, maxDeliver int) {
-	log := opt.Logger
-	ev, err := events.Decode(msg.Data())
-	if err != nil {
-		log.Error("consume.bad_event", "subject", msg.Subject(), "err", err)
-		deadLetter(ctx, msg, events.Event{}, consumer, fmt.Errorf("undecodable: %w", err), opt, log)
-		return
+// withDefaults fills opt's zero values for a consumer with ackWait.
+func (opt Options) withDefaults(ackWait time.Duration) Options {
+	if opt.Workers <= 0 {
+		opt.Workers = 1
 	}
-	log = log.With(ev.LogAttrs()...)
+	if opt.InProgressEvery <= 0 {
+		opt.InProgressEvery = max(ackWait/3, time.Second)
+	}
+	if opt.Backoff == nil {
+		opt.Backoff = func(n uint64) time.Duration { return retry.Delay(n, time.Second, time.Minute) }
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Grace <= 0 {
+		opt.Grace = 10 * time.Second
+	}
+	return opt
+}
+
+// handle runs h on one delivery with ctx (the work context), its claim
+// kept meanwhile, and settles it; stopping is done once the consumer was
+// told to stop.
+func handle(ctx, stopping context.Context, d Delivery, h Handler, opt Options, consumer string, maxDeliver int) {
+	msg, ev := d.Msg, d.Event
+	log := opt.Logger.With(ev.LogAttrs()...)
+	opt.Logger = log // for DeadLetter
 	if ev.TraceParent != "" {
 		ctx = events.ContextWithTraceParent(ctx, events.ChildTraceParent(ev.TraceParent))
 	}
-	meta, _ := msg.Metadata()
-	var delivered uint64 = 1
-	if meta != nil {
-		delivered = meta.NumDelivered
-	}
+	delivered := d.Meta.NumDelivered
 
-	stop := make(chan struct{})
-	go func() {
-		t := time.NewTicker(opt.InProgressEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
-		}
-	}()
-	err = h(ctx, ev)
-	close(stop)
+	claims := KeepClaims(opt.InProgressEvery)
+	claims.Hold(d.Meta.Sequence.Stream, msg)
+	err := h(ctx, ev)
+	claims.Stop()
 
 	var perm *PermanentError
 	var retry *RetryError
@@ -212,10 +194,10 @@ func handle(ctx, stopping context.Context, msg jetstream.Msg, h Handler, opt Opt
 		log.Debug("consume.acked", "delivered", delivered)
 	case errors.As(err, &perm):
 		log.Error("consume.permanent", "err", err)
-		deadLetter(ctx, msg, ev, consumer, err, opt, log)
+		DeadLetter(ctx, msg, ev, consumer, err, opt)
 	case maxDeliver > 0 && delivered >= uint64(maxDeliver):
 		log.Error("consume.exhausted", "delivered", delivered, "err", err)
-		deadLetter(ctx, msg, ev, consumer, err, opt, log)
+		DeadLetter(ctx, msg, ev, consumer, err, opt)
 	default:
 		delay := opt.Backoff(delivered)
 		if errors.As(err, &retry) && retry.After > delay {
@@ -225,31 +207,6 @@ func handle(ctx, stopping context.Context, msg jetstream.Msg, h Handler, opt Opt
 		_ = msg.NakWithDelay(delay)
 		observe(opt, ev.Type, "nak")
 	}
-}
-
-func deadLetter(ctx context.Context, msg jetstream.Msg, ev events.Event, consumer string, cause error, opt Options, log *slog.Logger) {
-	ctx = context.WithoutCancel(ctx) // a dead letter is stored even during shutdown
-	if opt.DeadLetters != nil {
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := opt.DeadLetters.Put(pctx, consumer, msg, cause.Error())
-		cancel()
-		if err != nil {
-			// Keep the message: it comes back and is stored then.
-			log.Error("consume.dead_letter_failed", "err", err)
-			_ = msg.NakWithDelay(5 * time.Second)
-			return
-		}
-	}
-	if opt.DeadLetter != nil && ev.ID != "" {
-		if err := opt.DeadLetter(ctx, ev, cause.Error()); err != nil {
-			// Keep the message: it comes back and its dead-lettering is retried.
-			log.Error("consume.dead_letter_failed", "err", err)
-			_ = msg.NakWithDelay(5 * time.Second)
-			return
-		}
-	}
-	_ = msg.TermWithReason("dead-lettered")
-	observe(opt, ev.Type, "dead")
 }
 
 func observe(opt Options, t events.Type, outcome string) {

@@ -62,7 +62,7 @@ func TestInProgressHeartbeat(t *testing.T) {
 					time.Sleep(c.runs)
 					return nil
 				}
-				handle(context.Background(), context.Background(), msg, h, opt, "test", 5)
+				handle(context.Background(), context.Background(), deliveryOf(t, msg), h, opt, "test", 5)
 				time.Sleep(time.Hour) // long after the handler returned
 				synctest.Wait()
 				msg.mu.Lock()

@@ -41,7 +41,7 @@ var (
 )
 
 // Collector exposes the clinimg_consumer_* gauges of c alone, for a service
-// that consumes with its own loop instead of Run.
+// that counts its outcomes its own way rather than through Instrument.
 func Collector(c jetstream.Consumer) prometheus.Collector { return &consumerCollector{c: c} }
 
 // consumerCollector reads a durable consumer's state at scrape time.

@@ -44,6 +44,20 @@ func (m *fakeMsg) TermWithReason(string) error {
 	return nil
 }
 
+// deliveryOf is msg as Deliver hands it over.
+func deliveryOf(t *testing.T, msg jetstream.Msg) Delivery {
+	t.Helper()
+	meta, err := msg.Metadata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := events.Decode(msg.Data())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Delivery{Msg: msg, Event: ev, Meta: meta}
+}
+
 // TestSettle: what the handler returns decides how the message is settled:
 // ack, nak after the backoff or after a longer Retry-After (never shorter),
 // dead letter then term for a permanent error or the last delivery, and a
@@ -91,7 +105,7 @@ func TestSettle(t *testing.T) {
 				Logger:          slog.New(slog.DiscardHandler),
 			}
 			h := func(context.Context, events.Event) error { return c.result }
-			handle(context.Background(), context.Background(), msg, h, opt, "test", 5)
+			handle(context.Background(), context.Background(), deliveryOf(t, msg), h, opt, "test", 5)
 			if d := cmp.Diff(c.want, msg.settled); d != "" {
 				t.Errorf("settled (-want +got):\n%s", d)
 			}
