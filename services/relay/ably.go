@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 
+	"github.com/clinicalimages/clinimg/pkg/consume"
 	"github.com/clinicalimages/clinimg/pkg/deadletter"
 	"github.com/clinicalimages/clinimg/pkg/events"
 	"github.com/clinicalimages/clinimg/pkg/retry"
@@ -58,13 +59,19 @@ type ablyRelay struct {
 	m       *metrics
 	rest    *ably.REST
 	ackWait time.Duration
-	dead    *deadletter.Store
+	// consume is how the consumer's messages are taken and given up:
+	// the dead-letter store and the logger.
+	consume consume.Options
+	// claims keeps the claim of every held event (by stream sequence, its
+	// latest delivery) renewed; it is set by run.
+	claims *consume.Claims
 	// sem bounds the publishes in flight at once (RELAY_PUBLISHERS).
 	sem chan struct{}
 
 	mu       sync.Mutex
 	channels map[string]*channelQueue
-	held     map[uint64]*item // every event taken and not yet settled, by stream sequence
+	swept    time.Time        // when idle channels were last forgotten
+	held     map[uint64]*item // every event taken and not yet settled, by stream sequence (as in claims)
 	// The gate: senders run only while it is open. It opens for one pin
 	// (the id JetStream sends with each event delivered to a pinned
 	// relay); an event delivered under another pin closes it until this
@@ -74,11 +81,10 @@ type ablyRelay struct {
 	recheck chan struct{}
 }
 
-// item is one event on its way: the JetStream message to settle and what it
-// becomes on the channel.
+// item is one event on its way: its stream sequence (its latest delivery
+// is in ablyRelay.claims) and what it becomes on the channel.
 type item struct {
 	seq uint64
-	msg jetstream.Msg // the latest delivery (guarded by ablyRelay.mu)
 	bm  browserMessage
 	typ events.Type
 	// targets are the channels the event goes to, in order: the user's,
@@ -123,81 +129,50 @@ func newAblyRelay(cfg Config, ackWait time.Duration, dead *deadletter.Store, log
 	if err != nil {
 		return nil, fmt.Errorf("ably client: %w", err)
 	}
-	return &ablyRelay{cfg: cfg, log: log, m: m, rest: rest, ackWait: ackWait, dead: dead,
-		sem: make(chan struct{}, cfg.Publishers), channels: map[string]*channelQueue{}, held: map[uint64]*item{},
+	return &ablyRelay{cfg: cfg, log: log, m: m, rest: rest, ackWait: ackWait,
+		consume: consume.Options{DeadLetters: dead, Logger: log},
+		sem:     make(chan struct{}, cfg.Publishers), channels: map[string]*channelQueue{}, held: map[uint64]*item{},
 		recheck: make(chan struct{}, 1)}, nil
 }
 
 // run takes events until ctx is done, then stops publishing, hands back
 // every event it still holds in stream order and gives up its pin.
 func (r *ablyRelay) run(ctx context.Context, stream jetstream.Stream, cons jetstream.Consumer) error {
-	iter, err := cons.Messages(jetstream.PullMaxMessages(256),
-		jetstream.PullPriorityGroup(events.RelayGroup), jetstream.PullExpiry(events.RelayPullExpiry))
-	if err != nil {
-		return fmt.Errorf("consume relay: %w", err)
-	}
-	// Drain, not Stop: what the client already received still comes out of
-	// Next, is held, and is handed back in order with the rest.
-	go func() {
-		<-ctx.Done()
-		iter.Drain()
-	}()
-
+	r.claims = consume.KeepClaims(max(r.ackWait/4, 500*time.Millisecond))
+	// work ends with ctx, or once no more events can come.
+	work, stop := context.WithCancel(ctx)
 	var workers sync.WaitGroup
-	keep := make(chan struct{})
-	kept := make(chan struct{})
-	go func() {
-		defer close(kept)
-		r.keepAlive(keep)
-	}()
 	workers.Add(1)
 	go func() {
 		defer workers.Done()
-		r.gate(ctx, cons, &workers)
+		r.gate(work, cons, &workers)
 	}()
-	for {
-		msg, err := iter.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				break
-			}
-			r.log.Warn("relay.next", "err", err)
-			continue
-		}
-		r.take(ctx, msg, &workers)
-	}
+	// What the client already received when ctx ends still comes out of
+	// Deliver (it drains), is held, and is handed back in order with the
+	// rest.
+	err := consume.Deliver(ctx, cons, r.consume, func(d consume.Delivery) { r.take(work, d, &workers) },
+		jetstream.PullMaxMessages(256), jetstream.PullPriorityGroup(events.RelayGroup), jetstream.PullExpiry(events.RelayPullExpiry))
+	stop()
 	workers.Wait()
-	close(keep)
-	<-kept
+	r.claims.Stop()
 	r.handBack(stream)
-	return nil
+	return err
 }
 
 // take holds one delivered event and queues it on its channel.
-func (r *ablyRelay) take(ctx context.Context, msg jetstream.Msg, workers *sync.WaitGroup) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		r.log.Error("relay.bad_message", "subject", msg.Subject(), "err", err)
-		_ = msg.TermWithReason("no metadata")
-		return
-	}
-	ev, err := events.Decode(msg.Data())
-	if err != nil {
-		r.log.Error("relay.bad_event", "subject", msg.Subject(), "err", err)
-		r.giveUp(msg, "undecodable", r.log)
-		return
-	}
+func (r *ablyRelay) take(ctx context.Context, d consume.Delivery, workers *sync.WaitGroup) {
+	ev, msg := d.Event, d.Msg
 	bm, ok, err := toBrowser(ev)
 	if err != nil {
 		r.log.Error("relay.bad_data", "event_id", ev.ID, "event_type", string(ev.Type), "err", err)
-		r.giveUp(msg, "undecodable data", r.log)
+		r.giveUp(ctx, msg, ev, "undecodable data", r.log)
 		return
 	}
 	if !ok {
 		_ = msg.Ack()
 		return
 	}
-	seq := meta.Sequence.Stream
+	seq := d.Meta.Sequence.Stream
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if pin := msg.Headers().Get("Nats-Pin-Id"); pin != r.pin {
@@ -207,19 +182,20 @@ func (r *ablyRelay) take(ctx context.Context, msg jetstream.Msg, workers *sync.W
 		default:
 		}
 	}
-	if it := r.held[seq]; it != nil {
-		// A redelivery of an event this relay still holds (its claim lapsed,
-		// e.g. while NATS was unreachable): settle through the latest
-		// delivery, keep its place.
-		it.msg = msg
+	// A redelivery of an event this relay still holds (its claim lapsed,
+	// e.g. while NATS was unreachable) keeps its place: it is settled, and
+	// its claim renewed, through the latest delivery.
+	r.claims.Hold(seq, msg)
+	if r.held[seq] != nil {
 		return
 	}
-	it := &item{seq: seq, msg: msg, bm: bm, typ: ev.Type, targets: []string{bm.Channel}}
+	it := &item{seq: seq, bm: bm, typ: ev.Type, targets: []string{bm.Channel}}
 	if sc := bm.SessionChannel(); sc != "" {
 		it.targets = append(it.targets, sc)
 	}
 	r.held[seq] = it
 	r.m.held.Set(float64(len(r.held)))
+	r.forgetIdle()
 	q := r.channels[bm.Channel]
 	if q == nil {
 		q = &channelQueue{name: bm.Channel, lim: channelLimiter(r.cfg.ChannelRate), slim: channelLimiter(r.cfg.ChannelRate)}
@@ -228,9 +204,23 @@ func (r *ablyRelay) take(ctx context.Context, msg jetstream.Msg, workers *sync.W
 	// In stream order: a redelivered event may arrive after later ones.
 	i, _ := slices.BinarySearchFunc(q.items, seq, func(a *item, s uint64) int { return cmp.Compare(a.seq, s) })
 	q.items = slices.Insert(q.items, i, it)
-	r.log.Debug("relay.event", append(ev.LogAttrs(), "seq", seq, "delivered", meta.NumDelivered)...)
+	r.log.Debug("relay.event", append(ev.LogAttrs(), "seq", seq, "delivered", d.Meta.NumDelivered)...)
 	if r.open && ctx.Err() == nil {
 		r.start(ctx, q, workers)
+	}
+}
+
+// forgetIdle forgets, at most every 10 s, the channels idle long enough
+// for their limiters to be full again. r.mu is held.
+func (r *ablyRelay) forgetIdle() {
+	if time.Since(r.swept) < 10*time.Second {
+		return
+	}
+	r.swept = time.Now()
+	for name, q := range r.channels {
+		if !q.running && len(q.items) == 0 && time.Since(q.idle) > 10*time.Second {
+			delete(r.channels, name)
+		}
 	}
 }
 
@@ -308,8 +298,6 @@ func (r *ablyRelay) send(ctx context.Context, q *channelQueue) {
 		}
 		r.mu.Lock()
 		q.items = slices.DeleteFunc(q.items, func(x *item) bool { return x == it })
-		delete(r.held, it.seq)
-		r.m.held.Set(float64(len(r.held)))
 		r.mu.Unlock()
 	}
 }
@@ -346,7 +334,11 @@ func (r *ablyRelay) deliver(ctx context.Context, q *channelQueue, it *item) bool
 			if it.sent++; it.sent < len(it.targets) {
 				continue
 			}
-			r.settle(it, func(m jetstream.Msg) error { return m.Ack() }, log)
+			if err := r.release(it).Ack(); err != nil {
+				// JetStream delivers it again, and it is published again
+				// under the same id: Ably drops the repeat.
+				log.Warn("relay.ack_failed", "err", err)
+			}
 			r.m.relayed.WithLabelValues(string(it.typ)).Inc()
 			log.Debug("relay.published", "attempt", attempt)
 			return true
@@ -364,10 +356,7 @@ func (r *ablyRelay) deliver(ctx context.Context, q *channelQueue, it *item) bool
 				continue
 			}
 			log.Error("relay.publish_refused", "reason", reason, "err", err)
-			r.mu.Lock()
-			msg := it.msg
-			r.mu.Unlock()
-			r.giveUp(msg, "refused by ably: "+err.Error(), log)
+			r.giveUp(ctx, r.release(it), events.Event{Type: it.typ}, "refused by ably: "+err.Error(), log)
 			return true
 		}
 		d := bo.NextBackOff()
@@ -381,63 +370,23 @@ func (r *ablyRelay) deliver(ctx context.Context, q *channelQueue, it *item) bool
 	}
 }
 
-// settle acks or terminates it through its latest delivery. A failed ack
-// only means JetStream delivers the event again, and it is published again
-// under the same id: Ably drops the repeat.
-func (r *ablyRelay) settle(it *item, f func(jetstream.Msg) error, log *slog.Logger) {
+// release stops holding it and returns its latest delivery, to settle.
+// Both together, so that a redelivery taken meanwhile is either held (and
+// settled here) or taken as a new event.
+func (r *ablyRelay) release(it *item) jetstream.Msg {
 	r.mu.Lock()
-	msg := it.msg
-	r.mu.Unlock()
-	if err := f(msg); err != nil {
-		log.Warn("relay.ack_failed", "err", err)
-	}
+	defer r.mu.Unlock()
+	delete(r.held, it.seq)
+	r.m.held.Set(float64(len(r.held)))
+	return r.claims.Release(it.seq)
 }
 
-// giveUp keeps msg as a dead letter, then terminates it. If it cannot be
-// stored the message is left to come back (the next delivery tries again).
-func (r *ablyRelay) giveUp(msg jetstream.Msg, reason string, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := r.dead.Put(ctx, events.ConsumerRelay, msg, reason); err != nil {
-		log.Error("relay.dead_letter_failed", "err", err)
-		return
-	}
-	if err := msg.TermWithReason("dead-lettered"); err != nil {
-		log.Warn("relay.ack_failed", "err", err)
-	}
-}
-
-// keepAlive renews the claim on every held event a few times per AckWait
-// until stop closes, and forgets the limiters of channels idle long enough
-// to be full again.
-func (r *ablyRelay) keepAlive(stop <-chan struct{}) {
-	t := time.NewTicker(max(r.ackWait/4, 500*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
-		// In stream order: a claim's deadline then grows with the sequence,
-		// so if this relay dies its events come due, and are redelivered,
-		// in stream order.
-		r.mu.Lock()
-		items := r.heldInOrder()
-		msgs := make([]jetstream.Msg, len(items))
-		for i, it := range items {
-			msgs[i] = it.msg
-		}
-		for name, q := range r.channels {
-			if !q.running && len(q.items) == 0 && time.Since(q.idle) > 10*time.Second {
-				delete(r.channels, name)
-			}
-		}
-		r.mu.Unlock()
-		for _, m := range msgs {
-			_ = m.InProgress()
-		}
-	}
+// giveUp keeps msg as a dead letter, then terminates it; if it cannot be
+// stored it comes back to be given up then (see consume.DeadLetter).
+func (r *ablyRelay) giveUp(ctx context.Context, msg jetstream.Msg, ev events.Event, reason string, log *slog.Logger) {
+	opt := r.consume
+	opt.Logger = log
+	consume.DeadLetter(ctx, msg, ev, events.ConsumerRelay, errors.New(reason), opt)
 }
 
 // handBack returns every held event to JetStream and gives up the pin: the
@@ -445,12 +394,12 @@ func (r *ablyRelay) keepAlive(stop <-chan struct{}) {
 // holds them all.
 func (r *ablyRelay) handBack(stream jetstream.Stream) {
 	r.mu.Lock()
-	items := r.heldInOrder()
+	msgs := r.claims.ReleaseAll()
 	clear(r.held)
 	r.m.held.Set(0)
 	r.mu.Unlock()
-	for _, it := range items {
-		_ = it.msg.Nak()
+	for _, m := range msgs {
+		_ = m.Nak()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -458,17 +407,7 @@ func (r *ablyRelay) handBack(stream jetstream.Stream) {
 		// Not pinned (never was, or the pin already moved): nothing to give up.
 		r.log.Debug("relay.unpin", "err", err)
 	}
-	r.log.Info("relay.handed_back", "events", len(items))
-}
-
-// heldInOrder is every held event in stream order. r.mu is held.
-func (r *ablyRelay) heldInOrder() []*item {
-	items := make([]*item, 0, len(r.held))
-	for _, it := range r.held {
-		items = append(items, it)
-	}
-	slices.SortFunc(items, func(a, b *item) int { return cmp.Compare(a.seq, b.seq) })
-	return items
+	r.log.Info("relay.handed_back", "events", len(msgs))
 }
 
 // channelLimiter paces one channel's publishes with a margin under Ably's

@@ -3,7 +3,9 @@
 // see each photo, preview, edit and commit step as it happens.
 //
 // With ABLY_API_KEY set, the relay consumes the durable JetStream consumer
-// "relay" and publishes to Ably's REST API (see ablyRelay in ably.go): one
+// "relay" through pkg/consume (its delivery loop, claim keeper and dead
+// letters, as every consuming service) and publishes to Ably's REST API
+// (see ablyRelay in ably.go): one
 // event per publish under the event's own id, a deadline on every attempt,
 // retries with backoff until Ably accepts, and only then the JetStream ack.
 // Relays side by side share the consumer; one at a time is pinned to it and
