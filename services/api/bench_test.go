@@ -43,6 +43,11 @@ const (
 // spends per request is their sum. api reports cpu-x-static, its CPU per
 // request over the static route's.
 //
+// It measures the request only: the work Run adds for each record beside
+// it, in the same process, is not here (the outbox publisher sending its
+// event to JetStream, and the audit writer appending it to the session's
+// trail in S3, a GET and a PUT through the SDK, one event at a time).
+//
 //	go test -run '^$' -bench RecordImage ./services/api
 func BenchmarkRecordImage(b *testing.B) {
 	objects, s3Proc := testenv.S3Process(b)
