@@ -90,6 +90,12 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// settleEvery is how long a read of new entries waits while batches are in
+// flight: a new entry ends the wait at once, so this bounds only how late
+// their outcome (a failure to retry) is seen, at the cost of one command per
+// settleEvery while JetStream has not acked them.
+const settleEvery = 100 * time.Millisecond
+
 // Publisher drains one outbox stream. Any number may run, in any service.
 type Publisher struct {
 	rdb      redis.Cmdable
@@ -198,6 +204,9 @@ type inflight struct {
 func (r *pipeline) die() { r.died.Do(func() { close(r.dead) }) }
 
 func (r *pipeline) at(step string) bool {
+	if r.isDead() {
+		return false // a dead publisher takes no more steps
+	}
 	if r.p.step == nil || r.p.step(step) {
 		return true
 	}
@@ -254,13 +263,11 @@ func (r *pipeline) publish(ctx context.Context) {
 				continue
 			}
 		case r.inflight > 0:
-			// Batches are on their way: do not block, so their outcome
-			// is seen as soon as it is known.
-			msgs, err = p.read(ctx, ">", 0)
-			if err == nil && len(msgs) == 0 {
-				failed = r.collect(failed, true)
-				continue
-			}
+			// Batches are on their way: wait for new entries, so one
+			// recorded now goes out at once rather than after the batches
+			// before it are acked and deleted, but only for settleEvery,
+			// so their outcome (a failure to retry) is seen soon.
+			msgs, err = p.read(ctx, ">", min(p.opt.Block, settleEvery))
 		default:
 			msgs, err = p.read(ctx, ">", p.opt.Block)
 		}

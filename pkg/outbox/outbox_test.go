@@ -2,8 +2,10 @@ package outbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -171,6 +173,67 @@ func TestPublisherCrashAfterPublishLeavesNoDuplicate(t *testing.T) {
 	if dups != 2 {
 		t.Fatalf("JetStream dropped %d duplicates, want exactly the 2 republished entries", dups)
 	}
+}
+
+// A photo recorded while the batch before it waits to be settled (acked and
+// deleted) is published at once, not after: the publisher keeps reading while
+// batches are in flight. The first batch is held at its "acked" step; once the
+// publisher has read the outbox again and found nothing, a photo is recorded,
+// and it must reach the stream while that batch is still held. A publisher
+// that waits for each batch to settle before it reads again never gets there.
+func TestNewEntryIsNotHeldBehindABatchInFlight(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	_, nc, js := testenv.JetStream(t)
+	st := session.NewStore(rdb, session.Options{Prefix: prefix})
+	record(t, st, 1) // session.started and 1 image.uploaded: 2 entries, one batch
+
+	spy := &readSpy{Client: rdb}
+	p := newPublisher(t, spy, nc, st.Keys.Outbox(), "p1", Options{Block: time.Second})
+	held, release := make(chan struct{}), make(chan struct{})
+	var once, unheld sync.Once
+	p.step = func(step string) bool {
+		if step == "acked" {
+			once.Do(func() { close(held); <-release })
+		}
+		return true
+	}
+	t.Cleanup(run(context.Background(), p))
+	t.Cleanup(func() { unheld.Do(func() { close(release) }) }) // first: the stop waits for the batch
+	<-held
+	reads := spy.empty.Load()
+	testenv.Eventually(t, 10*time.Second, "a read of new entries while the first batch is unsettled", func() bool {
+		return spy.empty.Load() > reads
+	})
+	img := session.Image{ID: "img-late", S3Key: "temp/u1/late.jpg", ContentType: "image/jpeg"}
+	if _, _, err := st.AddImage(context.Background(), "u1", "", img); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the later photo published while the first batch is unsettled", func() bool {
+		return streamCount(t, js, "clinimg.image.uploaded.u1") == 2
+	})
+	unheld.Do(func() { close(release) })
+	testenv.Eventually(t, 10*time.Second, "an empty outbox", func() bool {
+		n, _ := Depth(context.Background(), rdb, st.Keys.Outbox())
+		return n == 0
+	})
+	if got := streamCount(t, js, "clinimg.image.uploaded.u1"); got != 2 {
+		t.Fatalf("%d image.uploaded in the stream, want 2", got)
+	}
+}
+
+// readSpy is a Redis client that counts the reads of new entries that found
+// nothing.
+type readSpy struct {
+	*redis.Client
+	empty atomic.Int64
+}
+
+func (r *readSpy) XReadGroup(ctx context.Context, a *redis.XReadGroupArgs) *redis.XStreamSliceCmd {
+	cmd := r.Client.XReadGroup(ctx, a)
+	if a.Streams[len(a.Streams)-1] == ">" && errors.Is(cmd.Err(), redis.Nil) {
+		r.empty.Add(1)
+	}
+	return cmd
 }
 
 // A publisher that died for good: another process claims its pending entries.
