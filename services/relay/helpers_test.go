@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -27,6 +28,7 @@ import (
 // publisher runs, and the signing key the API would share.
 type stack struct {
 	nats  *testenv.NATS
+	nc    *nats.Conn
 	js    jetstream.JetStream
 	names events.Names
 	store *session.Store
@@ -54,7 +56,7 @@ func newStack(t testing.TB) *stack {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = pub.Run(pctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return &stack{nats: n, js: js, names: names, store: store, key: realtime.Key{Name: "local", Secret: "test-secret-" + testenv.ID()}}
+	return &stack{nats: n, nc: nc, js: js, names: names, store: store, key: realtime.Key{Name: "local", Secret: "test-secret-" + testenv.ID()}}
 }
 
 // config is an SSE-mode relay on any free ports.
