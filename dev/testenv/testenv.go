@@ -148,6 +148,9 @@ func newNATS(dir, sync string) (*NATS, error) {
 // Close stops the server.
 func (n *NATS) Close() { n.stop() }
 
+// Pid is the server process's id, for benchmarks that measure its CPU.
+func (n *NATS) Pid() int { return n.cmd.Process.Pid }
+
 func (n *NATS) start(bin string) error {
 	n.cmd = exec.Command(bin, "-c", n.conf)
 	n.cmd.Stdout, n.cmd.Stderr = io.Discard, io.Discard

@@ -22,13 +22,16 @@ import (
 // reference), each by a committer process of its own; then 10 photos with
 // parallelism 4, the reference for memory. It reports both wall times
 // (from the commit request to the session being committed), the speed-up,
-// and each committer's peak resident memory, which stays flat because
-// photos stream from S3 through base64 into the request.
+// each committer's peak resident memory, which stays flat because photos
+// stream from S3 through base64 into the request, and the CPU per photo of
+// each process on the machine that the commit keeps busy (committer, ALEX
+// simulator, S3, NATS, and this process, which seeds and polls): with
+// several photos in flight the commit is bound by their sum, not by ALEX.
 //
 //	go test -run '^$' -bench BenchmarkCommit50 -benchtime 1x ./services/committer
 func BenchmarkCommit50(b *testing.B) {
 	e := newEnv(b, alexsim.Options{})
-	e.useSimProcess(b, "50ms")
+	sim := e.useSimProcess(b, "50ms")
 	photo := noiseJPEG(1012, 1012)
 	specsOf := func(n int) []photoSpec {
 		sp := specs(n)
@@ -37,17 +40,26 @@ func BenchmarkCommit50(b *testing.B) {
 		}
 		return sp
 	}
-	run := func(n, parallelism int) (time.Duration, float64) {
+	run := func(n, parallelism int, cpu map[string]time.Duration) (time.Duration, float64) {
 		b.StopTimer()
 		userID, sess := e.seed(specsOf(n))
 		p := e.startProcess(map[string]string{"COMMIT_PARALLELISM": strconv.Itoa(parallelism), "LOG_LEVEL": "warn"})
 		e.waitPulling()
+		procs := map[string]int{"committer": p.cmd.Process.Pid, "alexsim": sim.Cmd.Process.Pid,
+			"s3": e.s3.Process.Cmd.Process.Pid, "nats": e.nats.Pid(), "harness": os.Getpid()}
+		cpu0 := cpuTimes(b, procs)
+		cpu0["redis"] = e.redisCPU(b)
 		b.StartTimer()
 		start := time.Now()
 		cid := e.commit(userID, sess)
 		got := e.outcome(userID, cid, 5*time.Minute)
 		d := time.Since(start)
 		b.StopTimer()
+		cpu1 := cpuTimes(b, procs)
+		cpu1["redis"] = e.redisCPU(b)
+		for name, t := range cpu1 {
+			cpu[name] += t - cpu0[name]
+		}
 		if got.CommitStatus != session.CommitCommitted {
 			b.Fatalf("commit: %s %q", got.CommitStatus, got.Commit.Message)
 		}
@@ -61,15 +73,16 @@ func BenchmarkCommit50(b *testing.B) {
 	}
 	var par, seq time.Duration
 	var parRSS, seqRSS, smallRSS float64
+	parCPU, seqCPU := map[string]time.Duration{}, map[string]time.Duration{}
 	b.ResetTimer()
 	for range b.N {
-		d, rss := run(50, 4)
+		d, rss := run(50, 4, parCPU)
 		par += d
 		parRSS = max(parRSS, rss)
-		d, rss = run(50, 1)
+		d, rss = run(50, 1, seqCPU)
 		seq += d
 		seqRSS = max(seqRSS, rss)
-		_, rss = run(10, 4)
+		_, rss = run(10, 4, map[string]time.Duration{})
 		smallRSS = max(smallRSS, rss)
 	}
 	b.StopTimer()
@@ -81,13 +94,52 @@ func BenchmarkCommit50(b *testing.B) {
 	b.ReportMetric(smallRSS, "MB-peak-rss-10-photos")
 	b.ReportMetric(parRSS/smallRSS, "rss-50-x-10")
 	b.ReportMetric(float64(50*len(photo))/(1<<20), "MB-photos")
+	for name, t := range parCPU {
+		b.ReportMetric(float64(t.Milliseconds())/float64(50*b.N), "cpu-ms/photo-"+name+"-parallel4")
+		b.ReportMetric(float64(seqCPU[name].Milliseconds())/float64(50*b.N), "cpu-ms/photo-"+name+"-serial")
+	}
+}
+
+// cpuTimes is the CPU each process of procs (name -> pid) has used so far.
+func cpuTimes(b *testing.B, procs map[string]int) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for name, pid := range procs {
+		t, err := testenv.CPUTime(pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out[name] = t
+	}
+	return out
+}
+
+// redisCPU is the CPU the Redis server has used so far, by its INFO: the
+// server the tests share unless CLINIMG_TEST_REDIS_URL names one of this
+// run's own, so it counts other work on a shared one.
+func (e *env) redisCPU(b *testing.B) time.Duration {
+	info, err := e.rdb.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total float64
+	for _, l := range strings.Split(info, "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(l), ":")
+		if k == "used_cpu_sys" || k == "used_cpu_user" {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			total += f
+		}
+	}
+	return time.Duration(total * float64(time.Second))
 }
 
 // useSimProcess points the committer at an ALEX simulator running as a
 // process of its own (the alexsim command, its default client and
 // facility) that answers every request after latency, keeping no photo
 // bytes, so the simulator's work is not the benchmark's.
-func (e *env) useSimProcess(b *testing.B, latency string) {
+func (e *env) useSimProcess(b *testing.B, latency string) *testenv.Process {
 	bin := testenv.Build(b, "github.com/clinicalimages/clinimg/dev/alexsim/cmd/alexsim")
 	addr := testenv.FreeAddr(b)
 	p := testenv.StartProcess(b, bin, "ALEXSIM_ADDR="+addr, "ALEXSIM_LATENCY="+latency, "ALEXSIM_DROP_DATA=true")
@@ -95,6 +147,7 @@ func (e *env) useSimProcess(b *testing.B, latency string) {
 	for k, v := range alexsim.New(alexsim.Options{}).Env("http://" + addr) {
 		e.vars[k] = v
 	}
+	return p
 }
 
 // peakRSS reads a process's peak resident memory (VmHWM) in MiB.
