@@ -160,6 +160,14 @@ local function replyHead(s, outcome)
   if saved then return {outcome, '', saved.head} end
   return {outcome, '', encHead(s)}
 end
+-- replyPhoto answers the session's own fields and the one photo im a
+-- change wrote (or found unchanged), for a caller that needs no other: the
+-- answer does not grow with the photos.
+local function replyPhoto(s, outcome, im)
+  local hdr = (saved and saved.head) or encHead(s)
+  local raw = (saved and saved.images[im.id]) or enc(im)
+  return {outcome, '', hdr, raw}
+end
 -- reply is every script's answer: {outcome, extra, session, photos...}.
 local function reply(s, outcome, extra)
   local r = {outcome or '', extra or ''}
@@ -217,6 +225,35 @@ local function inRecord(s)
   local n = 0
   for _, im in ipairs(s.images) do
     if state(im) == 'in_record' then n = n + 1 end
+  end
+  return n
+end
+-- photo reads the photo id of a head()ed session, or nil.
+local function photo(s, id)
+  if s.images then
+    local _, im = find(s, id)
+    return im
+  end
+  if not stored[id] then return nil end
+  local raw = redis.call('HGET', key.session, 'image:' .. id)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+-- inRecordWith is inRecord(s) for a head()ed session whose photo im
+-- (read by photo()) changed and is not saved yet. The other photos are
+-- counted from their stored JSON by a plain find, not decoded: enc()
+-- writes the key and value as below, and a quote inside a string is
+-- escaped, so only a photo's own commitState matches.
+local function inRecordWith(s, im)
+  if s.images then return inRecord(s) end
+  local n = 0
+  if state(im) == 'in_record' then n = 1 end
+  if #s.imageIds == 0 then return n end
+  local fields = {}
+  for i, id in ipairs(s.imageIds) do fields[i] = 'image:' .. id end
+  local raws = redis.call('HMGET', key.session, unpack(fields))
+  for i, id in ipairs(s.imageIds) do
+    if id ~= im.id and raws[i] and string.find(raws[i], '"commitState":"in_record"', 1, true) then n = n + 1 end
   end
   return n
 end
@@ -763,7 +800,11 @@ return reply(s, 'changed')
 // lands (a second, different Media for one photo fails DUPLICATE). sending
 // needs the commit to be current and starts a new try; every other state
 // lands only from the tries the caller saw, so an answer that arrives late
-// never undoes a newer write. Returns {session, "changed"|"unchanged"}.
+// never undoes a newer write. It reads and writes that photo alone (the
+// others are only counted) and answers {"changed"|"unchanged", "", the
+// session's own fields, that photo}: the committer writes every photo
+// twice or more, and reading, rewriting and answering all of them each
+// time made a commit's cost grow with the square of its photos.
 var photoScript = sessionScript("photo", nil, []string{
 	"commitId",
 	"imageId",
@@ -774,16 +815,16 @@ var photoScript = sessionScript("photo", nil, []string{
 	"hash",       // SHA-1 being sent (sending) or of the bytes in the record (in_record, "" if unknown)
 	"error",
 }, `
-local s = load(key.session)
+local s = head(key.session)
 if not s then return fail('SESSION_NOT_FOUND') end
-local _, img = find(s, arg.imageId)
+local img = photo(s, arg.imageId)
 if not img or img.mediaIdentifier ~= arg.identifier then return fail('IMAGE_NOT_FOUND') end
 local want = arg.state
 local cur = state(img)
 local tries = img.tries or 0
 if want == 'in_record' then
   if cur == 'in_record' then
-    if img.mediaId == arg.mediaId then return reply(s, 'unchanged') end
+    if img.mediaId == arg.mediaId then return replyPhoto(s, 'unchanged', img) end
     return fail('DUPLICATE', img.mediaId)
   end
   img.mediaId = arg.mediaId
@@ -801,24 +842,24 @@ elseif want == 'sending' then
   for _, h in ipairs(img.sentHashes) do known = known or h == arg.hash end
   if not known then table.insert(img.sentHashes, arg.hash) end
   -- Not shown on the screens: saved without a new version or event.
-  save(s, 'keep')
-  return reply(s, 'changed')
+  save(s, 'keep', {img})
+  return replyPhoto(s, 'changed', img)
 else
   if cur == 'in_record' or tonumber(arg.tries) ~= tries then return fail('STALE') end
-  if cur == want and (img.error or '') == arg.error then return reply(s, 'unchanged') end
+  if cur == want and (img.error or '') == arg.error then return replyPhoto(s, 'unchanged', img) end
   if arg.error == '' then img.error = nil else img.error = arg.error end
   if want == 'refused' or want == 'conflict' or want == 'needs_checking' then img.status = 'failed' end
 end
 img.commitState = want
-local done = inRecord(s)
+local done = inRecordWith(s, img)
 if s.commit and s.commitId == arg.commitId and s.commitStatus == 'in_progress' then s.commit.done = done end
 bump(s)
 img.version = s.version
-save(s, arg.ttl)
+save(s, arg.ttl, {img})
 local hash = nil
 if want == 'in_record' and arg.hash ~= '' then hash = arg.hash end
-emit(s, {commitId = s.commitId, done = done, total = #s.images, imageId = img.id, mediaId = img.mediaId, state = want, error = img.error, hash = hash})
-return reply(s, 'changed')
+emit(s, {commitId = s.commitId, done = done, total = count(s), imageId = img.id, mediaId = img.mediaId, state = want, error = img.error, hash = hash})
+return replyPhoto(s, 'changed', img)
 `)
 
 // attempt records a commit attempt beginning or waiting. Emits

@@ -263,16 +263,16 @@ func TestCommitLifecycle(t *testing.T) {
 		if _, _, err := st.AddImage(ctx, "u1", "", image("c")); !errors.Is(err, session.ErrCommitInProgress) {
 			t.Fatalf("add during commit: %v", err)
 		}
-		inRecord := func(im session.Image, media string) session.Session {
+		inRecord := func(im session.Image, media string) session.Recorded {
 			t.Helper()
-			s, changed, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: im.ID, Identifier: im.MediaIdentifier, State: session.PhotoInRecord, MediaID: media})
+			r, changed, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: im.ID, Identifier: im.MediaIdentifier, State: session.PhotoInRecord, MediaID: media})
 			if err != nil || !changed {
 				t.Fatalf("in record: %v changed=%v", err, changed)
 			}
-			return s
+			return r
 		}
-		if s := inRecord(s.Images[0], "m1"); s.Commit.Done != 1 {
-			t.Fatalf("done %d after one photo", s.Commit.Done)
+		if r := inRecord(s.Images[0], "m1"); r.Commit.Done != 1 || r.Image.ID != s.Images[0].ID || r.Image.MediaID != "m1" {
+			t.Fatalf("after one photo: done %d, photo %s in record as %q", r.Commit.Done, r.Image.ID, r.Image.MediaID)
 		}
 		if _, _, err := st.FinishCommit(ctx, "u1", "c1"); !errors.Is(err, session.ErrNotInRecord) {
 			t.Fatalf("finish with a photo missing: %v", err)
@@ -471,12 +471,12 @@ func TestPhotoLedger(t *testing.T) {
 		if outboxLen(t, rdb, st) != before {
 			t.Fatal("sending emitted an event")
 		}
-		s, changed, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: "a", Identifier: ia.MediaIdentifier, State: session.PhotoInRecord, MediaID: "m1"})
+		r, changed, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: "a", Identifier: ia.MediaIdentifier, State: session.PhotoInRecord, MediaID: "m1"})
 		// Still being processed: the status stays so its previews land.
-		if err != nil || !changed || s.Commit.Done != 1 || s.Images[0].State() != session.PhotoInRecord || s.Images[0].Status != session.ImageProcessing || s.Images[0].Tries != 1 {
-			t.Fatalf("in record: %v changed=%v %+v", err, changed, s.Images[0])
+		if err != nil || !changed || r.Commit.Done != 1 || r.Image.ID != "a" || r.Image.State() != session.PhotoInRecord || r.Image.Status != session.ImageProcessing || r.Image.Tries != 1 {
+			t.Fatalf("in record: %v changed=%v %+v", err, changed, r.Image)
 		}
-		if diff := cmp.Diff(session.List[string]{"h-a"}, s.Images[0].SentHashes); diff != "" {
+		if diff := cmp.Diff(session.List[string]{"h-a"}, r.Image.SentHashes); diff != "" {
 			t.Errorf("sent hashes (-want +got):\n%s", diff)
 		}
 		if err := send(ib, 0); err != nil {
@@ -534,6 +534,69 @@ func TestPhotoLedger(t *testing.T) {
 		}
 		if _, _, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c2", ImageID: "a", Identifier: "other", State: session.PhotoInRecord, MediaID: "m1"}); !errors.Is(err, session.ErrImageNotFound) {
 			t.Fatalf("wrong identifier: %v", err)
+		}
+	})
+}
+
+// Recording a photo's commit state reads and writes that photo alone: the
+// session's other photos stay as stored (one is stored with a space no
+// encoder writes, so rewriting it shows), yet the commit's progress still
+// counts every photo in the record.
+func TestRecordPhotoTouchesOnlyItsPhoto(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *session.Store, rdb redis.Cmdable) {
+		ctx := context.Background()
+		start(t, st, "u1", "p1")
+		for _, id := range []string{"a", "b", "c"} {
+			if _, _, err := st.AddImage(ctx, "u1", "", image(id)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s, err := st.BeginCommit(ctx, "u1", "", "c1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := func(im session.Image, media string) session.Recorded {
+			t.Helper()
+			r, _, err := st.RecordPhoto(ctx, "u1", session.PhotoUpdate{CommitID: "c1", ImageID: im.ID, Identifier: im.MediaIdentifier, State: session.PhotoInRecord, MediaID: media})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		in(s.Images[1], "m-b")
+		key := st.Keys.User("u1")
+		stored := func(id string) string {
+			t.Helper()
+			raw, err := rdb.HGet(ctx, key, "image:"+id).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return raw
+		}
+		b := stored("b")
+		c := "{ " + strings.TrimPrefix(stored("c"), "{")
+		if err := rdb.HSet(ctx, key, "image:c", c).Err(); err != nil {
+			t.Fatal(err)
+		}
+		r := in(s.Images[0], "m-a")
+		if r.Image.ID != "a" || r.Image.MediaID != "m-a" || r.Commit.Done != 2 {
+			t.Errorf("recorded %s as %q, done %d; want a as m-a, done 2", r.Image.ID, r.Image.MediaID, r.Commit.Done)
+		}
+		if _, data := lastEvent(t, rdb, st); data.Done != 2 || data.Total != 3 {
+			t.Errorf("event: done %d of %d, want 2 of 3", data.Done, data.Total)
+		}
+		if got := stored("b"); got != b {
+			t.Errorf("photo b rewritten:\n%s\nwas\n%s", got, b)
+		}
+		if got := stored("c"); got != c {
+			t.Errorf("photo c rewritten:\n%s\nwas\n%s", got, c)
+		}
+		got, err := st.Peek(ctx, "u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if im, _ := got.Image("c"); im.State() != session.PhotoPending || got.Commit.Done != 2 {
+			t.Errorf("after: photo c %s, done %d", im.State(), got.Commit.Done)
 		}
 	})
 }

@@ -29,16 +29,12 @@ type ledger struct {
 // bytes of SHA-1 hash. It fails with errStale once the commit is stopped
 // or the photo moved on, so no write starts after that.
 func (l ledger) sending(ctx context.Context, img session.Image, hash string) (session.Image, error) {
-	s, _, err := l.store.RecordPhoto(ctx, l.userID, session.PhotoUpdate{CommitID: l.commitID, ImageID: img.ID,
+	r, _, err := l.store.RecordPhoto(ctx, l.userID, session.PhotoUpdate{CommitID: l.commitID, ImageID: img.ID,
 		Identifier: img.MediaIdentifier, State: session.PhotoSending, Tries: img.Tries, Hash: hash})
 	if err != nil {
 		return session.Image{}, l.err(err)
 	}
-	out, ok := s.Image(img.ID)
-	if !ok {
-		return session.Image{}, errGone
-	}
-	return out, nil
+	return r.Image, nil
 }
 
 // inRecord records that img is in the record as mediaID. It lands whatever
