@@ -19,7 +19,9 @@ const hashLen = 28
 // Encoded is a Media resource on its way out: its JSON body streams the
 // photo through base64, and the SHA-1 of the bytes actually sent is written
 // after them (content.hash follows content.data in R4's element order), so
-// the photo is read once and never held in memory whole.
+// the photo is read once and never held in memory whole. A caller that
+// hashed the bytes already gives their SHA-1 in content.hash, and it is
+// written as given rather than computed a second time.
 type Encoded struct {
 	// Body is the JSON; read it once. Closing it stops the encoding and
 	// closes the photo's reader.
@@ -33,6 +35,9 @@ type Encoded struct {
 
 // Encode streams m with content.data read from data, which must yield
 // exactly size bytes. data is closed when the body has been read or closed.
+// m.Content.Hash, if set, must be the base64 SHA-1 of those bytes (the
+// committer's, of the temporary file only it writes); if empty the encoder
+// computes it from the bytes as they are sent.
 func Encode(m Media, data io.ReadCloser, size int64) (*Encoded, error) {
 	if m.Content == nil {
 		m.Content = &Attachment{}
@@ -42,7 +47,14 @@ func Encode(m Media, data io.ReadCloser, size int64) (*Encoded, error) {
 	dataMark := "CLINIMGDATA" + hex.EncodeToString(nonce[:])
 	hashMark := "H" + hex.EncodeToString(nonce[:]) + "000"
 	c := *m.Content
-	c.Data, c.Hash, c.Size = dataMark, hashMark, size
+	known := c.Hash
+	if known == "" {
+		c.Hash = hashMark
+	} else if len(known) != hashLen {
+		data.Close()
+		return nil, fmt.Errorf("encode media: content.hash %q is not a base64 SHA-1", known)
+	}
+	c.Data, c.Size = dataMark, size
 	m.Content = &c
 	if size == 0 {
 		data.Close()
@@ -53,25 +65,34 @@ func Encode(m Media, data io.ReadCloser, size int64) (*Encoded, error) {
 		data.Close()
 		return nil, fmt.Errorf("encode media: %w", err)
 	}
-	head, rest, ok1 := bytes.Cut(raw, []byte(dataMark))
-	mid, tail, ok2 := bytes.Cut(rest, []byte(hashMark))
-	if !ok1 || !ok2 || len(hashMark) != hashLen {
+	head, rest, ok := bytes.Cut(raw, []byte(dataMark))
+	mid, tail := rest, []byte(nil)
+	if ok && known == "" {
+		mid, tail, ok = bytes.Cut(rest, []byte(hashMark))
+	}
+	if !ok || len(hashMark) != hashLen {
 		data.Close()
 		return nil, fmt.Errorf("encode media: placeholder lost")
 	}
 	pr, pw := io.Pipe()
 	e := &Encoded{
 		Body:   &pipeBody{PipeReader: pr},
-		Length: int64(len(head)) + int64(base64.StdEncoding.EncodedLen(int(size))) + int64(len(mid)) + hashLen + int64(len(tail)),
+		Length: int64(len(head)) + int64(base64.StdEncoding.EncodedLen(int(size))) + int64(len(mid)) + int64(len(tail)),
 		done:   make(chan struct{}),
+	}
+	var h hash.Hash
+	if known == "" {
+		h = sha1.New()
+		e.Length += hashLen
 	}
 	go func() {
 		defer close(e.done)
 		defer data.Close()
-		h := sha1.New()
 		err := write(pw, head, mid, tail, data, size, h)
-		if err == nil {
+		if err == nil && h != nil {
 			e.sum = h.Sum(nil)
+		} else if err == nil {
+			e.sum, err = base64.StdEncoding.DecodeString(known)
 		}
 		e.err = err
 		pw.CloseWithError(err)
@@ -93,12 +114,18 @@ func write(pipe *io.PipeWriter, head, mid, tail []byte, data io.Reader, size int
 	return pw.Flush()
 }
 
+// writeBody writes head, data in base64, mid, then (if h is not nil) the
+// SHA-1 of data and tail.
 func writeBody(pw *bufio.Writer, head, mid, tail []byte, data io.Reader, size int64, h hash.Hash) error {
 	if _, err := pw.Write(head); err != nil {
 		return err
 	}
 	enc := base64.NewEncoder(base64.StdEncoding, pw)
-	n, err := io.Copy(io.MultiWriter(h, enc), io.LimitReader(data, size+1))
+	var dst io.Writer = enc
+	if h != nil {
+		dst = io.MultiWriter(h, enc)
+	}
+	n, err := io.Copy(dst, io.LimitReader(data, size+1))
 	if err != nil {
 		return fmt.Errorf("read photo: %w", err)
 	}
@@ -110,6 +137,9 @@ func writeBody(pw *bufio.Writer, head, mid, tail []byte, data io.Reader, size in
 	}
 	if _, err := pw.Write(mid); err != nil {
 		return err
+	}
+	if h == nil {
+		return nil
 	}
 	if _, err := pw.Write([]byte(base64.StdEncoding.EncodeToString(h.Sum(nil)))); err != nil {
 		return err

@@ -47,6 +47,49 @@ func TestEncodeStreamsExactly(t *testing.T) {
 	}
 }
 
+// A hash the caller gives is the one sent, and the photo is not hashed
+// again: the committer hashed it as it fetched it, before recording it as
+// being sent.
+func TestEncodeWritesAGivenHash(t *testing.T) {
+	data := bytes.Repeat([]byte{0xAB, 0x01, 0xFF}, 100_000)
+	sum := sha1.Sum(data)
+	for _, tc := range []struct {
+		name, given, want string
+	}{
+		{"its own", base64.StdEncoding.EncodeToString(sum[:]), base64.StdEncoding.EncodeToString(sum[:])},
+		// Not computed: a hash of other bytes is written as given.
+		{"another's", "2jmj7l5rSw0yVb/vlWAYkK/YBwk=", "2jmj7l5rSw0yVb/vlWAYkK/YBwk="},
+	} {
+		m := NewMedia(Photo{ImageID: "img-1", PatientID: "p1", ContentType: "image/jpeg", Hash: tc.given})
+		enc, err := Encode(m, io.NopCloser(bytes.NewReader(data)), int64(len(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := io.ReadAll(enc.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int64(len(raw)) != enc.Length {
+			t.Fatalf("%s: body %d bytes, Length says %d", tc.name, len(raw), enc.Length)
+		}
+		var got Media
+		if err := json.Unmarshal(raw, &got); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		want := Attachment{ContentType: "image/jpeg", Data: base64.StdEncoding.EncodeToString(data), Size: int64(len(data)), Hash: tc.want}
+		if diff := cmp.Diff(want, *got.Content); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tc.name, diff)
+		}
+		if h, err := enc.Hash(); err != nil || h != tc.want {
+			t.Errorf("%s: Hash() = %q, %v", tc.name, h, err)
+		}
+	}
+	m := NewMedia(Photo{ImageID: "img-1", Hash: "not a hash"})
+	if _, err := Encode(m, io.NopCloser(bytes.NewReader(data)), int64(len(data))); err == nil {
+		t.Error("a content.hash that is no SHA-1 was sent")
+	}
+}
+
 func TestEncodeShortPhotoFails(t *testing.T) {
 	enc, err := Encode(NewMedia(Photo{ImageID: "x"}), io.NopCloser(strings.NewReader("abc")), 10)
 	if err != nil {

@@ -151,10 +151,15 @@ type Photo struct {
 	// written as a Media.note of its own: R4 Media has no consent element,
 	// so the record carries it as an annotation.
 	Consent string
+	// Hash is the base64 SHA-1 of the bytes to be sent, when the caller
+	// has it already: the encoder writes it as content.hash rather than
+	// hash the photo again. Empty, the encoder computes it.
+	Hash string
 }
 
-// NewMedia builds the R4 Media for p. content.data, size and hash are left
-// for the encoder, which fills them from the bytes it sends.
+// NewMedia builds the R4 Media for p. content.data and size are left for
+// the encoder, which fills them from the bytes it sends, and content.hash
+// too unless p gives it.
 func NewMedia(p Photo) Media {
 	system := p.IdentifierSystem
 	if system == "" {
@@ -169,7 +174,7 @@ func NewMedia(p Photo) Media {
 		Subject:      &Reference{Reference: "Patient/" + p.PatientID},
 		Width:        p.Width,
 		Height:       p.Height,
-		Content:      &Attachment{ContentType: p.ContentType, Title: p.Title},
+		Content:      &Attachment{ContentType: p.ContentType, Title: p.Title, Hash: p.Hash},
 	}
 	if p.EncounterID != "" {
 		m.Encounter = &Reference{Reference: "Encounter/" + p.EncounterID}

@@ -2,8 +2,10 @@ package committer
 
 import (
 	"bytes"
+	"crypto/sha1"
 	"errors"
 	"fmt"
+	"hash"
 	"image"
 	"image/jpeg"
 	_ "image/png" // DecodeConfig of a cleaned PNG
@@ -24,10 +26,12 @@ var errNotImage = errors.New("not a JPEG or PNG")
 // leave is refused.
 const maxCleanBytes = 64 << 20
 
-// cleaned is a photo cleaned into a temporary file.
+// cleaned is a photo cleaned into a temporary file, with the SHA-1 of
+// what was written.
 type cleaned struct {
 	path          string
 	size          int64
+	sha1          hash.Hash
 	contentType   string
 	width, height int
 }
@@ -64,7 +68,9 @@ func cleanPhoto(r io.Reader, dir string) (cleaned, error) {
 		os.Remove(f.Name())
 		return cleaned{}, fmt.Errorf("write cleaned photo: %w", err)
 	}
-	return cleaned{path: f.Name(), size: int64(len(out)), contentType: hygiene.Detect(out).ContentType(),
+	h := sha1.New()
+	h.Write(out)
+	return cleaned{path: f.Name(), size: int64(len(out)), sha1: h, contentType: hygiene.Detect(out).ContentType(),
 		width: cfg.Width, height: cfg.Height}, nil
 }
 

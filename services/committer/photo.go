@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path"
@@ -62,16 +63,19 @@ func (w *worker) photo(ctx context.Context, img session.Image, dir string) (phot
 			return photo{}, fmt.Errorf("temp file: %w", err)
 		}
 		p.path = f.Name()
-		_, err = io.Copy(f, body)
+		// Hashed as it is written: the file is read again only to send it.
+		h := sha1.New()
+		n, err := io.Copy(io.MultiWriter(f, h), body)
 		if cerr := f.Close(); err == nil {
 			err = cerr
-		}
-		if err == nil {
-			err = p.sum()
 		}
 		if err != nil {
 			p.remove()
 			return photo{}, fmt.Errorf("fetch clean copy: %w", err)
+		}
+		if err := p.setSum(n, h); err != nil {
+			p.remove()
+			return photo{}, err
 		}
 		return p, nil
 	}
@@ -92,25 +96,15 @@ func (w *worker) photo(ctx context.Context, img session.Image, dir string) (phot
 		return photo{}, &unusableError{fmt.Sprintf("this photo cannot be read: %v", err)}
 	}
 	p := photo{path: c.path, contentType: c.contentType, width: c.width, height: c.height}
-	if err := p.sum(); err != nil {
+	if err := p.setSum(c.size, c.sha1); err != nil {
 		p.remove()
 		return photo{}, err
 	}
 	return p, nil
 }
 
-// sum fills size and hash from the file.
-func (p *photo) sum() error {
-	f, err := os.Open(p.path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	h := sha1.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return fmt.Errorf("hash photo: %w", err)
-	}
+// setSum records the size and SHA-1 of the bytes written to the file.
+func (p *photo) setSum(n int64, h hash.Hash) error {
 	if n == 0 {
 		return &unusableError{"this photo is empty"}
 	}
@@ -126,7 +120,7 @@ func (w *worker) media(sess session.Session, img session.Image, p photo) fhir.Me
 		ContentType: p.contentType, Title: title(img, p.contentType), Width: p.width, Height: p.height,
 		BodySite: img.Metadata.BodySite, BodySiteDisplay: img.Metadata.BodySiteDisplay,
 		Laterality: img.Metadata.Laterality, ViewType: img.Metadata.ViewType, Notes: img.Metadata.Notes,
-		Consent: consentNote(sess),
+		Consent: consentNote(sess), Hash: p.hash,
 	})
 }
 
