@@ -1,6 +1,8 @@
 package alexsim
 
 import (
+	"bytes"
+	"encoding/base64"
 	"reflect"
 	"strings"
 	"testing"
@@ -12,7 +14,7 @@ import (
 // are judged exactly as before.
 func TestDecodeMediaFastPath(t *testing.T) {
 	const head = `{"resourceType":"Media","status":"completed","identifier":[{"system":"https://x","value":"img-1"}],"content":{"contentType":"image/jpeg",`
-	data := strings.Repeat("QUJD/+9=", 1000)
+	data := strings.Repeat("QUJD/+9a", 1000)
 	tests := []struct {
 		name   string
 		body   string
@@ -20,6 +22,8 @@ func TestDecodeMediaFastPath(t *testing.T) {
 		status int
 	}{
 		{"plain base64", head + `"data":"` + data + `","size":6000}}`, true, 0},
+		{"base64 letters that do not decode", head + `"data":"QUJD/+9=QUJD","size":6000}}`, false, 0},
+		{"a tab in the string", head + `"data":"QUJD` + "\t" + `"}}`, false, 400},
 		{"empty data", head + `"data":"","size":0}}`, true, 0},
 		{"escaped slash", head + `"data":"QUJD\/","size":4}}`, false, 0},
 		{"newline in string", head + `"data":"QUJD` + "\n" + `"}}`, false, 400},
@@ -31,10 +35,10 @@ func TestDecodeMediaFastPath(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, _, ok := cutData([]byte(tc.body)); ok != tc.cut {
+			if _, _, _, ok := cutData([]byte(tc.body)); ok != tc.cut {
 				t.Fatalf("cut = %v, want %v", ok, tc.cut)
 			}
-			got, status, code, msg := decodeMedia([]byte(tc.body))
+			got, photo, status, code, msg := decodeMedia([]byte(tc.body))
 			if status != tc.status {
 				t.Fatalf("status %d (%s %s), want %d", status, code, msg, tc.status)
 			}
@@ -44,6 +48,11 @@ func TestDecodeMediaFastPath(t *testing.T) {
 			}
 			if status == 0 && !reflect.DeepEqual(got, want) {
 				t.Fatalf("fast path gave %+v, whole parse %+v", got.Content, want.Content)
+			}
+			if photo != nil {
+				if dec, err := base64.StdEncoding.DecodeString(want.Content.Data); err != nil || !bytes.Equal(photo, dec) {
+					t.Fatalf("cut decoded %d bytes, the data decodes to %d (%v)", len(photo), len(dec), err)
+				}
 			}
 		})
 	}
