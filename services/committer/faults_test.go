@@ -61,6 +61,10 @@ func TestFaults(t *testing.T) {
 			&alexsim.Fault{Status: 422, Code: "processing", Message: "Image rejected"}},
 		{"reset after the write, then 412, conditional create", "conditional-create", alexsim.Fault{Kind: alexsim.FaultReset, AfterStore: true}, 1, committed,
 			&alexsim.Fault{Status: 412, Code: "duplicate", Message: "several Media match"}},
+		// ... or throttled (429, before ALEX looks): it stored nothing, but
+		// the first write did, so the photo is not sent unconditionally.
+		{"reset after the write, then 429, conditional create", "conditional-create", alexsim.Fault{Kind: alexsim.FaultReset, AfterStore: true}, 1, committed,
+			&alexsim.Fault{Status: 429, RetryAfter: time.Second}},
 		// The first write's answer is lost but nothing was stored; the
 		// conditional create that follows is refused: the lookup finds
 		// nothing, so the photo is refused (ALEX holds none of it), not

@@ -215,6 +215,12 @@ func (a *attempt) send(ctx context.Context, img session.Image, ifAbsent bool) ph
 		}
 		return a.set(ctx, sent, session.PhotoConflict, nil, "ALEX says a Media with this photo's identifier exists but did not show it; it was not claimed")
 	case notWritten:
+		if ifAbsent {
+			// Turned away before ALEX looked (429, 401, never sent): this
+			// write stored nothing, but the earlier one that made it
+			// conditional may have, so it is not sent unconditionally.
+			return a.set(ctx, sent, session.PhotoUnknown, err, unknownWhy)
+		}
 		return a.set(ctx, sent, session.PhotoPending, err, "")
 	case unclear:
 		r := a.set(ctx, sent, session.PhotoUnknown, err, unknownWhy)
