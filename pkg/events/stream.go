@@ -41,12 +41,17 @@ const (
 // RelayGroup is the relay consumer's priority group. Its policy is
 // "pinned": one relay at a time receives events (the others wait to take
 // over), so each channel's events leave in stream order.
-const RelayGroup = "relay"
+const RelayGroup = ConsumerRelay // a pinned consumer's group is its name
 
 // RelayPullExpiry is how long one of the relay's pull requests waits. A
 // pinned relay renews its pin with every pull, so it pulls at least this
 // often.
-const RelayPullExpiry = 5 * time.Second
+const RelayPullExpiry = PinnedPullExpiry
+
+// PinnedPullExpiry is how long a pull request of a pinned consumer's
+// reader waits (the relay, the audit trail): the pin is renewed with every
+// pull, so it must come well within the consumer's PinnedTTL.
+const PinnedPullExpiry = 5 * time.Second
 
 // Consumer is one service's durable pull consumer, as the service sets it
 // from its own configuration. Every consumer acks explicitly and starts
@@ -65,8 +70,10 @@ type Consumer struct {
 	MaxDeliver int
 	// MaxAckPending bounds the messages claimed and not yet acked.
 	MaxAckPending int
-	// Pinned lets one instance at a time receive messages (priority group
-	// RelayGroup), the others waiting to take over: the relay's stream order.
+	// Pinned lets one instance at a time receive messages (a priority
+	// group named after the consumer: RelayGroup for the relay), the
+	// others waiting to take over: the relay's and the audit trail's
+	// stream order.
 	Pinned bool
 }
 
@@ -86,13 +93,13 @@ func (n Names) ConsumerConfig(c Consumer) jetstream.ConsumerConfig {
 	}
 	if c.Pinned {
 		// A process that dies keeps its pin this long after its last pull
-		// (every RelayPullExpiry at most); its held events come back after
-		// AckWait. The next relay publishes nothing until it holds every
-		// pending event (see services/relay), so order does not depend on
-		// which comes first.
-		cc.PriorityGroups = []string{RelayGroup}
+		// (every PinnedPullExpiry at most); its held events come back after
+		// AckWait. The next reader acts on nothing until it holds every
+		// pending event (see services/relay, pkg/audit), so order does not
+		// depend on which comes first.
+		cc.PriorityGroups = []string{c.Name}
 		cc.PriorityPolicy = jetstream.PriorityPolicyPinned
-		cc.PinnedTTL = max(c.AckWait, 2*RelayPullExpiry)
+		cc.PinnedTTL = max(c.AckWait, 2*PinnedPullExpiry)
 	}
 	return cc
 }
