@@ -261,8 +261,9 @@ func want(t testing.TB, evs []events.Event) []audit.Record {
 }
 
 // Exactly once under redelivery, through a real JetStream consumer: writes
-// fail before or after they land (seeded), every failure is redelivered,
-// and the trail ends with every record once, in stream order. The same
+// fail before or after they land (seeded), every failure is written again
+// (held, not acked), and the trail ends with every record once, in stream
+// order. The same
 // events published again under their ids change nothing either.
 func TestWriterOnJetStreamRedelivery(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
@@ -272,6 +273,10 @@ func TestWriterOnJetStreamRedelivery(t *testing.T) {
 	ctx := context.Background()
 	cfg := names.ConsumerConfig(audit.Consumer(0))
 	cons, err := js.CreateOrUpdateConsumer(ctx, names.Stream, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, names.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +294,7 @@ func TestWriterOnJetStreamRedelivery(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- consume.Run(runCtx, cons, w.Handle, consume.Options{Backoff: func(uint64) time.Duration { return 10 * time.Millisecond }})
+		done <- w.Consume(runCtx, stream, cons, consume.Options{Backoff: func(uint64) time.Duration { return 10 * time.Millisecond }})
 	}()
 	defer func() {
 		stop()

@@ -37,8 +37,8 @@ const MaxDocument = 16 << 20
 // Store keeps each session's trail as one append-only document: a write
 // keeps every byte already there and adds lines after them, so each
 // version of the object (under S3 versioning and Object Lock) is a prefix
-// of the next. Writes to one session must not run concurrently; the
-// audit consumer holds one message at a time (events.ConsumerAudit).
+// of the next. Writes to one session must not run concurrently; one
+// audit consumer at a time writes (Writer.Consume, on a pinned consumer).
 type Store struct{ objects Objects }
 
 // NewStore returns a Store on objects.

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"strconv"
@@ -116,10 +117,14 @@ func writeAudit(g *ops.Group, conns *ops.Conns, cfg Config, trail *audit.Store, 
 	if err != nil {
 		return err
 	}
+	stream, err := conns.JS.Stream(g.Context(), cfg.Common.Names.Stream)
+	if err != nil {
+		return fmt.Errorf("audit stream: %w", err)
+	}
 	writer := audit.NewWriter(trail, log)
 	g.Go(ops.StageWork, "audit", func(ctx context.Context) error {
-		return consume.Run(ctx, cons, writer.Handle, consume.Options{
-			Grace: g.Grace(), Logger: log, DeadLetters: deadletter.New(conns.JS, cfg.Common.Names),
+		return writer.Consume(ctx, stream, cons, consume.Options{
+			Grace: g.Grace(), DeadLetters: deadletter.New(conns.JS, cfg.Common.Names),
 		})
 	})
 	return nil
