@@ -582,3 +582,50 @@ func TestAblyRefusedEventIsDeadLettered(t *testing.T) {
 		t.Errorf("[consumer, dead event, published event] (-want +got):\n%s\nreason %q", d, letters[0].Reason)
 	}
 }
+
+// A standby relay that stops must not take the pin from the relay that
+// holds the events: with a third relay standing by, the pin would move to
+// it, and it publishes nothing (its gate stays shut) until the first has
+// published every event it holds, so one channel's Ably outage would hold
+// up every other channel until it ends.
+func TestAblyStandbyStopKeepsThePin(t *testing.T) {
+	s := newStack(t)
+	sim := startSim(t, ablysim.Options{})
+	cfg := s.ablyConfig(sim)
+	relays := []*running{s.start(t, cfg), s.start(t, cfg), s.start(t, cfg)}
+	s.sessionFor(t, "u1")
+	s.sessionFor(t, "u2")
+	testenv.Eventually(t, 10*time.Second, "sessions published", func() bool { return len(userMessages(sim)) == 2 })
+	pinned := -1
+	testenv.Eventually(t, 10*time.Second, "the pinned relay counted its events", func() bool {
+		pinned = slices.IndexFunc(relays, func(r *running) bool { return r.metric(t, "relay_events_relayed_total") > 0 })
+		return pinned >= 0
+	})
+
+	// Longer than every wait below put together: u2's events must not
+	// wait for its end.
+	until := time.Now().Add(15 * cfg.Common.AckWait)
+	sim.Refuse(ablysim.Outage{Channel: "session:u1", Until: until, Status: 401, Code: realtime.CodeNotPermitted})
+	s.addImage(t, "u1", "held")
+	s.addImage(t, "u2", "before")
+	testenv.Eventually(t, 10*time.Second, "u2's event published during u1's outage", func() bool {
+		return len(sim.Messages("session:u2")) == 2
+	})
+	// Stop both standbys, one after the other: each stop must leave the
+	// pin where it is.
+	want := 2
+	for i := range relays {
+		if i == pinned {
+			continue
+		}
+		relays[i].stop()
+		s.addImage(t, "u2", fmt.Sprintf("after-stop-%d", i))
+		want++
+		testenv.Eventually(t, 5*cfg.Common.AckWait, "u2's event published after a standby stopped", func() bool {
+			return len(sim.Messages("session:u2")) == want
+		})
+	}
+	if time.Now().After(until) {
+		t.Fatalf("u2's events waited for u1's outage to end")
+	}
+}
