@@ -155,7 +155,7 @@ func (r *ablyRelay) run(ctx context.Context, stream jetstream.Stream, cons jetst
 	stop()
 	workers.Wait()
 	r.claims.Stop()
-	r.handBack(stream)
+	r.handBack(stream, cons)
 	return err
 }
 
@@ -389,25 +389,54 @@ func (r *ablyRelay) giveUp(ctx context.Context, msg jetstream.Msg, ev events.Eve
 	consume.DeadLetter(ctx, msg, ev, events.ConsumerRelay, errors.New(reason), opt)
 }
 
-// handBack returns every held event to JetStream and gives up the pin: the
-// next relay is pinned at once, receives them again, and publishes once it
-// holds them all.
-func (r *ablyRelay) handBack(stream jetstream.Stream) {
+// handBack returns every held event to JetStream and gives up the pin if
+// this relay holds it: the next relay is pinned at once, receives them
+// again, and publishes once it holds them all.
+func (r *ablyRelay) handBack(stream jetstream.Stream, cons jetstream.Consumer) {
 	r.mu.Lock()
 	msgs := r.claims.ReleaseAll()
 	clear(r.held)
 	r.m.held.Set(0)
+	pin := r.pin
 	r.mu.Unlock()
 	for _, m := range msgs {
 		_ = m.Nak()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := stream.UnpinConsumer(ctx, events.ConsumerRelay, events.RelayGroup); err != nil {
-		// Not pinned (never was, or the pin already moved): nothing to give up.
-		r.log.Debug("relay.unpin", "err", err)
+	if r.holdsPin(ctx, cons, pin) {
+		if err := stream.UnpinConsumer(ctx, events.ConsumerRelay, events.RelayGroup); err != nil {
+			// The pin already moved: nothing to give up.
+			r.log.Debug("relay.unpin", "err", err)
+		}
 	}
 	r.log.Info("relay.handed_back", "events", len(msgs))
+}
+
+// holdsPin reports whether pin, the last this relay was delivered under,
+// is the consumer's pin. UnpinConsumer takes the pin from whoever holds it:
+// a standby that stopped and unpinned would take it from the relay holding
+// the events and hand it to another standby, whose gate stays shut until
+// the first has published all it holds (through an Ably outage of one
+// channel, every channel would wait for its end). A relay never delivered
+// to was never pinned (JetStream pins a client as it delivers to it). If
+// the consumer cannot be read, it unpins: keeping a pin it may hold would
+// hold up the next relay for the pin's TTL. The pin can still move between
+// the read and the unpin; that window is one round trip.
+func (r *ablyRelay) holdsPin(ctx context.Context, cons jetstream.Consumer, pin string) bool {
+	if pin == "" {
+		return false
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return true
+	}
+	for _, g := range info.PriorityGroups {
+		if g.Group == events.RelayGroup {
+			return g.PinnedClientID == pin
+		}
+	}
+	return false
 }
 
 // channelLimiter paces one channel's publishes with a margin under Ably's
