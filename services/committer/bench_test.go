@@ -45,6 +45,7 @@ func BenchmarkCommit50(b *testing.B) {
 		userID, sess := e.seed(specsOf(n))
 		p := e.startProcess(map[string]string{"COMMIT_PARALLELISM": strconv.Itoa(parallelism), "LOG_LEVEL": "warn"})
 		e.waitPulling()
+		e.waitPublished()
 		procs := map[string]int{"committer": p.cmd.Process.Pid, "alexsim": sim.Cmd.Process.Pid,
 			"s3": e.s3.Process.Cmd.Process.Pid, "nats": e.nats.Pid(), "harness": os.Getpid()}
 		cpu0 := cpuTimes(b, procs)
@@ -167,6 +168,20 @@ func peakRSS(b *testing.B, pid int) float64 {
 	}
 	b.Fatal("no VmHWM in /proc status")
 	return 0
+}
+
+// waitPublished waits until the outbox is empty: seeding a session leaves
+// its events (a hundred for 50 photos) for the publisher of the committer
+// started after it, and measured from the commit request they were
+// published inside the window, the commit's request queued behind them
+// (35-200 ms of a run, at random, whether parallel or serial). Published
+// entries are deleted (XACK, XDEL), so an empty stream has none left.
+func (e *env) waitPublished() {
+	ctx := context.Background()
+	testenv.Eventually(e.t, 30*time.Second, "the seeded events published", func() bool {
+		n, err := e.rdb.XLen(ctx, e.store.Keys.Outbox()).Result()
+		return err == nil && n == 0
+	})
 }
 
 // waitPulling waits until a committer is pulling from the consumer, so a
