@@ -62,8 +62,10 @@ func RetryAfter(err error, d time.Duration) error { return &RetryError{Err: err,
 type Options struct {
 	// Workers is how many messages are handled at once (default 1).
 	Workers int
-	// InProgressEvery is how often a running handler's claim is renewed
-	// (default a third of the consumer's AckWait, at least 1 s).
+	// InProgressEvery is how often the claim of a running handler's
+	// message, or of one waiting for a worker, is renewed (default a third
+	// of the consumer's AckWait, at least 1 s; keep it under half: a
+	// message that waited goes up to two intervals between renewals).
 	InProgressEvery time.Duration
 	// Backoff is the redelivery delay after the n-th failed delivery
 	// (default 1 s doubling to at most 1 min).
@@ -129,13 +131,31 @@ func Run(ctx context.Context, c jetstream.Consumer, h Handler, opt Options) erro
 			observe(opt, d.Event.Type, "handed_back")
 			return
 		}
-		sem <- struct{}{}
+		waitForWorker(sem, d, opt.InProgressEvery)
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			handle(work, ctx, d, h, opt, info.Name, info.Config.MaxDeliver)
 		}()
 	}, jetstream.PullMaxMessages(opt.Workers))
+}
+
+// waitForWorker takes a worker's slot for d, keeping d's claim renewed
+// while every worker is busy: d is delivered already, and if it waited out
+// the AckWait unclaimed JetStream would hand it to another process, even
+// once its handler runs (whose first renewal comes an interval after it
+// starts). Between the last renewal here and the handler's first there are
+// at most two intervals.
+func waitForWorker(sem chan struct{}, d Delivery, every time.Duration) {
+	select {
+	case sem <- struct{}{}:
+		return
+	default:
+	}
+	claims := KeepClaims(every)
+	claims.Hold(d.Meta.Sequence.Stream, d.Msg)
+	sem <- struct{}{}
+	claims.Stop() // no renewal under way once the handler may settle d
 }
 
 // withDefaults fills opt's zero values for a consumer with ackWait.
