@@ -122,8 +122,14 @@ func (s *Store) TrackUpload(ctx context.Context, userID, sessionID, key string, 
 		"max": s.opt.MaxUploads, "sessionTtlMs": s.opt.SessionTTL.Milliseconds(),
 		"member": userID + " " + sessionID, "graceMs": objectsGrace.Milliseconds(),
 	}).Text()
+	return trackReply("track upload", res, err)
+}
+
+// trackReply maps the tracking scripts' one-word answers to the store's
+// errors.
+func trackReply(op, res string, err error) error {
 	if err != nil {
-		return fmt.Errorf("track upload: %w", err)
+		return fmt.Errorf("%s: %w", op, err)
 	}
 	switch res {
 	case "ok":
@@ -135,7 +141,7 @@ func (s *Store) TrackUpload(ctx context.Context, userID, sessionID, key string, 
 	case "limit":
 		return ErrUploadLimit
 	}
-	return fmt.Errorf("track upload: unexpected %q", res)
+	return fmt.Errorf("%s: unexpected %q", op, res)
 }
 
 // trackObjectScript keeps the keys of objects the server writes for a
@@ -182,18 +188,7 @@ func (s *Store) TrackObjects(ctx context.Context, userID, sessionID string, keys
 		"sessionId": sessionID, "nowMs": s.opt.Now().UnixMilli(), "sessionTtlMs": s.opt.SessionTTL.Milliseconds(),
 		"member": userID + " " + sessionID, "graceMs": objectsGrace.Milliseconds(), "objectKeys": mustJSON(keys),
 	}).Text()
-	if err != nil {
-		return fmt.Errorf("track objects: %w", err)
-	}
-	switch res {
-	case "ok":
-		return nil
-	case "not_found":
-		return ErrNotFound
-	case "changed":
-		return ErrSessionChanged
-	}
-	return fmt.Errorf("track objects: unexpected %q", res)
+	return trackReply("track objects", res, err)
 }
 
 // UploadRecorded ends key's count against its session's outstanding
