@@ -193,20 +193,11 @@ func readALEX(r *config.Reader, writeTimeout time.Duration) *fhir.Config {
 	if r.String("ALEX_API_URL", "") == "" {
 		return nil
 	}
-	c := &fhir.Config{
-		BaseURL:      r.Required("ALEX_API_URL"),
-		TokenURL:     r.Required("ALEX_OAUTH_TOKEN_URL"),
-		ClientID:     r.Required("ALEX_CLIENT_ID"),
-		ClientSecret: r.RequiredSecret("ALEX_CLIENT_SECRET"),
-		Scope:        r.Required("ALEX_SCOPE"),
-		FacilityID:   r.Required("ALEX_FACILITY_ID"),
-		AppID:        r.String("ALEX_APP_ID", "clinicalimages"),
-		Timeout:      r.Duration("ALEX_REQUEST_TIMEOUT", 15*time.Second),
-	}
+	c := fhir.ReadConfig(r, 15*time.Second)
 	if c.Timeout <= 0 || c.Timeout >= writeTimeout {
 		r.Fail("ALEX_REQUEST_TIMEOUT (%s) must be positive and shorter than HTTP_WRITE_TIMEOUT (%s)", c.Timeout, writeTimeout)
 	}
-	return c
+	return &c
 }
 
 // frameSource is an origin a CSP source list may name.

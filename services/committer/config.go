@@ -93,17 +93,8 @@ type Config struct {
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	r := config.New(getenv)
 	c := Config{
-		Common: r.ReadCommon(":9093"),
-		ALEX: fhir.Config{
-			BaseURL:      r.Required("ALEX_API_URL"),
-			TokenURL:     r.Required("ALEX_OAUTH_TOKEN_URL"),
-			ClientID:     r.Required("ALEX_CLIENT_ID"),
-			ClientSecret: r.RequiredSecret("ALEX_CLIENT_SECRET"),
-			Scope:        r.Required("ALEX_SCOPE"),
-			FacilityID:   r.Required("ALEX_FACILITY_ID"),
-			AppID:        r.String("ALEX_APP_ID", "clinicalimages"),
-			Timeout:      r.Duration("ALEX_REQUEST_TIMEOUT", 2*time.Minute),
-		},
+		Common:           r.ReadCommon(":9093"),
+		ALEX:             fhir.ReadConfig(r, 2*time.Minute),
 		IdentifierSystem: r.String("ALEX_IDENTIFIER_SYSTEM", fhir.DefaultImageIDNS),
 		Parallelism:      r.Int("COMMIT_PARALLELISM", 4),
 		Workers:          r.Int("COMMIT_WORKERS", 2),
