@@ -12,7 +12,8 @@
 // the delivery loop (pull, decode, drain at shutdown); Claims, which keeps
 // the claims of held messages renewed in stream order; and DeadLetter, the
 // poison queue (store, the service's own step, then Term, or keep the
-// message if either fails).
+// message if either fails). Readers of a pinned priority group (the relay,
+// the audit trail) share CheckGate and Unpin.
 package consume
 
 import (
