@@ -36,7 +36,8 @@ import (
 // AckWait of 30 s).
 //
 // At shutdown the round under way finishes (within opt.Grace), the events
-// still held are handed back in stream order and the pin given up.
+// still held are handed back in stream order and the pin given up if this
+// reader holds it (a stopping standby leaves it with the active reader).
 // stream is cons's stream; cons is this reader's own handle (the pin is
 // kept on it: two readers sharing one would both be pinned). Of opt it
 // uses DeadLetters, Backoff, InProgressEvery and Grace; it logs on w's
@@ -128,12 +129,11 @@ func (b *batcher) loop(ctx context.Context) {
 }
 
 // ready reports whether every event pending on the consumer is held (n of
-// them were, counted before asking): none held is settled before a round,
-// so all are still pending when JetStream answers, and if it counts no
-// more, nothing pending is elsewhere. Once true it stays so until the pin
-// moves. A reader that finds another pinned, or none (the pin was given up
-// and nothing new came to assign it), hands back what it holds: it
-// receives nothing more, and the pinned one would wait for those events.
+// them were, counted before asking; consume.CheckGate): none held is
+// settled before a round. Once true it stays so until the pin moves. A
+// reader that finds another pinned, or none (the pin was given up and
+// nothing new came to assign it), hands back what it holds: it receives
+// nothing more, and the pinned one would wait for those events.
 func (b *batcher) ready(ctx context.Context, n int) bool {
 	b.mu.Lock()
 	open, pin := b.open, b.pin
@@ -142,18 +142,16 @@ func (b *batcher) ready(ctx context.Context, n int) bool {
 		return true
 	}
 	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	info, err := b.cons.Info(ictx)
+	g, err := consume.CheckGate(ictx, b.cons, events.ConsumerAudit, pin, n)
 	cancel()
 	if err != nil {
 		return false
 	}
-	for _, g := range info.PriorityGroups {
-		if g.Group == events.ConsumerAudit && g.PinnedClientID != pin {
-			b.w.log.Info("audit.not_pinned", "events", len(b.giveBack(pin)))
-			return false
-		}
+	if g.PinnedElsewhere {
+		b.w.log.Info("audit.not_pinned", "events", len(b.giveBack(pin)))
+		return false
 	}
-	if info.NumAckPending > n {
+	if !g.AllHeld {
 		return false
 	}
 	b.mu.Lock()
@@ -227,8 +225,8 @@ func (b *batcher) giveBack(pin string) []jetstream.Msg {
 	return msgs
 }
 
-// handBack gives back every held event and gives up the pin so the next
-// reader takes over at once.
+// handBack gives back every held event and gives up the pin if this
+// reader holds it (consume.Unpin) so the next reader takes over at once.
 func (b *batcher) handBack(stream jetstream.Stream) {
 	b.mu.Lock()
 	pin := b.pin
@@ -236,7 +234,7 @@ func (b *batcher) handBack(stream jetstream.Stream) {
 	msgs := b.giveBack(pin)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := stream.UnpinConsumer(ctx, events.ConsumerAudit, events.ConsumerAudit); err != nil {
+	if err := consume.Unpin(ctx, stream, b.cons, events.ConsumerAudit, events.ConsumerAudit, pin); err != nil {
 		b.w.log.Debug("audit.unpin", "err", err) // not pinned: nothing to give up
 	}
 	b.w.log.Info("audit.handed_back", "events", len(msgs))

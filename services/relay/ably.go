@@ -238,16 +238,13 @@ func (r *ablyRelay) start(ctx context.Context, q *channelQueue, workers *sync.Wa
 }
 
 // gate opens the gate once this relay holds every event pending on the
-// consumer, and again each time a new pin closes it. While it is closed
-// some pending event may be elsewhere: with a relay that stopped or died
-// (it comes back here once redelivered) or on its way here, and a
-// channel's newer event sent before it would break the channel's order.
-//
-// The held events are counted before asking JetStream: none of them is
-// settled while the gate is closed, so all are still pending when it
-// answers, and if it counts no more than that, they are all there is.
-// Events that arrive after the count are newer than every pending one
-// (first deliveries go in stream order) or redeliveries of held ones.
+// consumer (consume.CheckGate), and again each time a new pin closes it.
+// While it is closed some pending event may be elsewhere: with a relay
+// that stopped or died (it comes back here once redelivered) or on its way
+// here, and a channel's newer event sent before it would break the
+// channel's order. None of the held events is settled while the gate is
+// closed. It does not act on who else is pinned (the audit reader does):
+// a delivery under a new pin closes the gate, in take.
 func (r *ablyRelay) gate(ctx context.Context, cons jetstream.Consumer, workers *sync.WaitGroup) {
 	for ctx.Err() == nil {
 		r.mu.Lock()
@@ -261,9 +258,9 @@ func (r *ablyRelay) gate(ctx context.Context, cons jetstream.Consumer, workers *
 			continue
 		}
 		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		info, err := cons.Info(ictx)
+		g, err := consume.CheckGate(ictx, cons, events.RelayGroup, pin, held)
 		cancel()
-		if err == nil && info.NumAckPending <= held {
+		if err == nil && g.AllHeld {
 			r.mu.Lock()
 			if r.pin == pin {
 				r.open = true
@@ -390,8 +387,12 @@ func (r *ablyRelay) giveUp(ctx context.Context, msg jetstream.Msg, ev events.Eve
 }
 
 // handBack returns every held event to JetStream and gives up the pin if
-// this relay holds it: the next relay is pinned at once, receives them
-// again, and publishes once it holds them all.
+// this relay holds it (consume.Unpin): the next relay is pinned at once,
+// receives them again, and publishes once it holds them all. A standby
+// that took the pin from the relay holding the events would hand it to
+// another standby whose gate stays shut until the first has published all
+// it holds (through an Ably outage of one channel, every channel would
+// wait for its end).
 func (r *ablyRelay) handBack(stream jetstream.Stream, cons jetstream.Consumer) {
 	r.mu.Lock()
 	msgs := r.claims.ReleaseAll()
@@ -404,39 +405,10 @@ func (r *ablyRelay) handBack(stream jetstream.Stream, cons jetstream.Consumer) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if r.holdsPin(ctx, cons, pin) {
-		if err := stream.UnpinConsumer(ctx, events.ConsumerRelay, events.RelayGroup); err != nil {
-			// The pin already moved: nothing to give up.
-			r.log.Debug("relay.unpin", "err", err)
-		}
+	if err := consume.Unpin(ctx, stream, cons, events.ConsumerRelay, events.RelayGroup, pin); err != nil {
+		r.log.Debug("relay.unpin", "err", err) // the pin already moved: nothing to give up
 	}
 	r.log.Info("relay.handed_back", "events", len(msgs))
-}
-
-// holdsPin reports whether pin, the last this relay was delivered under,
-// is the consumer's pin. UnpinConsumer takes the pin from whoever holds it:
-// a standby that stopped and unpinned would take it from the relay holding
-// the events and hand it to another standby, whose gate stays shut until
-// the first has published all it holds (through an Ably outage of one
-// channel, every channel would wait for its end). A relay never delivered
-// to was never pinned (JetStream pins a client as it delivers to it). If
-// the consumer cannot be read, it unpins: keeping a pin it may hold would
-// hold up the next relay for the pin's TTL. The pin can still move between
-// the read and the unpin; that window is one round trip.
-func (r *ablyRelay) holdsPin(ctx context.Context, cons jetstream.Consumer, pin string) bool {
-	if pin == "" {
-		return false
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return true
-	}
-	for _, g := range info.PriorityGroups {
-		if g.Group == events.RelayGroup {
-			return g.PinnedClientID == pin
-		}
-	}
-	return false
 }
 
 // channelLimiter paces one channel's publishes with a margin under Ably's
