@@ -7,7 +7,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -71,7 +70,6 @@ type writers struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
 	rnd    *rand.Rand
-	mu     sync.Mutex
 	failed int
 	runs   []*run
 }
