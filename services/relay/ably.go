@@ -79,6 +79,11 @@ type ablyRelay struct {
 	open    bool
 	pin     string
 	recheck chan struct{}
+	// released counts the held events given up to be settled (release):
+	// the gate trusts its count of held events only if none was released
+	// while JetStream was asked, since one a sender acks meanwhile leaves
+	// the pending count without leaving the held count it was compared to.
+	released uint64
 }
 
 // item is one event on its way: its stream sequence (its latest delivery
@@ -242,13 +247,15 @@ func (r *ablyRelay) start(ctx context.Context, q *channelQueue, workers *sync.Wa
 // While it is closed some pending event may be elsewhere: with a relay
 // that stopped or died (it comes back here once redelivered) or on its way
 // here, and a channel's newer event sent before it would break the
-// channel's order. None of the held events is settled while the gate is
-// closed. It does not act on who else is pinned (the audit reader does):
-// a delivery under a new pin closes the gate, in take.
+// channel's order. A sender already publishing when a new pin closed the
+// gate may still settle its event while JetStream is asked; then the
+// answer is not trusted and the gate asks again. It does not act on who
+// else is pinned (the audit reader does): a delivery under a new pin
+// closes the gate, in take.
 func (r *ablyRelay) gate(ctx context.Context, cons jetstream.Consumer, workers *sync.WaitGroup) {
 	for ctx.Err() == nil {
 		r.mu.Lock()
-		open, pin, held := r.open, r.pin, len(r.held)
+		open, pin, held, released := r.open, r.pin, len(r.held), r.released
 		r.mu.Unlock()
 		if open {
 			select {
@@ -262,7 +269,10 @@ func (r *ablyRelay) gate(ctx context.Context, cons jetstream.Consumer, workers *
 		cancel()
 		if err == nil && g.AllHeld {
 			r.mu.Lock()
-			if r.pin == pin {
+			// Only if nothing changed while JetStream was asked: the pin,
+			// or a held event settled meanwhile. Otherwise ask again.
+			opened := r.pin == pin && r.released == released
+			if opened {
 				r.open = true
 				for _, q := range r.channels {
 					if len(q.items) > 0 && ctx.Err() == nil {
@@ -271,7 +281,9 @@ func (r *ablyRelay) gate(ctx context.Context, cons jetstream.Consumer, workers *
 				}
 			}
 			r.mu.Unlock()
-			r.log.Debug("relay.gate_open", "held", held)
+			if opened {
+				r.log.Debug("relay.gate_open", "held", held)
+			}
 			continue
 		}
 		_ = retry.Sleep(ctx, 100*time.Millisecond) // the loop ends with ctx
@@ -374,6 +386,7 @@ func (r *ablyRelay) release(it *item) jetstream.Msg {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.held, it.seq)
+	r.released++
 	r.m.held.Set(float64(len(r.held)))
 	return r.claims.Release(it.seq)
 }
