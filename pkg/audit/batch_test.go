@@ -118,14 +118,10 @@ func (ws *writers) upset(ctx context.Context) {
 	_ = ws.stream.UnpinConsumer(ctx, events.ConsumerAudit, events.ConsumerAudit)
 }
 
-// Whatever the schedule (many sessions' events interleaved, writes failing
-// before or after they land, events replayed under their ids, two writers
-// at once, one stopped mid-batch and the pin moved), every session's
-// document holds exactly its events' records, once each, in stream order.
-func TestBatchWriterProperty(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	rnd := rand.New(rand.NewPCG(seed, 11))
+// trailServers are an S3 server and a stream of the test's own, with the
+// audit consumer (AckWait 5 s) on it.
+func trailServers(t *testing.T) (*blob.Store, jetstream.JetStream, events.Names, jetstream.Consumer, jetstream.Stream) {
+	t.Helper()
 	s3, _ := testenv.S3(t)
 	_, js, names := testenv.Streams(t)
 	ctx := context.Background()
@@ -137,6 +133,19 @@ func TestBatchWriterProperty(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s3, js, names, cons, stream
+}
+
+// Whatever the schedule (many sessions' events interleaved, writes failing
+// before or after they land, events replayed under their ids, two writers
+// at once, one stopped mid-batch and the pin moved), every session's
+// document holds exactly its events' records, once each, in stream order.
+func TestBatchWriterProperty(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rnd := rand.New(rand.NewPCG(seed, 11))
+	s3, js, names, cons, stream := trailServers(t)
+	ctx := context.Background()
 	var sessions [][]events.Event
 	var ids []string
 	for range 16 {

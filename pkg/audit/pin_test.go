@@ -20,12 +20,8 @@ func pinOf(t *testing.T, cons jetstream.Consumer) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, g := range info.PriorityGroups {
-		if g.Group == events.ConsumerAudit {
-			return g.PinnedClientID
-		}
-	}
-	return ""
+	pinned, _ := consume.PinnedClient(info, events.ConsumerAudit)
+	return pinned
 }
 
 // A standby reader (a stopping standby API) that stops must leave the pin
@@ -33,17 +29,8 @@ func pinOf(t *testing.T, cons jetstream.Consumer) string {
 // nobody pinned and give back everything it holds, and the trail would
 // wait for the pin to be assigned again.
 func TestStandbyStopKeepsThePin(t *testing.T) {
-	s3, _ := testenv.S3(t)
-	_, js, names := testenv.Streams(t)
+	s3, js, names, cons, stream := trailServers(t)
 	ctx := context.Background()
-	cons, err := events.EnsureConsumer(ctx, js, names, audit.Consumer(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream, err := js.Stream(ctx, names.Stream)
-	if err != nil {
-		t.Fatal(err)
-	}
 	start := func() (stop func()) {
 		rctx, cancel := context.WithCancel(ctx)
 		// A handle of its own, as each process has: the pin is the handle's.

@@ -37,12 +37,21 @@ func CheckGate(ctx context.Context, cons jetstream.Consumer, group, pin string, 
 		return Gate{}, err
 	}
 	g := Gate{AllHeld: info.NumAckPending <= held}
-	for _, pg := range info.PriorityGroups {
-		if pg.Group == group {
-			g.PinnedElsewhere = pg.PinnedClientID != pin
-		}
+	if pinned, ok := PinnedClient(info, group); ok {
+		g.PinnedElsewhere = pinned != pin
 	}
 	return g, nil
+}
+
+// PinnedClient is the pinned client of group in info ("" if none) and
+// whether info lists the group at all.
+func PinnedClient(info *jetstream.ConsumerInfo, group string) (string, bool) {
+	for _, g := range info.PriorityGroups {
+		if g.Group == group {
+			return g.PinnedClientID, true
+		}
+	}
+	return "", false
 }
 
 // HoldsPin reports whether pin, the last a reader was delivered under, is
@@ -58,12 +67,8 @@ func HoldsPin(ctx context.Context, cons jetstream.Consumer, group, pin string) b
 	if err != nil {
 		return true
 	}
-	for _, g := range info.PriorityGroups {
-		if g.Group == group {
-			return g.PinnedClientID == pin
-		}
-	}
-	return false
+	pinned, _ := PinnedClient(info, group)
+	return pinned == pin
 }
 
 // Unpin gives up cons's pin in group (consumer is cons's name on stream)

@@ -66,12 +66,8 @@ func (e *pinnedEnv) pinned(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, g := range info.PriorityGroups {
-		if g.Group == e.group {
-			return g.PinnedClientID
-		}
-	}
-	return ""
+	pinned, _ := PinnedClient(info, e.group)
+	return pinned
 }
 
 func TestCheckGate(t *testing.T) {
