@@ -93,13 +93,17 @@ func start(t testing.TB, cmd *exec.Cmd) *Process {
 }
 
 // Stop ends the process and waits for it.
-func (p *Process) Stop() {
-	_ = p.Cmd.Process.Signal(os.Interrupt)
+func (p *Process) Stop() { interrupt(p.Cmd, p.done) }
+
+// interrupt asks cmd to stop (SIGINT), kills it if it has not exited
+// (done closed) within 10 s, and waits for it.
+func interrupt(cmd *exec.Cmd, done <-chan struct{}) {
+	_ = cmd.Process.Signal(os.Interrupt)
 	select {
-	case <-p.done:
+	case <-done:
 	case <-time.After(10 * time.Second):
-		_ = p.Cmd.Process.Kill()
-		<-p.done
+		_ = cmd.Process.Kill()
+		<-done
 	}
 }
 

@@ -180,13 +180,7 @@ func (n *NATS) stop() {
 	if n.cmd == nil || n.cmd.Process == nil {
 		return
 	}
-	_ = n.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-n.done:
-	case <-time.After(10 * time.Second):
-		_ = n.cmd.Process.Kill()
-		<-n.done
-	}
+	interrupt(n.cmd, n.done)
 }
 
 var natsBin struct {
