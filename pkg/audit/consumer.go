@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"maps"
@@ -48,12 +47,10 @@ func (w *Writer) Consume(ctx context.Context, stream jetstream.Stream, cons jets
 		ackWait = info.Config.AckWait
 	}
 	opt.Logger = w.log
-	if opt.Backoff == nil {
-		opt.Backoff = func(n uint64) time.Duration { return retry.Delay(n, time.Second, time.Minute) }
-	}
 	if opt.InProgressEvery <= 0 {
-		opt.InProgressEvery = max(ackWait/4, 500*time.Millisecond)
+		opt.InProgressEvery = consume.HoldingEvery(ackWait)
 	}
+	opt = opt.WithDefaults(ackWait)
 	b := &batcher{w: w, cons: cons, opt: opt, claims: consume.KeepClaims(opt.InProgressEvery),
 		held: map[uint64]events.Event{}, more: make(chan struct{}, 1)}
 	work, stop := context.WithCancel(ctx)
@@ -174,7 +171,7 @@ func (b *batcher) round(ctx context.Context) bool {
 	b.mu.Unlock()
 	// The round outlives ctx by at most the grace period: a write begun is
 	// finished, and settled, rather than handed back half done.
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cmp.Or(b.opt.Grace, 10*time.Second))
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.opt.Grace)
 	defer cancel()
 	errs := b.w.WriteBatch(wctx, evs)
 	ok := true

@@ -99,7 +99,7 @@ func Run(ctx context.Context, c jetstream.Consumer, h Handler, opt Options) erro
 	if err != nil {
 		return fmt.Errorf("consumer info: %w", err)
 	}
-	opt = opt.withDefaults(info.Config.AckWait)
+	opt = opt.WithDefaults(info.Config.AckWait)
 	// work is the handlers' context: it outlives ctx by the grace period.
 	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
@@ -159,8 +159,15 @@ func waitForWorker(sem chan struct{}, d Delivery, every time.Duration) {
 	claims.Stop() // no renewal under way once the handler may settle d
 }
 
-// withDefaults fills opt's zero values for a consumer with ackWait.
-func (opt Options) withDefaults(ackWait time.Duration) Options {
+// HoldingEvery is how often a reader that holds many messages at once
+// (the relay, the audit trail) renews their claims on a consumer with
+// ackWait: a quarter of it, at least every half second.
+func HoldingEvery(ackWait time.Duration) time.Duration {
+	return max(ackWait/4, 500*time.Millisecond)
+}
+
+// WithDefaults fills opt's zero values for a consumer with ackWait.
+func (opt Options) WithDefaults(ackWait time.Duration) Options {
 	if opt.Workers <= 0 {
 		opt.Workers = 1
 	}

@@ -143,7 +143,7 @@ func newAblyRelay(cfg Config, ackWait time.Duration, dead *deadletter.Store, log
 // run takes events until ctx is done, then stops publishing, hands back
 // every event it still holds in stream order and gives up its pin.
 func (r *ablyRelay) run(ctx context.Context, stream jetstream.Stream, cons jetstream.Consumer) error {
-	r.claims = consume.KeepClaims(max(r.ackWait/4, 500*time.Millisecond))
+	r.claims = consume.KeepClaims(consume.HoldingEvery(r.ackWait))
 	// work ends with ctx, or once no more events can come.
 	work, stop := context.WithCancel(ctx)
 	var workers sync.WaitGroup
