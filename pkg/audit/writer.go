@@ -29,19 +29,12 @@ func NewWriter(store *Store, log *slog.Logger) *Writer {
 	return &Writer{store: store, log: log}
 }
 
-// Handle files ev's records under its user and session: one event, one
-// read and one write of its document. The audit consumer uses WriteBatch.
+// Handle files ev's records under its user and session: a batch of one,
+// one read and one write of its document. The audit consumer writes
+// batches (WriteBatch); Handle is the one-at-a-time path they are
+// measured against.
 func (w *Writer) Handle(ctx context.Context, ev events.Event) error {
-	recs, err := w.records(ev)
-	if err != nil || len(recs) == 0 {
-		return err
-	}
-	n, err := w.store.Append(ctx, ev.Subject, recs[0].SessionID, recs)
-	if err != nil {
-		return err
-	}
-	w.log.Debug("audit.appended", "event_id", ev.ID, "type", string(ev.Type), "session_id", recs[0].SessionID, "records", n)
-	return nil
+	return w.WriteBatch(ctx, []events.Event{ev})[0]
 }
 
 // WriteBatch files the records of evs, given in stream order, with one
