@@ -36,6 +36,24 @@ type fakeIter struct {
 func (it *fakeIter) Next(...jetstream.NextOpt) (jetstream.Msg, error) { return it.next() }
 func (it *fakeIter) Drain()                                           { it.drain() }
 
+// queueIter hands out msgs in order, then waits for Drain and reports the
+// iterator closed.
+func queueIter[M jetstream.Msg](msgs ...M) *fakeIter {
+	drained := make(chan struct{})
+	return &fakeIter{
+		next: func() (jetstream.Msg, error) {
+			if len(msgs) > 0 {
+				m := msgs[0]
+				msgs = msgs[1:]
+				return m, nil
+			}
+			<-drained
+			return nil, jetstream.ErrMsgIteratorClosed
+		},
+		drain: func() { close(drained) },
+	}
+}
+
 // TestDeliver: each decodable message is handed over, decoded with its
 // metadata, in the order it came; an undecodable one is given up (the
 // service's step, which needs an event, not run) and not handed over; once
@@ -61,20 +79,7 @@ func TestDeliver(t *testing.T) {
 			ids = append(ids, ev.ID)
 			msgs = append(msgs, &fakeMsg{data: raw, delivered: 2})
 		}
-		drained := make(chan struct{})
-		queue := msgs
-		iter := &fakeIter{
-			next: func() (jetstream.Msg, error) {
-				if len(queue) > 0 {
-					m := queue[0]
-					queue = queue[1:]
-					return m, nil
-				}
-				<-drained
-				return nil, jetstream.ErrMsgIteratorClosed
-			},
-			drain: func() { close(drained) },
-		}
+		iter := queueIter(msgs...)
 		c := &fakeConsumer{messages: func(...jetstream.PullMessagesOpt) (jetstream.MessagesContext, error) { return iter, nil }}
 		ctx, cancel := context.WithCancel(context.Background())
 		hooked := 0

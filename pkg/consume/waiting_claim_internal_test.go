@@ -41,20 +41,7 @@ func TestWaitingMessageStaysClaimed(t *testing.T) {
 			raw, _ := json.Marshal(ev)
 			msgs = append(msgs, &beatMsg{fakeMsg: &fakeMsg{data: raw, delivered: 1}, start: start})
 		}
-		queue := []jetstream.Msg{msgs[0], msgs[1]}
-		drained := make(chan struct{})
-		iter := &fakeIter{
-			next: func() (jetstream.Msg, error) {
-				if len(queue) > 0 {
-					m := queue[0]
-					queue = queue[1:]
-					return m, nil
-				}
-				<-drained
-				return nil, jetstream.ErrMsgIteratorClosed
-			},
-			drain: func() { close(drained) },
-		}
+		iter := queueIter(msgs[0], msgs[1])
 		c := &infoConsumer{fakeConsumer: &fakeConsumer{messages: func(...jetstream.PullMessagesOpt) (jetstream.MessagesContext, error) { return iter, nil }}, ackWait: ackWait}
 		h := func(ctx context.Context, ev events.Event) error {
 			time.Sleep(25 * time.Second) // each handler well within AckWait
